@@ -1,0 +1,63 @@
+"""Load a model and its tokenizer once per process, never executing repository code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from search.adapters import DecoderAdapter, adapter_for
+from search.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+
+@dataclass
+class LoadedModel:
+    adapter: DecoderAdapter
+    tokenizer: PreTrainedTokenizerBase
+    key: tuple[str, str | None, str]
+    # Per (calibration digest, ...) artefacts reused by every trial and later jobs on this model.
+    cache: dict[Any, Any] = field(default_factory=dict)
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_model(model: str, revision: str | None = None, *, device: str | None = None) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = resolve_device(device)
+    dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model, revision=revision, trust_remote_code=False)
+        network = AutoModelForCausalLM.from_pretrained(
+            model, revision=revision, dtype=dtype, trust_remote_code=False, attn_implementation="sdpa"
+        )
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelLoadError(f"cannot load model {model!r}: {error}") from error
+    network.to(target).eval()
+    network.config.use_cache = False
+    return LoadedModel(adapter_for(network), tokenizer, (model, revision, str(target)))
+
+
+class ModelCache:
+    """Keeps the most recently used model loaded, so consecutive jobs on it skip loading.
+
+    One entry: a GPU worker holds one model at a time.
+    """
+
+    def __init__(self) -> None:
+        self._entry: LoadedModel | None = None
+
+    def get(self, model: str, revision: str | None = None, *, device: str | None = None) -> LoadedModel:
+        key = (model, revision, str(resolve_device(device)))
+        if self._entry is None or self._entry.key != key:
+            self._entry = None  # release the previous model before loading the next
+            self._entry = load_model(model, revision, device=device)
+        return self._entry

@@ -1,0 +1,138 @@
+"""TraceNAS: how well a candidate's gradient trace correlates with the dense model's.
+
+For every linear layer, the weight gradient of the LM loss is sketched as ∇W · R with a fixed,
+seeded Gaussian R (in × r); this is what the authors' LoRA-B gradient computes, without a PEFT
+fork. It is formed as Gᵀ(XR) from the layer's output gradient G and input X, so no weight
+gradient is ever materialised and the model's parameters never receive ``.grad``.
+
+The dense sketch is computed once; each candidate costs one forward+backward. A sub-block's term
+is the Pearson correlation of its sketch with the dense one; the score is the mean over kept
+sub-blocks (the authors' sum favours deep candidates; it is reported as ``tracenas_sum``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from search.adapters import Block, DecoderAdapter
+from search.calibration import TokenSet
+from search.errors import ProxyError
+from search.masking import apply_arch
+from search.proxies.base import ProxyScore
+from search.selection import Selection
+
+Sketches = dict[Block, dict[str, torch.Tensor]]
+
+
+class TraceNAS:
+    name = "tracenas"
+
+    def __init__(
+        self, adapter: DecoderAdapter, tokens: TokenSet, *, rank: int = 32, seed: int = 0, batch_size: int = 8
+    ) -> None:
+        self.adapter = adapter
+        self.batches = tokens.calibration.split(batch_size)
+        self.rank = rank
+        self._projections: dict[int, torch.Tensor] = {}
+        self._seed = seed
+        self._dense = self._sketch(None)
+
+    def score(self, selection: Selection) -> ProxyScore:
+        candidate = self._sketch(selection)
+        terms = [_pearson(_flat(candidate[block]), _flat(self._dense[block])) for block in candidate]
+        if not terms:
+            raise ProxyError("the candidate keeps no sub-block")
+        total = float(sum(terms))
+        mean = total / len(terms)
+        if not torch.isfinite(torch.tensor(mean)):
+            raise ProxyError("TraceNAS correlation is not finite (a constant gradient sketch?)")
+        return ProxyScore(mean, {"tracenas_sum": total, "tracenas_blocks": float(len(terms))})
+
+    def _projection(self, width: int, device: torch.device) -> torch.Tensor:
+        if width not in self._projections:
+            generator = torch.Generator().manual_seed(self._seed * 1_000_003 + width)
+            self._projections[width] = torch.randn(width, self.rank, generator=generator) / self.rank**0.5
+        return self._projections[width].to(device)
+
+    def _sketch(self, selection: Selection | None) -> Sketches:
+        """Σ over calibration batches of ∇W·R for every linear of every kept sub-block."""
+        sketches: Sketches = {}
+        with _frozen_parameters(self.adapter.model), self._hooks(sketches), _arch(self.adapter, selection):
+            for batch in self.batches:
+                batch = batch.to(self._device)
+                loss = self.adapter.model(input_ids=batch, labels=batch, use_cache=False).loss
+                loss.backward()
+        return sketches
+
+    @property
+    def _device(self) -> torch.device:
+        return next(self.adapter.model.parameters()).device
+
+    @contextmanager
+    def _hooks(self, sketches: Sketches) -> Iterator[None]:
+        handles: list[Any] = []
+
+        def make_hook(block: Block, name: str):
+            def forward_hook(module: nn.Linear, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+                x = args[0].detach()
+                xr = x @ self._projection(x.shape[-1], x.device).to(x.dtype)  # (B, T, r)
+
+                def grad_hook(grad: torch.Tensor) -> None:
+                    g = torch.einsum("bto,btr->or", grad.float(), xr.float())  # (out, r) = (∇W)·R
+                    store = sketches.setdefault(block, {})
+                    store[name] = store[name] + g if name in store else g
+
+                output.register_hook(grad_hook)
+
+            return forward_hook
+
+        # The embedding output is the leaf that lets gradients flow while every weight is frozen.
+        handles.append(self.adapter.embeddings().register_forward_hook(lambda _m, _a, out: out.requires_grad_(True)))
+        for block in self.adapter.blocks():
+            for name, linear in self.adapter.linears(block).items():
+                handles.append(linear.register_forward_hook(make_hook(block, name)))
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+@contextmanager
+def _frozen_parameters(model: nn.Module) -> Iterator[None]:
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        with torch.enable_grad():
+            yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+@contextmanager
+def _arch(adapter: DecoderAdapter, selection: Selection | None) -> Iterator[None]:
+    if selection is None:
+        yield
+    else:
+        with apply_arch(adapter, selection):
+            yield
+
+
+def _flat(parts: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.cat([parts[name].flatten() for name in sorted(parts)])
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    a = a.double() - a.double().mean()
+    b = b.double() - b.double().mean()
+    denominator = a.norm() * b.norm()
+    if denominator == 0:
+        return 0.0
+    return float((a @ b) / denominator)

@@ -1,0 +1,47 @@
+"""The FastAPI application factory. ``uvicorn service.app:create_app --factory`` serves it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service.broker import make_celery
+from service.db import make_engine, make_sessionmaker
+from service.openapi import install_openapi
+from service.problems import install_problem_handlers
+from service.routes import health, jobs
+from service.settings import Settings, get_settings
+
+API_VERSION = "0.1.0"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app: engine, sessions and the Celery client live on ``app.state``."""
+    settings = settings or get_settings()
+    engine = make_engine(settings.database_url)
+    celery_app = make_celery(settings, "prunesearch-api")
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        # Return pooled connections (database and broker) on shutdown.
+        celery_app.close()
+        engine.dispose()
+
+    app = FastAPI(
+        title="PruneSearch",
+        version=API_VERSION,
+        description="Search pruned LLM architectures: submit a job, poll its progress, read its trials.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessionmaker = make_sessionmaker(engine)
+    app.state.celery = celery_app
+    install_problem_handlers(app)
+    install_openapi(app)
+    app.include_router(jobs.router)
+    app.include_router(health.router)
+    return app

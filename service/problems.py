@@ -1,0 +1,142 @@
+"""The single choke point where errors become ``application/problem+json`` (RFC 9457).
+
+Every error that leaves the API goes through one of these handlers: our ``ServiceError`` tree,
+``search``'s ``SearchError`` (a job the library cannot run), request validation, Starlette's HTTP
+errors (unknown route, wrong method) and, last, anything unexpected (500, logged, no traceback).
+"""
+
+from __future__ import annotations
+
+import http
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from search.errors import SearchError
+from service.errors import InvalidRequest, MalformedRequest, ServiceError
+from service.jsonsafe import scrub
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+PROBLEM_TYPE_PREFIX = "urn:prunesearch:problem:"
+
+
+class ProblemResponse(JSONResponse):
+    media_type = PROBLEM_MEDIA_TYPE
+
+
+def problem_response(
+    request: Request,
+    *,
+    status: int,
+    title: str,
+    detail: str,
+    type_slug: str | None,
+    extensions: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> ProblemResponse:
+    body: dict[str, Any] = {
+        # "about:blank" is RFC 9457's type for a plain HTTP error with no further semantics.
+        "type": PROBLEM_TYPE_PREFIX + type_slug if type_slug else "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+    }
+    for key, value in (extensions or {}).items():
+        body.setdefault(key, scrub(value))
+    return ProblemResponse(body, status_code=status, headers=headers)
+
+
+def _from_service_error(request: Request, error: ServiceError) -> ProblemResponse:
+    return problem_response(
+        request,
+        status=error.status,
+        title=error.title,
+        detail=error.detail,
+        type_slug=error.type,
+        extensions=error.extensions,
+    )
+
+
+async def _service_error(request: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, ServiceError)
+    return _from_service_error(request, exc)
+
+
+async def _search_error(request: Request, exc: Exception) -> ProblemResponse:
+    # The library's messages are written for the person who submitted the job.
+    error = InvalidRequest(str(exc), extensions={"error_class": type(exc).__name__})
+    return _from_service_error(request, error)
+
+
+def _field_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    # Only loc/msg/type: "input" may echo NaN or huge bodies, "ctx" may hold exception objects.
+    return [
+        {
+            "loc": [part if isinstance(part, int) else str(part) for part in error.get("loc", ())],
+            "msg": str(error.get("msg", "")),
+            "type": str(error.get("type", "")),
+        }
+        for error in errors
+    ]
+
+
+def _summary(errors: list[dict[str, Any]]) -> str:
+    parts = []
+    for error in errors:
+        where = ".".join(str(part) for part in error["loc"])
+        parts.append(f"{where}: {error['msg']}" if where else error["msg"])
+    return "; ".join(parts) or "the request is invalid"
+
+
+async def _validation_error(request: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, RequestValidationError)
+    raw = list(exc.errors())
+    invalid_json = [error for error in raw if error.get("type") == "json_invalid"]
+    if invalid_json:
+        reason = (invalid_json[0].get("ctx") or {}).get("error", "decode error")
+        position = invalid_json[0].get("loc", ("body", "?"))[-1]
+        return _from_service_error(
+            request, MalformedRequest(f"request body is not valid JSON: {reason} at character {position}")
+        )
+    errors = _field_errors(raw)
+    return _from_service_error(request, InvalidRequest(_summary(errors), extensions={"errors": errors}))
+
+
+async def _http_error(request: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    title = http.HTTPStatus(exc.status_code).phrase
+    detail = str(exc.detail) if exc.detail is not None else title
+    if exc.status_code == 404 and detail == title:
+        detail = f"no resource at {request.url.path}"
+    elif exc.status_code == 405 and detail == title:
+        detail = f"{request.method} is not allowed on {request.url.path}"
+    return problem_response(
+        request, status=exc.status_code, title=title, detail=detail, type_slug=None, headers=exc.headers
+    )
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> ProblemResponse:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem_response(
+        request,
+        status=500,
+        title="Internal Server Error",
+        detail="an unexpected error occurred; it has been logged",
+        type_slug="internal-error",
+    )
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(SearchError, _search_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

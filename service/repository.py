@@ -1,0 +1,379 @@
+"""Every query on the service's tables, for the API and the worker glue.
+
+Functions take a ``Session`` first and leave committing to the caller, unless their docstring says
+otherwise. State transitions are single guarded ``UPDATE ... WHERE status = ...`` statements whose
+row count says whether this caller won, so a redelivered task or a double click cannot move a job
+twice. Floats and JSON are scrubbed of NaN/inf on the way in (``service.jsonsafe``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, Result, and_, func, inspect, literal, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from service import cursors
+from service.errors import JobNotCancellable, NotFound
+from service.jsonsafe import finite_or_none, scrub
+from service.models import Job, TrialResult, UTCDateTime, utcnow
+from service.states import COMPLETED_TRIAL_STATES, JobStatus, TrialState
+
+__all__ = [
+    "TrialRecord",
+    "claim_job",
+    "create_job",
+    "delete_job",
+    "find_job_by_idempotency_key",
+    "finish_job",
+    "get_job",
+    "heartbeat",
+    "is_cancel_requested",
+    "list_jobs",
+    "list_trials",
+    "record_trial",
+    "record_verification",
+    "request_cancel",
+    "require_job",
+    "set_best",
+]
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """What the worker knows about one trial; ``number`` is Optuna's trial number."""
+
+    number: int
+    state: str
+    origin: str
+    arch: Mapping[str, Any] | None = None
+    param_count: int | None = None
+    param_ratio: float | None = None
+    value: float | None = None
+    scores: Mapping[str, Any] | None = None
+    verified: Mapping[str, Any] | None = None
+    duration_s: float | None = None
+    timings: Mapping[str, Any] | None = None
+    error: str | None = None
+
+
+# --- reads ------------------------------------------------------------------------------------
+
+
+def get_job(session: Session, job_id: str) -> Job | None:
+    return session.get(Job, job_id)
+
+
+def require_job(session: Session, job_id: str) -> Job:
+    """The job, or ``NotFound`` (404)."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"job {job_id!r} does not exist")
+    return job
+
+
+def find_job_by_idempotency_key(session: Session, key: str) -> Job | None:
+    return session.scalars(select(Job).where(Job.idempotency_key == key)).one_or_none()
+
+
+def list_jobs(session: Session, *, limit: int, cursor: str | None, status: str | None) -> tuple[list[Job], str | None]:
+    """Newest first, keyset-paginated on (created_at, id). Returns the page and the next cursor."""
+    stmt = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    if status is not None:
+        stmt = stmt.where(Job.status == JobStatus(status).value)
+    if cursor is not None:
+        created_at, job_id = cursors.decode_job(cursor)
+        stmt = stmt.where(or_(Job.created_at < created_at, and_(Job.created_at == created_at, Job.id < job_id)))
+    jobs = list(session.scalars(stmt))
+    if len(jobs) <= limit:
+        return jobs, None
+    last = jobs[limit - 1]
+    return jobs[:limit], cursors.encode_job(last.created_at, last.id)
+
+
+def list_trials(
+    session: Session, job_id: str, *, limit: int, cursor: str | None
+) -> tuple[list[TrialResult], str | None]:
+    """Trials of a job by trial number, keyset-paginated. ``NotFound`` if the job does not exist."""
+    if session.scalar(select(Job.id).where(Job.id == job_id)) is None:
+        raise NotFound(f"job {job_id!r} does not exist")
+    stmt = select(TrialResult).where(TrialResult.job_id == job_id).order_by(TrialResult.number).limit(limit + 1)
+    if cursor is not None:
+        stmt = stmt.where(TrialResult.number > cursors.decode_trial(cursor))
+    trials = list(session.scalars(stmt))
+    if len(trials) <= limit:
+        return trials, None
+    return trials[:limit], cursors.encode_trial(trials[limit - 1].number)
+
+
+def is_cancel_requested(session: Session, job_id: str) -> bool:
+    """Whether the worker should stop. A job that no longer exists counts as cancelled."""
+    # Select the column, not the entity, so a stale object in the identity map cannot answer.
+    flag = session.scalar(select(Job.cancel_requested).where(Job.id == job_id))
+    return True if flag is None else bool(flag)
+
+
+# --- job lifecycle ------------------------------------------------------------------------------
+
+
+def create_job(
+    session: Session,
+    *,
+    spec: dict[str, Any],
+    model: str,
+    trials_total: int,
+    owner: str | None = None,
+    idempotency_key: str | None = None,
+) -> Job:
+    """Insert a queued job and flush (so its id and timestamps are set); the caller commits."""
+    now = utcnow()
+    job = Job(
+        id=uuid.uuid4().hex,
+        status=JobStatus.QUEUED.value,
+        model=model,
+        spec=scrub(spec),
+        owner=owner,
+        idempotency_key=idempotency_key,
+        trials_total=trials_total,
+        trials_completed=0,
+        trials_failed=0,
+        cancel_requested=False,
+        attempts=0,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def delete_job(session: Session, job_id: str) -> bool:
+    """Delete a job and (by cascade) its trials. True if it existed."""
+    job = session.get(Job, job_id)
+    if job is None:
+        return False
+    session.delete(job)
+    session.flush()
+    return True
+
+
+def request_cancel(session: Session, job_id: str) -> Job:
+    """Cancel a queued job at once, or ask a running one to stop. ``JobNotCancellable`` if it ended."""
+    now = utcnow()
+    if _guarded_update(
+        session,
+        job_id,
+        from_statuses=(JobStatus.QUEUED,),
+        status=JobStatus.CANCELLED.value,
+        cancel_requested=True,
+        finished_at=now,
+        updated_at=now,
+    ):
+        return _reload(session, job_id)
+    if _guarded_update(session, job_id, from_statuses=(JobStatus.RUNNING,), cancel_requested=True, updated_at=now):
+        return _reload(session, job_id)
+    job = _reload(session, job_id)
+    raise JobNotCancellable(f"job {job_id} is already {job.status}", extensions={"job_status": job.status})
+
+
+def claim_job(session: Session, job_id: str, *, worker: str, stale_after_s: int) -> bool:
+    """Take a job for ``worker``: a queued one, or a running one whose heartbeat went stale.
+
+    True if this worker got it. Commits itself, so the claim is visible to other workers at once.
+    """
+    now = utcnow()
+    stale_before = now - timedelta(seconds=stale_after_s)
+    claimable = or_(
+        Job.status == JobStatus.QUEUED.value,
+        and_(
+            Job.status == JobStatus.RUNNING.value,
+            or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale_before),
+        ),
+    )
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, claimable)
+        .values(
+            status=JobStatus.RUNNING.value,
+            attempts=Job.attempts + 1,
+            started_at=func.coalesce(Job.started_at, literal(now, UTCDateTime())),
+            heartbeat_at=now,
+            worker=worker,
+            updated_at=now,
+        )
+    )
+    claimed = _rowcount(session.execute(stmt, execution_options={"synchronize_session": False})) == 1
+    session.commit()
+    _forget(session, job_id)
+    return claimed
+
+
+def heartbeat(session: Session, job_id: str) -> None:
+    _update_job(session, job_id, heartbeat_at=utcnow())
+
+
+def set_best(session: Session, job_id: str, best: Mapping[str, Any]) -> None:
+    _update_job(session, job_id, best=scrub(best), updated_at=utcnow())
+
+
+def finish_job(
+    session: Session,
+    job_id: str,
+    status: JobStatus,
+    *,
+    error: str | None = None,
+    best: Mapping[str, Any] | None = None,
+) -> bool:
+    """Move a running job (or a queued one, to ``failed``) to a terminal state. True if it moved."""
+    status = JobStatus(status)
+    if not status.terminal:
+        raise ValueError(f"finish_job needs a terminal status, not {status.value!r}")
+    from_statuses = (JobStatus.RUNNING, JobStatus.QUEUED) if status is JobStatus.FAILED else (JobStatus.RUNNING,)
+    now = utcnow()
+    values: dict[str, Any] = {"status": status.value, "finished_at": now, "updated_at": now}
+    if error is not None:
+        values["error"] = error
+    if best is not None:
+        values["best"] = scrub(best)
+    return _guarded_update(session, job_id, from_statuses=from_statuses, **values)
+
+
+# --- trials --------------------------------------------------------------------------------------
+
+_TRIAL_UPSERT_COLUMNS = (
+    "state",
+    "origin",
+    "arch",
+    "param_count",
+    "param_ratio",
+    "value",
+    "scores",
+    "verified",
+    "duration_s",
+    "timings",
+    "error",
+    "finished_at",
+)
+
+
+def record_trial(session: Session, job_id: str, record: TrialRecord) -> None:
+    """Insert or overwrite trial ``record.number`` of a job, then recount the job's progress.
+
+    Idempotent: a retried or redelivered trial overwrites its row. Also touches the heartbeat,
+    since recording a trial proves the worker is alive.
+    """
+    state = TrialState(record.state)
+    now = utcnow()
+    row: dict[str, Any] = {
+        "job_id": job_id,
+        "number": record.number,
+        "state": state.value,
+        "origin": record.origin,
+        "arch": scrub(record.arch),
+        "param_count": record.param_count,
+        "param_ratio": finite_or_none(record.param_ratio),
+        "value": finite_or_none(record.value),
+        "scores": scrub(record.scores),
+        "verified": scrub(record.verified),
+        "duration_s": finite_or_none(record.duration_s),
+        "timings": scrub(record.timings),
+        "error": record.error,
+        "created_at": now,
+        "finished_at": None if state is TrialState.RUNNING else now,
+    }
+    session.execute(_upsert_trial(session, row), execution_options={"synchronize_session": False})
+    _recount(session, job_id, now=now)
+    _forget_trial(session, job_id, record.number)
+
+
+def record_verification(session: Session, job_id: str, number: int, verified: Mapping[str, Any]) -> None:
+    """Attach verified metrics (KL, perplexity, ...) to a trial. ``NotFound`` if it is not recorded."""
+    stmt = (
+        update(TrialResult)
+        .where(TrialResult.job_id == job_id, TrialResult.number == number)
+        .values(verified=scrub(verified))
+    )
+    if _rowcount(session.execute(stmt, execution_options={"synchronize_session": False})) == 0:
+        raise NotFound(f"trial {number} of job {job_id!r} is not recorded")
+    _forget_trial(session, job_id, number)
+
+
+def _upsert_trial(session: Session, row: dict[str, Any]) -> Any:
+    # ON CONFLICT is spelled the same in SQLite and PostgreSQL, but SQLAlchemy builds it per dialect.
+    dialect = session.get_bind().dialect.name
+    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(dialect)
+    if insert is None:
+        raise NotImplementedError(f"record_trial supports PostgreSQL and SQLite, not {dialect}")
+    stmt = insert(TrialResult).values(**row)
+    return stmt.on_conflict_do_update(
+        index_elements=[TrialResult.job_id, TrialResult.number],
+        set_={name: stmt.excluded[name] for name in _TRIAL_UPSERT_COLUMNS},
+    )
+
+
+def _recount(session: Session, job_id: str, *, now: Any) -> None:
+    # Counting from the table (not incrementing) keeps the counters right under redelivery.
+    def count(states: frozenset[TrialState]) -> Any:
+        return (
+            select(func.count())
+            .select_from(TrialResult)
+            .where(TrialResult.job_id == job_id, TrialResult.state.in_([s.value for s in states]))
+            .scalar_subquery()
+        )
+
+    _update_job(
+        session,
+        job_id,
+        trials_completed=count(COMPLETED_TRIAL_STATES),
+        trials_failed=count(frozenset({TrialState.FAILED})),
+        heartbeat_at=now,
+        updated_at=now,
+    )
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+
+def _rowcount(result: Result[Any]) -> int:
+    return cast("CursorResult[Any]", result).rowcount
+
+
+def _update_job(session: Session, job_id: str, **values: Any) -> None:
+    stmt = update(Job).where(Job.id == job_id).values(**values)
+    if _rowcount(session.execute(stmt, execution_options={"synchronize_session": False})) == 0:
+        raise NotFound(f"job {job_id!r} does not exist")
+    _forget(session, job_id)
+
+
+def _guarded_update(session: Session, job_id: str, *, from_statuses: tuple[JobStatus, ...], **values: Any) -> bool:
+    stmt = update(Job).where(Job.id == job_id, Job.status.in_([s.value for s in from_statuses])).values(**values)
+    changed = _rowcount(session.execute(stmt, execution_options={"synchronize_session": False})) == 1
+    _forget(session, job_id)
+    return changed
+
+
+def _reload(session: Session, job_id: str) -> Job:
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None:
+        raise NotFound(f"job {job_id!r} does not exist")
+    return job
+
+
+def _forget(session: Session, job_id: str) -> None:
+    # Updates bypass the identity map; expire a cached Job so the next access reads the row.
+    cached = session.identity_map.get(session.identity_key(Job, job_id))
+    if cached is not None:
+        session.expire(cached)
+
+
+def _forget_trial(session: Session, job_id: str, number: int) -> None:
+    for obj in list(session.identity_map.values()):
+        # Read the loaded state directly: touching an expired attribute would emit a query.
+        state = inspect(obj).dict
+        if isinstance(obj, TrialResult) and state.get("job_id") == job_id and state.get("number") == number:
+            session.expire(obj)

@@ -1,0 +1,1 @@
+"""REST routes. Each route parses, calls one function, and shapes the response."""

@@ -1,0 +1,24 @@
+"""Liveness and readiness probes for compose / Kubernetes health checks."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service.deps import CeleryDep, SessionDep
+from service.health import check_readiness
+from service.openapi import problem_responses
+from service.schemas import Health, Readiness
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health, summary="The process is alive")
+def healthz() -> Health:
+    return Health(status="ok")
+
+
+@router.get(
+    "/readyz", response_model=Readiness, responses=problem_responses(503), summary="Database and broker reachable"
+)
+def readyz(session: SessionDep, celery_app: CeleryDep) -> Readiness:
+    return check_readiness(session, celery_app)

@@ -1,0 +1,121 @@
+"""``/v1/jobs``: submit, list, read, list trials, cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Header, Query, Response
+
+from search.spec import JobSpec
+from service import repository
+from service.deps import CeleryDep, SessionDep, SettingsDep
+from service.errors import InvalidRequest
+from service.openapi import problem_responses
+from service.schemas import API_PREFIX, JobOut, JobPage, TrialOut, TrialPage, job_path
+from service.settings import Settings
+from service.states import JobStatus
+from service.submission import submit_job
+
+router = APIRouter(prefix=f"{API_PREFIX}/jobs", tags=["jobs"])
+
+DEFAULT_PAGE = 50
+# Seconds a client should wait before polling a job it just submitted.
+POLL_AFTER_S = 2
+
+Limit = Annotated[int | None, Query(ge=1, description="Page size: default 50, at most the server's api_page_max.")]
+Cursor = Annotated[str | None, Query(max_length=512, description="next_cursor of the previous page.")]
+
+
+def _check_limit(limit: int | None, settings: Settings) -> int:
+    if limit is None:
+        return min(DEFAULT_PAGE, settings.api_page_max)
+    if limit > settings.api_page_max:
+        raise InvalidRequest(f"limit {limit} is above this server's maximum page size {settings.api_page_max}")
+    return limit
+
+
+def _next_link(path: str, cursor: str | None, **params: object) -> str | None:
+    if cursor is None:
+        return None
+    query = {key: value for key, value in params.items() if value is not None}
+    return f"{path}?{urlencode({**query, 'cursor': cursor})}"
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobOut,
+    responses={200: {"description": "Already submitted with this Idempotency-Key", "model": JobOut}}
+    | problem_responses(400, 422, 503),
+    summary="Submit a compression job",
+)
+def create_job(
+    spec: JobSpec,
+    response: Response,
+    session: SessionDep,
+    celery_app: CeleryDep,
+    settings: SettingsDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(min_length=1, max_length=255, description="Re-sending with the same key returns the same job."),
+    ] = None,
+) -> JobOut:
+    submission = submit_job(session, celery_app, settings, spec, idempotency_key=idempotency_key)
+    response.headers["Location"] = job_path(submission.job.id)
+    if submission.created:
+        response.headers["Retry-After"] = str(POLL_AFTER_S)
+    else:
+        response.status_code = 200
+    return JobOut.from_row(submission.job)
+
+
+@router.get("", response_model=JobPage, responses=problem_responses(400, 422), summary="List jobs, newest first")
+def list_jobs(
+    session: SessionDep,
+    settings: SettingsDep,
+    limit: Limit = None,
+    cursor: Cursor = None,
+    status: Annotated[JobStatus | None, Query(description="Only jobs in this state.")] = None,
+) -> JobPage:
+    jobs, next_cursor = repository.list_jobs(session, limit=_check_limit(limit, settings), cursor=cursor, status=status)
+    return JobPage(
+        items=[JobOut.from_row(job) for job in jobs],
+        next_cursor=next_cursor,
+        next=_next_link(f"{API_PREFIX}/jobs", next_cursor, limit=limit, status=status.value if status else None),
+    )
+
+
+@router.get("/{job_id}", response_model=JobOut, responses=problem_responses(404), summary="Read a job")
+def get_job(job_id: str, session: SessionDep) -> JobOut:
+    return JobOut.from_row(repository.require_job(session, job_id))
+
+
+@router.get(
+    "/{job_id}/trials",
+    response_model=TrialPage,
+    responses=problem_responses(400, 404, 422),
+    summary="List a job's trials by trial number",
+)
+def list_trials(
+    job_id: str, session: SessionDep, settings: SettingsDep, limit: Limit = None, cursor: Cursor = None
+) -> TrialPage:
+    trials, next_cursor = repository.list_trials(session, job_id, limit=_check_limit(limit, settings), cursor=cursor)
+    return TrialPage(
+        items=[TrialOut.from_row(trial) for trial in trials],
+        next_cursor=next_cursor,
+        next=_next_link(f"{job_path(job_id)}/trials", next_cursor, limit=limit),
+    )
+
+
+@router.post(
+    "/{job_id}/cancel",
+    status_code=202,
+    response_model=JobOut,
+    responses=problem_responses(404, 409),
+    summary="Cancel a job (a running one stops after its current trial)",
+)
+def cancel_job(job_id: str, session: SessionDep) -> JobOut:
+    job = repository.request_cancel(session, job_id)
+    session.commit()
+    return JobOut.from_row(job)

@@ -1,0 +1,180 @@
+"""Response bodies of the REST API. Rows are shaped here, so routes stay one call long."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.models import Job, TrialResult, utcnow
+from service.states import JobStatus, TrialState
+
+API_PREFIX = "/v1"
+
+
+def job_path(job_id: str) -> str:
+    return f"{API_PREFIX}/jobs/{job_id}"
+
+
+class Progress(BaseModel):
+    trials_completed: int = Field(description="Trials finished without error (complete or pruned).")
+    trials_failed: int
+    trials_total: int
+    fraction: float = Field(description="Finished trials (completed + failed) over the total, in [0, 1].")
+    eta_seconds: float | None = Field(
+        description="Estimated seconds left; null unless the job is running and has finished a trial."
+    )
+
+
+class Best(BaseModel):
+    """The best trial so far, as the worker reports it; extra members are passed through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    trial_number: int | None = None
+    arch: dict[str, Any] | None = None
+    param_count: int | None = None
+    param_ratio: float | None = None
+    score: float | None = None
+    scores: dict[str, Any] | None = None
+    verified: dict[str, Any] | None = None
+
+
+class JobLinks(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+    self_: str = Field(alias="self")
+    trials: str
+    cancel: str
+
+
+class JobOut(BaseModel):
+    id: str
+    status: JobStatus
+    model: str
+    spec: dict[str, Any] = Field(description="The accepted job specification, with defaults filled in.")
+    progress: Progress
+    best: Best | None
+    error: str | None
+    cancel_requested: bool
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    links: JobLinks
+
+    @classmethod
+    def from_row(cls, job: Job, *, now: datetime | None = None) -> JobOut:
+        path = job_path(job.id)
+        return cls(
+            id=job.id,
+            status=JobStatus(job.status),
+            model=job.model,
+            spec=job.spec,
+            progress=_progress(job, now or utcnow()),
+            best=Best.model_validate(job.best) if job.best is not None else None,
+            error=job.error,
+            cancel_requested=job.cancel_requested,
+            attempts=job.attempts,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            updated_at=job.updated_at,
+            links=JobLinks(self_=path, trials=f"{path}/trials", cancel=f"{path}/cancel"),
+        )
+
+
+def _progress(job: Job, now: datetime) -> Progress:
+    finished = job.trials_completed + job.trials_failed
+    total = job.trials_total
+    eta: float | None = None
+    if job.status == JobStatus.RUNNING and finished > 0 and job.started_at is not None:
+        # Linear extrapolation from the average time per finished trial so far.
+        elapsed = max((now - job.started_at).total_seconds(), 0.0)
+        eta = elapsed / finished * max(total - finished, 0)
+    return Progress(
+        trials_completed=job.trials_completed,
+        trials_failed=job.trials_failed,
+        trials_total=total,
+        fraction=min(finished / total, 1.0) if total > 0 else 0.0,
+        eta_seconds=eta,
+    )
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    next_cursor: str | None = Field(description="Pass as ?cursor= to get the next page; null on the last page.")
+    next: str | None = Field(description="Link to the next page; null on the last page.")
+
+
+class TrialOut(BaseModel):
+    number: int
+    state: TrialState
+    origin: str = Field(description="Where the candidate came from, e.g. 'sampler' or 'seed:uniform'.")
+    arch: dict[str, Any] | None
+    param_count: int | None
+    param_ratio: float | None
+    value: float | None = Field(description="The objective; null if the trial failed or its score was not finite.")
+    scores: dict[str, Any] | None
+    verified: dict[str, Any] | None
+    duration_s: float | None
+    timings: dict[str, Any] | None
+    error: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+    @classmethod
+    def from_row(cls, trial: TrialResult) -> TrialOut:
+        return cls(
+            number=trial.number,
+            state=TrialState(trial.state),
+            origin=trial.origin,
+            arch=trial.arch,
+            param_count=trial.param_count,
+            param_ratio=trial.param_ratio,
+            value=trial.value,
+            scores=trial.scores,
+            verified=trial.verified,
+            duration_s=trial.duration_s,
+            timings=trial.timings,
+            error=trial.error,
+            created_at=trial.created_at,
+            finished_at=trial.finished_at,
+        )
+
+
+class TrialPage(BaseModel):
+    items: list[TrialOut]
+    next_cursor: str | None
+    next: str | None
+
+
+class FieldError(BaseModel):
+    loc: list[str | int] = Field(description="Where the error is, e.g. ['body', 'target', 'param_ratio'].")
+    msg: str
+    type: str
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem detail, served as ``application/problem+json``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="A URI naming the kind of problem.")
+    title: str
+    status: int
+    detail: str
+    instance: str = Field(description="The request path that caused the problem.")
+    errors: list[FieldError] | None = Field(default=None, description="Per-field errors of a rejected request.")
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str
+    database: str
+    broker: str

@@ -1,0 +1,116 @@
+"""The service's configuration: one ``Settings`` class, read from ``PRUNESEARCH_*`` variables.
+
+Every derived value (database URL, Optuna storage, broker, artifacts) is filled in at validation
+time, so callers read plain, resolved attributes and a bad value fails at start-up, not on the
+first request. Nothing is created on disk here: folders are made by whoever first needs them.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+DEFAULT_DATA_DIR = Path("prunesearch-data")
+
+
+def _data_dir(info: ValidationInfo) -> Path:
+    # A field validator sees the fields declared before it; data_dir comes first. If data_dir
+    # itself failed validation, fall back to the default so only the real error is reported.
+    data_dir = info.data.get("data_dir")
+    return data_dir if isinstance(data_dir, Path) else DEFAULT_DATA_DIR.resolve()
+
+
+class Settings(BaseSettings):
+    """Service settings. Optional URLs default to embedded stores under ``data_dir``."""
+
+    model_config = SettingsConfigDict(env_prefix="PRUNESEARCH_", extra="ignore", frozen=True)
+
+    data_dir: Path = DEFAULT_DATA_DIR
+    database_url: str = Field(default=None, validate_default=True, description="SQLAlchemy URL of the job tables.")
+    optuna_storage_url: str = Field(
+        default=None,
+        validate_default=True,
+        description="Optuna RDB storage; defaults to the database URL so optuna-dashboard opens it directly.",
+    )
+    broker_url: str = Field(default=None, validate_default=True, description="Celery broker; filesystem by default.")
+    artifacts_dir: Path = Field(default=None, validate_default=True)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    max_trials: int = Field(default=5000, ge=1)
+    visibility_timeout_s: int = Field(default=172800, ge=1)
+    job_stale_after_s: int = Field(default=300, ge=1)
+    api_page_max: int = Field(default=200, ge=1)
+
+    @field_validator("data_dir", mode="after")
+    @classmethod
+    def _absolute_data_dir(cls, value: Path) -> Path:
+        # Absolute, so the API and a worker started from another directory agree on the files.
+        return value.expanduser().resolve()
+
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _default_database_url(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None or value == "":
+            # data_dir is absolute, so this has four slashes: sqlite:////abs/path.
+            return f"sqlite:///{_data_dir(info) / 'prunesearch.sqlite3'}"
+        return value
+
+    @field_validator("database_url", mode="after")
+    @classmethod
+    def _parsable_database_url(cls, value: str) -> str:
+        try:
+            make_url(value)
+        except ArgumentError as error:
+            raise ValueError(f"not a SQLAlchemy database URL: {error}") from error
+        return value
+
+    @field_validator("optuna_storage_url", mode="before")
+    @classmethod
+    def _default_optuna_storage_url(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None or value == "":
+            # Optuna's tables live beside ours; the Alembic version tables are kept apart.
+            return info.data.get("database_url", "")
+        return value
+
+    @field_validator("broker_url", mode="before")
+    @classmethod
+    def _default_broker_url(cls, value: Any) -> Any:
+        return "filesystem://" if value is None or value == "" else value
+
+    @field_validator("broker_url", mode="after")
+    @classmethod
+    def _known_broker_scheme(cls, value: str) -> str:
+        if "://" not in value:
+            raise ValueError(f"broker URL {value!r} has no scheme (e.g. redis://host:6379/0 or filesystem://)")
+        return value
+
+    @field_validator("artifacts_dir", mode="before")
+    @classmethod
+    def _default_artifacts_dir(cls, value: Any, info: ValidationInfo) -> Any:
+        return _data_dir(info) / "artifacts" if value is None or value == "" else value
+
+    @field_validator("artifacts_dir", mode="after")
+    @classmethod
+    def _absolute_artifacts_dir(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def broker_dir(self) -> Path:
+        """Folders of the filesystem broker (used only when ``broker_url`` is ``filesystem://``)."""
+        return self.data_dir / "broker"
+
+    @property
+    def uses_filesystem_broker(self) -> bool:
+        return self.broker_url.startswith("filesystem://")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once from the environment."""
+    return Settings()

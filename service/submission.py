@@ -1,0 +1,91 @@
+"""Accepting a job: validate, honour the idempotency key, insert, commit, then enqueue.
+
+Enqueueing happens after the commit so the worker always finds the row; if the broker refuses
+the task the row is deleted again, so a failed submission leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from celery import Celery
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from search.spec import JobSpec, check_job
+from service import repository
+from service.broker import enqueue_job
+from service.errors import InvalidRequest, Unavailable
+from service.models import Job
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Submission:
+    job: Job
+    created: bool  # False when an earlier submission with the same Idempotency-Key is returned
+
+
+def submit_job(
+    session: Session,
+    celery_app: Celery,
+    settings: Settings,
+    spec: JobSpec,
+    *,
+    idempotency_key: str | None = None,
+    owner: str | None = None,
+) -> Submission:
+    """Create and enqueue a job, or return the one an earlier request with this key created.
+
+    Raises ``search.errors.InvalidJobSpec`` (the model or budget cannot work), ``InvalidRequest``
+    (too many trials, or a reused key with another body) and ``Unavailable`` (broker down).
+    """
+    spec_dict = spec.model_dump(mode="json")
+    if idempotency_key is not None:
+        existing = _replay(session, idempotency_key, spec_dict)
+        if existing is not None:
+            return Submission(existing, created=False)
+    if spec.n_trials > settings.max_trials:
+        raise InvalidRequest(
+            f"n_trials {spec.n_trials} is above this server's limit of {settings.max_trials}",
+            extensions={"errors": [{"loc": ["body", "n_trials"], "msg": "above max_trials", "type": "max_trials"}]},
+        )
+    check_job(spec)
+    job = repository.create_job(
+        session,
+        spec=spec_dict,
+        model=spec.model,
+        trials_total=spec.n_trials,
+        owner=owner,
+        idempotency_key=idempotency_key,
+    )
+    try:
+        session.commit()
+    except IntegrityError:
+        # A concurrent request with the same key won the race: answer with its job.
+        session.rollback()
+        if idempotency_key is None:
+            raise
+        existing = _replay(session, idempotency_key, spec_dict)
+        if existing is None:
+            raise
+        return Submission(existing, created=False)
+    try:
+        enqueue_job(celery_app, job.id)
+    except Exception as error:
+        logger.warning("enqueue of job %s failed, deleting it: %s", job.id, error)
+        repository.delete_job(session, job.id)
+        session.commit()
+        raise Unavailable("the task queue is unreachable; the job was not created, retry later") from error
+    return Submission(job, created=True)
+
+
+def _replay(session: Session, key: str, spec_dict: dict[str, object]) -> Job | None:
+    existing = repository.find_job_by_idempotency_key(session, key)
+    if existing is not None and existing.spec != spec_dict:
+        # draft-ietf-httpapi-idempotency-key-header: a reused key with another payload is a 422.
+        raise InvalidRequest(f"Idempotency-Key {key!r} was already used for a different job specification")
+    return existing

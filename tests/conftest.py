@@ -1,0 +1,119 @@
+"""Shared fixtures: real PostgreSQL and Redis (CI guarantees both), SQLite files, tiny model configs.
+
+Services are never mocked: an unreachable server fails the session with a message saying which
+one and how to point the tests elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import redis
+from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+
+POSTGRES_ADMIN_URL = os.environ.get("PRUNESEARCH_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_SERVER_URL = os.environ.get("PRUNESEARCH_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+_REDIS_LOCK_PREFIX = "prunesearch-test:db-lock:"
+_REDIS_LOCK_TTL_S = 2 * 3600  # outlives any test session; frees the db if a session crashed
+
+TINY_LLAMA_CONFIG: dict[str, object] = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 64,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 128,
+    "vocab_size": 512,
+    "max_position_embeddings": 256,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": False,
+    "hidden_act": "silu",
+    "attention_bias": False,
+    "mlp_bias": False,
+}
+
+
+@pytest.fixture(scope="session")
+def postgres_database_factory() -> Iterator[Callable[[], str]]:
+    """Creates fresh, empty databases on demand (``prunesearch_test_<hex>``); drops them all at the end."""
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
+    created: list[str] = []
+
+    def create() -> str:
+        name = f"prunesearch_test_{secrets.token_hex(6)}"
+        try:
+            with admin.connect() as connection:
+                connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        except OperationalError as error:
+            pytest.fail(
+                f"PostgreSQL is unreachable at {make_url(POSTGRES_ADMIN_URL)!r}: {error.orig}. "
+                "Start it, or set PRUNESEARCH_TEST_ADMIN_URL to a superuser URL of a running server.",
+                pytrace=False,
+            )
+        created.append(name)
+        return make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+
+    yield create
+    with admin.connect() as connection:
+        for name in created:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_database_factory: Callable[[], str]) -> str:
+    """A fresh, empty PostgreSQL database for this test session."""
+    return postgres_database_factory()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis database number no other concurrent test session uses, flushed at start and end."""
+    server = redis.Redis.from_url(REDIS_SERVER_URL, socket_connect_timeout=5)
+    token = secrets.token_hex(8)
+    try:
+        number = next(
+            (n for n in range(1, 16) if server.set(f"{_REDIS_LOCK_PREFIX}{n}", token, nx=True, ex=_REDIS_LOCK_TTL_S)),
+            None,
+        )
+    except redis.ConnectionError as error:
+        pytest.fail(
+            f"Redis is unreachable at {REDIS_SERVER_URL}: {error}. "
+            "Start it, or set PRUNESEARCH_TEST_REDIS_URL to a running server.",
+            pytrace=False,
+        )
+    if number is None:
+        pytest.fail("every Redis database 1..15 is locked by another test session", pytrace=False)
+    db_url = urlsplit(REDIS_SERVER_URL)._replace(path=f"/{number}").geturl()
+    database = redis.Redis.from_url(db_url)
+    database.flushdb()  # a crashed session may have left messages behind
+    yield db_url
+    database.flushdb()
+    database.close()
+    if server.get(f"{_REDIS_LOCK_PREFIX}{number}") == token.encode():
+        server.delete(f"{_REDIS_LOCK_PREFIX}{number}")
+    server.close()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A SQLite file in the test's temporary folder (absolute path, so four slashes)."""
+    return f"sqlite:///{tmp_path / 'prunesearch.sqlite3'}"
+
+
+@pytest.fixture
+def tiny_model_config_dir(tmp_path: Path) -> Path:
+    """A model folder with only the ``config.json`` of a tiny GQA Llama: enough to validate jobs, no weights."""
+    model_dir = tmp_path / "tiny-llama-config"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text(json.dumps(TINY_LLAMA_CONFIG, indent=2))
+    return model_dir

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from search.calibration import TokenSet, tokenize_windows, default_texts
+from search.loading import LoadedModel, load_model
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4-layer Llama with 2 KV groups (GQA) and a BPE tokenizer, built from a config."""
+    from search.demo import build_demo_model
+
+    return build_demo_model(tmp_path_factory.mktemp("tiny-llama"), size="tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_loaded(tiny_llama_dir: Path) -> LoadedModel:
+    torch.manual_seed(0)
+    return load_model(str(tiny_llama_dir), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokens(tiny_loaded: LoadedModel) -> TokenSet:
+    return tokenize_windows(tiny_loaded.tokenizer, default_texts(), seq_len=64, n_calibration=8, n_heldout=8)

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from search.loading import LoadedModel
+from search.spec import JobSpec
+from search.study import make_storage, prepare, run_search
+
+
+def _spec(model: Path, **overrides: object) -> JobSpec:
+    fields: dict[str, object] = dict(
+        model=str(model), target={"param_ratio": 0.6}, n_trials=8, seed=3, verify_top_k=3,
+        calibration={"n_samples": 4, "seq_len": 64, "heldout_samples": 4},
+        search_space={"ffn_alignment": 8},
+    )
+    return JobSpec(**(fields | overrides))
+
+
+def test_search_meets_the_budget_seeds_baselines_and_verifies(tiny_loaded: LoadedModel, tiny_llama_dir: Path) -> None:
+    spec = _spec(tiny_llama_dir)
+    seen: list[int] = []
+    result = run_search(prepare(tiny_loaded, spec), study_name="t", callbacks=[lambda _s, t: seen.append(t.number)])
+    assert [t.origin for t in result.trials[:2]] == ["seed:uniform", "seed:block_influence"]
+    complete = [t for t in result.trials if t.state == "complete"]
+    assert len(complete) == 8 and seen == [t.number for t in result.trials]
+    for trial in complete:
+        assert abs(trial.param_ratio - 0.6) <= 0.01 * 0.6
+        assert trial.scores["tracenas"] == trial.value
+    assert len(result.verified) == 3
+    assert result.dense is not None and result.dense.kl == 0.0
+    best = result.best
+    assert best is not None and best["verified"]["kl"] == min(v.kl for v in result.verified.values())
+    assert all(v.kl > 0 for v in result.verified.values())
+
+
+@pytest.mark.parametrize("sampler", ["random", "nsga2", "cmaes"])
+def test_every_sampler_runs(tiny_loaded: LoadedModel, tiny_llama_dir: Path, sampler: str) -> None:
+    spec = _spec(tiny_llama_dir, sampler=sampler, n_trials=4, verify_top_k=0)
+    result = run_search(prepare(tiny_loaded, spec), study_name=sampler)
+    assert sum(t.state == "complete" for t in result.trials) == 4
+    assert result.best is not None and result.best["verified"] is None
+
+
+def test_stop_between_trials_and_resume(tiny_loaded: LoadedModel, tiny_llama_dir: Path, tmp_path: Path) -> None:
+    storage = make_storage(f"sqlite:///{tmp_path}/optuna.sqlite3")
+    spec = _spec(tiny_llama_dir, n_trials=6, verify_top_k=1)
+    context = prepare(tiny_loaded, spec)
+    calls = {"n": 0}
+
+    def stop_after_three() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 3
+
+    stopped = run_search(context, study_name="resume", storage=storage, should_stop=stop_after_three)
+    assert stopped.stopped and len(stopped.trials) == 3 and not stopped.verified
+    resumed = run_search(context, study_name="resume", storage=storage)
+    assert [t.number for t in resumed.trials] == list(range(6))
+    assert not resumed.stopped and len(resumed.verified) == 1
