@@ -178,4 +178,6 @@ class ArchConfig:
 
     def summary(self) -> str:
         """A compact one-line picture, e.g. ``A4/M512 A2/M256 -/M0``."""
-        return " ".join(f"{'A' + str(layer.heads) if layer.heads else '-'}/M{layer.ffn_channels}" for layer in self.layers)
+        return " ".join(
+            f"{'A' + str(layer.heads) if layer.heads else '-'}/M{layer.ffn_channels}" for layer in self.layers
+        )

@@ -14,10 +14,22 @@ from search.calibration import default_texts
 
 DEMO_SIZES: dict[str, dict[str, int]] = {
     # hidden, layers, heads, kv heads, intermediate, vocab
-    "tiny": dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                 intermediate_size=256, vocab_size=512),
-    "small": dict(hidden_size=256, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2,
-                  intermediate_size=768, vocab_size=4096),
+    "tiny": dict(
+        hidden_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=256,
+        vocab_size=512,
+    ),
+    "small": dict(
+        hidden_size=256,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        intermediate_size=768,
+        vocab_size=4096,
+    ),
 }
 
 

@@ -202,7 +202,7 @@ def run_search(
         if stopped:
             return result
         raise SearchError("no trial completed: every candidate failed to score")
-    result.best = _best_entry(max(complete, key=lambda t: t.value or -math.inf), verified=None)
+    result.best = best_entry(max(complete, key=lambda t: t.value or -math.inf), verified=None)
     if spec.verify_top_k and not stopped:
         finalists = _finalists(complete, spec.verify_top_k)
         selections = [
@@ -213,8 +213,17 @@ def run_search(
         result.dense = dense
         result.verified = {t.number: check for t, check in zip(finalists, checks, strict=True)}
         winner = min(finalists, key=lambda t: result.verified[t.number].kl)
-        result.best = _best_entry(winner, verified=result.verified[winner.number])
+        result.best = best_entry(winner, verified=result.verified[winner.number])
     return result
+
+
+_STATE_NAMES = {
+    TrialState.COMPLETE: "complete",
+    TrialState.FAIL: "failed",
+    TrialState.PRUNED: "pruned",
+    TrialState.RUNNING: "running",
+    TrialState.WAITING: "waiting",
+}
 
 
 def describe_trial(trial: FrozenTrial) -> TrialInfo:
@@ -223,7 +232,7 @@ def describe_trial(trial: FrozenTrial) -> TrialInfo:
     value = trial.value if trial.state == TrialState.COMPLETE else None
     return TrialInfo(
         number=trial.number,
-        state=trial.state.name.lower(),
+        state=_STATE_NAMES[trial.state],
         origin=str(attrs.get("origin", "sampler")),
         value=value if value is None or math.isfinite(value) else None,
         arch=attrs.get("arch"),
@@ -264,7 +273,7 @@ def _finalists(complete: list[TrialInfo], k: int) -> list[TrialInfo]:
     return chosen
 
 
-def _best_entry(trial: TrialInfo, *, verified: Verification | None) -> dict[str, Any]:
+def best_entry(trial: TrialInfo, *, verified: Verification | None) -> dict[str, Any]:
     return {
         "trial_number": trial.number,
         "origin": trial.origin,

@@ -59,7 +59,10 @@ def verify(
         if on_batch is not None:
             on_batch(index + 1, len(batches))
     reference = Verification(0.0, math.exp(dense_nll / tokens), tokens)
-    results = [Verification(kl / tokens, math.exp(min(nll / tokens, 700.0)), tokens) for kl, nll in zip(kl_sums, nll_sums, strict=True)]
+    results = [
+        Verification(kl / tokens, math.exp(min(nll / tokens, 700.0)), tokens)
+        for kl, nll in zip(kl_sums, nll_sums, strict=True)
+    ]
     return reference, results
 
 

@@ -17,7 +17,17 @@ from service.db import make_engine
 from service.models import VERSION_TABLE
 from service.settings import get_settings
 
-MIGRATIONS_DIR = Path(migrations.__file__).parent
+
+def _migrations_dir() -> Path:
+    # ``__path__`` rather than ``__file__``: an editable install made before ``migrations`` had its
+    # ``__init__.py`` maps it as a namespace package, whose ``__file__`` is None.
+    for entry in migrations.__path__:
+        if (Path(entry) / "env.py").is_file():
+            return Path(entry)
+    raise RuntimeError(f"no env.py in the migrations package ({list(migrations.__path__)})")
+
+
+MIGRATIONS_DIR = _migrations_dir()
 
 
 def _config(url: str | None) -> Config:

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     )
     broker_url: str = Field(default=None, validate_default=True, description="Celery broker; filesystem by default.")
     artifacts_dir: Path = Field(default=None, validate_default=True)
+    device: str | None = Field(
+        default=None, description="Worker's torch device (cuda, cuda:1, cpu); unset or 'auto' picks CUDA if present."
+    )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     max_trials: int = Field(default=5000, ge=1)

@@ -117,3 +117,11 @@ def tiny_model_config_dir(tmp_path: Path) -> Path:
     model_dir.mkdir()
     (model_dir / "config.json").write_text(json.dumps(TINY_LLAMA_CONFIG, indent=2))
     return model_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real 4-layer Llama (2 KV groups, GQA; random weights) with a BPE tokenizer, built from a config."""
+    from search.demo import build_demo_model
+
+    return build_demo_model(tmp_path_factory.mktemp("tiny-llama"), size="tiny")

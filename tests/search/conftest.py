@@ -5,16 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from search.calibration import TokenSet, tokenize_windows, default_texts
+from search.calibration import TokenSet, default_texts, tokenize_windows
 from search.loading import LoadedModel, load_model
-
-
-@pytest.fixture(scope="session")
-def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 4-layer Llama with 2 KV groups (GQA) and a BPE tokenizer, built from a config."""
-    from search.demo import build_demo_model
-
-    return build_demo_model(tmp_path_factory.mktemp("tiny-llama"), size="tiny")
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,14 @@ from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2
 from search.arch import ArchConfig, LayerArch, ModelShape
 from search.errors import InvalidArchConfig, UnsupportedModel
 
-_DIMS = dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-             intermediate_size=96, vocab_size=256)
+_DIMS = dict(
+    hidden_size=64,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=96,
+    vocab_size=256,
+)
 
 
 @pytest.mark.parametrize(

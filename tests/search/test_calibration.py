@@ -31,7 +31,10 @@ def test_windows_are_disjoint_and_the_digest_is_stable(tiny_loaded: LoadedModel)
     assert torch.equal(first.calibration, second.calibration)
     calibration_rows = {tuple(row.tolist()) for row in first.calibration}
     assert not calibration_rows & {tuple(row.tolist()) for row in first.heldout}
-    assert build_token_set(tiny_loaded.tokenizer, Calibration(n_samples=6, seq_len=64, heldout_samples=5)).digest != first.digest
+    assert (
+        build_token_set(tiny_loaded.tokenizer, Calibration(n_samples=6, seq_len=64, heldout_samples=5)).digest
+        != first.digest
+    )
 
 
 def test_too_little_text_is_a_clear_error(tiny_loaded: LoadedModel) -> None:

@@ -6,13 +6,13 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from search.arch import ArchConfig, LayerArch
+from search.calibration import TokenSet
 from search.loading import LoadedModel
 from search.masking import apply_arch
 from search.selection import Importance, select_units
-from search.calibration import TokenSet
 
 
-def _random_importance(shape, seed: int) -> Importance:  # noqa: ANN001
+def _random_importance(shape, seed: int) -> Importance:
     g = torch.Generator().manual_seed(seed)
     return Importance(
         tuple(torch.rand(shape.num_kv_heads, generator=g) for _ in range(shape.num_layers)),
@@ -42,8 +42,16 @@ def test_masks_equal_physical_slicing(tiny_loaded: LoadedModel, tiny_tokens: Tok
     arch = ArchConfig((LayerArch(2, 96), LayerArch(0, 0), LayerArch(2, 96), LayerArch(0, 0)))
     selection = select_units(_random_importance(shape, 1), arch, shape.group_size)
 
-    config = LlamaConfig(**{**adapter.model.config.to_dict(), "num_hidden_layers": 2, "num_attention_heads": 2,
-                             "num_key_value_heads": 1, "intermediate_size": 96, "head_dim": shape.head_dim})
+    config = LlamaConfig(
+        **{
+            **adapter.model.config.to_dict(),
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "intermediate_size": 96,
+            "head_dim": shape.head_dim,
+        }
+    )
     small = LlamaForCausalLM(config).eval()
     source = adapter.model.state_dict()
     sliced = {k: v for k, v in source.items() if not k.startswith("model.layers.")}

@@ -11,8 +11,14 @@ from search.repair import Proposal, repair
 from search.spec import check_budget
 
 SHAPE = ModelShape.from_config(
-    LlamaConfig(hidden_size=256, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2,
-                intermediate_size=768, vocab_size=4096).to_dict()
+    LlamaConfig(
+        hidden_size=256,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        intermediate_size=768,
+        vocab_size=4096,
+    ).to_dict()
 )
 
 
@@ -50,8 +56,14 @@ def test_unreachable_budgets_are_refused_up_front() -> None:
     with pytest.raises(BudgetInfeasible, match="embeddings"):
         check_budget(SHAPE, SHAPE.min_param_ratio(), ffn_alignment=32)
     tiny = ModelShape.from_config(
-        LlamaConfig(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                    intermediate_size=128, vocab_size=512).to_dict()
+        LlamaConfig(
+            hidden_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=128,
+            vocab_size=512,
+        ).to_dict()
     )
     with pytest.raises(BudgetInfeasible, match="ffn_alignment=32 is too coarse"):
         check_budget(tiny, 0.5, ffn_alignment=32)

@@ -11,7 +11,11 @@ from search.study import make_storage, prepare, run_search
 
 def _spec(model: Path, **overrides: object) -> JobSpec:
     fields: dict[str, object] = dict(
-        model=str(model), target={"param_ratio": 0.6}, n_trials=8, seed=3, verify_top_k=3,
+        model=str(model),
+        target={"param_ratio": 0.6},
+        n_trials=8,
+        seed=3,
+        verify_top_k=3,
         calibration={"n_samples": 4, "seq_len": 64, "heldout_samples": 4},
         search_space={"ffn_alignment": 8},
     )

@@ -8,7 +8,7 @@ from search.selection import select_units, wanda_importance
 from search.stats import collect_stats
 
 
-def _selections(loaded: LoadedModel, tokens: TokenSet):  # noqa: ANN202
+def _selections(loaded: LoadedModel, tokens: TokenSet):
     adapter = loaded.adapter
     shape = adapter.shape
     importance = wanda_importance(adapter, collect_stats(adapter, tokens, batch_size=4))

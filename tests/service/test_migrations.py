@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import optuna
 import pytest
@@ -67,9 +67,24 @@ def test_check_detects_drift(empty_url: str) -> None:
         migrate.check(empty_url)
 
 
-def test_optuna_shares_the_database(empty_url: str) -> None:
+@pytest.fixture
+def optuna_storage(empty_url: str) -> Iterator[Callable[[], optuna.storages.RDBStorage]]:
+    """Opens Optuna's own storage (creating its tables) on the same database; closes its pool after."""
+    storages: list[optuna.storages.RDBStorage] = []
+
+    def open_storage() -> optuna.storages.RDBStorage:
+        storages.append(optuna.storages.RDBStorage(empty_url))
+        return storages[-1]
+
+    yield open_storage
+    for storage in storages:
+        storage.engine.dispose()
+
+
+def test_optuna_shares_the_database(empty_url: str, optuna_storage: Callable[[], optuna.storages.RDBStorage]) -> None:
     migrate.upgrade(empty_url)
-    study = optuna.create_study(storage=empty_url, study_name="job-abc", direction="maximize")
+    storage = optuna_storage()
+    study = optuna.create_study(storage=storage, study_name="job-abc", direction="maximize")
     study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
     optuna_tables = _tables(empty_url) - OUR_TABLES
     assert {"studies", "trials", "alembic_version", "version_info"} <= optuna_tables
@@ -84,16 +99,19 @@ def test_optuna_shares_the_database(empty_url: str) -> None:
 
     assert _tables(empty_url) - OUR_TABLES == optuna_tables
     assert _optuna_alembic_version(empty_url) == optuna_revision
-    loaded = optuna.load_study(storage=empty_url, study_name="job-abc")
+    loaded = optuna.load_study(storage=storage, study_name="job-abc")
     assert len(loaded.trials) == 2
 
 
-def test_optuna_first_then_our_upgrade(empty_url: str) -> None:
-    optuna.create_study(storage=empty_url, study_name="before-us")
+def test_optuna_first_then_our_upgrade(
+    empty_url: str, optuna_storage: Callable[[], optuna.storages.RDBStorage]
+) -> None:
+    storage = optuna_storage()
+    optuna.create_study(storage=storage, study_name="before-us")
     migrate.upgrade(empty_url)
     migrate.check(empty_url)
     assert migrate.current(empty_url) == "0001"
-    assert optuna.load_study(storage=empty_url, study_name="before-us").study_name == "before-us"
+    assert optuna.load_study(storage=storage, study_name="before-us").study_name == "before-us"
 
 
 def test_unknown_tables_are_ignored(empty_url: str) -> None:

@@ -1,0 +1,1 @@
+"""The ``prunesearch`` command line; the library is ``search``, the service ``service``."""

@@ -1,0 +1,315 @@
+"""``prunesearch``: run a search locally, or run the service's processes.
+
+Heavy imports (torch, the API, Celery) happen inside the commands, so ``--help`` is instant and
+``prunesearch api`` never loads torch.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from search.spec import JobSpec
+    from search.study import SearchContext, SearchResult
+
+
+@click.group()
+@click.version_option(package_name="prunesearch")
+def main() -> None:
+    """PruneSearch: find pruned architectures of a language model under a parameter budget."""
+
+
+# --- local search ------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--model", required=True, help="Local Hugging Face model directory (or hub id).")
+@click.option("--param-ratio", type=float, required=True, help="Fraction of the parameters to keep, in (0, 1].")
+@click.option("--trials", "n_trials", type=int, default=100, show_default=True)
+@click.option("--proxy", default="tracenas", show_default=True)
+@click.option("--sampler", default="tpe", show_default=True, help="tpe, random, nsga2 or cmaes.")
+@click.option("--seed", type=int, default=None)
+@click.option("--calibration", "calibration_source", default=None, help="Text file or directory of text files.")
+@click.option("--samples", "n_samples", type=int, default=16, show_default=True, help="Calibration sequences.")
+@click.option("--seq-len", type=int, default=256, show_default=True)
+@click.option("--heldout", "heldout_samples", type=int, default=16, show_default=True, help="Held-out sequences.")
+@click.option("--verify-top-k", type=int, default=5, show_default=True)
+@click.option("--ffn-alignment", type=int, default=32, show_default=True)
+@click.option("--storage", default=None, help="Optuna storage URL (default: the SQLite database in the data dir).")
+@click.option("--study-name", default=None, help="Resume or name the study (default: a new timestamped one).")
+@click.option("--device", default="auto", show_default=True)
+def search(
+    model: str,
+    param_ratio: float,
+    n_trials: int,
+    proxy: str,
+    sampler: str,
+    seed: int | None,
+    calibration_source: str | None,
+    n_samples: int,
+    seq_len: int,
+    heldout_samples: int,
+    verify_top_k: int,
+    ffn_alignment: int,
+    storage: str | None,
+    study_name: str | None,
+    device: str,
+) -> None:
+    """Search locally, with no services: SQLite storage, a progress bar, the best architecture at the end."""
+    from pydantic import ValidationError
+    from rich.console import Console
+
+    from search.errors import SearchError
+    from search.spec import JobSpec, check_job
+
+    console = Console()
+    try:
+        spec = JobSpec(
+            model=model,
+            target={"param_ratio": param_ratio},
+            n_trials=n_trials,
+            proxy=proxy,
+            sampler=sampler,
+            seed=seed,
+            calibration={
+                "source": calibration_source,
+                "n_samples": n_samples,
+                "seq_len": seq_len,
+                "heldout_samples": heldout_samples,
+            },
+            search_space={"ffn_alignment": ffn_alignment},
+            verify_top_k=verify_top_k,
+        )
+        check_job(spec)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise click.UsageError(problems) from error
+    except SearchError as error:
+        raise click.UsageError(str(error)) from error
+    if storage is None:
+        from service.settings import get_settings
+
+        storage = get_settings().optuna_storage_url
+    study_name = study_name or time.strftime("search-%Y%m%d-%H%M%S")
+    try:
+        result, context = _run_local(spec, storage, study_name, device, console)
+    except SearchError as error:
+        raise click.ClickException(str(error)) from error
+    _print_result(console, spec, context, result)
+    console.print(f"\nStudy [bold]{study_name}[/] in {storage}  (open it with: optuna-dashboard {storage})")
+
+
+def _run_local(
+    spec: JobSpec, storage: str, study_name: str, device: str, console: Console
+) -> tuple[SearchResult, SearchContext]:
+    import optuna
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from search.loading import load_model
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar replaces per-trial log lines
+    from search.study import make_storage, prepare, run_search
+
+    if storage.startswith("sqlite:///"):
+        Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    with console.status(f"Loading {spec.model} and computing dense statistics..."):
+        loaded = load_model(spec.model, spec.revision, device=device)
+        context = prepare(loaded, spec)
+    console.print(
+        f"Loaded {spec.model}: {context.shape.dense_params():,} parameters, "
+        f"{context.shape.num_layers} layers; prepared in {context.prepare_seconds:.1f}s "
+        f"(calibration {tuple(context.tokens.calibration.shape)}, digest {context.tokens.digest})"
+    )
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[best]}"),
+    )
+    with Progress(*columns, console=console) as progress:
+        trials = progress.add_task("trials", total=spec.n_trials, best="")
+        verification = progress.add_task("verify", total=None, visible=False, best="")
+        best = [float("-inf")]
+
+        def on_trial(_study: Any, trial: Any) -> None:
+            if trial.value is not None and trial.value > best[0]:
+                best[0] = trial.value
+            progress.update(
+                trials, completed=min(spec.n_trials, _completed(_study)), best=f"best {spec.proxy}={best[0]:.4f}"
+            )
+
+        def on_verify(done: int, total: int) -> None:
+            progress.update(verification, visible=True, completed=done, total=total)
+
+        result = run_search(
+            context,
+            study_name=study_name,
+            storage=make_storage(storage),
+            callbacks=[on_trial],
+            on_verify=on_verify,
+        )
+    return result, context
+
+
+def _completed(study: Any) -> int:
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+def _print_result(console: Console, spec: JobSpec, context: SearchContext, result: SearchResult) -> None:
+    from rich.table import Table
+
+    from search.arch import ArchConfig
+
+    best = result.best
+    if best is None:
+        console.print("[red]No trial completed.[/]")
+        return
+    shape = context.shape
+    arch = ArchConfig.from_dict(best["arch"])
+    table = Table(title=f"Best architecture (trial {best['trial_number']}, {best['origin']})")
+    for column in ("layer", "attention heads", "KV heads", "FFN channels"):
+        table.add_column(column, justify="right")
+    for i, layer in enumerate(arch.layers):
+        heads = f"{layer.heads}/{shape.num_heads}" if layer.heads else "[dim]dropped[/]"
+        ffn = f"{layer.ffn_channels}/{shape.intermediate_size}" if layer.ffn_channels else "[dim]dropped[/]"
+        table.add_row(str(i), heads, f"{layer.heads // shape.group_size}/{shape.num_kv_heads}", ffn)
+    console.print(table)
+    dense = shape.dense_params()
+    target = spec.target.param_ratio * dense
+    console.print(
+        f"Parameters: {best['param_count']:,} = {best['param_ratio']:.4f} of {dense:,} "
+        f"(target {spec.target.param_ratio} = {target:,.0f}; off by {best['param_count'] / target - 1:+.2%})"
+    )
+    scores = ", ".join(f"{name}={value:.4f}" for name, value in best["scores"].items())
+    console.print(f"Proxy scores: {scores}")
+    if best["verified"] is not None and result.dense is not None:
+        verified = best["verified"]
+        console.print(
+            f"Verified on {verified['tokens']:,} held-out tokens (best of {len(result.verified)} finalists by KL): "
+            f"KL to dense {verified['kl']:.4f} nats/token, perplexity {verified['ppl']:.2f} "
+            f"(dense {result.dense.ppl:.2f})"
+        )
+
+
+# --- models -------------------------------------------------------------------------------------
+
+
+@main.command("demo-model")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--size", type=click.Choice(["tiny", "small"]), default="small", show_default=True)
+def demo_model(directory: Path, size: str) -> None:
+    """Build a Llama-style decoder with random weights and a BPE tokenizer (offline) in DIRECTORY."""
+    from search.demo import build_demo_model
+
+    path = build_demo_model(directory, size=size)
+    click.echo(f"Demo model ({size}, random weights) written to {path}")
+
+
+# --- service processes --------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--host", default=None, help="Bind address (default: PRUNESEARCH_HOST, 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default: PRUNESEARCH_PORT, 8000).")
+def api(host: str | None, port: int | None) -> None:
+    """Run the REST API (no torch, no GPU)."""
+    import uvicorn
+
+    from service.settings import get_settings
+
+    settings = get_settings()
+    uvicorn.run("service.app:create_app", factory=True, host=host or settings.host, port=port or settings.port)
+
+
+@main.command()
+@click.option("--loglevel", default="INFO", show_default=True)
+def worker(loglevel: str) -> None:
+    """Run one worker process (one per GPU: set CUDA_VISIBLE_DEVICES)."""
+    from workers.celery_app import app
+
+    app.worker_main(["worker", f"--loglevel={loglevel}", "--concurrency=1", f"--hostname=prunesearch-{os.getpid()}@%h"])
+
+
+@main.command()
+@click.option("--host", default=None, help="Bind address (default: PRUNESEARCH_HOST, 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default: PRUNESEARCH_PORT, 8000).")
+def serve(host: str | None, port: int | None) -> None:
+    """Run the API and an embedded worker with no external services (SQLite, filesystem broker)."""
+    import uvicorn
+
+    from service.migrate import upgrade
+    from service.settings import get_settings
+
+    settings = get_settings()
+    upgrade(settings.database_url)
+    # The worker child must agree with us on every resolved path, whatever its working directory.
+    env = os.environ | {
+        "PRUNESEARCH_DATA_DIR": str(settings.data_dir),
+        "PRUNESEARCH_DATABASE_URL": settings.database_url,
+        "PRUNESEARCH_OPTUNA_STORAGE_URL": settings.optuna_storage_url,
+        "PRUNESEARCH_BROKER_URL": settings.broker_url,
+    }
+    worker_process = subprocess.Popen([sys.executable, "-m", "prunesearch", "worker"], env=env)
+    click.echo(f"Data in {settings.data_dir}; worker pid {worker_process.pid}")
+    try:
+        uvicorn.run("service.app:create_app", factory=True, host=host or settings.host, port=port or settings.port)
+    finally:
+        worker_process.send_signal(signal.SIGTERM)
+        try:
+            worker_process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker_process.kill()
+
+
+@main.group()
+def db() -> None:
+    """Manage the service's database schema (Alembic)."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Apply migrations up to REVISION."""
+    from service.migrate import current, upgrade
+
+    upgrade(None, revision)
+    click.echo(f"database at revision {current(None)}")
+
+
+@db.command("downgrade")
+@click.argument("revision")
+def db_downgrade(revision: str) -> None:
+    """Revert migrations down to REVISION (``base`` removes the service's tables, not Optuna's)."""
+    from service.migrate import current, downgrade
+
+    downgrade(None, revision)
+    click.echo(f"database at revision {current(None)}")
+
+
+@db.command("current")
+def db_current() -> None:
+    """Print the applied revision."""
+    from service.migrate import current
+
+    click.echo(current(None) or "none")

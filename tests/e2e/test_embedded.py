@@ -1,0 +1,47 @@
+"""`prunesearch serve`: the API and an embedded worker with no external services."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e import flow
+from tests.e2e.processes import PRUNESEARCH, Process, base_env, free_port, wait_ready
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Client, Path]]:
+    port = free_port()
+    data_dir = tmp_path_factory.mktemp("embedded-data")
+    env = base_env(data_dir, port=str(port))
+    process = Process("serve", [*PRUNESEARCH, "serve"], env, tmp_path_factory.mktemp("logs"))
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    try:
+        wait_ready(client, [process])
+        yield client, data_dir
+    except BaseException:
+        print(process.tail())
+        raise
+    finally:
+        client.close()
+        process.stop()
+    print(process.tail(20))
+
+
+def test_embedded_service_runs_a_job_on_sqlite_and_the_filesystem_broker(
+    embedded: tuple[httpx.Client, Path], tiny_llama_dir: Path
+) -> None:
+    client, data_dir = embedded
+    job_id = flow.submit(client, flow.job_body(tiny_llama_dir))
+    flow.check_completed_job(client, job_id)
+    assert (data_dir / "prunesearch.sqlite3").is_file()
+    assert (data_dir / "broker").is_dir()
+
+
+def test_embedded_cancel(embedded: tuple[httpx.Client, Path], tiny_llama_dir: Path) -> None:
+    flow.check_cancel(embedded[0], tiny_llama_dir)

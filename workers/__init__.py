@@ -1,0 +1,1 @@
+"""Celery glue: the only place where the job tables, the broker and the search library meet."""
