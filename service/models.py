@@ -89,6 +89,8 @@ class Job(Base):
     trials_completed: Mapped[int] = mapped_column(Integer, default=0)
     trials_failed: Mapped[int] = mapped_column(Integer, default=0)
     best: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Verification, proxy trust and export figures, written by the worker when the search ends.
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -115,6 +117,8 @@ class TrialResult(Base):
     param_count: Mapped[int | None] = mapped_column(BigInteger)
     param_ratio: Mapped[float | None] = mapped_column(Float)
     value: Mapped[float | None] = mapped_column(Float)
+    # All objective values of a multi-objective trial, in the study's objective order.
+    values: Mapped[list[float] | None] = mapped_column(JSON)
     scores: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     verified: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     duration_s: Mapped[float | None] = mapped_column(Float)
