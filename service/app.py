@@ -11,7 +11,7 @@ from service.broker import make_celery
 from service.db import make_engine, make_sessionmaker
 from service.openapi import install_openapi
 from service.problems import install_problem_handlers
-from service.routes import health, jobs
+from service.routes import health, jobs, results
 from service.settings import Settings, get_settings
 
 API_VERSION = "0.1.0"
@@ -43,5 +43,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_problem_handlers(app)
     install_openapi(app)
     app.include_router(jobs.router)
+    app.include_router(results.router)
     app.include_router(health.router)
     return app

@@ -1,6 +1,7 @@
 """The Celery client side: how the API enqueues work, and the config the worker shares.
 
-The API never imports the worker's tasks; it sends ``RUN_JOB_TASK`` by name with the job id.
+The API never imports the worker's tasks; it sends them by name with ids: ``RUN_JOB_TASK`` with the
+job id, ``EXPORT_TRIAL_TASK`` with the job id and a trial number.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from celery import Celery
 from service.settings import Settings
 
 RUN_JOB_TASK = "prunesearch.run_job"
+# args [job_id, trial_number]: export that trial into {artifacts_dir}/{job_id}/trial-{number}/.
+EXPORT_TRIAL_TASK = "prunesearch.export_trial"
 
 # Publishing to a dead broker should fail within a second or two (the API answers 503), not hang.
 _PUBLISH_RETRY_POLICY: dict[str, Any] = {
@@ -75,6 +78,11 @@ def make_celery(settings: Settings, name: str = "prunesearch") -> Celery:
 def enqueue_job(celery_app: Celery, job_id: str) -> None:
     """Send the run-job task; raises (kombu / redis errors) if the broker cannot take it."""
     celery_app.send_task(RUN_JOB_TASK, args=[job_id])
+
+
+def enqueue_export(celery_app: Celery, job_id: str, number: int) -> None:
+    """Send the export-trial task; raises (kombu / redis errors) if the broker cannot take it."""
+    celery_app.send_task(EXPORT_TRIAL_TASK, args=[job_id, number])
 
 
 def broker_reachable(celery_app: Celery, timeout: float = 2.0) -> bool:

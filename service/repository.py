@@ -9,7 +9,7 @@ twice. Floats and JSON are scrubbed of NaN/inf on the way in (``service.jsonsafe
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
@@ -32,8 +32,10 @@ __all__ = [
     "find_job_by_idempotency_key",
     "finish_job",
     "get_job",
+    "get_trial",
     "heartbeat",
     "is_cancel_requested",
+    "list_complete_trials",
     "list_jobs",
     "list_trials",
     "record_trial",
@@ -55,6 +57,8 @@ class TrialRecord:
     param_count: int | None = None
     param_ratio: float | None = None
     value: float | None = None
+    # All objective values of a multi-objective trial, in the job's objective order.
+    values: Sequence[float] | None = None
     scores: Mapping[str, Any] | None = None
     verified: Mapping[str, Any] | None = None
     duration_s: float | None = None
@@ -109,6 +113,24 @@ def list_trials(
     if len(trials) <= limit:
         return trials, None
     return trials[:limit], cursors.encode_trial(trials[limit - 1].number)
+
+
+def get_trial(session: Session, job_id: str, number: int) -> TrialResult | None:
+    return session.scalars(
+        select(TrialResult).where(TrialResult.job_id == job_id, TrialResult.number == number)
+    ).one_or_none()
+
+
+def list_complete_trials(session: Session, job_id: str) -> list[TrialResult]:
+    """A job's trials in state ``complete``, by number (for the Pareto front). ``NotFound`` if no such job."""
+    if session.scalar(select(Job.id).where(Job.id == job_id)) is None:
+        raise NotFound(f"job {job_id!r} does not exist")
+    stmt = (
+        select(TrialResult)
+        .where(TrialResult.job_id == job_id, TrialResult.state == TrialState.COMPLETE.value)
+        .order_by(TrialResult.number)
+    )
+    return list(session.scalars(stmt))
 
 
 def is_cancel_requested(session: Session, job_id: str) -> bool:
@@ -252,6 +274,7 @@ _TRIAL_UPSERT_COLUMNS = (
     "param_count",
     "param_ratio",
     "value",
+    "values",
     "scores",
     "verified",
     "duration_s",
@@ -278,6 +301,7 @@ def record_trial(session: Session, job_id: str, record: TrialRecord) -> None:
         "param_count": record.param_count,
         "param_ratio": finite_or_none(record.param_ratio),
         "value": finite_or_none(record.value),
+        "values": None if record.values is None else scrub(list(record.values)),
         "scores": scrub(record.scores),
         "verified": scrub(record.verified),
         "duration_s": finite_or_none(record.duration_s),

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.artifacts import Export
 from service.models import Job, TrialResult, utcnow
 from service.states import JobStatus, TrialState
 
@@ -15,6 +17,10 @@ API_PREFIX = "/v1"
 
 def job_path(job_id: str) -> str:
     return f"{API_PREFIX}/jobs/{job_id}"
+
+
+def artifacts_path(job_id: str) -> str:
+    return f"{job_path(job_id)}/artifacts"
 
 
 class Progress(BaseModel):
@@ -117,6 +123,10 @@ class TrialOut(BaseModel):
     param_count: int | None
     param_ratio: float | None
     value: float | None = Field(description="The objective; null if the trial failed or its score was not finite.")
+    values: list[float | None] | None = Field(
+        default=None,
+        description="All objective values of a multi-objective trial, in the order of the job's objectives.",
+    )
     scores: dict[str, Any] | None
     verified: dict[str, Any] | None
     duration_s: float | None
@@ -135,6 +145,7 @@ class TrialOut(BaseModel):
             param_count=trial.param_count,
             param_ratio=trial.param_ratio,
             value=trial.value,
+            values=trial.values,
             scores=trial.scores,
             verified=trial.verified,
             duration_s=trial.duration_s,
@@ -149,6 +160,59 @@ class TrialPage(BaseModel):
     items: list[TrialOut]
     next_cursor: str | None
     next: str | None
+
+
+class Objective(BaseModel):
+    name: str = Field(description="'score', 'params' or 'latency'.")
+    direction: Literal["maximize", "minimize"]
+
+
+class ParetoFront(BaseModel):
+    objectives: list[Objective] = Field(description="What the front trades off, in the order of a trial's values.")
+    items: list[TrialOut] = Field(description="The non-dominated complete trials, by param_ratio ascending.")
+
+
+class JobReport(BaseModel):
+    """What the worker wrote when the search ended; members other than these are passed through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    verification: dict[str, Any] | None = None
+    export: dict[str, Any] | None = None
+    trust: dict[str, Any] | None = None
+
+
+class ArtifactFile(BaseModel):
+    path: str = Field(description="Path inside the export, '/'-separated.")
+    size: int = Field(description="Bytes.")
+    url: str
+
+
+class Artifact(BaseModel):
+    name: str = Field(description="'best' or 'trial-<number>'.")
+    status: Literal["ready", "pending"] = Field(description="'pending' while the worker is still writing it.")
+    files: list[ArtifactFile] = Field(description="Empty while pending.")
+    size: int = Field(description="Total bytes of the files; for a pending export, bytes written so far.")
+    archive_url: str | None = Field(description="The whole export as an uncompressed tar; null while pending.")
+    provenance: dict[str, Any] | None = Field(description="The export's provenance.json, if present and readable.")
+
+    @classmethod
+    def from_export(cls, job_id: str, export: Export) -> Artifact:
+        base = f"{artifacts_path(job_id)}/{quote(export.name)}"
+        return cls(
+            name=export.name,
+            status=export.status,
+            files=[
+                ArtifactFile(path=item.path, size=item.size, url=f"{base}/{quote(item.path)}") for item in export.files
+            ],
+            size=export.size,
+            archive_url=f"{base}.tar" if export.status == "ready" else None,
+            provenance=export.provenance,
+        )
+
+
+class ArtifactList(BaseModel):
+    items: list[Artifact]
 
 
 class FieldError(BaseModel):

@@ -1,0 +1,133 @@
+"""A job's results: Pareto front, report, exported models (list, files, tar) and export requests."""
+
+from __future__ import annotations
+
+import mimetypes
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Response
+from fastapi.responses import FileResponse, StreamingResponse
+
+from service import artifacts, repository
+from service.deps import CeleryDep, SessionDep, SettingsDep
+from service.errors import NotFound
+from service.openapi import problem_responses
+from service.pareto import job_front
+from service.schemas import (
+    API_PREFIX,
+    Artifact,
+    ArtifactList,
+    JobReport,
+    Objective,
+    ParetoFront,
+    TrialOut,
+    artifacts_path,
+)
+
+router = APIRouter(prefix=f"{API_PREFIX}/jobs", tags=["results"])
+
+TAR_MEDIA_TYPE = "application/x-tar"
+# Shown in the browser rather than downloaded; everything else is an attachment.
+_INLINE_TYPES = ("application/json", "text/")
+
+TrialNumber = Annotated[int, Path(ge=0, description="Optuna's trial number.")]
+
+
+def _binary(media_type: str, description: str) -> dict[int | str, dict[str, Any]]:
+    return {
+        200: {"description": description, "content": {media_type: {"schema": {"type": "string", "format": "binary"}}}}
+    }
+
+
+@router.get(
+    "/{job_id}/pareto",
+    response_model=ParetoFront,
+    responses=problem_responses(404),
+    summary="The job's Pareto front: complete trials no other trial beats on every objective",
+)
+def get_pareto(job_id: str, session: SessionDep) -> ParetoFront:
+    job = repository.require_job(session, job_id)
+    objectives, front = job_front(
+        job.spec.get("objectives") or ["score"], repository.list_complete_trials(session, job_id)
+    )
+    return ParetoFront(
+        objectives=[Objective(name=name, direction=direction) for name, direction in objectives],
+        items=[TrialOut.from_row(trial) for trial in front],
+    )
+
+
+@router.get(
+    "/{job_id}/report",
+    response_model=JobReport,
+    response_model_exclude_unset=True,
+    responses=problem_responses(404),
+    summary="The job's report (verification, export, proxy trust), written when the search ends",
+)
+def get_report(job_id: str, session: SessionDep) -> JobReport:
+    job = repository.require_job(session, job_id)
+    if job.report is None:
+        raise NotFound(f"job {job_id!r} has no report yet; the worker writes it when the search ends")
+    return JobReport.model_validate(job.report)
+
+
+@router.get(
+    "/{job_id}/artifacts",
+    response_model=ArtifactList,
+    responses=problem_responses(404),
+    summary="List the job's exported models",
+)
+def list_artifacts(job_id: str, session: SessionDep, settings: SettingsDep) -> ArtifactList:
+    repository.require_job(session, job_id)
+    exports = artifacts.list_exports(settings.artifacts_dir, job_id)
+    return ArtifactList(items=[Artifact.from_export(job_id, export) for export in exports])
+
+
+@router.get(
+    "/{job_id}/artifacts/{name}.tar",
+    response_class=StreamingResponse,
+    responses=_binary(TAR_MEDIA_TYPE, "The export as an uncompressed tar, members under '<name>/'")
+    | problem_responses(404, 409),
+    summary="Download a whole export as a tar (curl ... | tar x)",
+)
+def download_archive(job_id: str, name: str, session: SessionDep, settings: SettingsDep) -> StreamingResponse:
+    repository.require_job(session, job_id)
+    stream = artifacts.tar_export(settings.artifacts_dir, job_id, name)
+    headers = {"Content-Length": str(stream.size), "Content-Disposition": f'attachment; filename="{name}.tar"'}
+    return StreamingResponse(stream.chunks, media_type=TAR_MEDIA_TYPE, headers=headers)
+
+
+@router.get(
+    "/{job_id}/artifacts/{name}/{path:path}",
+    response_class=FileResponse,
+    responses=_binary("application/octet-stream", "The file; its media type follows its name")
+    | problem_responses(404, 409),
+    summary="Download one file of an export",
+)
+def download_file(job_id: str, name: str, path: str, session: SessionDep, settings: SettingsDep) -> FileResponse:
+    repository.require_job(session, job_id)
+    target = artifacts.export_file(settings.artifacts_dir, job_id, name, path)
+    media_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+    disposition = "inline" if media_type.startswith(_INLINE_TYPES) else "attachment"
+    return FileResponse(target, media_type=media_type, filename=target.name, content_disposition_type=disposition)
+
+
+@router.post(
+    "/{job_id}/trials/{number}/export",
+    status_code=202,
+    response_model=Artifact,
+    responses={200: {"description": "Already exported", "model": Artifact}} | problem_responses(404, 409, 503),
+    summary="Export one complete trial as a model (appears under /artifacts as trial-<number>)",
+)
+def export_trial(
+    job_id: str,
+    number: TrialNumber,
+    response: Response,
+    session: SessionDep,
+    celery_app: CeleryDep,
+    settings: SettingsDep,
+) -> Artifact:
+    export, _sent = artifacts.request_trial_export(session, celery_app, settings.artifacts_dir, job_id, number)
+    response.headers["Location"] = artifacts_path(job_id)
+    if export.status == "ready":
+        response.status_code = 200
+    return Artifact.from_export(job_id, export)
