@@ -13,6 +13,7 @@ from service.openapi import install_openapi
 from service.problems import install_problem_handlers
 from service.routes import health, jobs, results
 from service.settings import Settings, get_settings
+from service.web import install_web
 
 API_VERSION = "0.1.0"
 
@@ -45,4 +46,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(results.router)
     app.include_router(health.router)
+    install_web(app)
     return app

@@ -1,0 +1,62 @@
+// The best architecture, one table row per decoder layer: attention and MLP kept or dropped, with
+// bars for the heads and FFN channels kept, and the unstructured sparsity when the search set one.
+
+import { h, replace } from "./dom.js";
+import { isNumber, percent } from "./format.js";
+
+/** The dense sizes bars are drawn against: the model's, when the job says, else the widest seen. */
+export function denseScale(job, archs) {
+  const shape = (job && (job.model_shape || job.shape)) || null;
+  if (shape && isNumber(shape.num_heads ?? shape.num_attention_heads) && isNumber(shape.intermediate_size)) {
+    return { heads: shape.num_heads ?? shape.num_attention_heads, ffn: shape.intermediate_size, exact: true };
+  }
+  let heads = 0;
+  let ffn = 0;
+  for (const arch of archs) {
+    for (const layer of (arch && arch.layers) || []) {
+      if (isNumber(layer.heads)) heads = Math.max(heads, layer.heads);
+      if (isNumber(layer.ffn_channels)) ffn = Math.max(ffn, layer.ffn_channels);
+    }
+  }
+  return { heads, ffn, exact: false };
+}
+
+function bar(kept, total, unit, kind) {
+  if (!isNumber(kept) || kept <= 0) {
+    return h("span", { class: ["block", "dropped", kind] }, h("span", { class: "block-label" }, "dropped"));
+  }
+  const fraction = total > 0 ? Math.min(1, kept / total) : 1;
+  const fill = h("span", { class: "bar-fill" });
+  fill.style.width = `${(fraction * 100).toFixed(1)}%`;
+  return h(
+    "span",
+    { class: ["block", "kept", kind] },
+    h("span", { class: "bar", "aria-hidden": "true" }, fill),
+    h("span", { class: "block-label" }, total > 0 ? `${kept} of ${total} ${unit}` : `${kept} ${unit}`),
+  );
+}
+
+export function drawArch(tbody, arch, scale, { sparsityHead, note } = {}) {
+  const layers = (arch && arch.layers) || [];
+  const hasSparsity = layers.some((layer) => isNumber(layer.sparsity) && layer.sparsity > 0);
+  if (sparsityHead) sparsityHead.hidden = !hasSparsity;
+  if (note) {
+    note.textContent = scale.exact
+      ? ""
+      : " (bars against the widest layer seen in any trial; the model's full width is not reported)";
+  }
+  replace(
+    tbody,
+    layers.map((layer, index) => {
+      const removed = !(layer.heads > 0) && !(layer.ffn_channels > 0);
+      return h(
+        "tr",
+        { class: removed ? "layer-removed" : null, dataset: { layer: String(index) } },
+        h("th", { scope: "row", class: "num" }, String(index)),
+        h("td", {}, bar(layer.heads, scale.heads, "heads", "attn")),
+        h("td", {}, bar(layer.ffn_channels, scale.ffn, "channels", "mlp")),
+        hasSparsity ? h("td", { class: "num" }, isNumber(layer.sparsity) ? percent(layer.sparsity, 0) : "—") : null,
+      );
+    }),
+  );
+}
