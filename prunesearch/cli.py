@@ -313,3 +313,8 @@ def db_current() -> None:
     from service.migrate import current
 
     click.echo(current(None) or "none")
+
+
+from prunesearch.keys import keys  # noqa: E402  (a command group of its own module; imports only click)
+
+main.add_command(keys)

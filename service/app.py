@@ -7,8 +7,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from service.auth import API_GUARDS, install_auth
 from service.broker import make_celery
 from service.db import make_engine, make_sessionmaker
+from service.limits import BodySizeLimit
 from service.openapi import install_openapi
 from service.problems import install_problem_handlers
 from service.routes import health, jobs, results
@@ -43,8 +45,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.celery = celery_app
     install_problem_handlers(app)
     install_openapi(app)
-    app.include_router(jobs.router)
-    app.include_router(results.router)
+    install_auth(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # Every /v1 router: authenticated, and a {job_id} in the path must be the caller's job.
+    app.include_router(jobs.router, dependencies=API_GUARDS)
+    app.include_router(results.router, dependencies=API_GUARDS)
     app.include_router(health.router)
     install_web(app)
     return app

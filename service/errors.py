@@ -16,11 +16,21 @@ class ServiceError(Exception):
     title: str = "Internal Server Error"
     type: str = "internal-error"
 
-    def __init__(self, detail: str, *, extensions: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, detail: str, *, extensions: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         # Extra problem members (RFC 9457 §3.2), e.g. ``errors`` for validation failures.
         self.extensions: dict[str, Any] = extensions or {}
+        # Response headers the status needs: WWW-Authenticate on 401, Retry-After on 429 and 503.
+        self.headers: dict[str, str] = headers or {}
+
+
+class Unauthorized(ServiceError):
+    status = 401
+    title = "Unauthorized"
+    type = "unauthorized"
 
 
 class MalformedRequest(ServiceError):
@@ -46,10 +56,46 @@ class JobNotCancellable(Conflict):
     type = "job-not-cancellable"
 
 
+class RequestTooLarge(ServiceError):
+    status = 413
+    title = "Request body too large"
+    type = "request-too-large"
+
+
 class InvalidRequest(ServiceError):
     status = 422
     title = "Invalid request"
     type = "invalid-request"
+
+
+class LimitExceeded(InvalidRequest):
+    """A well-formed job this server's limits do not allow (settings, not the schema)."""
+
+    title = "Above this server's limits"
+    type = "limit-exceeded"
+
+
+class PathNotAllowed(InvalidRequest):
+    """A job names a local path outside the folders the operator allows (``model_roots``)."""
+
+    title = "Path not allowed"
+    type = "path-not-allowed"
+
+
+class TooManyRequests(ServiceError):
+    status = 429
+    title = "Too many requests"
+    type = "too-many-requests"
+
+
+class TooManyActiveJobs(TooManyRequests):
+    title = "Too many active jobs"
+    type = "too-many-active-jobs"
+
+
+class SubmissionRateExceeded(TooManyRequests):
+    title = "Submission rate exceeded"
+    type = "submission-rate-exceeded"
 
 
 class Unavailable(ServiceError):

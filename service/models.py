@@ -42,6 +42,11 @@ NAMING_CONVENTION: dict[str, str] = {
 }
 
 
+OWNER_LENGTH = 64
+IDEMPOTENCY_KEY_LENGTH = 255
+IDEMPOTENCY_KEY_COLUMN_LENGTH = OWNER_LENGTH + 1 + IDEMPOTENCY_KEY_LENGTH
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """A timezone-aware timestamp that always comes back in UTC.
 
@@ -83,8 +88,9 @@ class Job(Base):
     status: Mapped[str] = mapped_column(String(16), index=True, default=JobStatus.QUEUED.value)
     model: Mapped[str] = mapped_column(String(4096))
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
-    owner: Mapped[str | None] = mapped_column(String(64), index=True)
-    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    owner: Mapped[str | None] = mapped_column(String(OWNER_LENGTH), index=True)
+    # Scoped by owner ("<owner>/<key>", "/<key>" when anonymous), so two tenants' keys never meet.
+    idempotency_key: Mapped[str | None] = mapped_column(String(IDEMPOTENCY_KEY_COLUMN_LENGTH), unique=True)
     trials_total: Mapped[int] = mapped_column(Integer)
     trials_completed: Mapped[int] = mapped_column(Integer, default=0)
     trials_failed: Mapped[int] = mapped_column(Integer, default=0)
@@ -100,6 +106,20 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When the reaper last re-sent this job's task (null: only the submission sent one).
+    requeued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ApiKey(Base):
+    """An API key. Only a SHA-256 digest of the secret is kept; the key is shown once, at creation."""
+
+    __tablename__ = "api_key"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(OWNER_LENGTH), index=True)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class TrialResult(Base):

@@ -15,10 +15,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from search.errors import SearchError
-from service.errors import InvalidRequest, MalformedRequest, ServiceError
+from service.errors import InvalidRequest, MalformedRequest, ServiceError, Unavailable
 from service.jsonsafe import scrub
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ def _from_service_error(request: Request, error: ServiceError) -> ProblemRespons
         detail=error.detail,
         type_slug=error.type,
         extensions=error.extensions,
+        headers=error.headers or None,
     )
 
 
@@ -123,6 +125,23 @@ async def _http_error(request: Request, exc: Exception) -> ProblemResponse:
     )
 
 
+# Seconds a client should wait after the database dropped its connection (a restart, a failover).
+DATABASE_RETRY_AFTER_S = 2
+
+
+async def _database_error(request: Request, exc: Exception) -> ProblemResponse:
+    # A dropped or refused connection is the database's state, not a bug: answer 503 so clients
+    # retry. The pool pings before reuse, so the next request gets a fresh connection.
+    assert isinstance(exc, DBAPIError)
+    if not (isinstance(exc, OperationalError) or exc.connection_invalidated):
+        return await _unexpected_error(request, exc)
+    logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc.orig)
+    error = Unavailable(
+        "the database is unavailable; retry shortly", headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)}
+    )
+    return _from_service_error(request, error)
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> ProblemResponse:
     logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem_response(
@@ -139,4 +158,5 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(SearchError, _search_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(Exception, _unexpected_error)

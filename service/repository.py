@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, Result, and_, func, inspect, literal, or_, select, update
@@ -27,6 +27,8 @@ from service.states import COMPLETED_TRIAL_STATES, JobStatus, TrialState
 __all__ = [
     "TrialRecord",
     "claim_job",
+    "claim_orphans",
+    "count_active_jobs",
     "create_job",
     "delete_job",
     "find_job_by_idempotency_key",
@@ -43,6 +45,7 @@ __all__ = [
     "request_cancel",
     "require_job",
     "set_best",
+    "submissions_since",
 ]
 
 
@@ -85,9 +88,14 @@ def find_job_by_idempotency_key(session: Session, key: str) -> Job | None:
     return session.scalars(select(Job).where(Job.idempotency_key == key)).one_or_none()
 
 
-def list_jobs(session: Session, *, limit: int, cursor: str | None, status: str | None) -> tuple[list[Job], str | None]:
-    """Newest first, keyset-paginated on (created_at, id). Returns the page and the next cursor."""
-    stmt = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+def list_jobs(
+    session: Session, *, limit: int, cursor: str | None, status: str | None, owner: str | None = None
+) -> tuple[list[Job], str | None]:
+    """``owner``'s jobs (``None``: the anonymous ones), newest first, keyset-paginated on (created_at, id).
+
+    Returns the page and the next cursor.
+    """
+    stmt = select(Job).where(_owned_by(owner)).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
     if status is not None:
         stmt = stmt.where(Job.status == JobStatus(status).value)
     if cursor is not None:
@@ -138,6 +146,26 @@ def is_cancel_requested(session: Session, job_id: str) -> bool:
     # Select the column, not the entity, so a stale object in the identity map cannot answer.
     flag = session.scalar(select(Job.cancel_requested).where(Job.id == job_id))
     return True if flag is None else bool(flag)
+
+
+def count_active_jobs(session: Session, owner: str | None) -> int:
+    """Queued and running jobs of ``owner`` (for the per-key concurrency limit)."""
+    active = [JobStatus.QUEUED.value, JobStatus.RUNNING.value]
+    stmt = select(func.count()).select_from(Job).where(_owned_by(owner), Job.status.in_(active))
+    return int(session.scalar(stmt) or 0)
+
+
+def submissions_since(session: Session, owner: str | None, since: datetime) -> tuple[int, datetime | None]:
+    """How many jobs ``owner`` created at or after ``since``, and when the oldest of them was created.
+
+    The job table is the rate limiter's memory: it is shared by every API process and counts only
+    submissions that were accepted.
+    """
+    stmt = select(func.count(), func.min(Job.created_at)).where(
+        _owned_by(owner), Job.created_at >= literal(since, UTCDateTime())
+    )
+    count, oldest = session.execute(stmt).one()
+    return int(count or 0), oldest
 
 
 # --- job lifecycle ------------------------------------------------------------------------------
@@ -233,6 +261,37 @@ def claim_job(session: Session, job_id: str, *, worker: str, stale_after_s: int)
     session.commit()
     _forget(session, job_id)
     return claimed
+
+
+def claim_orphans(session: Session, *, stale_after_s: float, queued_after_s: float) -> list[str]:
+    """Mark and return the jobs no worker is serving, so the caller re-sends their tasks.
+
+    An orphan is a running job whose heartbeat is older than ``stale_after_s`` (its worker died),
+    or a job queued for longer than ``queued_after_s`` (its message may have been lost with a
+    broker that kept no copy). Each is marked ``requeued_at=now`` in the same guarded UPDATE, so
+    concurrent reapers never both take one, and a job is re-sent at most once per period while it
+    waits for a free worker. Commits itself.
+    """
+    now = utcnow()
+
+    def before(seconds: float) -> Any:
+        return literal(now - timedelta(seconds=seconds), UTCDateTime())
+
+    stale_running = and_(
+        Job.status == JobStatus.RUNNING.value,
+        or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < before(stale_after_s)),
+        or_(Job.requeued_at.is_(None), Job.requeued_at < before(stale_after_s)),
+    )
+    waiting_queued = and_(
+        Job.status == JobStatus.QUEUED.value,
+        func.coalesce(Job.requeued_at, Job.created_at) < before(queued_after_s),
+    )
+    stmt = update(Job).where(or_(stale_running, waiting_queued)).values(requeued_at=now).returning(Job.id)
+    ids = list(session.scalars(stmt, execution_options={"synchronize_session": False}))
+    session.commit()
+    for job_id in ids:
+        _forget(session, job_id)
+    return ids
 
 
 def heartbeat(session: Session, job_id: str) -> None:
@@ -361,6 +420,10 @@ def _recount(session: Session, job_id: str, *, now: Any) -> None:
 
 
 # --- helpers --------------------------------------------------------------------------------------
+
+
+def _owned_by(owner: str | None) -> Any:
+    return Job.owner.is_(None) if owner is None else Job.owner == owner
 
 
 def _rowcount(result: Result[Any]) -> int:

@@ -7,12 +7,14 @@ first request. Nothing is created on disk here: folders are made by whoever firs
 
 from __future__ import annotations
 
+import json
+import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -49,6 +51,40 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = Field(default=172800, ge=1)
     job_stale_after_s: int = Field(default=300, ge=1)
     api_page_max: int = Field(default=200, ge=1)
+
+    # --- security (README "Security and reliability") ---
+    allow_anonymous: bool = Field(
+        default=False,
+        description="Serve requests without an API key on a non-loopback address while no key exists. "
+        "Only for a network you trust completely.",
+    )
+    model_roots: Annotated[tuple[Path, ...], NoDecode] = Field(
+        default=(),
+        description="Folders that the local model directories and calibration sources of jobs must lie in "
+        "(os.pathsep-separated, or a JSON list). Unset: any path for anonymous loopback use; none for keyed owners.",
+    )
+
+    # --- limits: each breach is a problem+json naming the setting ---
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest request body accepted.")
+    max_calibration_samples: int = Field(
+        default=1024, ge=1, description="Upper bound of calibration.n_samples and calibration.heldout_samples."
+    )
+    max_seq_len: int = Field(default=4096, ge=16, description="Upper bound of calibration.seq_len.")
+    max_active_jobs_per_key: int = Field(default=8, ge=1, description="Queued + running jobs one owner may have.")
+    max_submissions_per_minute: int = Field(default=30, ge=1, description="Jobs one owner may submit per minute.")
+
+    # --- reliability: how fast a dead worker's job is noticed and resumed ---
+    job_heartbeat_s: float = Field(default=15.0, gt=0, description="How often a worker marks its job alive.")
+    reaper_interval_s: float = Field(default=60.0, gt=0, description="How often each worker looks for orphans.")
+    requeue_queued_after_s: int = Field(
+        default=900, ge=1, description="Re-send the task of a job queued this long (its message may be lost)."
+    )
+    trial_heartbeat_s: int = Field(default=30, ge=1, description="Optuna heartbeat of a running trial.")
+    trial_grace_s: int = Field(default=120, ge=1, description="A trial silent this long is failed and retried.")
+    trial_max_retry: int = Field(default=2, ge=0, description="Retries of a trial whose worker died.")
+    db_retry_attempts: int = Field(
+        default=5, ge=1, description="Times a worker resumes a job after losing the database, before failing it."
+    )
 
     @field_validator("data_dir", mode="after")
     @classmethod
@@ -102,6 +138,35 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute_artifacts_dir(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("model_roots", mode="before")
+    @classmethod
+    def _split_model_roots(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part for part in text.split(os.pathsep) if part]
+        return value
+
+    @field_validator("model_roots", mode="after")
+    @classmethod
+    def _resolved_model_roots(cls, value: tuple[Path, ...]) -> tuple[Path, ...]:
+        # Resolved once, so a containment check compares real paths on both sides.
+        return tuple(root.expanduser().resolve() for root in value)
+
+    @model_validator(mode="after")
+    def _consistent_timing(self) -> Settings:
+        if self.job_stale_after_s < 2 * self.job_heartbeat_s:
+            raise ValueError(
+                f"job_stale_after_s ({self.job_stale_after_s}) must be at least twice job_heartbeat_s "
+                f"({self.job_heartbeat_s}), or live jobs are taken for dead"
+            )
+        if self.trial_grace_s <= self.trial_heartbeat_s:
+            raise ValueError(
+                f"trial_grace_s ({self.trial_grace_s}) must exceed trial_heartbeat_s ({self.trial_heartbeat_s})"
+            )
+        return self
 
     @property
     def broker_dir(self) -> Path:

@@ -17,6 +17,7 @@ from search.spec import JobSpec, check_job
 from service import repository
 from service.broker import enqueue_job
 from service.errors import InvalidRequest, Unavailable
+from service.limits import check_local_paths, check_owner_quota, check_spec_limits
 from service.models import Job
 from service.settings import Settings
 
@@ -38,38 +39,44 @@ def submit_job(
     idempotency_key: str | None = None,
     owner: str | None = None,
 ) -> Submission:
-    """Create and enqueue a job, or return the one an earlier request with this key created.
+    """Create and enqueue a job for ``owner`` (``None``: anonymous), or return the one an earlier
+    request of the same owner with this key created.
 
     Raises ``search.errors.InvalidJobSpec`` (the model or budget cannot work), ``InvalidRequest``
-    (too many trials, or a reused key with another body) and ``Unavailable`` (broker down).
+    (a reused key with another body), ``LimitExceeded`` / ``PathNotAllowed`` / ``TooManyRequests``
+    (``service.limits``) and ``Unavailable`` (broker down).
     """
     spec_dict = spec.model_dump(mode="json")
+    scoped_key: str | None = None
     if idempotency_key is not None:
-        existing = _replay(session, idempotency_key, spec_dict)
+        scoped_key = scope_idempotency_key(owner, idempotency_key)
+        existing = _replay(session, scoped_key, idempotency_key, spec_dict)
         if existing is not None:
             return Submission(existing, created=False)
-    if spec.n_trials > settings.max_trials:
-        raise InvalidRequest(
-            f"n_trials {spec.n_trials} is above this server's limit of {settings.max_trials}",
-            extensions={"errors": [{"loc": ["body", "n_trials"], "msg": "above max_trials", "type": "max_trials"}]},
-        )
-    check_job(spec)
+    check_spec_limits(spec, settings)
+    # Before check_job, which reads the model folder: a refused path is never probed.
+    check_local_paths(spec, settings, owner)
+    check_owner_quota(session, owner, settings)
+    try:
+        check_job(spec)
+    except OSError as error:  # a path the OS refuses outright (too long, a component too long, ...)
+        raise InvalidRequest(f"cannot read model or calibration path: {error.strerror}") from error
     job = repository.create_job(
         session,
         spec=spec_dict,
         model=spec.model,
         trials_total=spec.n_trials,
         owner=owner,
-        idempotency_key=idempotency_key,
+        idempotency_key=scoped_key,
     )
     try:
         session.commit()
     except IntegrityError:
         # A concurrent request with the same key won the race: answer with its job.
         session.rollback()
-        if idempotency_key is None:
+        if idempotency_key is None or scoped_key is None:
             raise
-        existing = _replay(session, idempotency_key, spec_dict)
+        existing = _replay(session, scoped_key, idempotency_key, spec_dict)
         if existing is None:
             raise
         return Submission(existing, created=False)
@@ -83,8 +90,13 @@ def submit_job(
     return Submission(job, created=True)
 
 
-def _replay(session: Session, key: str, spec_dict: dict[str, object]) -> Job | None:
-    existing = repository.find_job_by_idempotency_key(session, key)
+def scope_idempotency_key(owner: str | None, key: str) -> str:
+    """The stored form of a client's key: one owner's keys never match another owner's jobs."""
+    return f"{owner or ''}/{key}"
+
+
+def _replay(session: Session, scoped_key: str, key: str, spec_dict: dict[str, object]) -> Job | None:
+    existing = repository.find_job_by_idempotency_key(session, scoped_key)
     if existing is not None and existing.spec != spec_dict:
         # draft-ietf-httpapi-idempotency-key-header: a reused key with another payload is a 422.
         raise InvalidRequest(f"Idempotency-Key {key!r} was already used for a different job specification")

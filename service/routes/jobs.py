@@ -1,4 +1,8 @@
-"""``/v1/jobs``: submit, list, read, list trials, cancel."""
+"""``/v1/jobs``: submit, list, read, list trials, cancel.
+
+Each route also checks ownership itself (``require_owned_job``), on top of the router's
+``service.auth.API_GUARDS``, so reading one route tells the whole story.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,10 @@ from fastapi import APIRouter, Header, Query, Response
 
 from search.spec import JobSpec
 from service import repository
+from service.auth import PrincipalDep, require_owned_job
 from service.deps import CeleryDep, SessionDep, SettingsDep
 from service.errors import InvalidRequest
+from service.models import IDEMPOTENCY_KEY_LENGTH
 from service.openapi import problem_responses
 from service.schemas import API_PREFIX, JobOut, JobPage, TrialOut, TrialPage, job_path
 from service.settings import Settings
@@ -47,7 +53,7 @@ def _next_link(path: str, cursor: str | None, **params: object) -> str | None:
     status_code=202,
     response_model=JobOut,
     responses={200: {"description": "Already submitted with this Idempotency-Key", "model": JobOut}}
-    | problem_responses(400, 422, 503),
+    | problem_responses(400, 401, 413, 422, 429, 503),
     summary="Submit a compression job",
 )
 def create_job(
@@ -56,12 +62,17 @@ def create_job(
     session: SessionDep,
     celery_app: CeleryDep,
     settings: SettingsDep,
+    principal: PrincipalDep,
     idempotency_key: Annotated[
         str | None,
-        Header(min_length=1, max_length=255, description="Re-sending with the same key returns the same job."),
+        Header(
+            min_length=1,
+            max_length=IDEMPOTENCY_KEY_LENGTH,
+            description="Re-sending with the same key returns the same job (keys are per API key).",
+        ),
     ] = None,
 ) -> JobOut:
-    submission = submit_job(session, celery_app, settings, spec, idempotency_key=idempotency_key)
+    submission = submit_job(session, celery_app, settings, spec, idempotency_key=idempotency_key, owner=principal.owner)
     response.headers["Location"] = job_path(submission.job.id)
     if submission.created:
         response.headers["Retry-After"] = str(POLL_AFTER_S)
@@ -70,15 +81,20 @@ def create_job(
     return JobOut.from_row(submission.job)
 
 
-@router.get("", response_model=JobPage, responses=problem_responses(400, 422), summary="List jobs, newest first")
+@router.get(
+    "", response_model=JobPage, responses=problem_responses(400, 401, 422), summary="List your jobs, newest first"
+)
 def list_jobs(
     session: SessionDep,
     settings: SettingsDep,
+    principal: PrincipalDep,
     limit: Limit = None,
     cursor: Cursor = None,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this state.")] = None,
 ) -> JobPage:
-    jobs, next_cursor = repository.list_jobs(session, limit=_check_limit(limit, settings), cursor=cursor, status=status)
+    jobs, next_cursor = repository.list_jobs(
+        session, owner=principal.owner, limit=_check_limit(limit, settings), cursor=cursor, status=status
+    )
     return JobPage(
         items=[JobOut.from_row(job) for job in jobs],
         next_cursor=next_cursor,
@@ -86,20 +102,26 @@ def list_jobs(
     )
 
 
-@router.get("/{job_id}", response_model=JobOut, responses=problem_responses(404), summary="Read a job")
-def get_job(job_id: str, session: SessionDep) -> JobOut:
-    return JobOut.from_row(repository.require_job(session, job_id))
+@router.get("/{job_id}", response_model=JobOut, responses=problem_responses(401, 404), summary="Read a job")
+def get_job(job_id: str, session: SessionDep, principal: PrincipalDep) -> JobOut:
+    return JobOut.from_row(require_owned_job(session, job_id, principal))
 
 
 @router.get(
     "/{job_id}/trials",
     response_model=TrialPage,
-    responses=problem_responses(400, 404, 422),
+    responses=problem_responses(400, 401, 404, 422),
     summary="List a job's trials by trial number",
 )
 def list_trials(
-    job_id: str, session: SessionDep, settings: SettingsDep, limit: Limit = None, cursor: Cursor = None
+    job_id: str,
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: PrincipalDep,
+    limit: Limit = None,
+    cursor: Cursor = None,
 ) -> TrialPage:
+    require_owned_job(session, job_id, principal)
     trials, next_cursor = repository.list_trials(session, job_id, limit=_check_limit(limit, settings), cursor=cursor)
     return TrialPage(
         items=[TrialOut.from_row(trial) for trial in trials],
@@ -112,10 +134,11 @@ def list_trials(
     "/{job_id}/cancel",
     status_code=202,
     response_model=JobOut,
-    responses=problem_responses(404, 409),
+    responses=problem_responses(401, 404, 409),
     summary="Cancel a job (a running one stops after its current trial)",
 )
-def cancel_job(job_id: str, session: SessionDep) -> JobOut:
+def cancel_job(job_id: str, session: SessionDep, principal: PrincipalDep) -> JobOut:
+    require_owned_job(session, job_id, principal)
     job = repository.request_cancel(session, job_id)
     session.commit()
     return JobOut.from_row(job)

@@ -11,9 +11,10 @@ from sqlalchemy import Column, Integer, MetaData, Table, inspect, text
 
 from service import migrate
 from service.db import make_engine
-from service.models import VERSION_TABLE
+from service.models import VERSION_TABLE, Base
 
-OUR_TABLES = {"job", "trial_result", VERSION_TABLE}
+# Every table our models define (job, trial_result, api_key, ...), and our Alembic version table.
+OUR_TABLES = set(Base.metadata.tables) | {VERSION_TABLE}
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])

@@ -1,0 +1,96 @@
+"""API keys: create, verify, list, revoke. Queries on the ``api_key`` table live here.
+
+A key reads ``psk_<id>_<secret>``: the id names the row (and is safe to log and to show in
+``prunesearch keys list``), the secret is 256 random bits. Only the SHA-256 digest of the whole key
+is stored. A slow password hash (bcrypt, argon2) defends low-entropy secrets against guessing;
+these are random, so a fast digest is as strong and keeps per-request verification cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from service.errors import InvalidRequest, NotFound
+from service.models import OWNER_LENGTH, ApiKey, utcnow
+
+__all__ = ["IssuedKey", "any_active_key", "create_key", "list_keys", "revoke_key", "verify_key"]
+
+KEY_PREFIX = "psk_"
+_ID_BYTES = 6  # 12 hex characters
+_KEY = re.compile(r"psk_([0-9a-f]{12})_([A-Za-z0-9_-]{20,128})")
+# Owners appear in job rows, logs and CLI tables: keep them to a safe, printable alphabet.
+_OWNER = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._@-]{{0,{OWNER_LENGTH - 1}}}")
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    """A key just created: ``key`` is the only copy of the secret."""
+
+    id: str
+    owner: str
+    key: str
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def check_owner(owner: str) -> str:
+    if not _OWNER.fullmatch(owner):
+        raise InvalidRequest(
+            f"owner {owner!r} must be 1-{OWNER_LENGTH} characters of letters, digits and . _ @ -, "
+            "starting with a letter or digit"
+        )
+    return owner
+
+
+def create_key(session: Session, owner: str) -> IssuedKey:
+    """Insert a new key for ``owner`` (flushes; the caller commits)."""
+    key_id = secrets.token_hex(_ID_BYTES)
+    key = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
+    session.add(ApiKey(id=key_id, owner=check_owner(owner), secret_hash=_digest(key), created_at=utcnow()))
+    session.flush()
+    return IssuedKey(key_id, owner, key)
+
+
+def verify_key(session: Session, key: str) -> ApiKey | None:
+    """The active key row ``key`` names, or ``None`` (malformed, unknown, wrong secret, revoked)."""
+    match = _KEY.fullmatch(key)
+    if match is None:
+        return None
+    row = session.get(ApiKey, match.group(1))
+    if row is None or row.revoked_at is not None:
+        return None
+    # Constant-time comparison: response timing must not reveal how much of a guess was right.
+    return row if hmac.compare_digest(row.secret_hash, _digest(key)) else None
+
+
+def any_active_key(session: Session) -> bool:
+    """Whether the server has keys, i.e. whether anonymous requests must be refused."""
+    return session.scalar(select(ApiKey.id).where(ApiKey.revoked_at.is_(None)).limit(1)) is not None
+
+
+def list_keys(session: Session, *, include_revoked: bool = False) -> list[ApiKey]:
+    stmt = select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)
+    if not include_revoked:
+        stmt = stmt.where(ApiKey.revoked_at.is_(None))
+    return list(session.scalars(stmt))
+
+
+def revoke_key(session: Session, key_id: str) -> ApiKey:
+    """Revoke at once (the next request with it gets 401). ``NotFound`` if there is no such key."""
+    session.execute(
+        update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None)).values(revoked_at=utcnow()),
+        execution_options={"synchronize_session": False},
+    )
+    row = session.get(ApiKey, key_id, populate_existing=True)
+    if row is None:
+        raise NotFound(f"no API key with id {key_id!r}")
+    return row

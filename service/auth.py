@@ -1,0 +1,176 @@
+"""Who is calling, and which jobs they may see.
+
+Every ``/v1`` router is included with ``API_GUARDS``: the caller is authenticated with an API key
+(``Authorization: Bearer psk_...``) and any ``{job_id}`` in the path must name one of the caller's
+jobs, else 404 (not 403: another tenant's job ids are not confirmed to exist). Putting the check
+on the router rather than in each route means a route added later cannot forget it.
+
+Anonymous requests are served only while the server has no active key, and then only on a
+loopback connection unless the operator sets ``allow_anonymous``. A server bound to another
+address without keys refuses to start (``check_bind``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request, Security
+from fastapi.params import Depends as DependsParam
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session, sessionmaker
+
+from service import apikeys, repository
+from service.deps import SessionDep, SettingsDep
+from service.errors import NotFound, Unauthorized
+from service.models import Job
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ANONYMOUS",
+    "API_GUARDS",
+    "Principal",
+    "PrincipalDep",
+    "check_bind",
+    "install_auth",
+    "is_loopback",
+    "require_owned_job",
+]
+
+# Job ids are uuid4 hex. Anything else cannot be a job: answer 404 without asking the database.
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
+_CHALLENGE = 'Bearer realm="prunesearch"'
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller. ``owner`` is what job rows record; ``None`` is the anonymous local user."""
+
+    owner: str | None
+    key_id: str | None = None
+
+    @property
+    def anonymous(self) -> bool:
+        return self.owner is None
+
+
+ANONYMOUS = Principal(owner=None)
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiKey",
+    description="An API key from `prunesearch keys create OWNER`. Optional only on a server that has no keys.",
+)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _arrived_on_loopback(request: Request) -> bool:
+    # The server side of the socket: a server bound to 0.0.0.0 sees 127.0.0.1 for local clients
+    # and its LAN address for the others. No address (Unix socket, in-process test transport)
+    # means no network was crossed.
+    server = request.scope.get("server")
+    if not server or not isinstance(server[0], str):
+        return True
+    try:
+        return ipaddress.ip_address(server[0]).is_loopback
+    except ValueError:
+        return True
+
+
+def authenticate(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+) -> Principal:
+    if credentials is not None:
+        row = apikeys.verify_key(session, credentials.credentials)
+        if row is None:
+            raise Unauthorized(
+                "the API key is unknown, malformed or revoked",
+                headers={"WWW-Authenticate": f'{_CHALLENGE}, error="invalid_token"'},
+            )
+        return Principal(owner=row.owner, key_id=row.id)
+    if apikeys.any_active_key(session):
+        raise Unauthorized(
+            "this server requires an API key: send 'Authorization: Bearer <key>'",
+            headers={"WWW-Authenticate": _CHALLENGE},
+        )
+    if not settings.allow_anonymous and not _arrived_on_loopback(request):
+        raise Unauthorized(
+            "this server has no API keys, so it answers anonymous requests on loopback only; "
+            "the operator creates keys with `prunesearch keys create OWNER`",
+            headers={"WWW-Authenticate": _CHALLENGE},
+        )
+    return ANONYMOUS
+
+
+PrincipalDep = Annotated[Principal, Depends(authenticate)]
+
+
+def require_owned_job(session: Session, job_id: str, principal: Principal) -> Job:
+    """The job if ``principal`` owns it; ``NotFound`` alike for a missing job and someone else's."""
+    job = repository.get_job(session, job_id) if _JOB_ID.fullmatch(job_id) else None
+    if job is None or job.owner != principal.owner:
+        raise NotFound(f"job {job_id!r} does not exist")
+    return job
+
+
+def _guard_job_access(request: Request, session: SessionDep, principal: PrincipalDep) -> None:
+    # The job lands in the session's identity map, so the route's own lookup costs no query.
+    job_id = request.path_params.get("job_id")
+    if job_id is not None:
+        require_owned_job(session, str(job_id), principal)
+
+
+# Include every /v1 router with ``dependencies=API_GUARDS``.
+API_GUARDS: list[DependsParam] = [Depends(_guard_job_access)]
+
+
+def check_bind(settings: Settings, sessions: sessionmaker[Session]) -> None:
+    """Refuse to serve a network without keys, unless the operator said so (``allow_anonymous``)."""
+    if is_loopback(settings.host) or settings.allow_anonymous:
+        return
+    try:
+        with sessions() as session:
+            has_keys = apikeys.any_active_key(session)
+    except Exception as error:
+        raise RuntimeError(f"refusing to start on {settings.host}: cannot check for API keys ({error})") from error
+    if not has_keys:
+        raise RuntimeError(
+            f"refusing to start on {settings.host} without API keys: anyone who can reach it could submit "
+            "and read jobs. Create a key (`prunesearch keys create OWNER`), bind to 127.0.0.1, or set "
+            "PRUNESEARCH_ALLOW_ANONYMOUS=true for a network you trust."
+        )
+
+
+def install_auth(app: FastAPI) -> None:
+    """Run ``check_bind`` when the app starts, before it accepts a connection."""
+    inner: Callable[[Any], AbstractAsyncContextManager[Any]] = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(asgi_app: Any) -> AsyncIterator[Any]:
+        try:
+            check_bind(app.state.settings, app.state.sessionmaker)
+        except RuntimeError as error:
+            logger.error("%s", error)
+            raise
+        async with inner(asgi_app) as state:
+            yield state
+
+    app.router.lifespan_context = lifespan
