@@ -1,6 +1,10 @@
 """Model shapes, candidate architectures and their parameter counts. Plain data, no torch.
 
 The API validates budgets with this module, so it must stay importable without torch.
+
+Parameter counts are exact: a test compares them with ``sum(p.numel())`` of real models, masked
+and exported. Unstructured sparsity removes ``round(s · cols)`` weights from every row of every
+kept weight matrix of a layer, so a count with sparsity is the number of non-zero parameters.
 """
 
 from __future__ import annotations
@@ -12,22 +16,25 @@ from typing import Any
 
 from search.errors import InvalidArchConfig, UnsupportedModel
 
-# model_type -> how its attention projections are biased; every family here shares Llama's
-# module names (q/k/v/o_proj, gate/up/down_proj, input/post_attention_layernorm).
-_DECODER_FAMILIES: dict[str, str] = {
-    "llama": "config",  # bias from config.attention_bias
-    "mistral": "none",
-    "qwen2": "qkv",  # q, k, v biased; o not
-    "qwen3": "config",  # plus per-head q_norm / k_norm
+# model_type -> (family, attention bias rule). Families share module layouts and export code.
+_MODEL_TYPES: dict[str, tuple[str, str]] = {
+    "llama": ("llama", "config"),  # q/k/v/o biased iff config.attention_bias
+    "mistral": ("llama", "none"),
+    "qwen2": ("llama", "qkv"),  # q, k, v biased; o not
+    "qwen3": ("llama", "config"),  # plus per-head q_norm / k_norm
+    "gpt2": ("gpt2", "all"),
+    "bert": ("bert", "all"),
 }
 
-SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(_DECODER_FAMILIES)
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(_MODEL_TYPES)
+ENCODER_FAMILIES = frozenset({"bert"})
 
 
 @dataclass(frozen=True)
 class ModelShape:
-    """The dimensions of a Llama-style decoder, read from its ``config.json``."""
+    """The dimensions of a supported transformer, read from its ``config.json``."""
 
+    family: str
     model_type: str
     num_layers: int
     hidden_size: int
@@ -36,62 +43,65 @@ class ModelShape:
     head_dim: int
     intermediate_size: int
     vocab_size: int
-    tie_word_embeddings: bool
     qkv_bias: bool
     o_bias: bool
     mlp_bias: bool
     qk_norm: bool
+    fixed: int  # embeddings, positions, final norm, LM head / pooler: no candidate removes them
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ModelShape:
         model_type = str(config.get("model_type", ""))
-        if model_type not in _DECODER_FAMILIES:
+        if model_type not in _MODEL_TYPES:
             raise UnsupportedModel(
                 f"model_type {model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
             )
-        hidden = int(config["hidden_size"])
-        heads = int(config["num_attention_heads"])
-        kv_heads = int(config.get("num_key_value_heads") or heads)
-        if heads % kv_heads:
-            raise UnsupportedModel(f"num_attention_heads={heads} is not a multiple of num_key_value_heads={kv_heads}")
-        bias_rule = _DECODER_FAMILIES[model_type]
-        attention_bias = bool(config.get("attention_bias", False)) if bias_rule == "config" else False
-        return cls(
-            model_type=model_type,
-            num_layers=int(config["num_hidden_layers"]),
-            hidden_size=hidden,
-            num_heads=heads,
-            num_kv_heads=kv_heads,
-            head_dim=int(config.get("head_dim") or hidden // heads),
-            intermediate_size=int(config["intermediate_size"]),
-            vocab_size=int(config["vocab_size"]),
-            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
-            qkv_bias=bias_rule == "qkv" or attention_bias,
-            o_bias=attention_bias,
-            mlp_bias=bool(config.get("mlp_bias", False)),
-            qk_norm=model_type == "qwen3",
-        )
+        family, bias_rule = _MODEL_TYPES[model_type]
+        try:
+            return _READERS[family](config, model_type, bias_rule)
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as error:
+            raise UnsupportedModel(f"config.json of this {model_type} model is incomplete: {error}") from error
+
+    @property
+    def causal(self) -> bool:
+        return self.family not in ENCODER_FAMILIES
 
     @property
     def group_size(self) -> int:
         """Query heads per KV head: heads are kept and dropped in whole groups of this size."""
         return self.num_heads // self.num_kv_heads
 
+    @property
+    def norm_params(self) -> int:
+        """One sub-block's norm: RMSNorm (weight) for Llama, LayerNorm (weight and bias) otherwise."""
+        return self.hidden_size if self.family == "llama" else 2 * self.hidden_size
+
     def dense_arch(self) -> ArchConfig:
         return ArchConfig(tuple(LayerArch(self.num_heads, self.intermediate_size) for _ in range(self.num_layers)))
 
-    def fixed_params(self) -> int:
-        """Parameters no candidate can remove: embeddings, LM head, final norm."""
-        head = 0 if self.tie_word_embeddings else self.vocab_size * self.hidden_size
-        return self.vocab_size * self.hidden_size + head + self.hidden_size
+    def attention_matrices(self, heads: int) -> list[tuple[int, int]]:
+        """(rows, cols) of the attention weight matrices, in ``nn.Linear`` orientation (out, in)."""
+        if heads == 0:
+            return []
+        kv = heads // self.group_size
+        h, d = self.hidden_size, self.head_dim
+        return [(heads * d, h), (kv * d, h), (kv * d, h), (h, heads * d)]  # q, k, v, o
 
-    def attention_params(self, heads: int) -> int:
-        """Parameters of one attention sub-block (with its input norm) keeping ``heads`` query heads."""
+    def mlp_matrices(self, channels: int) -> list[tuple[int, int]]:
+        if channels == 0:
+            return []
+        h = self.hidden_size
+        if self.family == "llama":
+            return [(channels, h), (channels, h), (h, channels)]  # gate, up, down
+        return [(channels, h), (h, channels)]  # up (c_fc / intermediate), down (c_proj / output)
+
+    def attention_params(self, heads: int, sparsity: float = 0.0) -> int:
+        """Non-zero parameters of one attention sub-block (with its norm) keeping ``heads`` query heads."""
         if heads == 0:
             return 0
         kv = heads // self.group_size
         h, d = self.hidden_size, self.head_dim
-        params = h * heads * d + 2 * h * kv * d + heads * d * h + h  # q, k, v, o, input norm
+        params = _sparse_matrices(self.attention_matrices(heads), sparsity) + self.norm_params
         if self.qkv_bias:
             params += heads * d + 2 * kv * d
         if self.o_bias:
@@ -100,20 +110,20 @@ class ModelShape:
             params += 2 * d
         return params
 
-    def mlp_params(self, channels: int) -> int:
-        """Parameters of one MLP sub-block (with its input norm) keeping ``channels`` FFN channels."""
+    def mlp_params(self, channels: int, sparsity: float = 0.0) -> int:
+        """Non-zero parameters of one MLP sub-block (with its norm) keeping ``channels`` FFN channels."""
         if channels == 0:
             return 0
-        h = self.hidden_size
-        params = 3 * h * channels + h  # gate, up, down, post-attention norm
+        params = _sparse_matrices(self.mlp_matrices(channels), sparsity) + self.norm_params
         if self.mlp_bias:
-            params += 2 * channels + h
+            params += (2 * channels if self.family == "llama" else channels) + self.hidden_size
         return params
 
     def count_params(self, arch: ArchConfig) -> int:
         self.validate(arch)
-        return self.fixed_params() + sum(
-            self.attention_params(layer.heads) + self.mlp_params(layer.ffn_channels) for layer in arch.layers
+        return self.fixed + sum(
+            self.attention_params(layer.heads, layer.sparsity) + self.mlp_params(layer.ffn_channels, layer.sparsity)
+            for layer in arch.layers
         )
 
     def dense_params(self) -> int:
@@ -121,7 +131,7 @@ class ModelShape:
 
     def min_param_ratio(self) -> float:
         """The smallest reachable ratio: every sub-block dropped, embeddings kept."""
-        return self.fixed_params() / self.dense_params()
+        return self.fixed / self.dense_params()
 
     def validate(self, arch: ArchConfig) -> None:
         if len(arch.layers) != self.num_layers:
@@ -136,14 +146,104 @@ class ModelShape:
                 raise InvalidArchConfig(
                     f"layer {index}: {layer.ffn_channels} FFN channels outside [0, {self.intermediate_size}]"
                 )
+            if not 0.0 <= layer.sparsity < 1.0:
+                raise InvalidArchConfig(f"layer {index}: sparsity {layer.sparsity} outside [0, 1)")
+
+
+def zeros_per_row(cols: int, sparsity: float) -> int:
+    """How many weights unstructured sparsity removes from a row of ``cols`` weights."""
+    return round(sparsity * cols)
+
+
+def _sparse_matrices(matrices: Sequence[tuple[int, int]], sparsity: float) -> int:
+    return sum(rows * (cols - zeros_per_row(cols, sparsity)) for rows, cols in matrices)
+
+
+def _read_llama(config: Mapping[str, Any], model_type: str, bias_rule: str) -> ModelShape:
+    hidden = int(config["hidden_size"])
+    heads = int(config["num_attention_heads"])
+    kv_heads = int(config.get("num_key_value_heads") or heads)
+    if heads % kv_heads:
+        raise UnsupportedModel(f"num_attention_heads={heads} is not a multiple of num_key_value_heads={kv_heads}")
+    vocab = int(config["vocab_size"])
+    attention_bias = bool(config.get("attention_bias", False)) if bias_rule == "config" else False
+    tied = bool(config.get("tie_word_embeddings", False))
+    return ModelShape(
+        family="llama",
+        model_type=model_type,
+        num_layers=int(config["num_hidden_layers"]),
+        hidden_size=hidden,
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=int(config.get("head_dim") or hidden // heads),
+        intermediate_size=int(config["intermediate_size"]),
+        vocab_size=vocab,
+        qkv_bias=bias_rule == "qkv" or attention_bias,
+        o_bias=attention_bias,
+        mlp_bias=bool(config.get("mlp_bias", False)),
+        qk_norm=model_type == "qwen3",
+        fixed=vocab * hidden * (1 if tied else 2) + hidden,  # embeddings, LM head, final RMSNorm
+    )
+
+
+def _read_gpt2(config: Mapping[str, Any], model_type: str, _bias_rule: str) -> ModelShape:
+    hidden = int(config["n_embd"])
+    heads = int(config["n_head"])
+    vocab = int(config["vocab_size"])
+    tied = bool(config.get("tie_word_embeddings", True))
+    return ModelShape(
+        family="gpt2",
+        model_type=model_type,
+        num_layers=int(config["n_layer"]),
+        hidden_size=hidden,
+        num_heads=heads,
+        num_kv_heads=heads,
+        head_dim=hidden // heads,
+        intermediate_size=int(config.get("n_inner") or 4 * hidden),
+        vocab_size=vocab,
+        qkv_bias=True,
+        o_bias=True,
+        mlp_bias=True,
+        qk_norm=False,
+        # token and position embeddings, final LayerNorm, LM head unless tied
+        fixed=vocab * hidden * (1 if tied else 2) + int(config["n_positions"]) * hidden + 2 * hidden,
+    )
+
+
+def _read_bert(config: Mapping[str, Any], model_type: str, _bias_rule: str) -> ModelShape:
+    hidden = int(config["hidden_size"])
+    heads = int(config["num_attention_heads"])
+    vocab = int(config["vocab_size"])
+    embeddings = (vocab + int(config["max_position_embeddings"]) + int(config.get("type_vocab_size", 2))) * hidden
+    return ModelShape(
+        family="bert",
+        model_type=model_type,
+        num_layers=int(config["num_hidden_layers"]),
+        hidden_size=hidden,
+        num_heads=heads,
+        num_kv_heads=heads,
+        head_dim=hidden // heads,
+        intermediate_size=int(config["intermediate_size"]),
+        vocab_size=vocab,
+        qkv_bias=True,
+        o_bias=True,
+        mlp_bias=True,
+        qk_norm=False,
+        fixed=embeddings + 2 * hidden + hidden * hidden + hidden,  # embeddings, their LayerNorm, pooler
+    )
+
+
+_READERS = {"llama": _read_llama, "gpt2": _read_gpt2, "bert": _read_bert}
 
 
 @dataclass(frozen=True)
 class LayerArch:
-    """One decoder layer of a candidate. ``heads == 0`` drops attention; ``ffn_channels == 0`` drops the MLP."""
+    """One layer of a candidate. ``heads == 0`` drops attention; ``ffn_channels == 0`` drops the MLP;
+    ``sparsity`` is the unstructured ratio of the layer's remaining weight matrices."""
 
     heads: int
     ffn_channels: int
+    sparsity: float = 0.0
 
     @property
     def attention_kept(self) -> bool:
@@ -156,7 +256,7 @@ class LayerArch:
 
 @dataclass(frozen=True)
 class ArchConfig:
-    """A candidate architecture: what every decoder layer keeps. Frozen and JSON-serialisable."""
+    """A candidate architecture: what every layer keeps. Frozen and JSON-serialisable."""
 
     layers: tuple[LayerArch, ...]
 
@@ -169,15 +269,34 @@ class ArchConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ArchConfig:
         layers: Sequence[Mapping[str, Any]] = data["layers"]
-        return cls(tuple(LayerArch(int(layer["heads"]), int(layer["ffn_channels"])) for layer in layers))
+        return cls(
+            tuple(
+                LayerArch(int(layer["heads"]), int(layer["ffn_channels"]), float(layer.get("sparsity", 0.0)))
+                for layer in layers
+            )
+        )
 
     @property
     def depth(self) -> int:
         """Layers that keep at least one sub-block."""
         return sum(1 for layer in self.layers if layer.attention_kept or layer.mlp_kept)
 
+    @property
+    def sparse(self) -> bool:
+        return any(layer.sparsity > 0 for layer in self.layers)
+
+    def is_uniform(self) -> bool:
+        """Every kept layer keeps both sub-blocks with the same widths: a standard config describes it."""
+        kept = [layer for layer in self.layers if layer.attention_kept or layer.mlp_kept]
+        return (
+            all(layer.attention_kept and layer.mlp_kept for layer in kept)
+            and len({(layer.heads, layer.ffn_channels) for layer in kept}) <= 1
+        )
+
     def summary(self) -> str:
         """A compact one-line picture, e.g. ``A4/M512 A2/M256 -/M0``."""
         return " ".join(
-            f"{'A' + str(layer.heads) if layer.heads else '-'}/M{layer.ffn_channels}" for layer in self.layers
+            f"{'A' + str(layer.heads) if layer.heads else '-'}/M{layer.ffn_channels}"
+            + (f"/s{layer.sparsity:.2f}" if layer.sparsity else "")
+            for layer in self.layers
         )

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from search.adapters import DecoderAdapter, adapter_for
+from search.adapters import Adapter, adapter_for
+from search.arch import ModelShape
 from search.errors import ModelLoadError
 
 if TYPE_CHECKING:
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class LoadedModel:
-    adapter: DecoderAdapter
+    adapter: Adapter
     tokenizer: PreTrainedTokenizerBase
     key: tuple[str, str | None, str]
     # Per (calibration digest, ...) artefacts reused by every trial and later jobs on this model.
@@ -30,13 +31,16 @@ def resolve_device(device: str | None) -> torch.device:
 
 
 def load_model(model: str, revision: str | None = None, *, device: str | None = None) -> LoadedModel:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Decoders load as ``AutoModelForCausalLM``, encoders as ``AutoModel`` (no task head)."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     target = resolve_device(device)
     dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
     try:
+        config = AutoConfig.from_pretrained(model, revision=revision, trust_remote_code=False)
+        auto = AutoModelForCausalLM if ModelShape.from_config(config.to_dict()).causal else AutoModel
         tokenizer = AutoTokenizer.from_pretrained(model, revision=revision, trust_remote_code=False)
-        network = AutoModelForCausalLM.from_pretrained(
+        network = auto.from_pretrained(
             model, revision=revision, dtype=dtype, trust_remote_code=False, attn_implementation="sdpa"
         )
     except (OSError, ValueError, KeyError) as error:

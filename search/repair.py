@@ -1,21 +1,28 @@
 """Snap any sampled proposal to the parameter budget, so no trial is wasted on an infeasible config.
 
-A proposal gives, for every layer, a desired keep fraction of attention and of the MLP in [0, 1].
-Repair scales all fractions by one common factor (bisection; the parameter count is monotone in it),
-rounds to whole KV groups and FFN alignment units, then trims or grows single FFN units until the
-count is within the tolerance. The shape of the proposal (which layers keep more) is preserved.
+A proposal gives, for every layer, a desired keep fraction of attention and of the MLP in [0, 1]
+(and optionally an unstructured sparsity ratio). Repair scales all fractions by one common factor
+(bisection; the parameter count is monotone in it), rounds to whole KV groups and FFN alignment
+units under the depth rule, then moves single units until the count is within the tolerance. The
+shape of the proposal (which layers keep more) is preserved.
+
+Depth rules: ``sublayer`` drops attention and MLP independently; ``layer`` drops whole layers only
+(a layer keeping one sub-block keeps at least one unit of the other); ``none`` keeps at least one
+unit of every sub-block. With ``width=False`` fractions round to all-or-nothing, and only the
+final unit moves that land on the budget change widths.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from search.arch import ArchConfig, LayerArch, ModelShape
 from search.errors import BudgetInfeasible
 
 DEFAULT_TOLERANCE = 0.01
+MAX_SPARSITY = 0.95
 
 
 @dataclass(frozen=True)
@@ -24,10 +31,47 @@ class Proposal:
 
     attention: tuple[float, ...]
     mlp: tuple[float, ...]
+    sparsity: tuple[float, ...] = ()  # per layer; empty means dense weights
 
     @classmethod
     def uniform(cls, num_layers: int, value: float = 1.0) -> Proposal:
         return cls((value,) * num_layers, (value,) * num_layers)
+
+
+@dataclass(frozen=True)
+class _Grid:
+    shape: ModelShape
+    alignment: int
+    depth: str
+    width: bool
+
+    def heads(self, fraction: float) -> int:
+        return self._round(fraction, self.shape.num_heads, self.shape.group_size)
+
+    def channels(self, fraction: float) -> int:
+        return self._round(fraction, self.shape.intermediate_size, self.alignment)
+
+    def _round(self, fraction: float, full: int, unit: int) -> int:
+        if fraction <= 0:
+            return 0
+        if not self.width:
+            return full if fraction >= 0.5 else 0
+        return min(round(min(fraction, 1.0) * full / unit) * unit, full)
+
+    def legal(self, layer: LayerArch) -> LayerArch:
+        """Apply the depth rule to a rounded layer."""
+        heads, channels = layer.heads, layer.ffn_channels
+        if self.depth == "none" or (self.depth == "layer" and (heads or channels)):
+            heads = max(heads, self.shape.group_size)
+            channels = max(channels, min(self.alignment, self.shape.intermediate_size))
+        return LayerArch(heads, channels, layer.sparsity)
+
+    def count(self, layers: Sequence[LayerArch]) -> int:
+        shape = self.shape
+        return shape.fixed + sum(
+            shape.attention_params(layer.heads, layer.sparsity) + shape.mlp_params(layer.ffn_channels, layer.sparsity)
+            for layer in layers
+        )
 
 
 def repair(
@@ -36,61 +80,54 @@ def repair(
     param_ratio: float,
     *,
     ffn_alignment: int,
+    depth: str = "sublayer",
+    width: bool = True,
     tolerance: float = DEFAULT_TOLERANCE,
 ) -> ArchConfig:
     """Return the architecture closest to ``proposal`` whose parameter count is within ``tolerance``
     (relative) of ``param_ratio`` times the dense count."""
-    if len(proposal.attention) != shape.num_layers or len(proposal.mlp) != shape.num_layers:
-        raise BudgetInfeasible(f"proposal has {len(proposal.attention)} layers, model has {shape.num_layers}")
-    dense = shape.dense_params()
-    budget = param_ratio * dense
+    layers_n = shape.num_layers
+    if len(proposal.attention) != layers_n or len(proposal.mlp) != layers_n:
+        raise BudgetInfeasible(f"proposal has {len(proposal.attention)} layers, model has {layers_n}")
+    sparsity = [round(min(_clip(x), MAX_SPARSITY), 2) for x in proposal.sparsity] or [0.0] * layers_n
+    if len(sparsity) != layers_n:
+        raise BudgetInfeasible(f"proposal has {len(sparsity)} sparsity ratios, model has {layers_n} layers")
+    grid = _Grid(shape, max(1, min(ffn_alignment, shape.intermediate_size)), depth, width)
+    budget = param_ratio * shape.dense_params()
     low, high = budget * (1 - tolerance), budget * (1 + tolerance)
     attention = [_clip(x) for x in proposal.attention]
     mlp = [_clip(x) for x in proposal.mlp]
-    alignment = max(1, min(ffn_alignment, shape.intermediate_size))
-
-    if max(attention + mlp, default=0.0) == 0.0:
+    if max(attention + mlp) == 0.0:
         # Nothing proposed: start from uniform so there is a shape to scale.
-        attention, mlp = [1.0] * shape.num_layers, [1.0] * shape.num_layers
+        attention, mlp = [1.0] * layers_n, [1.0] * layers_n
 
     def snap(scale: float) -> list[LayerArch]:
         return [
-            LayerArch(
-                _round_units(a * scale, shape.num_heads, shape.group_size),
-                _round_units(m * scale, shape.intermediate_size, alignment),
-            )
-            for a, m in zip(attention, mlp, strict=True)
+            grid.legal(LayerArch(grid.heads(a * scale), grid.channels(m * scale), s))
+            for a, m, s in zip(attention, mlp, sparsity, strict=True)
         ]
 
-    def count(layers: Sequence[LayerArch]) -> int:
-        return shape.fixed_params() + sum(
-            shape.attention_params(layer.heads) + shape.mlp_params(layer.ffn_channels) for layer in layers
-        )
-
     # The largest useful factor makes the smallest positive fraction reach 1; if even that is under
-    # budget (the proposal drops too much), growth in ``_adjust`` adds FFN units back.
+    # budget (the proposal drops too much), ``_adjust`` adds units back.
     lo_scale, hi_scale = 0.0, 1.0 / min(x for x in attention + mlp if x > 0)
     for _ in range(60):
         mid = (lo_scale + hi_scale) / 2
-        if count(snap(mid)) > budget:
+        if grid.count(snap(mid)) > budget:
             hi_scale = mid
         else:
             lo_scale = mid
-    layers = snap(lo_scale)
-    layers = _adjust(shape, (attention, mlp), layers, count, low, high, alignment)
+    layers = _adjust(grid, (attention, mlp), snap(lo_scale), low, high)
     arch = ArchConfig(tuple(layers))
     shape.validate(arch)
     return arch
 
 
 def _adjust(
-    shape: ModelShape,
+    grid: _Grid,
     proposal: tuple[Sequence[float], Sequence[float]],
     layers: list[LayerArch],
-    count: Callable[[Sequence[LayerArch]], int],
     low: float,
     high: float,
-    alignment: int,
 ) -> list[LayerArch]:
     """Move single units until the count is within [low, high].
 
@@ -98,41 +135,52 @@ def _adjust(
     never jumps over the window. A KV group is moved only when no FFN unit can move, which happens
     when the proposal dropped too much attention (or kept too little MLP) for the budget.
     """
+    shape, alignment = grid.shape, grid.alignment
     attention_wanted, mlp_wanted = proposal
     layers = list(layers)
     full, heads, group = shape.intermediate_size, shape.num_heads, shape.group_size
     for _ in range(shape.num_layers * (full // alignment + heads // group + 4)):
-        total = count(layers)
+        total = grid.count(layers)
         if low <= total <= high:
             return layers
         grow = total < low
-        ffn = [i for i, layer in enumerate(layers) if (layer.ffn_channels < full if grow else layer.ffn_channels > 0)]
+        sign = 1 if grow else -1
+        ffn = [i for i, layer in enumerate(layers) if _can_move(grid, layer, "mlp", grow)]
         if ffn:
             # Grow where the kept fraction is furthest below the proposal; shrink where furthest above.
-            sign = 1 if grow else -1
             i = max(ffn, key=lambda j: (sign * (mlp_wanted[j] - layers[j].ffn_channels / full), -j))
             channels = layers[i].ffn_channels
             channels = min(full, channels + alignment) if grow else math.ceil(channels / alignment - 1) * alignment
-            layers[i] = LayerArch(layers[i].heads, channels)
+            layers[i] = LayerArch(layers[i].heads, channels, layers[i].sparsity)
             continue
-        attn = [i for i, layer in enumerate(layers) if (layer.heads < heads if grow else layer.heads > 0)]
+        attn = [i for i, layer in enumerate(layers) if _can_move(grid, layer, "attention", grow)]
         if not attn:
             break
-        sign = 1 if grow else -1
         i = max(attn, key=lambda j: (sign * (attention_wanted[j] - layers[j].heads / heads), -j))
-        layers[i] = LayerArch(layers[i].heads + (group if grow else -group), layers[i].ffn_channels)
+        layers[i] = LayerArch(layers[i].heads + sign * group, layers[i].ffn_channels, layers[i].sparsity)
     raise BudgetInfeasible(
-        f"cannot reach {low:.0f}..{high:.0f} parameters: the FFN alignment ({alignment}) is too coarse "
-        f"for this model and budget"
+        f"cannot reach {low:.0f}..{high:.0f} parameters under depth={grid.depth!r}: the FFN alignment "
+        f"({alignment}) is too coarse or the depth rule too strict for this model and budget"
     )
 
 
-def _round_units(fraction: float, full: int, unit: int) -> int:
-    """Round ``fraction * full`` to a multiple of ``unit`` (the last unit may be partial)."""
-    if fraction <= 0:
-        return 0
-    value = round(min(fraction, 1.0) * full / unit) * unit
-    return min(value, full)
+def _can_move(grid: _Grid, layer: LayerArch, kind: str, grow: bool) -> bool:
+    """Whether one unit of ``kind`` may be added to / removed from ``layer`` under the depth rule."""
+    shape = grid.shape
+    units, full, unit = (
+        (layer.ffn_channels, shape.intermediate_size, grid.alignment)
+        if kind == "mlp"
+        else (layer.heads, shape.num_heads, shape.group_size)
+    )
+    other = layer.heads if kind == "mlp" else layer.ffn_channels
+    if grow:
+        # Under the layer rule, a wholly dropped layer stays dropped: reviving it is not one unit.
+        return units < full and not (grid.depth == "layer" and units == 0 and other == 0)
+    if units == 0:
+        return False
+    if units <= unit:  # the move would drop the sub-block
+        return grid.depth == "sublayer"
+    return True
 
 
 def _clip(value: float) -> float:

@@ -1,8 +1,14 @@
-"""Which heads and channels a candidate keeps, given how many it keeps (the allocation).
+"""Which heads and channels a candidate keeps, given how many it keeps (the allocation), and which
+weights unstructured sparsity removes.
 
-Wanda-style importance, |W| · ‖X‖ on the inputs of ``o_proj`` / ``down_proj``, scored once per
-model and calibration set. Heads are ranked in whole KV groups so every selection can be
-exported as a standard GQA model.
+Structured criteria score the input channels of the output projections (``o_proj`` /
+``down_proj`` and their equivalents), computed once per model and calibration set:
+- ``magnitude``: Σ_i |W_ij|;
+- ``wanda``: Σ_i |W_ij| · ‖X_j‖₂;
+- ``flap``: Var(X_j) · Σ_i W_ij² (FLAP's fluctuation; its bias compensation is not applied).
+Heads are ranked in whole KV groups so every selection exports as a valid GQA model.
+Unstructured sparsity removes, in every row of a kept matrix, the weights with the lowest
+|W_ij| (``magnitude``) or |W_ij| · ‖X_j‖₂ (``wanda``), among the columns the candidate keeps.
 """
 
 from __future__ import annotations
@@ -11,9 +17,12 @@ from dataclasses import dataclass
 
 import torch
 
-from search.adapters import DecoderAdapter
-from search.arch import ArchConfig
-from search.stats import DenseStats
+from search.adapters import Adapter, Block, Matrix
+from search.arch import ArchConfig, zeros_per_row
+from search.stats import ChannelStats, DenseStats
+
+CRITERIA = ("magnitude", "wanda", "flap")
+SPARSITY_CRITERIA = ("magnitude", "wanda")
 
 
 @dataclass(frozen=True)
@@ -29,9 +38,25 @@ class LayerSelection:
 
 
 @dataclass(frozen=True)
+class SparsityScorer:
+    """Scores the weights of a matrix for unstructured sparsity (lower = removed first)."""
+
+    criterion: str
+    stats: DenseStats | None
+
+    def scores(self, block: Block, matrix: Matrix, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        weight = matrix.weight().detach()[rows][:, cols].abs().float()  # (R, C)
+        if self.criterion == "wanda" and self.stats is not None:
+            norms = self.stats.inputs[(block.layer, block.kind, matrix.name)].norm.to(weight.device)
+            weight = weight * norms[cols]
+        return weight
+
+
+@dataclass(frozen=True)
 class Selection:
     arch: ArchConfig
     layers: tuple[LayerSelection, ...]
+    sparsity: SparsityScorer | None = None
 
     def to_dict(self) -> dict[str, list[dict[str, list[int]]]]:
         return {
@@ -42,19 +67,35 @@ class Selection:
 
 
 @torch.no_grad()
-def wanda_importance(adapter: DecoderAdapter, stats: DenseStats) -> Importance:
+def compute_importance(adapter: Adapter, stats: DenseStats, criterion: str) -> Importance:
+    if criterion not in CRITERIA:
+        raise ValueError(f"unknown selection criterion {criterion!r}; available: {', '.join(CRITERIA)}")
     shape = adapter.shape
+    attention_name, mlp_name = adapter.output_names
     groups, channels = [], []
     for i in range(shape.num_layers):
-        w_o = adapter.o_proj(i).weight.detach().float().abs().cpu()  # (hidden, H*D)
-        per_input = (w_o * stats.o_proj_input_norms[i]).sum(0)  # (H*D,)
-        groups.append(per_input.view(shape.num_kv_heads, -1).sum(1))  # (KV,): group = g heads × D dims
-        w_down = adapter.down_proj(i).weight.detach().float().abs().cpu()  # (hidden, I)
-        channels.append((w_down * stats.down_proj_input_norms[i]).sum(0))  # (I,)
+        head_scores = _channel_scores(
+            adapter.weight(adapter.attention_output(i)), stats.attention_output(i, attention_name), criterion
+        )  # (H*D,)
+        groups.append(head_scores.view(shape.num_kv_heads, -1).sum(1))  # group k = g heads × D dims
+        channels.append(
+            _channel_scores(adapter.weight(adapter.mlp_output(i)), stats.mlp_output(i, mlp_name), criterion)
+        )
     return Importance(tuple(groups), tuple(channels))
 
 
-def select_units(importance: Importance, arch: ArchConfig, group_size: int) -> Selection:
+def _channel_scores(weight: torch.Tensor, inputs: ChannelStats, criterion: str) -> torch.Tensor:
+    w = weight.detach().float().cpu()  # (hidden, C)
+    if criterion == "magnitude":
+        return w.abs().sum(0)
+    if criterion == "wanda":
+        return (w.abs() * inputs.norm).sum(0)
+    return inputs.var * w.pow(2).sum(0)  # flap
+
+
+def select_units(
+    importance: Importance, arch: ArchConfig, group_size: int, sparsity: SparsityScorer | None = None
+) -> Selection:
     layers = []
     for layer, groups, channels in zip(arch.layers, importance.head_groups, importance.channels, strict=True):
         layers.append(
@@ -63,7 +104,21 @@ def select_units(importance: Importance, arch: ArchConfig, group_size: int) -> S
                 channels=_top(channels, layer.ffn_channels),
             )
         )
-    return Selection(arch, tuple(layers))
+    return Selection(arch, tuple(layers), sparsity if arch.sparse else None)
+
+
+def sparse_positions(
+    scorer: SparsityScorer, block: Block, matrix: Matrix, sparsity: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, col) indices, in (out, in) orientation, of the weights a sparsity ratio removes."""
+    weight = matrix.weight()
+    rows = matrix.rows if matrix.rows is not None else torch.arange(weight.shape[0])
+    cols = matrix.cols if matrix.cols is not None else torch.arange(weight.shape[1])
+    k = zeros_per_row(len(cols), sparsity)
+    scores = scorer.scores(block, matrix, rows.to(weight.device), cols.to(weight.device))  # (R, C)
+    lowest = scores.topk(k, dim=1, largest=False).indices  # (R, k); stable for ties in practice
+    cols = cols.to(weight.device)
+    return rows.to(weight.device).unsqueeze(1).expand_as(lowest), cols[lowest]
 
 
 def _top(scores: torch.Tensor, k: int) -> torch.Tensor:

@@ -20,6 +20,7 @@ from search.repair import DEFAULT_TOLERANCE as REPAIR_TOLERANCE
 # Proxy names are listed here (torch-free) and resolved to classes in ``search.proxies``.
 PROXY_NAMES: tuple[str, ...] = ("tracenas",)
 SAMPLER_NAMES: tuple[str, ...] = ("tpe", "random", "nsga2", "cmaes")
+OBJECTIVE_NAMES: tuple[str, ...] = ("score", "params")
 MAX_TRIALS_HARD_LIMIT = 100_000
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$")
@@ -34,6 +35,21 @@ class Target(_Strict):
         float,
         Field(gt=0.0, le=1.0, allow_inf_nan=False, description="Fraction of the dense model's parameters to keep."),
     ]
+    min_param_ratio: Annotated[
+        float | None,
+        Field(
+            gt=0.0,
+            le=1.0,
+            allow_inf_nan=False,
+            description="Multi-objective jobs only: the smallest size explored (default: half of param_ratio).",
+        ),
+    ] = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Target:
+        if self.min_param_ratio is not None and self.min_param_ratio > self.param_ratio:
+            raise ValueError("min_param_ratio must not exceed param_ratio")
+        return self
 
 
 class Calibration(_Strict):
@@ -58,6 +74,24 @@ class Calibration(_Strict):
 
 
 class SearchSpace(_Strict):
+    """Which dimensions the search explores, and how candidates are realised."""
+
+    depth: Literal["sublayer", "layer", "none"] = Field(
+        default="sublayer",
+        description="'sublayer': attention and MLP are dropped separately (FinerCut); 'layer': whole layers; "
+        "'none': every sub-block keeps at least one unit.",
+    )
+    width: bool = Field(default=True, description="Search per-layer heads (whole KV groups) and FFN channels.")
+    sparsity: Annotated[
+        float, Field(ge=0.0, le=0.95, description="Largest per-layer unstructured sparsity explored; 0 disables.")
+    ] = 0.0
+    parameterization: Literal["per_layer", "compact"] = Field(
+        default="per_layer",
+        description="'per_layer': a keep fraction per sub-block; 'compact': a few global shape parameters "
+        "(slope over depth, attention/MLP balance, layers dropped by Block Influence, global sparsity).",
+    )
+    selection: Literal["wanda", "magnitude", "flap"] = "wanda"
+    sparsity_selection: Literal["wanda", "magnitude"] = "wanda"
     ffn_alignment: Annotated[int, Field(ge=1, le=4096, description="FFN channels are kept in multiples of this.")] = 32
 
 
@@ -74,6 +108,33 @@ class JobSpec(_Strict):
     calibration: Calibration = Calibration()
     search_space: SearchSpace = SearchSpace()
     verify_top_k: Annotated[int, Field(ge=0, le=100)] = 5
+    objectives: list[str] = Field(
+        default_factory=lambda: ["score"],
+        description="['score'] keeps the budget as a constraint; ['score', 'params'] searches the Pareto front "
+        "between min_param_ratio and param_ratio.",
+    )
+
+    @field_validator("objectives")
+    @classmethod
+    def _known_objectives(cls, value: list[str]) -> list[str]:
+        unknown = [name for name in value if name not in OBJECTIVE_NAMES]
+        if "latency" in unknown:
+            raise ValueError("the 'latency' objective is not supported yet; use ['score'] or ['score', 'params']")
+        if unknown:
+            raise ValueError(f"unknown objectives {unknown}; available: {', '.join(OBJECTIVE_NAMES)}")
+        if not value or value[0] != "score" or len(set(value)) != len(value):
+            raise ValueError("objectives must start with 'score' and name each objective once")
+        return value
+
+    @model_validator(mode="after")
+    def _sampler_supports_objectives(self) -> JobSpec:
+        if self.multi_objective and self.sampler == "cmaes":
+            raise ValueError("the cmaes sampler is single-objective; use nsga2 or tpe for a Pareto front")
+        return self
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
 
     @field_validator("proxy")
     @classmethod
@@ -132,7 +193,10 @@ def check_job(spec: JobSpec) -> ModelShape | None:
     if model_kind(spec.model) == "hub":
         return None
     shape = ModelShape.from_config(read_local_config(spec.model))
-    check_budget(shape, spec.target.param_ratio, ffn_alignment=spec.search_space.ffn_alignment)
+    lowest = spec.target.min_param_ratio if spec.multi_objective and spec.target.min_param_ratio else None
+    for ratio in (spec.target.param_ratio, lowest):
+        if ratio is not None:
+            check_budget(shape, ratio, ffn_alignment=spec.search_space.ffn_alignment)
     return shape
 
 
@@ -144,9 +208,9 @@ def check_budget(shape: ModelShape, param_ratio: float, *, ffn_alignment: int) -
             f"param_ratio {param_ratio} is unreachable: embeddings alone are {floor:.3f} of this model's parameters"
         )
     window = 2 * REPAIR_TOLERANCE * param_ratio * shape.dense_params()
-    unit = 3 * shape.hidden_size * min(ffn_alignment, shape.intermediate_size)  # gate, up, down columns
+    unit = sum(rows * cols for rows, cols in shape.mlp_matrices(min(ffn_alignment, shape.intermediate_size)))
     if unit > window:
-        finest = max(1, int(window // (3 * shape.hidden_size)))
+        finest = max(1, int(window // (unit / min(ffn_alignment, shape.intermediate_size))))
         raise BudgetInfeasible(
             f"search_space.ffn_alignment={ffn_alignment} is too coarse to land within ±{REPAIR_TOLERANCE:.0%} "
             f"of the budget on this model; use {finest} or less"

@@ -1,9 +1,14 @@
 """The Optuna driver: sample an allocation, repair it to the budget, select units, score.
 
-``prepare`` builds what every trial reuses (tokens, dense statistics, importance, the proxy's dense
-reference); ``run_search`` runs or resumes the study, verifies the finalists and returns the
-result. Storage, callbacks and the stop condition come in as arguments: the library knows nothing
-of the service that may be driving it.
+``prepare`` builds what every trial reuses (tokens, dense statistics, importance, layer signals, the
+proxy's dense reference); ``run_search`` runs or resumes the study, verifies the finalists and
+returns the result. Storage, callbacks and the stop condition come in as arguments: the library
+knows nothing of the service that may be driving it.
+
+Single-objective jobs maximise the proxy score at the budget, which is also declared to Optuna as a
+constraint (``Trial.set_constraint``), so samplers and optuna-dashboard see feasibility. Multi-objective jobs
+(``objectives: ["score", "params"]``) sample the budget too, between ``min_param_ratio`` and
+``param_ratio``, and search the Pareto front of score against parameter ratio.
 """
 
 from __future__ import annotations
@@ -15,18 +20,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
+import torch
 from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from search import baselines
+from search.adapters import Block
 from search.arch import ArchConfig, ModelShape
 from search.calibration import TokenSet, build_token_set
 from search.errors import ProxyError, SearchError
 from search.loading import LoadedModel
 from search.proxies import Proxy, create_proxy
-from search.repair import Proposal, repair
-from search.selection import Importance, Selection, select_units, wanda_importance
+from search.repair import DEFAULT_TOLERANCE, Proposal, repair
+from search.selection import Importance, Selection, SparsityScorer, compute_importance, select_units
+from search.space import LayerSignals, Space
 from search.spec import JobSpec
 from search.stats import DenseStats, collect_stats
 from search.verify import Verification, verify
@@ -34,23 +41,49 @@ from search.verify import Verification, verify
 TrialCallback = Callable[[optuna.Study, FrozenTrial], None]
 
 DEFAULT_BATCH_SIZE = 8
+_OUTLIER_MULTIPLE = 5.0  # OWL's M: a weight is an outlier above M × its layer's mean Wanda score
 
 
 @dataclass
 class SearchContext:
-    """Everything trials share. Built once per (model, calibration, proxy) and reused across jobs."""
+    """Everything trials share. Built once per (model, calibration, criterion, proxy); reused across jobs."""
 
     loaded: LoadedModel
     spec: JobSpec
     tokens: TokenSet
     stats: DenseStats
     importance: Importance
+    space: Space
     proxy: Proxy
     prepare_seconds: float
 
     @property
     def shape(self) -> ModelShape:
         return self.loaded.adapter.shape
+
+    def ratio_range(self) -> tuple[float, float]:
+        target = self.spec.target
+        if not self.spec.multi_objective:
+            return target.param_ratio, target.param_ratio
+        low = target.min_param_ratio or max(target.param_ratio / 2, self.shape.min_param_ratio() * 1.05)
+        return low, target.param_ratio
+
+    def candidate(self, proposal: Proposal, param_ratio: float) -> Selection:
+        space = self.spec.search_space
+        arch = repair(
+            self.shape,
+            proposal,
+            param_ratio,
+            ffn_alignment=space.ffn_alignment,
+            depth=space.depth,
+            width=space.width,
+        )
+        return self.selection(arch)
+
+    def selection(self, arch: ArchConfig) -> Selection:
+        """Which units and weights ``arch`` keeps, by the job's criteria."""
+        scorer = SparsityScorer(self.spec.search_space.sparsity_selection, self.stats) if arch.sparse else None
+        return select_units(self.importance, arch, self.shape.group_size, scorer)
 
 
 @dataclass(frozen=True)
@@ -61,6 +94,7 @@ class TrialInfo:
     state: str
     origin: str
     value: float | None
+    values: list[float] | None
     arch: dict[str, Any] | None
     param_count: int | None
     param_ratio: float | None
@@ -76,24 +110,35 @@ class SearchResult:
     trials: list[TrialInfo]
     dense: Verification | None
     verified: dict[int, Verification] = field(default_factory=dict)
+    pareto: list[int] = field(default_factory=list)  # trial numbers of the non-dominated trials
     best: dict[str, Any] | None = None
     stopped: bool = False
 
 
 def prepare(loaded: LoadedModel, spec: JobSpec, *, batch_size: int = DEFAULT_BATCH_SIZE) -> SearchContext:
     started = time.perf_counter()
-    tokens = build_token_set(loaded.tokenizer, spec.calibration)
+    adapter = loaded.adapter
+    tokens = build_token_set(loaded.tokenizer, spec.calibration, causal=adapter.shape.causal)
+    cache = loaded.cache
     stats_key = ("stats", tokens.digest)
-    if stats_key not in loaded.cache:
-        stats = collect_stats(loaded.adapter, tokens, batch_size=batch_size)
-        loaded.cache[stats_key] = (stats, wanda_importance(loaded.adapter, stats))
-    stats, importance = loaded.cache[stats_key]
+    if stats_key not in cache:
+        cache[stats_key] = collect_stats(adapter, tokens, batch_size=batch_size)
+    stats: DenseStats = cache[stats_key]
+    criterion = spec.search_space.selection
+    importance_key = ("importance", tokens.digest, criterion)
+    if importance_key not in cache:
+        cache[importance_key] = compute_importance(adapter, stats, criterion)
+    importance: Importance = cache[importance_key]
+    signals_key = ("signals", tokens.digest)
+    if signals_key not in cache:
+        cache[signals_key] = _layer_signals(loaded, stats, cache.get(("importance", tokens.digest, "wanda")))
     seed = spec.seed or 0
     proxy_key = ("proxy", spec.proxy, tokens.digest, seed)
-    if proxy_key not in loaded.cache:
-        loaded.cache[proxy_key] = create_proxy(spec.proxy, loaded.adapter, tokens, seed=seed, batch_size=batch_size)
+    if proxy_key not in cache:
+        cache[proxy_key] = create_proxy(spec.proxy, adapter, tokens, seed=seed, batch_size=batch_size)
+    space = Space(adapter.shape, spec.search_space, cache[signals_key])
     return SearchContext(
-        loaded, spec, tokens, stats, importance, loaded.cache[proxy_key], time.perf_counter() - started
+        loaded, spec, tokens, stats, importance, space, cache[proxy_key], time.perf_counter() - started
     )
 
 
@@ -123,12 +168,6 @@ def create_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
     raise SearchError(f"unknown sampler {name!r}")
 
 
-def candidate(context: SearchContext, proposal: Proposal) -> Selection:
-    spec = context.spec
-    arch = repair(context.shape, proposal, spec.target.param_ratio, ffn_alignment=spec.search_space.ffn_alignment)
-    return select_units(context.importance, arch, context.shape.group_size)
-
-
 def run_search(
     context: SearchContext,
     *,
@@ -141,42 +180,46 @@ def run_search(
     spec = context.spec
     shape = context.shape
     dense_params = shape.dense_params()
+    multi = spec.multi_objective
     study = optuna.create_study(
         study_name=study_name,
         storage=storage,
         sampler=create_sampler(spec.sampler, spec.seed),
-        direction="maximize",
+        directions=["maximize", "minimize"] if multi else ["maximize"],
         load_if_exists=True,
     )
+    low, high = context.ratio_range()
     if not study.trials:
-        study.set_metric_names([spec.proxy])
+        study.set_metric_names([spec.proxy, "param_ratio"] if multi else [spec.proxy])
         study.set_user_attr("spec", spec.model_dump(mode="json"))
         study.set_user_attr("dense_params", dense_params)
         study.set_user_attr("calibration_digest", context.tokens.digest)
-        _enqueue_baselines(study, context)
+        for origin, params in context.space.seeds(high).items():
+            if multi:
+                params = params | {"param_ratio": high}
+            study.enqueue_trial(params, user_attrs={"origin": origin}, skip_if_exists=True)
 
-    def objective(trial: optuna.Trial) -> float:
+    def objective(trial: optuna.Trial) -> float | tuple[float, float]:
         started = time.perf_counter()
-        proposal = Proposal(
-            tuple(trial.suggest_float(f"attention.{i}", 0.0, 1.0) for i in range(shape.num_layers)),
-            tuple(trial.suggest_float(f"mlp.{i}", 0.0, 1.0) for i in range(shape.num_layers)),
-        )
-        selection = candidate(context, proposal)
+        proposal = context.space.suggest(trial)
+        budget = trial.suggest_float("param_ratio", low, high) if multi else high
+        selection = context.candidate(proposal, budget)
         param_count = shape.count_params(selection.arch)
         trial.set_user_attr("arch", selection.arch.to_dict())
         trial.set_user_attr("param_count", param_count)
         trial.set_user_attr("param_ratio", param_count / dense_params)
-        repaired = time.perf_counter()
+        # Feasible (≤ 0) within the tolerance of the budget: samplers and optuna-dashboard read it.
+        trial.set_constraint("budget", abs(param_count / dense_params - budget) / budget - DEFAULT_TOLERANCE)
+        realised = time.perf_counter()
         score = context.proxy.score(selection)
         scored = time.perf_counter()
         trial.set_user_attr("scores", {context.proxy.name: score.value, **score.extras})
-        trial.set_user_attr("timings", {"realise_s": repaired - started, "score_s": scored - repaired})
-        return score.value
+        trial.set_user_attr("timings", {"realise_s": realised - started, "score_s": scored - realised})
+        return (score.value, param_count / dense_params) if multi else score.value
 
-    finished = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    remaining = spec.n_trials - len(finished)
-    stop_callbacks: list[TrialCallback] = [MaxTrialsCallback(spec.n_trials, states=(TrialState.COMPLETE,))]
-    stopped = False
+    complete_before = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    remaining = spec.n_trials - complete_before
+    stopped = should_stop is not None and should_stop()
 
     def check_stop(study: optuna.Study, _trial: FrozenTrial) -> None:
         nonlocal stopped
@@ -184,14 +227,12 @@ def run_search(
             stopped = True
             study.stop()
 
-    if should_stop is not None and should_stop():
-        stopped = True
-    elif remaining > 0:
+    if remaining > 0 and not stopped:
         # Failed trials (a non-finite score) do not count towards n_trials, but are bounded.
         study.optimize(
             objective,
             n_trials=remaining + max(3, spec.n_trials // 10),
-            callbacks=[*callbacks, *stop_callbacks, check_stop],
+            callbacks=[*callbacks, MaxTrialsCallback(spec.n_trials, states=(TrialState.COMPLETE,)), check_stop],
             catch=(ProxyError,),
             gc_after_trial=False,
         )
@@ -202,17 +243,16 @@ def run_search(
         if stopped:
             return result
         raise SearchError("no trial completed: every candidate failed to score")
-    result.best = best_entry(max(complete, key=lambda t: t.value or -math.inf), verified=None)
+    result.pareto = pareto_front(complete)
+    pool = [t for t in complete if t.number in set(result.pareto)] if multi else complete
+    result.best = best_entry(max(pool, key=_score), verified=None)
     if spec.verify_top_k and not stopped:
-        finalists = _finalists(complete, spec.verify_top_k)
-        selections = [
-            select_units(context.importance, ArchConfig.from_dict(t.arch), shape.group_size)  # type: ignore[arg-type]
-            for t in finalists
-        ]
-        dense, checks = verify(context.loaded.adapter, context.tokens.heldout, selections, on_batch=on_verify)
+        finalists = _finalists(pool, spec.verify_top_k)
+        selections = [context.selection(ArchConfig.from_dict(t.arch)) for t in finalists]  # type: ignore[arg-type]
+        dense, checks = verify(context.loaded.adapter, context.tokens, selections, on_batch=on_verify)
         result.dense = dense
         result.verified = {t.number: check for t, check in zip(finalists, checks, strict=True)}
-        winner = min(finalists, key=lambda t: result.verified[t.number].kl)
+        winner = min(finalists, key=lambda t: result.verified[t.number].value)
         result.best = best_entry(winner, verified=result.verified[winner.number])
     return result
 
@@ -229,12 +269,14 @@ _STATE_NAMES = {
 def describe_trial(trial: FrozenTrial) -> TrialInfo:
     attrs = trial.user_attrs
     duration = trial.duration.total_seconds() if trial.duration is not None else None
-    value = trial.value if trial.state == TrialState.COMPLETE else None
+    values = list(trial.values) if trial.state == TrialState.COMPLETE and trial.values is not None else None
+    value = values[0] if values else None
     return TrialInfo(
         number=trial.number,
         state=_STATE_NAMES[trial.state],
         origin=str(attrs.get("origin", "sampler")),
         value=value if value is None or math.isfinite(value) else None,
+        values=values if values is not None and len(values) > 1 else None,
         arch=attrs.get("arch"),
         param_count=attrs.get("param_count"),
         param_ratio=attrs.get("param_ratio"),
@@ -245,25 +287,26 @@ def describe_trial(trial: FrozenTrial) -> TrialInfo:
     )
 
 
-def _enqueue_baselines(study: optuna.Study, context: SearchContext) -> None:
-    shape = context.shape
-    seeds = {
-        "seed:uniform": baselines.uniform(shape),
-        "seed:block_influence": baselines.block_influence_depth(
-            shape, context.stats.block_influence, context.spec.target.param_ratio
-        ),
-    }
-    for origin, proposal in seeds.items():
-        params = {f"attention.{i}": v for i, v in enumerate(proposal.attention)}
-        params |= {f"mlp.{i}": v for i, v in enumerate(proposal.mlp)}
-        study.enqueue_trial(params, user_attrs={"origin": origin}, skip_if_exists=True)
+def pareto_front(trials: Sequence[TrialInfo]) -> list[int]:
+    """Numbers of the trials no other trial beats on both score (higher) and parameter ratio (lower)."""
+    points = [(t.number, _score(t), t.param_ratio or 0.0) for t in trials]
+    front = []
+    for number, score, ratio in points:
+        dominated = any((s >= score and r <= ratio) and (s > score or r < ratio) for n, s, r in points if n != number)
+        if not dominated:
+            front.append(number)
+    return sorted(front)
+
+
+def _score(trial: TrialInfo) -> float:
+    return trial.value if trial.value is not None else -math.inf
 
 
 def _finalists(complete: list[TrialInfo], k: int) -> list[TrialInfo]:
     """The k best distinct architectures by proxy score."""
     chosen: list[TrialInfo] = []
     seen: set[str] = set()
-    for trial in sorted(complete, key=lambda t: (-(t.value or -math.inf), t.number)):
+    for trial in sorted(complete, key=lambda t: (-_score(t), t.number)):
         key = ArchConfig.from_dict(trial.arch).to_json()  # type: ignore[arg-type]
         if key not in seen:
             seen.add(key)
@@ -284,3 +327,22 @@ def best_entry(trial: TrialInfo, *, verified: Verification | None) -> dict[str, 
         "scores": trial.scores,
         "verified": verified.to_dict() if verified is not None else None,
     }
+
+
+@torch.no_grad()
+def _layer_signals(loaded: LoadedModel, stats: DenseStats, wanda: Importance | None) -> LayerSignals:
+    adapter = loaded.adapter
+    if wanda is None:
+        wanda = compute_importance(adapter, stats, "wanda")
+    attention = torch.stack([groups.sum() for groups in wanda.head_groups])
+    outliers = []
+    for layer in range(adapter.shape.num_layers):
+        above, total = 0, 0
+        for block in (Block(layer, "attention"), Block(layer, "mlp")):
+            for name, module in adapter.linears(block).items():
+                norms = stats.inputs[(layer, block.kind, name)].norm
+                scores = adapter.weight(module).detach().float().cpu().abs() * norms  # (out, in)
+                above += int((scores > _OUTLIER_MULTIPLE * scores.mean()).sum())
+                total += scores.numel()
+        outliers.append(above / total)
+    return LayerSignals(stats.block_influence, attention / attention.mean(), torch.tensor(outliers))

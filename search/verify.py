@@ -1,69 +1,149 @@
-"""Ground truth for the finalists: KL(dense ‖ candidate) and perplexity on held-out tokens.
+"""Ground truth for the finalists, on held-out tokens.
 
-Batches are the outer loop so the dense model's distribution is computed once per batch and
-shared by all candidates, and nothing the size of (tokens × vocabulary) outlives a batch.
+Decoders: KL(dense ‖ candidate) per token and perplexity. Encoders: the distance of the
+candidate's sentence embeddings to the dense model's (1 − cosine, MSE) and how well the candidate
+preserves the dense model's pairwise similarities (Spearman correlation over all held-out pairs),
+the figure that matters for retrieval and clustering.
+
+Batches are the outer loop, so the dense model's output is computed once per batch and shared by
+all candidates, and nothing the size of (tokens × vocabulary) outlives a batch.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from search.adapters import DecoderAdapter
+from search.adapters import Adapter
+from search.calibration import TokenSet
 from search.masking import apply_arch
 from search.selection import Selection
 
 
 @dataclass(frozen=True)
 class Verification:
-    kl: float  # mean per-token KL(dense ‖ candidate), nats
-    ppl: float  # held-out perplexity of the candidate
-    tokens: int
+    primary: str  # the metric finalists are ranked by (lower is better)
+    metrics: dict[str, float] = field(default_factory=dict)
+    tokens: int = 0
 
-    def to_dict(self) -> dict[str, float | int]:
-        return {"kl": self.kl, "ppl": self.ppl, "tokens": self.tokens}
+    @property
+    def value(self) -> float:
+        return self.metrics[self.primary]
+
+    def to_dict(self) -> dict[str, float | int | str]:
+        return {**self.metrics, "tokens": self.tokens, "primary": self.primary}
 
 
 @torch.no_grad()
 def verify(
-    adapter: DecoderAdapter,
-    heldout: torch.Tensor,
+    adapter: Adapter,
+    tokens: TokenSet,
     selections: Sequence[Selection],
     *,
     batch_size: int = 8,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> tuple[Verification, list[Verification]]:
-    """Return the dense model's figures (KL 0) and one ``Verification`` per selection."""
-    model = adapter.model
-    device = next(model.parameters()).device
+    """Return the dense model's figures and one ``Verification`` per selection."""
+    run = _verify_decoder if adapter.shape.causal else _verify_encoder
+    return run(adapter, tokens, selections, batch_size, on_batch)
+
+
+def _verify_decoder(
+    adapter: Adapter,
+    tokens: TokenSet,
+    selections: Sequence[Selection],
+    batch_size: int,
+    on_batch: Callable[[int, int], None] | None,
+) -> tuple[Verification, list[Verification]]:
     kl_sums = [0.0] * len(selections)
     nll_sums = [0.0] * len(selections)
-    dense_nll, tokens = 0.0, 0
-    batches = heldout.split(batch_size)
+    dense_nll, count = 0.0, 0
+    batches = list(tokens.batches("heldout", batch_size, adapter.device))
     for index, batch in enumerate(batches):
-        batch = batch.to(device)
-        targets = batch[:, 1:]
-        dense = F.log_softmax(model(input_ids=batch, use_cache=False).logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
+        targets = batch["input_ids"][:, 1:]
+        dense = F.log_softmax(adapter.forward(batch)[:, :-1].float(), dim=-1)  # (B, T-1, V)
         dense_nll += _nll(dense, targets)
-        tokens += targets.numel()
+        count += targets.numel()
         for i, selection in enumerate(selections):
             with apply_arch(adapter, selection):
-                logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
-            candidate = F.log_softmax(logits, dim=-1)
+                candidate = F.log_softmax(adapter.forward(batch)[:, :-1].float(), dim=-1)
             kl_sums[i] += float(F.kl_div(candidate, dense, log_target=True, reduction="sum"))
             nll_sums[i] += _nll(candidate, targets)
         if on_batch is not None:
             on_batch(index + 1, len(batches))
-    reference = Verification(0.0, math.exp(dense_nll / tokens), tokens)
-    results = [
-        Verification(kl / tokens, math.exp(min(nll / tokens, 700.0)), tokens)
-        for kl, nll in zip(kl_sums, nll_sums, strict=True)
-    ]
-    return reference, results
+
+    def figures(kl: float, nll: float) -> Verification:
+        return Verification("kl", {"kl": kl / count, "ppl": math.exp(min(nll / count, 700.0))}, count)
+
+    return figures(0.0, dense_nll), [figures(kl, nll) for kl, nll in zip(kl_sums, nll_sums, strict=True)]
+
+
+def _verify_encoder(
+    adapter: Adapter,
+    tokens: TokenSet,
+    selections: Sequence[Selection],
+    batch_size: int,
+    on_batch: Callable[[int, int], None] | None,
+) -> tuple[Verification, list[Verification]]:
+    dense_parts: list[torch.Tensor] = []
+    candidate_parts: list[list[torch.Tensor]] = [[] for _ in selections]
+    batches = list(tokens.batches("heldout", batch_size, adapter.device))
+    for index, batch in enumerate(batches):
+        dense_parts.append(adapter.forward(batch).float().cpu())
+        for i, selection in enumerate(selections):
+            with apply_arch(adapter, selection):
+                candidate_parts[i].append(adapter.forward(batch).float().cpu())
+        if on_batch is not None:
+            on_batch(index + 1, len(batches))
+    dense = torch.cat(dense_parts)  # (M, H)
+    count = tokens.count("heldout")
+
+    def figures(embeddings: torch.Tensor) -> Verification:
+        cosine = F.cosine_similarity(embeddings, dense, dim=-1)
+        return Verification(
+            "cosine_distance",
+            {
+                "cosine_distance": float((1 - cosine).mean()),
+                "mse": float((embeddings - dense).pow(2).mean()),
+                "similarity_spearman": similarity_agreement(embeddings, dense),
+            },
+            count,
+        )
+
+    return figures(dense), [figures(torch.cat(parts)) for parts in candidate_parts]
+
+
+def similarity_agreement(embeddings: torch.Tensor, reference: torch.Tensor) -> float:
+    """Spearman correlation between the pairwise cosine similarities of two embedding sets."""
+    upper = torch.triu_indices(len(reference), len(reference), offset=1)
+
+    def pairwise(x: torch.Tensor) -> torch.Tensor:
+        x = F.normalize(x, dim=-1)
+        return (x @ x.t())[upper[0], upper[1]]
+
+    return spearman(pairwise(embeddings), pairwise(reference))
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    ranks_a, ranks_b = _ranks(a.double()), _ranks(b.double())
+    ranks_a, ranks_b = ranks_a - ranks_a.mean(), ranks_b - ranks_b.mean()
+    denominator = ranks_a.norm() * ranks_b.norm()
+    return float((ranks_a @ ranks_b) / denominator) if denominator > 0 else 0.0
+
+
+def _ranks(values: torch.Tensor) -> torch.Tensor:
+    """Average ranks (ties share the mean of their positions), as scipy's rankdata."""
+    order = torch.argsort(values, stable=True)
+    ranks = torch.empty_like(values)
+    ranks[order] = torch.arange(len(values), dtype=values.dtype)
+    unique, inverse = torch.unique(values, return_inverse=True)
+    sums = torch.zeros(len(unique), dtype=values.dtype).index_add_(0, inverse, ranks)
+    counts = torch.zeros(len(unique), dtype=values.dtype).index_add_(0, inverse, torch.ones_like(ranks))
+    return (sums / counts)[inverse]
 
 
 def _nll(log_probs: torch.Tensor, targets: torch.Tensor) -> float:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from search.adapters import DecoderAdapter
+from search.adapters import Adapter
 from search.calibration import TokenSet
 from search.proxies.base import Proxy, ProxyScore
 from search.proxies.tracenas import TraceNAS
@@ -16,5 +16,5 @@ _REGISTRY: dict[str, type] = {"tracenas": TraceNAS}
 assert set(_REGISTRY) == set(PROXY_NAMES), "search.spec.PROXY_NAMES and the proxy registry disagree"
 
 
-def create_proxy(name: str, adapter: DecoderAdapter, tokens: TokenSet, **options: Any) -> Proxy:
+def create_proxy(name: str, adapter: Adapter, tokens: TokenSet, **options: Any) -> Proxy:
     return _REGISTRY[name](adapter, tokens, **options)

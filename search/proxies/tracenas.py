@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from search.adapters import Block, DecoderAdapter
+from search.adapters import Adapter, Batch, Block
 from search.calibration import TokenSet
 from search.errors import ProxyError
 from search.masking import apply_arch
@@ -33,13 +33,15 @@ class TraceNAS:
     name = "tracenas"
 
     def __init__(
-        self, adapter: DecoderAdapter, tokens: TokenSet, *, rank: int = 32, seed: int = 0, batch_size: int = 8
+        self, adapter: Adapter, tokens: TokenSet, *, rank: int = 32, seed: int = 0, batch_size: int = 8
     ) -> None:
         self.adapter = adapter
-        self.batches = tokens.calibration.split(batch_size)
+        self.batches: list[Batch] = list(tokens.batches("calibration", batch_size, adapter.device))
         self.rank = rank
         self._projections: dict[int, torch.Tensor] = {}
         self._seed = seed
+        # Encoders distil towards the dense model's embeddings; decoders need no reference.
+        self._references = [None if adapter.shape.causal else _dense_output(adapter, b) for b in self.batches]
         self._dense = self._sketch(None)
 
     def score(self, selection: Selection) -> ProxyScore:
@@ -63,22 +65,16 @@ class TraceNAS:
         """Σ over calibration batches of ∇W·R for every linear of every kept sub-block."""
         sketches: Sketches = {}
         with _frozen_parameters(self.adapter.model), self._hooks(sketches), _arch(self.adapter, selection):
-            for batch in self.batches:
-                batch = batch.to(self._device)
-                loss = self.adapter.model(input_ids=batch, labels=batch, use_cache=False).loss
-                loss.backward()
+            for batch, reference in zip(self.batches, self._references, strict=True):
+                self.adapter.loss(batch, reference).backward()
         return sketches
-
-    @property
-    def _device(self) -> torch.device:
-        return next(self.adapter.model.parameters()).device
 
     @contextmanager
     def _hooks(self, sketches: Sketches) -> Iterator[None]:
         handles: list[Any] = []
 
         def make_hook(block: Block, name: str):
-            def forward_hook(module: nn.Linear, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            def forward_hook(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
                 x = args[0].detach()
                 xr = x @ self._projection(x.shape[-1], x.device).to(x.dtype)  # (B, T, r)
 
@@ -103,6 +99,11 @@ class TraceNAS:
                 handle.remove()
 
 
+@torch.no_grad()
+def _dense_output(adapter: Adapter, batch: Batch) -> torch.Tensor:
+    return adapter.forward(batch).detach()
+
+
 @contextmanager
 def _frozen_parameters(model: nn.Module) -> Iterator[None]:
     flags = [(p, p.requires_grad) for p in model.parameters()]
@@ -117,7 +118,7 @@ def _frozen_parameters(model: nn.Module) -> Iterator[None]:
 
 
 @contextmanager
-def _arch(adapter: DecoderAdapter, selection: Selection | None) -> Iterator[None]:
+def _arch(adapter: Adapter, selection: Selection | None) -> Iterator[None]:
     if selection is None:
         yield
     else:

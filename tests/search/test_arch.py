@@ -52,7 +52,9 @@ def test_heads_must_be_whole_kv_groups() -> None:
 
 
 def test_unsupported_family_names_the_supported_ones() -> None:
-    with pytest.raises(UnsupportedModel, match="llama, mistral, qwen2, qwen3"):
+    with pytest.raises(UnsupportedModel, match="llama, mistral, qwen2, qwen3, gpt2, bert"):
+        ModelShape.from_config({"model_type": "t5"})
+    with pytest.raises(UnsupportedModel, match="incomplete"):
         ModelShape.from_config({"model_type": "gpt2"})
 
 

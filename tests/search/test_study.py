@@ -33,10 +33,10 @@ def test_search_meets_the_budget_seeds_baselines_and_verifies(tiny_loaded: Loade
         assert abs(trial.param_ratio - 0.6) <= 0.01 * 0.6
         assert trial.scores["tracenas"] == trial.value
     assert len(result.verified) == 3
-    assert result.dense is not None and result.dense.kl == 0.0
+    assert result.dense is not None and result.dense.metrics["kl"] == 0.0
     best = result.best
-    assert best is not None and best["verified"]["kl"] == min(v.kl for v in result.verified.values())
-    assert all(v.kl > 0 for v in result.verified.values())
+    assert best is not None and best["verified"]["kl"] == min(v.metrics["kl"] for v in result.verified.values())
+    assert all(v.metrics["kl"] > 0 for v in result.verified.values())
 
 
 @pytest.mark.parametrize("sampler", ["random", "nsga2", "cmaes"])

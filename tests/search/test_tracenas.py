@@ -4,14 +4,14 @@ from search.arch import ArchConfig, LayerArch
 from search.calibration import TokenSet
 from search.loading import LoadedModel
 from search.proxies import create_proxy
-from search.selection import select_units, wanda_importance
+from search.selection import compute_importance, select_units
 from search.stats import collect_stats
 
 
 def _selections(loaded: LoadedModel, tokens: TokenSet):
     adapter = loaded.adapter
     shape = adapter.shape
-    importance = wanda_importance(adapter, collect_stats(adapter, tokens, batch_size=4))
+    importance = compute_importance(adapter, collect_stats(adapter, tokens, batch_size=4), "wanda")
     dense = select_units(importance, shape.dense_arch(), shape.group_size)
     half_depth = select_units(
         importance, ArchConfig((LayerArch(4, 256), LayerArch(0, 0), LayerArch(4, 256), LayerArch(0, 0))), 2

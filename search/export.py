@@ -1,0 +1,327 @@
+"""Export a candidate as a physically smaller model: weights sliced, not zeroed; config rewritten;
+tokenizer copied; provenance recorded.
+
+Two kinds of export:
+- ``standard``: the kept layers all keep both sub-blocks with the same widths (depth pruning and
+  uniform width; for GPT-2 and BERT, whose head size is derived from the hidden size, only when all
+  heads are kept). ``config.json`` is the family's own, rewritten, and the directory loads with plain
+  ``AutoModelForCausalLM.from_pretrained`` / ``AutoModel.from_pretrained``.
+- ``per_layer``: anything else. ``config.json`` keeps the family's fields plus a ``prunesearch``
+  entry with every layer's shape; ``load_pruned(directory)`` builds the model from it. Plain
+  ``from_pretrained`` refuses such a directory with a size-mismatch error rather than loading
+  something wrong.
+Unstructured sparsity is stored as zeros in dense tensors: it counts in the non-zero parameter
+figures but saves neither disk nor time without sparse kernels, and the provenance says so.
+
+The function that slices the weights also rewrites the config and checks that the two agree: the
+exported model's non-zero parameter count must equal what the search counted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from search.adapters import Adapter, Block, adapter_for
+from search.arch import ArchConfig, ModelShape
+from search.errors import InvalidArchConfig, ModelLoadError
+from search.loading import LoadedModel
+from search.masking import apply_arch
+from search.selection import Selection
+
+PROVENANCE_FILE = "provenance.json"
+CONFIG_KEY = "prunesearch"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    directory: Path
+    kind: str  # "standard" | "per_layer"
+    param_count: int  # parameters stored
+    nonzero_params: int  # what the search counted
+    size_bytes: int
+
+
+def export_model(
+    loaded: LoadedModel,
+    selection: Selection,
+    directory: str | Path,
+    *,
+    provenance: dict[str, Any] | None = None,
+) -> ExportInfo:
+    """Write ``selection`` as a model directory; returns what was written."""
+    adapter = loaded.adapter
+    shape = adapter.shape
+    arch = selection.arch
+    target = Path(directory)
+    if target.exists() and any(target.iterdir()):
+        raise InvalidArchConfig(f"export directory {target} exists and is not empty")
+    kept_layers = [i for i, layer in enumerate(arch.layers) if layer.attention_kept or layer.mlp_kept]
+    if not kept_layers:
+        raise InvalidArchConfig("the architecture keeps no layer; there is nothing to export")
+    kind = "standard" if _standard(shape, arch) else "per_layer"
+    config = _config_for(adapter, arch, kept_layers, kind)
+    model = build_skeleton(config)
+    with apply_arch(adapter, selection):  # zeroes sparse weights in place, so the slices carry the zeros
+        state = _sliced_state(adapter, selection, kept_layers, model)
+    model.load_state_dict(state, strict=True)
+    model.to(next(adapter.model.parameters()).dtype)
+    stored = sum(p.numel() for p in model.parameters())
+    nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())
+    expected = shape.count_params(arch)
+    structured = shape.count_params(ArchConfig(tuple(replace(layer, sparsity=0.0) for layer in arch.layers)))
+    if stored != structured:
+        raise InvalidArchConfig(f"export holds {stored:,} parameters, the architecture has {structured:,}")
+    target.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(target)
+    if CONFIG_KEY in config:
+        # The family's config class drops keys it does not know; put the per-layer shapes back.
+        saved = json.loads((target / "config.json").read_text())
+        (target / "config.json").write_text(json.dumps(saved | {CONFIG_KEY: config[CONFIG_KEY]}, indent=2))
+    loaded.tokenizer.save_pretrained(target)
+    record = {
+        "format": FORMAT_VERSION,
+        "kind": kind,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "base_model": loaded.key[0],
+        "revision": loaded.key[1],
+        "model_type": shape.model_type,
+        "dense_params": shape.dense_params(),
+        "param_count": stored,
+        "nonzero_params": nonzero,
+        "searched_param_count": expected,
+        "arch": arch.to_dict(),
+        "kept": {"layers": kept_layers, "units": selection.to_dict()["layers"]},
+        "load_with": (
+            "transformers.AutoModelForCausalLM.from_pretrained"
+            if shape.causal
+            else "transformers.AutoModel.from_pretrained"
+        )
+        if kind == "standard"
+        else "prunesearch.load_pruned",
+        "notes": (
+            ["unstructured sparsity is stored as zeros in dense tensors: no size or speed gain without sparse kernels"]
+            if arch.sparse
+            else []
+        ),
+        **(provenance or {}),
+    }
+    (target / PROVENANCE_FILE).write_text(json.dumps(record, indent=2, default=str))
+    size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
+    return ExportInfo(target, kind, stored, nonzero, size)
+
+
+def load_pruned(directory: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
+    """Load an export of any kind. Standard exports load exactly as ``from_pretrained`` would."""
+    from safetensors.torch import load_file
+
+    path = Path(directory)
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"{path} is not a model directory: {error}") from error
+    if CONFIG_KEY not in config:
+        from transformers import AutoModel, AutoModelForCausalLM
+
+        auto = AutoModelForCausalLM if ModelShape.from_config(config).causal else AutoModel
+        return auto.from_pretrained(path, trust_remote_code=False).to(device).eval()
+    model = build_skeleton(config)
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise ModelLoadError(f"{path} has no safetensors weights")
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        state.update(load_file(file))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # save_pretrained stores a tied LM head once, under the embeddings' name.
+    tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
+    if unexpected or set(missing) - tied:
+        raise ModelLoadError(f"{path}: weights do not match the config (missing {missing}, unexpected {unexpected})")
+    model.tie_weights()
+    dtype = next(iter(state.values())).dtype
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def build_skeleton(config: dict[str, Any]) -> nn.Module:
+    """The model a (possibly per-layer) export config describes, with uninitialised weights."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    hf_config = AutoConfig.for_model(**{k: v for k, v in config.items() if k != CONFIG_KEY})
+    shape = ModelShape.from_config(hf_config.to_dict())
+    auto = AutoModelForCausalLM if shape.causal else AutoModel
+    model = auto.from_config(hf_config)
+    layers = config.get(CONFIG_KEY, {}).get("layers")
+    if layers is not None:
+        adapter = adapter_for(model)
+        for index, layer in enumerate(layers):
+            adapter.resize(index, layer["heads"], layer["ffn_channels"])
+            if not layer["heads"]:
+                _swap_in(adapter.drop_attention(index))
+            if not layer["ffn_channels"]:
+                _swap_in(adapter.drop_mlp(index))
+    return model.eval()
+
+
+def measure_latency(
+    model: nn.Module, adapter_model: nn.Module, *, seq_len: int = 128, batch: int = 1, repeats: int = 5
+) -> dict[str, float]:
+    """Median forward latency of the exported and the dense model, measured side by side."""
+    device = next(adapter_model.parameters()).device
+    vocab = getattr(adapter_model.config, "vocab_size", 1000)
+    inputs = torch.randint(0, vocab, (batch, seq_len), generator=torch.Generator().manual_seed(0)).to(device)
+    model = model.to(device)
+
+    def median(network: nn.Module) -> float:
+        times = []
+        with torch.no_grad():
+            network(input_ids=inputs)  # warm-up
+            for _ in range(repeats):
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                started = time.perf_counter()
+                network(input_ids=inputs)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - started)
+        return sorted(times)[len(times) // 2]
+
+    pruned, dense = [], []
+    for _ in range(2):  # interleave, so drift on a shared machine hits both alike
+        pruned.append(median(model))
+        dense.append(median(adapter_model))
+    pruned_s, dense_s = min(pruned), min(dense)
+    tokens = batch * seq_len
+    return {
+        "device": str(device),
+        "tokens": tokens,
+        "pruned_latency_s": pruned_s,
+        "dense_latency_s": dense_s,
+        "pruned_tokens_per_s": tokens / pruned_s,
+        "dense_tokens_per_s": tokens / dense_s,
+        "speedup": dense_s / pruned_s,
+    }
+
+
+def _standard(shape: ModelShape, arch: ArchConfig) -> bool:
+    if not arch.is_uniform():
+        return False
+    kept = next(layer for layer in arch.layers if layer.attention_kept)
+    # GPT-2 and BERT derive the head size from hidden / heads: fewer heads cannot be written there.
+    return shape.family == "llama" or kept.heads == shape.num_heads
+
+
+def _config_for(adapter: Adapter, arch: ArchConfig, kept_layers: list[int], kind: str) -> dict[str, Any]:
+    shape = adapter.shape
+    config = adapter.model.config.to_dict()
+    for key in ("_name_or_path", "transformers_version", "torch_dtype", "dtype"):
+        config.pop(key, None)
+    layers = [arch.layers[i] for i in kept_layers]
+    config[_layer_count_key(shape)] = len(kept_layers)
+    if isinstance(config.get("layer_types"), list):
+        config["layer_types"] = [config["layer_types"][i] for i in kept_layers]
+    if kind == "standard":
+        heads, channels = layers[0].heads, layers[0].ffn_channels
+        if shape.family == "llama":
+            config.update(
+                num_attention_heads=heads,
+                num_key_value_heads=heads // shape.group_size,
+                head_dim=shape.head_dim,
+                intermediate_size=channels,
+            )
+        elif shape.family == "gpt2":
+            config["n_inner"] = channels
+        else:
+            config["intermediate_size"] = channels
+    else:
+        config[CONFIG_KEY] = {
+            "format": FORMAT_VERSION,
+            "layers": [{"heads": layer.heads, "ffn_channels": layer.ffn_channels} for layer in layers],
+        }
+    return config
+
+
+def _layer_count_key(shape: ModelShape) -> str:
+    return "n_layer" if shape.family == "gpt2" else "num_hidden_layers"
+
+
+def _sliced_state(
+    adapter: Adapter, selection: Selection, kept_layers: list[int], skeleton: nn.Module
+) -> dict[str, torch.Tensor]:
+    """The dense weights cut to the candidate, under the skeleton's parameter names."""
+    dense = adapter.model
+    target_names = dict(skeleton.state_dict())
+    prefix = _layers_prefix(adapter)
+    state: dict[str, torch.Tensor] = {}
+    # Sliced matrices first, by their module names in the dense model.
+    sliced: dict[str, torch.Tensor] = {}
+    module_names = {module: name for name, module in dense.named_modules()}
+    for new_index, old_index in enumerate(kept_layers):
+        layer = selection.arch.layers[old_index]
+        kept = selection.layers[old_index]
+        for kind, on in (("attention", layer.attention_kept), ("mlp", layer.mlp_kept)):
+            if not on:
+                continue
+            for matrix in adapter.matrices(Block(old_index, kind), kept):
+                name = _renumber(module_names[matrix.module], prefix, old_index, new_index)
+                weight = matrix.weight().detach()
+                if matrix.rows is not None:
+                    weight = weight[matrix.rows.to(weight.device)]
+                if matrix.cols is not None:
+                    weight = weight[:, matrix.cols.to(weight.device)]
+                sliced[f"{name}.weight"] = (weight.t() if matrix.transposed else weight).contiguous()
+                bias = getattr(matrix.module, "bias", None)
+                if bias is not None:
+                    rows = matrix.rows.to(bias.device) if matrix.rows is not None else slice(None)
+                    sliced[f"{name}.bias"] = bias.detach()[rows].contiguous()
+    dense_state = dense.state_dict()
+    old_for_new = {new: old for new, old in enumerate(kept_layers)}
+    for name, tensor in target_names.items():
+        if name in sliced:
+            value = sliced[name]
+        else:
+            source = _source_name(name, prefix, old_for_new)
+            if source not in dense_state:
+                raise InvalidArchConfig(f"no dense weight for exported parameter {name}")
+            value = dense_state[source].detach()
+        if tuple(value.shape) != tuple(tensor.shape):
+            raise InvalidArchConfig(f"{name}: sliced {tuple(value.shape)} but the config says {tuple(tensor.shape)}")
+        state[name] = value.clone().to(tensor.dtype if tensor.is_floating_point() else value.dtype)
+    return state
+
+
+def _layers_prefix(adapter: Adapter) -> str:
+    for name, module in adapter.model.named_modules():
+        if module is adapter.layers:
+            return name + "."
+    raise InvalidArchConfig("cannot find the layer list of this model")
+
+
+def _renumber(name: str, prefix: str, old: int, new: int) -> str:
+    head = f"{prefix}{old}."
+    if not name.startswith(head):
+        raise InvalidArchConfig(f"{name} is not in layer {old}")
+    return f"{prefix}{new}." + name[len(head) :]
+
+
+def _source_name(name: str, prefix: str, old_for_new: dict[int, int]) -> str:
+    if not name.startswith(prefix):
+        return name
+    index, _, rest = name[len(prefix) :].partition(".")
+    return f"{prefix}{old_for_new[int(index)]}.{rest}"
+
+
+def _swap_in(swaps: list[tuple[nn.Module, str, nn.Module]]) -> None:
+    for parent, attribute, replacement in swaps:
+        parent._modules[attribute] = replacement
+
+
+def _export_dtype(adapter: Adapter) -> torch.dtype:
+    return next(adapter.model.parameters()).dtype
