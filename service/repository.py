@@ -45,6 +45,7 @@ __all__ = [
     "request_cancel",
     "require_job",
     "set_best",
+    "set_report",
     "submissions_since",
 ]
 
@@ -384,6 +385,11 @@ def record_verification(session: Session, job_id: str, number: int, verified: Ma
     if _rowcount(session.execute(stmt, execution_options={"synchronize_session": False})) == 0:
         raise NotFound(f"trial {number} of job {job_id!r} is not recorded")
     _forget_trial(session, job_id, number)
+
+
+def set_report(session: Session, job_id: str, report: Mapping[str, Any]) -> None:
+    """Store the job's report (verification, export figures); the worker writes it once, at the end."""
+    _update_job(session, job_id, report=scrub(report), updated_at=utcnow())
 
 
 def _upsert_trial(session: Session, row: dict[str, Any]) -> Any:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from service.broker import make_celery
 from service.settings import get_settings
@@ -19,7 +19,12 @@ app.conf.update(
     # One GPU per worker process; the operator starts one worker per GPU (CUDA_VISIBLE_DEVICES).
     worker_concurrency=1,
     task_track_started=True,
+    # A broker restart must not kill a running search (Celery 6 turns this on by default). The job
+    # row, not the message, says whether the job is done; the reaper re-sends what was lost.
+    worker_cancel_long_running_tasks_on_connection_loss=False,
 )
+
+_reaper: Any = None  # workers.reaper.Reaper in the main process, once the worker is ready
 
 
 @worker_process_init.connect
@@ -28,3 +33,21 @@ def _fresh_connections_after_fork(**_kwargs: Any) -> None:
     from workers import runtime
 
     runtime.reset()
+    if _reaper is not None:
+        _reaper.forget_after_fork()
+
+
+@worker_ready.connect
+def _start_reaper(**_kwargs: Any) -> None:
+    # In the main process only: it outlives pool children killed mid-job, whose jobs it re-sends.
+    global _reaper
+    from workers.reaper import Reaper
+
+    _reaper = Reaper(get_settings())
+    _reaper.start()
+
+
+@worker_shutdown.connect
+def _stop_reaper(**_kwargs: Any) -> None:
+    if _reaper is not None:
+        _reaper.stop()

@@ -23,6 +23,7 @@ from service.db import session_scope
 from service.repository import TrialRecord
 from service.settings import Settings
 from service.states import JobStatus
+from workers import runtime
 
 if TYPE_CHECKING:
     import optuna
@@ -32,8 +33,6 @@ if TYPE_CHECKING:
     from search.study import TrialInfo
 
 log = logging.getLogger(__name__)
-
-HEARTBEAT_INTERVAL_S = 15.0
 
 
 def study_name(job_id: str) -> str:
@@ -53,9 +52,14 @@ def run_job(job_id: str, *, settings: Settings, sessions: sessionmaker[Session],
         return "skipped"
 
     log.info("job %s claimed by %s", job_id, worker)
-    with _heartbeat(sessions, job_id):
+    with _heartbeat(sessions, job_id, settings.job_heartbeat_s):
         try:
-            status, best = _search(job_id, spec_data, settings=settings, sessions=sessions, models=models)
+            # Recovery (issue 7): a dropped database connection resumes the search instead of failing it.
+            status, best = runtime.resume_after_db_loss(
+                lambda: _search(job_id, spec_data, settings=settings, sessions=sessions, models=models),
+                settings=settings,
+                job_id=job_id,
+            )
         except Exception as error:
             log.exception("job %s failed", job_id)
             with session_scope(sessions) as session:
@@ -85,7 +89,12 @@ def _search(
     result = run_search(
         context,
         study_name=study_name(job_id),
-        storage=make_storage(settings.optuna_storage_url),
+        storage=make_storage(
+            settings.optuna_storage_url,
+            heartbeat_interval=settings.trial_heartbeat_s,
+            grace_period=settings.trial_grace_s,
+            max_retry=settings.trial_max_retry,
+        ),
         callbacks=[recorder],
         should_stop=cancel_requested,
     )
@@ -97,6 +106,12 @@ def _search(
             repository.record_trial(session, job_id, _record(trial))
         for number, verification in result.verified.items():
             repository.record_verification(session, job_id, number, verification.to_dict())
+    if not result.stopped:
+        from workers.exports import report
+
+        job_report = report(job_id, context, result, settings=settings)
+        with session_scope(sessions) as session:
+            repository.set_report(session, job_id, job_report)
     return (JobStatus.CANCELLED if result.stopped else JobStatus.SUCCEEDED), result.best
 
 
@@ -128,6 +143,7 @@ def _record(trial: TrialInfo) -> TrialRecord:
         param_count=trial.param_count,
         param_ratio=trial.param_ratio,
         value=trial.value,
+        values=trial.values,
         scores=trial.scores,
         duration_s=trial.duration_s,
         timings=trial.timings,
@@ -136,13 +152,13 @@ def _record(trial: TrialInfo) -> TrialRecord:
 
 
 @contextmanager
-def _heartbeat(sessions: sessionmaker[Session], job_id: str) -> Iterator[None]:
+def _heartbeat(sessions: sessionmaker[Session], job_id: str, interval_s: float) -> Iterator[None]:
     """Keep ``heartbeat_at`` fresh while the job runs (loading a large model takes minutes), so no
     other worker reclaims a job that is alive."""
     stop = threading.Event()
 
     def beat() -> None:
-        while not stop.wait(HEARTBEAT_INTERVAL_S):
+        while not stop.wait(interval_s):
             try:
                 with session_scope(sessions) as session:
                     repository.heartbeat(session, job_id)

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import make_engine, make_sessionmaker
-from service.settings import get_settings
+from service.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from search.loading import ModelCache
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @lru_cache(maxsize=1)
@@ -30,3 +37,45 @@ def reset() -> None:
     if sessions.cache_info().currsize:
         sessions().kw["bind"].dispose(close=False)
     sessions.cache_clear()
+
+
+def is_transient_db_error(error: BaseException) -> bool:
+    """Whether ``error`` is a lost or refused database connection (restart, failover, killed backend).
+
+    Looks down the cause chain: Optuna wraps SQLAlchemy's errors in its ``StorageInternalError``.
+    Such a job is worth resuming: the pools ping before reuse, so the next attempt reconnects.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OperationalError | InterfaceError):
+            return True
+        if isinstance(current, DBAPIError) and current.connection_invalidated:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def resume_after_db_loss(run: Callable[[], T], *, settings: Settings, job_id: str) -> T:
+    """``run()``, called again (up to ``settings.db_retry_attempts`` times in all) when it fails on a
+    lost database connection.
+
+    ``run`` must be resumable: a job's search reopens its Optuna study and keeps the finished trials.
+    Before resuming it waits out the trial grace period, so the trial that was in flight when the
+    connection dropped is stale by then: the resumed study fails and retries it instead of leaving
+    a zombie ``RUNNING`` trial behind.
+    """
+    attempts = settings.db_retry_attempts
+    for attempt in range(1, attempts + 1):
+        try:
+            return run()
+        except Exception as error:
+            if attempt >= attempts or not is_transient_db_error(error):
+                raise
+            delay = max(min(2.0**attempt, 30.0), settings.trial_grace_s + 1.0)
+            log.warning(
+                "job %s lost the database (%s); resuming in %.0f s (%d/%d)", job_id, error, delay, attempt, attempts
+            )
+            time.sleep(delay)
+    raise AssertionError("unreachable")

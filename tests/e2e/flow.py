@@ -102,3 +102,37 @@ def check_failing_job(client: httpx.Client, broken_model: Path) -> None:
     job = wait_for(client, job_id, TERMINAL, timeout=120)
     assert job["status"] == "failed"
     assert "cannot load model" in job["error"]
+
+
+def check_report_and_artifacts(client: httpx.Client, job_id: str, tmp_path: Path) -> None:
+    """The best candidate was exported as a smaller model; another trial exports on request."""
+    import io
+    import tarfile
+
+    from search.export import load_pruned
+
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    report = client.get(f"/v1/jobs/{job_id}/report").json()
+    export = report["export"]
+    assert export["param_count"] == job["best"]["param_count"] < export["dense_params"]
+    assert export["size_bytes"] > 0 and export["latency"]["pruned_latency_s"] > 0
+    assert len(report["verification"]["finalists"]) == 3
+
+    listing = client.get(f"/v1/jobs/{job_id}/artifacts").json()["items"]
+    best = next(item for item in listing if item["name"] == "best")
+    assert best["status"] == "ready" and best["provenance"]["trial_number"] == job["best"]["trial_number"]
+    archive = client.get(best["archive_url"])
+    assert archive.status_code == 200
+    tarfile.open(fileobj=io.BytesIO(archive.content)).extractall(tmp_path, filter="data")
+    model = load_pruned(tmp_path / "best")
+    assert sum(p.numel() for p in model.parameters()) == export["param_count"]
+
+    other = next(t for t in all_trials(client, job_id) if t["number"] != job["best"]["trial_number"])
+    response = client.post(f"/v1/jobs/{job_id}/trials/{other['number']}/export")
+    assert response.status_code == 202, response.text
+
+    def exported() -> bool:
+        items = client.get(f"/v1/jobs/{job_id}/artifacts").json()["items"]
+        return any(i["name"] == f"trial-{other['number']}" and i["status"] == "ready" for i in items)
+
+    wait_until(exported, timeout=120, what=f"trial {other['number']} to be exported")

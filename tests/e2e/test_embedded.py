@@ -34,11 +34,12 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.C
 
 
 def test_embedded_service_runs_a_job_on_sqlite_and_the_filesystem_broker(
-    embedded: tuple[httpx.Client, Path], tiny_llama_dir: Path
+    embedded: tuple[httpx.Client, Path], tiny_llama_dir: Path, tmp_path: Path
 ) -> None:
     client, data_dir = embedded
     job_id = flow.submit(client, flow.job_body(tiny_llama_dir))
     flow.check_completed_job(client, job_id)
+    flow.check_report_and_artifacts(client, job_id, tmp_path)
     assert (data_dir / "prunesearch.sqlite3").is_file()
     assert (data_dir / "broker").is_dir()
 

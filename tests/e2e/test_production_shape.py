@@ -47,11 +47,12 @@ def service(
 
 
 def test_job_runs_to_completion_and_every_trial_is_stored(
-    service: tuple[httpx.Client, str], tiny_llama_dir: Path
+    service: tuple[httpx.Client, str], tiny_llama_dir: Path, tmp_path: Path
 ) -> None:
     client, database_url = service
     job_id = flow.submit(client, flow.job_body(tiny_llama_dir))
     flow.check_completed_job(client, job_id)
+    flow.check_report_and_artifacts(client, job_id, tmp_path)
 
     # Every trial of the Optuna study is a row of trial_result, with the same state and score.
     study = optuna.load_study(study_name=f"job-{job_id}", storage=database_url)

@@ -1,0 +1,122 @@
+"""Exports of a job's candidates into the artifact directory the API serves.
+
+An export is written into ``{name}.partial/`` and renamed when complete, so the API never serves
+half a model; a ``.partial`` left by a crashed worker is removed by the next writer.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from service import repository
+from service.artifacts import PARTIAL_SUFFIX, job_artifacts_dir, trial_export_name
+from service.db import session_scope
+from service.settings import Settings
+
+if TYPE_CHECKING:
+    from search.loading import ModelCache
+    from search.study import SearchContext, SearchResult
+
+log = logging.getLogger(__name__)
+
+BEST = "best"
+
+
+def write_export(
+    context: SearchContext, arch: dict[str, Any], target: Path, provenance: dict[str, Any]
+) -> dict[str, Any]:
+    """Export one architecture to ``target`` atomically; returns its figures for the report."""
+    from search.arch import ArchConfig
+    from search.export import export_model, load_pruned, measure_latency
+
+    partial = target.with_name(target.name + PARTIAL_SUFFIX)
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    info = export_model(context.loaded, context.selection(ArchConfig.from_dict(arch)), partial, provenance=provenance)
+    # Measured on the worker's device, exported and dense model side by side.
+    latency = measure_latency(load_pruned(partial), context.loaded.adapter.model)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    return {
+        "name": target.name,
+        "kind": info.kind,
+        "param_count": info.param_count,
+        "nonzero_params": info.nonzero_params,
+        "dense_params": context.shape.dense_params(),
+        "size_bytes": info.size_bytes,
+        "latency": latency,
+    }
+
+
+def report(job_id: str, context: SearchContext, result: SearchResult, *, settings: Settings) -> dict[str, Any]:
+    """The job's report: the verification ladder's figures and the exported best model."""
+    verification = None
+    if result.dense is not None:
+        verification = {
+            "primary": result.dense.primary,
+            "dense": result.dense.to_dict(),
+            "finalists": [
+                {"trial_number": number, "proxy_score": _score(result, number), **check.to_dict()}
+                for number, check in sorted(result.verified.items(), key=lambda item: item[1].value)
+            ],
+        }
+    export = None
+    if result.best is not None:
+        target = job_artifacts_dir(settings.artifacts_dir, job_id) / BEST
+        export = write_export(context, result.best["arch"], target, _provenance(context, result.best))
+    return {"verification": verification, "export": export, "pareto": result.pareto}
+
+
+def export_trial(
+    job_id: str, number: int, *, settings: Settings, sessions: sessionmaker[Session], models: ModelCache
+) -> str:
+    """Export trial ``number`` of a job on request (``POST /v1/jobs/{id}/trials/{n}/export``)."""
+    from search.spec import JobSpec
+    from search.study import prepare
+
+    target = job_artifacts_dir(settings.artifacts_dir, job_id) / trial_export_name(number)
+    if target.is_dir():
+        return "exists"  # a repeated request; exports never change once written
+    with session_scope(sessions) as session:
+        job = repository.get_job(session, job_id)
+        trial = repository.get_trial(session, job_id, number)
+        spec_data = job.spec if job is not None else None
+        entry = (
+            None
+            if trial is None
+            else {
+                "trial_number": trial.number,
+                "origin": trial.origin,
+                "arch": trial.arch,
+                "scores": trial.scores,
+                "verified": trial.verified,
+            }
+        )
+    if spec_data is None or entry is None or entry["arch"] is None:
+        log.warning("export of job %s trial %s: no such trial", job_id, number)
+        return "missing"
+    spec = JobSpec.model_validate(spec_data)
+    context = prepare(models.get(spec.model, spec.revision, device=settings.device), spec)
+    write_export(context, entry["arch"], target, _provenance(context, entry))
+    return "exported"
+
+
+def _provenance(context: SearchContext, entry: dict[str, Any]) -> dict[str, Any]:
+    spec = context.spec
+    return {
+        "trial_number": entry["trial_number"],
+        "origin": entry.get("origin"),
+        "scores": entry.get("scores"),
+        "verified": entry.get("verified"),
+        "calibration_digest": context.tokens.digest,
+        "job_spec": spec.model_dump(mode="json"),
+    }
+
+
+def _score(result: SearchResult, number: int) -> float | None:
+    return next((t.value for t in result.trials if t.number == number), None)
