@@ -123,7 +123,8 @@ def check_report_and_artifacts(client: httpx.Client, job_id: str, tmp_path: Path
     assert best["status"] == "ready" and best["provenance"]["trial_number"] == job["best"]["trial_number"]
     archive = client.get(best["archive_url"])
     assert archive.status_code == 200
-    tarfile.open(fileobj=io.BytesIO(archive.content)).extractall(tmp_path, filter="data")
+    with tarfile.open(fileobj=io.BytesIO(archive.content)) as tar:
+        tar.extractall(tmp_path, filter="data")
     model = load_pruned(tmp_path / "best")
     assert sum(p.numel() for p in model.parameters()) == export["param_count"]
 
