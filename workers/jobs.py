@@ -23,7 +23,7 @@ from service.db import session_scope
 from service.repository import TrialRecord
 from service.settings import Settings
 from service.states import JobStatus
-from workers import runtime
+from workers import reaper, runtime
 
 if TYPE_CHECKING:
     import optuna
@@ -86,15 +86,18 @@ def _search(
         with session_scope(sessions) as session:
             return repository.is_cancel_requested(session, job_id)
 
+    storage = make_storage(
+        settings.optuna_storage_url,
+        heartbeat_interval=settings.trial_heartbeat_s,
+        grace_period=settings.trial_grace_s,
+        max_retry=settings.trial_max_retry,
+    )
+    # Recovery (issue 7): a resumed job first fails and retries the trials its dead worker left running.
+    reaper.fail_orphaned_trials(storage, study_name(job_id), grace_s=settings.trial_grace_s)
     result = run_search(
         context,
         study_name=study_name(job_id),
-        storage=make_storage(
-            settings.optuna_storage_url,
-            heartbeat_interval=settings.trial_heartbeat_s,
-            grace_period=settings.trial_grace_s,
-            max_retry=settings.trial_max_retry,
-        ),
+        storage=storage,
         callbacks=[recorder],
         should_stop=cancel_requested,
     )
