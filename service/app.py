@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.auth import API_GUARDS, install_auth
+from service.auth import API_GUARDS, GUARDED_RESPONSES, install_auth
 from service.broker import make_celery
 from service.db import make_engine, make_sessionmaker
 from service.limits import BodySizeLimit
@@ -48,8 +48,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_auth(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     # Every /v1 router: authenticated, and a {job_id} in the path must be the caller's job.
-    app.include_router(jobs.router, dependencies=API_GUARDS)
-    app.include_router(results.router, dependencies=API_GUARDS)
+    app.include_router(jobs.router, dependencies=API_GUARDS, responses=GUARDED_RESPONSES)
+    app.include_router(results.router, dependencies=API_GUARDS, responses=GUARDED_RESPONSES)
     app.include_router(health.router)
     install_web(app)
     return app

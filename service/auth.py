@@ -29,6 +29,7 @@ from service import apikeys, repository
 from service.deps import SessionDep, SettingsDep
 from service.errors import NotFound, Unauthorized
 from service.models import Job
+from service.openapi import problem_responses
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "ANONYMOUS",
     "API_GUARDS",
+    "GUARDED_RESPONSES",
     "Principal",
     "PrincipalDep",
     "check_bind",
@@ -138,8 +140,11 @@ def _guard_job_access(request: Request, session: SessionDep, principal: Principa
         require_owned_job(session, str(job_id), principal)
 
 
-# Include every /v1 router with ``dependencies=API_GUARDS``.
+# Include every /v1 router with ``dependencies=API_GUARDS, responses=GUARDED_RESPONSES``: the
+# second documents the 401 the first can answer, so the published schema stays true. (A route
+# with a {job_id} documents its 404 itself.)
 API_GUARDS: list[DependsParam] = [Depends(_guard_job_access)]
+GUARDED_RESPONSES: dict[int | str, dict[str, Any]] = problem_responses(401)
 
 
 def check_bind(settings: Settings, sessions: sessionmaker[Session]) -> None:
