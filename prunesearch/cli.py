@@ -45,6 +45,15 @@ def main() -> None:
 @click.option("--heldout", "heldout_samples", type=int, default=16, show_default=True, help="Held-out sequences.")
 @click.option("--verify-top-k", type=int, default=5, show_default=True)
 @click.option("--ffn-alignment", type=int, default=32, show_default=True)
+@click.option("--depth", type=click.Choice(["sublayer", "layer", "none"]), default="sublayer", show_default=True)
+@click.option("--no-width", "width", flag_value=False, default=True, help="Do not search heads and FFN channels.")
+@click.option("--sparsity", type=float, default=0.0, show_default=True, help="Largest per-layer sparsity; 0 = off.")
+@click.option("--parameterization", type=click.Choice(["per_layer", "compact"]), default="per_layer", show_default=True)
+@click.option("--selection", type=click.Choice(["wanda", "magnitude", "flap"]), default="wanda", show_default=True)
+@click.option(
+    "--pareto", is_flag=True, help="Search the score/size Pareto front between --min-param-ratio and --param-ratio."
+)
+@click.option("--min-param-ratio", type=float, default=None)
 @click.option("--storage", default=None, help="Optuna storage URL (default: the SQLite database in the data dir).")
 @click.option("--study-name", default=None, help="Resume or name the study (default: a new timestamped one).")
 @click.option("--device", default="auto", show_default=True)
@@ -61,6 +70,13 @@ def search(
     heldout_samples: int,
     verify_top_k: int,
     ffn_alignment: int,
+    depth: str,
+    width: bool,
+    sparsity: float,
+    parameterization: str,
+    selection: str,
+    pareto: bool,
+    min_param_ratio: float | None,
     storage: str | None,
     study_name: str | None,
     device: str,
@@ -76,7 +92,7 @@ def search(
     try:
         spec = JobSpec(
             model=model,
-            target={"param_ratio": param_ratio},
+            target={"param_ratio": param_ratio, "min_param_ratio": min_param_ratio},
             n_trials=n_trials,
             proxy=proxy,
             sampler=sampler,
@@ -87,7 +103,15 @@ def search(
                 "seq_len": seq_len,
                 "heldout_samples": heldout_samples,
             },
-            search_space={"ffn_alignment": ffn_alignment},
+            search_space={
+                "ffn_alignment": ffn_alignment,
+                "depth": depth,
+                "width": width,
+                "sparsity": sparsity,
+                "parameterization": parameterization,
+                "selection": selection,
+            },
+            objectives=["score", "params"] if pareto else ["score"],
             verify_top_k=verify_top_k,
         )
         check_job(spec)
@@ -151,8 +175,9 @@ def _run_local(
         best = [float("-inf")]
 
         def on_trial(_study: Any, trial: Any) -> None:
-            if trial.value is not None and trial.value > best[0]:
-                best[0] = trial.value
+            score = trial.values[0] if trial.values else None  # the proxy score comes first
+            if score is not None and score > best[0]:
+                best[0] = score
             progress.update(
                 trials, completed=min(spec.n_trials, _completed(_study)), best=f"best {spec.proxy}={best[0]:.4f}"
             )
@@ -188,12 +213,14 @@ def _print_result(console: Console, spec: JobSpec, context: SearchContext, resul
     shape = context.shape
     arch = ArchConfig.from_dict(best["arch"])
     table = Table(title=f"Best architecture (trial {best['trial_number']}, {best['origin']})")
-    for column in ("layer", "attention heads", "KV heads", "FFN channels"):
+    columns = ["layer", "attention heads", "KV heads", "FFN channels"] + (["sparsity"] if arch.sparse else [])
+    for column in columns:
         table.add_column(column, justify="right")
     for i, layer in enumerate(arch.layers):
         heads = f"{layer.heads}/{shape.num_heads}" if layer.heads else "[dim]dropped[/]"
         ffn = f"{layer.ffn_channels}/{shape.intermediate_size}" if layer.ffn_channels else "[dim]dropped[/]"
-        table.add_row(str(i), heads, f"{layer.heads // shape.group_size}/{shape.num_kv_heads}", ffn)
+        row = [str(i), heads, f"{layer.heads // shape.group_size}/{shape.num_kv_heads}", ffn]
+        table.add_row(*row, *([f"{layer.sparsity:.2f}"] if arch.sparse else []))
     console.print(table)
     dense = shape.dense_params()
     target = spec.target.param_ratio * dense
@@ -205,11 +232,25 @@ def _print_result(console: Console, spec: JobSpec, context: SearchContext, resul
     console.print(f"Proxy scores: {scores}")
     if best["verified"] is not None and result.dense is not None:
         verified = best["verified"]
-        console.print(
-            f"Verified on {verified['tokens']:,} held-out tokens (best of {len(result.verified)} finalists by KL): "
-            f"KL to dense {verified['kl']:.4f} nats/token, perplexity {verified['ppl']:.2f} "
-            f"(dense {result.dense.ppl:.2f})"
+        primary = verified["primary"]
+        figures = ", ".join(
+            f"{name} {value:.4f} (dense {result.dense.metrics[name]:.4f})"
+            for name, value in verified.items()
+            if name in result.dense.metrics
         )
+        console.print(
+            f"Verified on {verified['tokens']:,} held-out tokens, best of {len(result.verified)} finalists "
+            f"by {primary}: {figures}"
+        )
+    if spec.multi_objective:
+        front = Table(title=f"Pareto front ({len(result.pareto)} trials)")
+        for column in ("trial", "param ratio", spec.proxy):
+            front.add_column(column, justify="right")
+        by_number = {t.number: t for t in result.trials}
+        for number in sorted(result.pareto, key=lambda n: by_number[n].param_ratio or 0.0):
+            trial = by_number[number]
+            front.add_row(str(number), f"{trial.param_ratio:.4f}", f"{trial.value:.4f}")
+        console.print(front)
 
 
 # --- models -------------------------------------------------------------------------------------
@@ -224,6 +265,53 @@ def demo_model(directory: Path, size: str) -> None:
 
     path = build_demo_model(directory, size=size)
     click.echo(f"Demo model ({size}, random weights) written to {path}")
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--trial", "number", type=int, default=None, help="Trial number (default: the job's best).")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--device", default="auto", show_default=True)
+def export(job_id: str, number: int | None, out: Path, device: str) -> None:
+    """Export a job's best (or any) trial as a physically smaller model in OUT."""
+    from search.arch import ArchConfig
+    from search.errors import SearchError
+    from search.export import export_model
+    from search.loading import load_model
+    from search.spec import JobSpec
+    from search.study import prepare
+    from service import repository
+    from service.db import make_engine, make_sessionmaker, session_scope
+    from service.settings import get_settings
+
+    sessions = make_sessionmaker(make_engine(get_settings().database_url))
+    with session_scope(sessions) as session:
+        job = repository.get_job(session, job_id)
+        if job is None:
+            raise click.ClickException(f"no job {job_id!r} in {get_settings().database_url}")
+        if number is None:
+            if not job.best:
+                raise click.ClickException(f"job {job_id} has no best trial yet (status {job.status})")
+            number = int(job.best["trial_number"])
+        trial = repository.get_trial(session, job_id, number)
+        if trial is None or trial.arch is None:
+            raise click.ClickException(f"job {job_id} has no completed trial {number}")
+        spec, arch, scores = JobSpec.model_validate(job.spec), ArchConfig.from_dict(trial.arch), trial.scores
+    try:
+        context = prepare(load_model(spec.model, spec.revision, device=device), spec)
+        info = export_model(
+            context.loaded,
+            context.selection(arch),
+            out,
+            provenance={"job_id": job_id, "trial_number": number, "scores": scores},
+        )
+    except SearchError as error:
+        raise click.ClickException(str(error)) from error
+    loader = "prunesearch.load_pruned" if info.kind == "per_layer" else "AutoModel(ForCausalLM).from_pretrained"
+    click.echo(
+        f"Exported trial {number} ({info.kind}, {info.param_count:,} parameters, "
+        f"{info.size_bytes / 1e6:.1f} MB) to {out}; load it with {loader}."
+    )
 
 
 # --- service processes --------------------------------------------------------------------------

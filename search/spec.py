@@ -45,6 +45,19 @@ class Target(_Strict):
         ),
     ] = None
 
+    scope: Literal["total", "blocks"] = Field(
+        default="total",
+        description="What the ratios count: 'total' = all parameters (embeddings included); 'blocks' = only "
+        "the transformer blocks', which pruning can remove (embeddings are kept whole either way).",
+    )
+
+    def total_ratio(self, shape: ModelShape, ratio: float) -> float:
+        """``ratio`` expressed as a fraction of all parameters."""
+        if self.scope == "total":
+            return ratio
+        dense = shape.dense_params()
+        return (shape.fixed + ratio * (dense - shape.fixed)) / dense
+
     @model_validator(mode="after")
     def _ordered(self) -> Target:
         if self.min_param_ratio is not None and self.min_param_ratio > self.param_ratio:
@@ -196,7 +209,7 @@ def check_job(spec: JobSpec) -> ModelShape | None:
     lowest = spec.target.min_param_ratio if spec.multi_objective and spec.target.min_param_ratio else None
     for ratio in (spec.target.param_ratio, lowest):
         if ratio is not None:
-            check_budget(shape, ratio, ffn_alignment=spec.search_space.ffn_alignment)
+            check_budget(shape, spec.target.total_ratio(shape, ratio), ffn_alignment=spec.search_space.ffn_alignment)
     return shape
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,11 +63,14 @@ class SearchContext:
         return self.loaded.adapter.shape
 
     def ratio_range(self) -> tuple[float, float]:
+        """The budgets trials are repaired to, as fractions of all parameters."""
         target = self.spec.target
+        high = target.total_ratio(self.shape, target.param_ratio)
         if not self.spec.multi_objective:
-            return target.param_ratio, target.param_ratio
-        low = target.min_param_ratio or max(target.param_ratio / 2, self.shape.min_param_ratio() * 1.05)
-        return low, target.param_ratio
+            return high, high
+        if target.min_param_ratio is not None:
+            return target.total_ratio(self.shape, target.min_param_ratio), high
+        return max(high / 2, self.shape.min_param_ratio() * 1.05), high
 
     def candidate(self, proposal: Proposal, param_ratio: float) -> Selection:
         space = self.spec.search_space
@@ -190,7 +194,9 @@ def run_search(
     )
     low, high = context.ratio_range()
     if not study.trials:
-        study.set_metric_names([spec.proxy, "param_ratio"] if multi else [spec.proxy])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([spec.proxy, "param_ratio"] if multi else [spec.proxy])
         study.set_user_attr("spec", spec.model_dump(mode="json"))
         study.set_user_attr("dense_params", dense_params)
         study.set_user_attr("calibration_digest", context.tokens.digest)
@@ -247,7 +253,11 @@ def run_search(
     pool = [t for t in complete if t.number in set(result.pareto)] if multi else complete
     result.best = best_entry(max(pool, key=_score), verified=None)
     if spec.verify_top_k and not stopped:
+        # The baselines are verified beside the proxy's favourites, so the report compares them
+        # and the reported best is never worse than a baseline on the verified metric.
+        seeds = [t for t in pool if t.origin.startswith("seed:")]
         finalists = _finalists(pool, spec.verify_top_k)
+        finalists += [t for t in seeds if t.number not in {f.number for f in finalists}]
         selections = [context.selection(ArchConfig.from_dict(t.arch)) for t in finalists]  # type: ignore[arg-type]
         dense, checks = verify(context.loaded.adapter, context.tokens, selections, on_batch=on_verify)
         result.dense = dense

@@ -1,9 +1,9 @@
 """Ground truth for the finalists, on held-out tokens.
 
-Decoders: KL(dense ‖ candidate) per token and perplexity. Encoders: the distance of the
-candidate's sentence embeddings to the dense model's (1 − cosine, MSE) and how well the candidate
-preserves the dense model's pairwise similarities (Spearman correlation over all held-out pairs),
-the figure that matters for retrieval and clustering.
+Decoders: KL(dense ‖ candidate) per token and perplexity; finalists are ranked by KL. Encoders:
+how well the candidate preserves the dense model's pairwise similarities (Spearman correlation over
+all held-out pairs; finalists are ranked by its gap to 1), the figure that matters for retrieval and
+clustering, and the distance of its sentence embeddings to the dense model's (1 − cosine, MSE).
 
 Batches are the outer loop, so the dense model's output is computed once per batch and shared by
 all candidates, and nothing the size of (tokens × vocabulary) outlives a batch.
@@ -104,12 +104,15 @@ def _verify_encoder(
 
     def figures(embeddings: torch.Tensor) -> Verification:
         cosine = F.cosine_similarity(embeddings, dense, dim=-1)
+        agreement = similarity_agreement(embeddings, dense)
         return Verification(
-            "cosine_distance",
+            # Retrieval and clustering use similarities, not the vectors: rank by how well they survive.
+            "similarity_gap",
             {
+                "similarity_gap": 1.0 - agreement,
+                "similarity_spearman": agreement,
                 "cosine_distance": float((1 - cosine).mean()),
                 "mse": float((embeddings - dense).pow(2).mean()),
-                "similarity_spearman": similarity_agreement(embeddings, dense),
             },
             count,
         )

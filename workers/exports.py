@@ -61,7 +61,8 @@ def report(job_id: str, context: SearchContext, result: SearchResult, *, setting
             "primary": result.dense.primary,
             "dense": result.dense.to_dict(),
             "finalists": [
-                {"trial_number": number, "proxy_score": _score(result, number), **check.to_dict()}
+                {"trial_number": number, "origin": _origin(result, number), "proxy_score": _score(result, number)}
+                | check.to_dict()
                 for number, check in sorted(result.verified.items(), key=lambda item: item[1].value)
             ],
         }
@@ -120,3 +121,7 @@ def _provenance(context: SearchContext, entry: dict[str, Any]) -> dict[str, Any]
 
 def _score(result: SearchResult, number: int) -> float | None:
     return next((t.value for t in result.trials if t.number == number), None)
+
+
+def _origin(result: SearchResult, number: int) -> str | None:
+    return next((t.origin for t in result.trials if t.number == number), None)

@@ -67,7 +67,9 @@ def check_completed_job(client: httpx.Client, job_id: str) -> dict[str, Any]:
         assert abs(trial["param_ratio"] - TARGET) <= 0.01 * TARGET
         assert trial["scores"]["tracenas"] == trial["value"]
     verified = [t for t in trials if t["verified"] is not None]
-    assert len(verified) == 3
+    # the 3 best by proxy, plus the baseline seeds, are verified
+    assert {t["origin"] for t in verified} >= {"seed:uniform", "seed:block_influence"}
+    assert 3 <= len(verified) <= 5
     best = job["best"]
     assert abs(best["param_ratio"] - TARGET) <= 0.01 * TARGET
     assert best["verified"]["kl"] == min(t["verified"]["kl"] for t in verified)
@@ -116,7 +118,7 @@ def check_report_and_artifacts(client: httpx.Client, job_id: str, tmp_path: Path
     export = report["export"]
     assert export["param_count"] == job["best"]["param_count"] < export["dense_params"]
     assert export["size_bytes"] > 0 and export["latency"]["pruned_latency_s"] > 0
-    assert len(report["verification"]["finalists"]) == 3
+    assert 3 <= len(report["verification"]["finalists"]) <= 5
 
     listing = client.get(f"/v1/jobs/{job_id}/artifacts").json()["items"]
     best = next(item for item in listing if item["name"] == "best")

@@ -32,7 +32,8 @@ def test_search_meets_the_budget_seeds_baselines_and_verifies(tiny_loaded: Loade
     for trial in complete:
         assert abs(trial.param_ratio - 0.6) <= 0.01 * 0.6
         assert trial.scores["tracenas"] == trial.value
-    assert len(result.verified) == 3
+    seeds = {t.number for t in result.trials if t.origin.startswith("seed:")}
+    assert seeds <= set(result.verified) and 3 <= len(result.verified) <= 5
     assert result.dense is not None and result.dense.metrics["kl"] == 0.0
     best = result.best
     assert best is not None and best["verified"]["kl"] == min(v.metrics["kl"] for v in result.verified.values())
@@ -61,4 +62,4 @@ def test_stop_between_trials_and_resume(tiny_loaded: LoadedModel, tiny_llama_dir
     assert stopped.stopped and len(stopped.trials) == 3 and not stopped.verified
     resumed = run_search(context, study_name="resume", storage=storage)
     assert [t.number for t in resumed.trials] == list(range(6))
-    assert not resumed.stopped and len(resumed.verified) == 1
+    assert not resumed.stopped and 1 <= len(resumed.verified) <= 3  # the best, plus the two seeds
