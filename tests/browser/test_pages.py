@@ -360,3 +360,23 @@ def test_cancel_a_running_job_from_its_page(
     assert page.locator("svg.scatter circle.point").count() == job["progress"]["trials_completed"]
     assert errors == []
     page.close()
+
+
+def test_the_pages_pareto_front_matches_the_servers_on_random_points(browser: Any, server: str) -> None:
+    """pareto.js (used when GET /pareto is absent) agrees with service.pareto, ties and duplicates included."""
+    import random
+
+    from service.pareto import non_dominated
+
+    page = browser.new_page()
+    page.goto(f"{server}/static/favicon.svg")  # any same-origin page can import the modules
+    rng = random.Random(6)
+    for size in (1, 2, 7, 40, 300):
+        # Few distinct values, so equal ratios, equal scores and exact duplicates all occur.
+        points = [{"i": i, "x": rng.randint(0, 9) / 10, "y": rng.randint(0, 9) / 10} for i in range(size)]
+        ours = page.evaluate(
+            "async (points) => (await import('/static/pareto.js')).paretoFront(points).map(p => p.i)", points
+        )
+        theirs = non_dominated([[p["y"], p["x"]] for p in points], ["maximize", "minimize"])
+        assert sorted(ours) == theirs, size
+    page.close()

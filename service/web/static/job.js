@@ -213,6 +213,7 @@ function renderProgress(job) {
 
 function renderBest(job) {
   const best = job.best;
+  byId("best-heading").textContent = TERMINAL.has(job.status) ? "Best architecture" : "Best architecture so far";
   byId("best-empty").hidden = Boolean(best);
   byId("best-body").hidden = !best;
   if (!best) return;
