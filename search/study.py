@@ -214,8 +214,11 @@ def run_search(
         trial.set_user_attr("arch", selection.arch.to_dict())
         trial.set_user_attr("param_count", param_count)
         trial.set_user_attr("param_ratio", param_count / dense_params)
-        # Feasible (≤ 0) within the tolerance of the budget: samplers and optuna-dashboard read it.
-        trial.set_constraint("budget", abs(param_count / dense_params - budget) / budget - DEFAULT_TOLERANCE)
+        # Feasible (≤ 0) within the tolerance of the budget. Samplers read Optuna 5's named constraint;
+        # optuna-dashboard (0.21) still reads the plain "constraints" list, so write that too.
+        violation = abs(param_count / dense_params - budget) / budget - DEFAULT_TOLERANCE
+        trial.set_constraint("budget", violation)
+        trial.storage.set_trial_system_attr(trial._trial_id, "constraints", [violation])
         realised = time.perf_counter()
         score = context.proxy.score(selection)
         scored = time.perf_counter()

@@ -111,5 +111,5 @@ def test_single_objective_trials_carry_the_budget_constraint(tiny_loaded: Loaded
     study_trials = []
     run_search(prepare(tiny_loaded, spec), study_name="constraint", callbacks=[lambda s, t: study_trials.append(t)])
     for trial in study_trials:
-        (violation,) = [v for k, v in trial.system_attrs.items() if k.startswith("constraints")]
-        assert violation <= 0
+        assert trial.system_attrs["constraints:budget"] <= 0
+        assert trial.system_attrs["constraints"] == [trial.system_attrs["constraints:budget"]]
