@@ -58,28 +58,15 @@ def export_model(
     provenance: dict[str, Any] | None = None,
 ) -> ExportInfo:
     """Write ``selection`` as a model directory; returns what was written."""
-    adapter = loaded.adapter
-    shape = adapter.shape
+    shape = loaded.adapter.shape
     arch = selection.arch
     target = Path(directory)
     if target.exists() and any(target.iterdir()):
         raise InvalidArchConfig(f"export directory {target} exists and is not empty")
-    kept_layers = [i for i, layer in enumerate(arch.layers) if layer.attention_kept or layer.mlp_kept]
-    if not kept_layers:
-        raise InvalidArchConfig("the architecture keeps no layer; there is nothing to export")
-    kind = "standard" if _standard(shape, arch) else "per_layer"
-    config = _config_for(adapter, arch, kept_layers, kind)
-    model = build_skeleton(config)
-    with apply_arch(adapter, selection):  # zeroes sparse weights in place, so the slices carry the zeros
-        state = _sliced_state(adapter, selection, kept_layers, model)
-    model.load_state_dict(state, strict=True)
-    model.to(next(adapter.model.parameters()).dtype)
+    model, kind, config = materialize(loaded.adapter, selection)
     stored = sum(p.numel() for p in model.parameters())
     nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())
     expected = shape.count_params(arch)
-    structured = shape.count_params(ArchConfig(tuple(replace(layer, sparsity=0.0) for layer in arch.layers)))
-    if stored != structured:
-        raise InvalidArchConfig(f"export holds {stored:,} parameters, the architecture has {structured:,}")
     target.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(target)
     if CONFIG_KEY in config:
@@ -99,7 +86,7 @@ def export_model(
         "nonzero_params": nonzero,
         "searched_param_count": expected,
         "arch": arch.to_dict(),
-        "kept": {"layers": kept_layers, "units": selection.to_dict()["layers"]},
+        "kept": {"layers": _kept_layers(arch), "units": selection.to_dict()["layers"]},
         "load_with": (
             "transformers.AutoModelForCausalLM.from_pretrained"
             if shape.causal
@@ -117,6 +104,32 @@ def export_model(
     (target / PROVENANCE_FILE).write_text(json.dumps(record, indent=2, default=str))
     size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
     return ExportInfo(target, kind, stored, nonzero, size)
+
+
+def materialize(
+    adapter: Adapter, selection: Selection, *, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, str, dict[str, Any]]:
+    """The physically smaller model of ``selection``, in memory: (model, kind, config).
+
+    Checks that the model holds exactly the parameters the architecture counts.
+    """
+    shape = adapter.shape
+    arch = selection.arch
+    kept_layers = _kept_layers(arch)
+    if not kept_layers:
+        raise InvalidArchConfig("the architecture keeps no layer; there is nothing to export")
+    kind = "standard" if _standard(shape, arch) else "per_layer"
+    config = _config_for(adapter, arch, kept_layers, kind)
+    dtype = next(adapter.model.parameters()).dtype
+    model = build_skeleton(config, device=device, dtype=dtype)
+    with apply_arch(adapter, selection):  # zeroes sparse weights in place, so the slices carry the zeros
+        state = _sliced_state(adapter, selection, kept_layers, model)
+    model.load_state_dict(state, strict=True)
+    stored = sum(p.numel() for p in model.parameters())
+    structured = shape.count_params(ArchConfig(tuple(replace(layer, sparsity=0.0) for layer in arch.layers)))
+    if stored != structured:
+        raise InvalidArchConfig(f"export holds {stored:,} parameters, the architecture has {structured:,}")
+    return model, kind, config
 
 
 def load_pruned(directory: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
@@ -150,24 +163,28 @@ def load_pruned(directory: str | Path, *, device: str | torch.device = "cpu") ->
     return model.to(device=device, dtype=dtype).eval()
 
 
-def build_skeleton(config: dict[str, Any]) -> nn.Module:
-    """The model a (possibly per-layer) export config describes, with uninitialised weights."""
+def build_skeleton(
+    config: dict[str, Any], *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> nn.Module:
+    """The model a (possibly per-layer) export config describes, with placeholder weights."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
     hf_config = AutoConfig.for_model(**{k: v for k, v in config.items() if k != CONFIG_KEY})
     shape = ModelShape.from_config(hf_config.to_dict())
     auto = AutoModelForCausalLM if shape.causal else AutoModel
-    model = auto.from_config(hf_config)
+    with torch.device(device):  # built where it will run: an 8B skeleton is not initialised on the CPU
+        model = auto.from_config(hf_config, dtype=dtype) if dtype is not None else auto.from_config(hf_config)
     layers = config.get(CONFIG_KEY, {}).get("layers")
     if layers is not None:
         adapter = adapter_for(model)
         for index, layer in enumerate(layers):
-            adapter.resize(index, layer["heads"], layer["ffn_channels"])
+            with torch.device(device):
+                adapter.resize(index, layer["heads"], layer["ffn_channels"])
             if not layer["heads"]:
                 _swap_in(adapter.drop_attention(index))
             if not layer["ffn_channels"]:
                 _swap_in(adapter.drop_mlp(index))
-    return model.eval()
+    return model.to(dtype=dtype).eval() if dtype is not None else model.eval()
 
 
 def measure_latency(
@@ -208,6 +225,10 @@ def measure_latency(
         "dense_tokens_per_s": tokens / dense_s,
         "speedup": dense_s / pruned_s,
     }
+
+
+def _kept_layers(arch: ArchConfig) -> list[int]:
+    return [i for i, layer in enumerate(arch.layers) if layer.attention_kept or layer.mlp_kept]
 
 
 def _standard(shape: ModelShape, arch: ArchConfig) -> bool:

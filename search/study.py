@@ -223,7 +223,7 @@ def run_search(
         score = context.proxy.score(selection)
         scored = time.perf_counter()
         trial.set_user_attr("scores", {context.proxy.name: score.value, **score.extras})
-        trial.set_user_attr("timings", {"realise_s": realised - started, "score_s": scored - realised})
+        trial.set_user_attr("timings", {"realise_s": realised - started, "score_s": scored - realised, **score.timings})
         return (score.value, param_count / dense_params) if multi else score.value
 
     complete_before = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))

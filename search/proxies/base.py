@@ -12,6 +12,7 @@ from search.selection import Selection
 class ProxyScore:
     value: float
     extras: dict[str, float] = field(default_factory=dict)  # other views of the same score, for reports
+    timings: dict[str, float] = field(default_factory=dict)  # seconds spent per stage, for the breakdown
 
 
 class Proxy(Protocol):

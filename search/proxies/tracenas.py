@@ -12,6 +12,7 @@ sub-blocks (the authors' sum favours deep candidates; it is reported as ``tracen
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -38,35 +39,47 @@ class TraceNAS:
         self.adapter = adapter
         self.batches: list[Batch] = list(tokens.batches("calibration", batch_size, adapter.device))
         self.rank = rank
-        self._projections: dict[int, torch.Tensor] = {}
+        self._projections: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
         self._seed = seed
         # Encoders distil towards the dense model's embeddings; decoders need no reference.
         self._references = [None if adapter.shape.causal else _dense_output(adapter, b) for b in self.batches]
         self._dense = self._sketch(None)
 
     def score(self, selection: Selection) -> ProxyScore:
-        candidate = self._sketch(selection)
+        timings: dict[str, float] = {}
+        candidate = self._sketch(selection, timings)
+        started = time.perf_counter()
         terms = [_pearson(_flat(candidate[block]), _flat(self._dense[block])) for block in candidate]
+        timings["correlation_s"] = time.perf_counter() - started
         if not terms:
             raise ProxyError("the candidate keeps no sub-block")
         total = float(sum(terms))
         mean = total / len(terms)
         if not torch.isfinite(torch.tensor(mean)):
             raise ProxyError("TraceNAS correlation is not finite (a constant gradient sketch?)")
-        return ProxyScore(mean, {"tracenas_sum": total, "tracenas_blocks": float(len(terms))})
+        return ProxyScore(mean, {"tracenas_sum": total, "tracenas_blocks": float(len(terms))}, timings)
 
-    def _projection(self, width: int, device: torch.device) -> torch.Tensor:
-        if width not in self._projections:
+    def _projection(self, width: int, like: torch.Tensor) -> torch.Tensor:
+        key = (width, like.device, like.dtype)
+        if key not in self._projections:
             generator = torch.Generator().manual_seed(self._seed * 1_000_003 + width)
-            self._projections[width] = torch.randn(width, self.rank, generator=generator) / self.rank**0.5
-        return self._projections[width].to(device)
+            projection = torch.randn(width, self.rank, generator=generator) / self.rank**0.5
+            self._projections[key] = projection.to(device=like.device, dtype=like.dtype)
+        return self._projections[key]
 
-    def _sketch(self, selection: Selection | None) -> Sketches:
+    def _sketch(self, selection: Selection | None, timings: dict[str, float] | None = None) -> Sketches:
         """Σ over calibration batches of ∇W·R for every linear of every kept sub-block."""
         sketches: Sketches = {}
+        forward = backward = 0.0
         with _frozen_parameters(self.adapter.model), self._hooks(sketches), _arch(self.adapter, selection):
             for batch, reference in zip(self.batches, self._references, strict=True):
-                self.adapter.loss(batch, reference).backward()
+                started = _now(self.adapter.device)
+                loss = self.adapter.loss(batch, reference)
+                middle = _now(self.adapter.device)
+                loss.backward()  # the sketch hooks run inside: their cost is part of the backward
+                forward, backward = forward + middle - started, backward + _now(self.adapter.device) - middle
+        if timings is not None:
+            timings |= {"forward_s": forward, "backward_s": backward}
         return sketches
 
     @contextmanager
@@ -76,10 +89,11 @@ class TraceNAS:
         def make_hook(block: Block, name: str):
             def forward_hook(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
                 x = args[0].detach()
-                xr = x @ self._projection(x.shape[-1], x.device).to(x.dtype)  # (B, T, r)
+                xr = (x @ self._projection(x.shape[-1], x)).flatten(0, -2)  # (B*T, r)
 
                 def grad_hook(grad: torch.Tensor) -> None:
-                    g = torch.einsum("bto,btr->or", grad.float(), xr.float())  # (out, r) = (∇W)·R
+                    # (out, r) = Gᵀ(XR) = (∇W)·R; the matmul accumulates in fp32 even in bf16
+                    g = (grad.flatten(0, -2).t() @ xr.to(grad.dtype)).float()
                     store = sketches.setdefault(block, {})
                     store[name] = store[name] + g if name in store else g
 
@@ -97,6 +111,12 @@ class TraceNAS:
         finally:
             for handle in handles:
                 handle.remove()
+
+
+def _now(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 @torch.no_grad()
