@@ -30,6 +30,8 @@ CHROMIUM_ARGS = [  # Playwright adds --headless itself
     "--disable-dev-shm-usage",
 ]
 LAPTOP = {"width": 1280, "height": 900}
+# Generous: the two cores are shared by Chromium, the server, its worker and whatever else runs.
+PAGE_TIMEOUT_MS = 90_000
 PHONE = {"width": 390, "height": 844}
 
 
@@ -66,7 +68,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     base_url = f"http://127.0.0.1:{port}"
     try:
         with httpx.Client(base_url=base_url, timeout=30) as client:
-            wait_ready(client, [process])
+            wait_ready(client, [process], timeout=180)
         yield base_url
     except BaseException:
         print(process.tail())
@@ -91,6 +93,14 @@ def screenshot_dir(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
         folder.mkdir(parents=True, exist_ok=True)
         folders.append(folder)
     return folders
+
+
+def new_page(browser: object, **options: object) -> object:
+    """A page in a fresh context (own storage, own timeouts); close it with ``page.context.close()``."""
+    context = browser.new_context(**options)  # type: ignore[attr-defined]
+    context.set_default_timeout(PAGE_TIMEOUT_MS)
+    context.set_default_navigation_timeout(PAGE_TIMEOUT_MS)
+    return context.new_page()
 
 
 def save_screenshot(page: object, folders: list[Path], name: str, *, full_page: bool = False) -> None:

@@ -111,7 +111,7 @@ def compose_stack(
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30, headers=headers)
     try:
-        wait_ready(client, processes)
+        wait_ready(client, processes, timeout=180)
         yield {
             "client": client,
             "services": services,
