@@ -38,7 +38,9 @@ def load_model(model: str, revision: str | None = None, *, device: str | None = 
     dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
     try:
         config = AutoConfig.from_pretrained(model, revision=revision, trust_remote_code=False)
-        auto = AutoModelForCausalLM if ModelShape.from_config(config.to_dict()).causal else AutoModel
+        shape = ModelShape.from_config(config.to_dict())
+        _check_fits(shape, target, dtype)
+        auto = AutoModelForCausalLM if shape.causal else AutoModel
         tokenizer = AutoTokenizer.from_pretrained(model, revision=revision, trust_remote_code=False)
         network = auto.from_pretrained(
             model, revision=revision, dtype=dtype, trust_remote_code=False, attn_implementation="sdpa"
@@ -48,6 +50,23 @@ def load_model(model: str, revision: str | None = None, *, device: str | None = 
     network.to(target).eval()
     network.config.use_cache = False
     return LoadedModel(adapter_for(network), tokenizer, (model, revision, str(target)))
+
+
+def _check_fits(shape: ModelShape, device: torch.device, dtype: torch.dtype) -> None:
+    """Fail before loading, with the figures, when the weights cannot fit the device.
+
+    The weights alone must take at most 80% of the free memory: a trial's activations, the dense
+    gradient sketch and the statistics need the rest.
+    """
+    if device.type != "cuda":
+        return
+    needed = shape.dense_params() * torch.finfo(dtype).bits // 8
+    free, _total = torch.cuda.mem_get_info(device)
+    if needed > 0.8 * free:
+        raise ModelLoadError(
+            f"the model's weights need {needed / 2**30:.1f} GiB in {dtype}, but {device} has {free / 2**30:.1f} GiB "
+            "free; a search also needs room for activations: use a larger GPU"
+        )
 
 
 class ModelCache:

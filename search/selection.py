@@ -85,12 +85,14 @@ def compute_importance(adapter: Adapter, stats: DenseStats, criterion: str) -> I
 
 
 def _channel_scores(weight: torch.Tensor, inputs: ChannelStats, criterion: str) -> torch.Tensor:
-    w = weight.detach().float().cpu()  # (hidden, C)
+    w = weight.detach().float()  # (hidden, C), on the model's device: no copy of the weights to the host
     if criterion == "magnitude":
-        return w.abs().sum(0)
-    if criterion == "wanda":
-        return (w.abs() * inputs.norm).sum(0)
-    return inputs.var * w.pow(2).sum(0)  # flap
+        scores = w.abs().sum(0)
+    elif criterion == "wanda":
+        scores = (w.abs() * inputs.norm.to(w.device)).sum(0)
+    else:  # flap
+        scores = inputs.var.to(w.device) * w.pow(2).sum(0)
+    return scores.cpu()
 
 
 def select_units(

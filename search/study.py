@@ -119,10 +119,14 @@ class SearchResult:
     stopped: bool = False
 
 
-def prepare(loaded: LoadedModel, spec: JobSpec, *, batch_size: int = DEFAULT_BATCH_SIZE) -> SearchContext:
+def prepare(
+    loaded: LoadedModel, spec: JobSpec, *, batch_size: int = DEFAULT_BATCH_SIZE, tokens: TokenSet | None = None
+) -> SearchContext:
+    """``tokens`` overrides the spec's calibration texts (benchmarks use random tokens)."""
     started = time.perf_counter()
     adapter = loaded.adapter
-    tokens = build_token_set(loaded.tokenizer, spec.calibration, causal=adapter.shape.causal)
+    if tokens is None:
+        tokens = build_token_set(loaded.tokenizer, spec.calibration, causal=adapter.shape.causal)
     cache = loaded.cache
     stats_key = ("stats", tokens.digest)
     if stats_key not in cache:
@@ -353,8 +357,9 @@ def _layer_signals(loaded: LoadedModel, stats: DenseStats, wanda: Importance | N
         above, total = 0, 0
         for block in (Block(layer, "attention"), Block(layer, "mlp")):
             for name, module in adapter.linears(block).items():
-                norms = stats.inputs[(layer, block.kind, name)].norm
-                scores = adapter.weight(module).detach().float().cpu().abs() * norms  # (out, in)
+                weight = adapter.weight(module).detach()
+                norms = stats.inputs[(layer, block.kind, name)].norm.to(weight.device)
+                scores = weight.float().abs() * norms  # (out, in), on the model's device
                 above += int((scores > _OUTLIER_MULTIPLE * scores.mean()).sum())
                 total += scores.numel()
         outliers.append(above / total)
