@@ -97,7 +97,11 @@ def compose_stack(
 
     migrate_env = as_api_image(local_env(services["migrate"], overrides, base), import_logs["migrate"])
     run_once(container_command(services["migrate"]), migrate_env)
-    key = create_key_if_supported(local_env(services["migrate"], overrides, base))
+    # README: `docker compose run --rm api prunesearch keys create alice`, in the API image too.
+    keys_log = logs / "keys.imports"
+    key = create_key_if_supported(as_api_image(local_env(services["api"], overrides, base), keys_log))
+    if key is not None:
+        import_logs["keys"] = keys_log
 
     api_env = as_api_image(
         local_env(services["api"], overrides | {"PRUNESEARCH_PORT": str(port)}, base), import_logs["api"]
