@@ -9,6 +9,7 @@ kept weight matrix of a layer, so a count with sparsity is the number of non-zer
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -97,6 +98,13 @@ class ModelShape:
 
     def attention_params(self, heads: int, sparsity: float = 0.0) -> int:
         """Non-zero parameters of one attention sub-block (with its norm) keeping ``heads`` query heads."""
+        return _attention_params(self, heads, sparsity)
+
+    def mlp_params(self, channels: int, sparsity: float = 0.0) -> int:
+        """Non-zero parameters of one MLP sub-block (with its norm) keeping ``channels`` FFN channels."""
+        return _mlp_params(self, channels, sparsity)
+
+    def _attention_params(self, heads: int, sparsity: float) -> int:
         if heads == 0:
             return 0
         kv = heads // self.group_size
@@ -110,8 +118,7 @@ class ModelShape:
             params += 2 * d
         return params
 
-    def mlp_params(self, channels: int, sparsity: float = 0.0) -> int:
-        """Non-zero parameters of one MLP sub-block (with its norm) keeping ``channels`` FFN channels."""
+    def _mlp_params(self, channels: int, sparsity: float) -> int:
         if channels == 0:
             return 0
         params = _sparse_matrices(self.mlp_matrices(channels), sparsity) + self.norm_params
@@ -148,6 +155,17 @@ class ModelShape:
                 )
             if not 0.0 <= layer.sparsity < 1.0:
                 raise InvalidArchConfig(f"layer {index}: sparsity {layer.sparsity} outside [0, 1)")
+
+
+# Repair counts parameters thousands of times per trial; a shape has few distinct sub-block sizes.
+@functools.cache
+def _attention_params(shape: ModelShape, heads: int, sparsity: float) -> int:
+    return shape._attention_params(heads, sparsity)
+
+
+@functools.cache
+def _mlp_params(shape: ModelShape, channels: int, sparsity: float) -> int:
+    return shape._mlp_params(channels, sparsity)
 
 
 def zeros_per_row(cols: int, sparsity: float) -> int:

@@ -235,8 +235,12 @@ def _standard(shape: ModelShape, arch: ArchConfig) -> bool:
     if not arch.is_uniform():
         return False
     kept = next(layer for layer in arch.layers if layer.attention_kept)
+    if kept.heads == shape.num_heads:
+        return True
     # GPT-2 and BERT derive the head size from hidden / heads: fewer heads cannot be written there.
-    return shape.family == "llama" or kept.heads == shape.num_heads
+    # Llama-style configs store head_dim, but transformers still refuses a hidden size that is not a
+    # multiple of the head count (e.g. 24 heads of 4096): those exports are per-layer.
+    return shape.family == "llama" and shape.hidden_size % kept.heads == 0
 
 
 def _config_for(adapter: Adapter, arch: ArchConfig, kept_layers: list[int], kind: str) -> dict[str, Any]:

@@ -110,7 +110,7 @@ def repair(
     # The largest useful factor makes the smallest positive fraction reach 1; if even that is under
     # budget (the proposal drops too much), ``_adjust`` adds units back.
     lo_scale, hi_scale = 0.0, 1.0 / min(x for x in attention + mlp if x > 0)
-    for _ in range(60):
+    while hi_scale - lo_scale > 1e-6 * hi_scale:  # ~20 steps: finer scales change no unit
         mid = (lo_scale + hi_scale) / 2
         if grid.count(snap(mid)) > budget:
             hi_scale = mid

@@ -150,3 +150,28 @@ def test_export_equals_masked_evaluation(family: str, arch_name: str, tokenizer,
             AutoModelForCausalLM.from_pretrained(info.directory) if family != "bert" else AutoModel.from_pretrained(
                 info.directory
             )
+
+
+def test_head_counts_transformers_refuses_are_exported_per_layer(tokenizer, tmp_path: Path) -> None:
+    """12 of 16 heads on hidden 64: a standard Llama config would be rejected (64 % 12 != 0)."""
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=16,
+        num_key_value_heads=4,
+        head_dim=4,
+        intermediate_size=64,
+        vocab_size=512,
+        tie_word_embeddings=False,
+    )
+    model = AutoModelForCausalLM.from_config(config).eval()
+    loaded = LoadedModel(adapter_for(model), tokenizer, ("tiny-heads", None, "cpu"))
+    arch = ArchConfig((LayerArch(12, 64), LayerArch(12, 64)))
+    selection = _selection(loaded, arch)
+    info = export_model(loaded, selection, tmp_path / "export")
+    assert info.kind == "per_layer"
+    batch = {"input_ids": torch.randint(0, 512, (1, 8)), "attention_mask": torch.ones(1, 8, dtype=torch.long)}
+    with apply_arch(loaded.adapter, selection):
+        masked = _outputs(loaded.adapter.model, batch)
+    torch.testing.assert_close(_outputs(load_pruned(info.directory), batch), masked, rtol=1e-4, atol=1e-5)
