@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from service.auth import API_GUARDS, GUARDED_RESPONSES, install_auth
 from service.broker import make_celery
 from service.db import make_engine, make_sessionmaker
-from service.limits import BodySizeLimit
+from service.limits import install_limits
 from service.openapi import install_openapi
 from service.problems import install_problem_handlers
 from service.routes import health, jobs, results
@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_problem_handlers(app)
     install_openapi(app)
     install_auth(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    install_limits(app, settings)
     # Every /v1 router: authenticated, and a {job_id} in the path must be the caller's job.
     app.include_router(jobs.router, dependencies=API_GUARDS, responses=GUARDED_RESPONSES)
     app.include_router(results.router, dependencies=API_GUARDS, responses=GUARDED_RESPONSES)

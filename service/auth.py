@@ -100,6 +100,23 @@ def authenticate(
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
 ) -> Principal:
+    try:
+        return _principal(request, session, settings, credentials)
+    finally:
+        _release_connection(session)
+
+
+def _release_connection(session: Session) -> None:
+    # FastAPI runs each sync dependency and the route in separate thread-pool hops. A connection
+    # kept between hops is held by a request that has no thread, while threads wait for
+    # connections: under load, a deadlock until the pool times out. Read-only work done, hand the
+    # connection back (commit keeps the loaded rows usable; expire_on_commit is off).
+    session.commit()
+
+
+def _principal(
+    request: Request, session: Session, settings: Settings, credentials: HTTPAuthorizationCredentials | None
+) -> Principal:
     if credentials is not None:
         row = apikeys.verify_key(session, credentials.credentials)
         if row is None:
@@ -137,7 +154,10 @@ def _guard_job_access(request: Request, session: SessionDep, principal: Principa
     # The job lands in the session's identity map, so the route's own lookup costs no query.
     job_id = request.path_params.get("job_id")
     if job_id is not None:
-        require_owned_job(session, str(job_id), principal)
+        try:
+            require_owned_job(session, str(job_id), principal)
+        finally:
+            _release_connection(session)
 
 
 # Include every /v1 router with ``dependencies=API_GUARDS, responses=GUARDED_RESPONSES``: the

@@ -8,10 +8,14 @@ and before anything is written.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+import anyio.to_thread
+from fastapi import FastAPI
 from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -37,6 +41,7 @@ __all__ = [
     "check_owner_quota",
     "check_spec_limits",
     "inside_roots",
+    "install_limits",
 ]
 
 RATE_WINDOW = timedelta(minutes=1)
@@ -110,6 +115,28 @@ class BodySizeLimit:
 
 async def _nothing_to_receive() -> Message:
     return {"type": "http.disconnect"}
+
+
+def install_limits(app: FastAPI, settings: Settings) -> None:
+    """The body-size limit, and a thread pool that cannot starve the database pool.
+
+    FastAPI runs each ``def`` route and dependency in one shared thread pool (40 threads by
+    default) and validates a ``def`` route's response there too, while the request's session still
+    holds its connection. With more concurrent requests than threads, every thread can be waiting
+    for a connection that only a request waiting for a thread would return: a deadlock until the
+    pool times out. (Found by benchmarks/load.py: 200 pollers, every request timed out.) With more
+    threads than concurrent requests, a request waiting for a thread always gets one.
+    """
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    inner: Callable[[Any], AbstractAsyncContextManager[Any]] = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(asgi_app: Any) -> AsyncIterator[Any]:
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
+        async with inner(asgi_app) as state:
+            yield state
+
+    app.router.lifespan_context = lifespan
 
 
 def _content_length(scope: Scope) -> int | None:

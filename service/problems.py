@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from search.errors import SearchError
@@ -130,12 +131,15 @@ DATABASE_RETRY_AFTER_S = 2
 
 
 async def _database_error(request: Request, exc: Exception) -> ProblemResponse:
-    # A dropped or refused connection is the database's state, not a bug: answer 503 so clients
-    # retry. The pool pings before reuse, so the next request gets a fresh connection.
-    assert isinstance(exc, DBAPIError)
-    if not (isinstance(exc, OperationalError) or exc.connection_invalidated):
+    # A dropped or refused connection, or no free connection in time, is the database's state, not
+    # a bug: answer 503 so clients retry. The pool pings before reuse, so the next request gets a
+    # fresh connection.
+    transient = isinstance(exc, OperationalError | PoolTimeout) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    )
+    if not transient:
         return await _unexpected_error(request, exc)
-    logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc.orig)
+    logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
     error = Unavailable(
         "the database is unavailable; retry shortly", headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)}
     )
@@ -159,4 +163,5 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(DBAPIError, _database_error)
+    app.add_exception_handler(PoolTimeout, _database_error)
     app.add_exception_handler(Exception, _unexpected_error)

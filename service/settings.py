@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     max_seq_len: int = Field(default=4096, ge=16, description="Upper bound of calibration.seq_len.")
     max_active_jobs_per_key: int = Field(default=8, ge=1, description="Queued + running jobs one owner may have.")
     max_submissions_per_minute: int = Field(default=30, ge=1, description="Jobs one owner may submit per minute.")
+    api_threads: int = Field(
+        default=512,
+        ge=8,
+        description="Threads for the API's request handlers; keep it above the concurrent clients you expect.",
+    )
 
     # --- reliability: how fast a dead worker's job is noticed and resumed ---
     job_heartbeat_s: float = Field(default=15.0, gt=0, description="How often a worker marks its job alive.")

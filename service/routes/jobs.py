@@ -14,7 +14,7 @@ from fastapi import APIRouter, Header, Query, Response
 from search.spec import JobSpec
 from service import repository
 from service.auth import PrincipalDep, require_owned_job
-from service.deps import CeleryDep, SessionDep, SettingsDep
+from service.deps import CeleryDep, SessionDep, SettingsDep, released
 from service.errors import InvalidRequest
 from service.models import IDEMPOTENCY_KEY_LENGTH
 from service.openapi import problem_responses
@@ -78,7 +78,7 @@ def create_job(
         response.headers["Retry-After"] = str(POLL_AFTER_S)
     else:
         response.status_code = 200
-    return JobOut.from_row(submission.job)
+    return released(session, JobOut.from_row(submission.job))
 
 
 @router.get(
@@ -95,16 +95,17 @@ def list_jobs(
     jobs, next_cursor = repository.list_jobs(
         session, owner=principal.owner, limit=_check_limit(limit, settings), cursor=cursor, status=status
     )
-    return JobPage(
+    page = JobPage(
         items=[JobOut.from_row(job) for job in jobs],
         next_cursor=next_cursor,
         next=_next_link(f"{API_PREFIX}/jobs", next_cursor, limit=limit, status=status.value if status else None),
     )
+    return released(session, page)
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=problem_responses(401, 404), summary="Read a job")
 def get_job(job_id: str, session: SessionDep, principal: PrincipalDep) -> JobOut:
-    return JobOut.from_row(require_owned_job(session, job_id, principal))
+    return released(session, JobOut.from_row(require_owned_job(session, job_id, principal)))
 
 
 @router.get(
@@ -123,11 +124,12 @@ def list_trials(
 ) -> TrialPage:
     require_owned_job(session, job_id, principal)
     trials, next_cursor = repository.list_trials(session, job_id, limit=_check_limit(limit, settings), cursor=cursor)
-    return TrialPage(
+    page = TrialPage(
         items=[TrialOut.from_row(trial) for trial in trials],
         next_cursor=next_cursor,
         next=_next_link(f"{job_path(job_id)}/trials", next_cursor, limit=limit),
     )
+    return released(session, page)
 
 
 @router.post(
@@ -141,4 +143,4 @@ def cancel_job(job_id: str, session: SessionDep, principal: PrincipalDep) -> Job
     require_owned_job(session, job_id, principal)
     job = repository.request_cancel(session, job_id)
     session.commit()
-    return JobOut.from_row(job)
+    return released(session, JobOut.from_row(job))
