@@ -1,15 +1,20 @@
-"""schemathesis against the live OpenAPI document of a real ``prunesearch api`` process, with a valid
-API key: whatever it generates, valid or not, the API answers without a 5xx and as its schema says.
+"""A real ``prunesearch api`` process, with a valid API key, under hostile and heavy use.
 
-Bounded (``MAX_EXAMPLES`` per operation, no shrinking beyond Hypothesis' defaults) so the module
-runs in well under a minute.
+schemathesis fuzzes its live OpenAPI document: whatever it generates, valid or not, the API answers
+without a 5xx and as its schema says. Bounded (``MAX_EXAMPLES`` per operation and generation mode,
+derandomized) so the module runs in well under a minute. And more concurrent clients than the
+API has threads are all served.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -44,13 +49,18 @@ CHECKS = [
 ]
 
 
+@dataclass(frozen=True)
+class LiveApi:
+    base_url: str
+    key: str
+    model: Path  # a config-only model inside the server's model_roots
+
+
 @pytest.fixture(scope="module")
 def live_api(
     tmp_path_factory: pytest.TempPathFactory, postgres_database_factory: Callable[[], str]
-) -> Iterator[tuple[str, str]]:
+) -> Iterator[LiveApi]:
     """A real API process (filesystem broker, no worker: accepted jobs just wait) and a key."""
-    import httpx
-
     work = tmp_path_factory.mktemp("fuzz")
     models = work / "models"
     (models / "tiny").mkdir(parents=True)
@@ -69,7 +79,7 @@ def live_api(
     try:
         with httpx.Client(base_url=base_url, timeout=10) as client:
             wait_ready(client, [process])
-        yield base_url, key
+        yield LiveApi(base_url, key, models / "tiny")
     except BaseException:
         print(process.tail())
         raise
@@ -78,18 +88,17 @@ def live_api(
 
 
 @pytest.fixture(scope="module")
-def api_schema(live_api: tuple[str, str]) -> schemathesis.BaseSchema:
-    base_url, _key = live_api
-    return schemathesis.openapi.from_url(f"{base_url}/openapi.json")
+def api_schema(live_api: LiveApi) -> schemathesis.BaseSchema:
+    return schemathesis.openapi.from_url(f"{live_api.base_url}/openapi.json")
 
 
 # schemathesis' own pytest integration (lazy schemas) does not run under pytest 9; the documented
 # strategy API does the same: one bounded Hypothesis run per operation and generation mode.
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=lambda m: m.value)
 def test_the_live_api_honours_its_schema(
-    api_schema: schemathesis.BaseSchema, live_api: tuple[str, str], mode: GenerationMode
+    api_schema: schemathesis.BaseSchema, live_api: LiveApi, mode: GenerationMode
 ) -> None:
-    _base_url, key = live_api
+    key = live_api.key
     failures: list[str] = []
     operations = [result.ok() for result in api_schema.get_all_operations()]
     assert len(operations) >= 10
@@ -119,3 +128,29 @@ def test_the_live_api_honours_its_schema(
 def test_the_schema_covers_the_job_api(api_schema: schemathesis.BaseSchema) -> None:
     paths = set(api_schema.raw_schema["paths"])
     assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/trials", "/v1/jobs/{job_id}/cancel"} <= paths
+
+
+def test_more_concurrent_clients_than_threads_are_all_served(live_api: LiveApi) -> None:
+    """Regression: with FastAPI's default 40 threads, 200 concurrent pollers deadlocked the thread pool
+    against the connection pool and every request timed out (benchmarks/load.py found it)."""
+    headers = {"Authorization": f"Bearer {live_api.key}"}
+    body = {"model": str(live_api.model), "target": {"param_ratio": 0.6}, "search_space": {"ffn_alignment": 8}}
+    created = httpx.post(f"{live_api.base_url}/v1/jobs", json=body, headers=headers, timeout=30)
+    assert created.status_code == 202, created.text
+    job_id = created.json()["id"]
+
+    async def hammer(clients: int) -> list[int | str]:
+        limits = httpx.Limits(max_connections=clients)
+        async with httpx.AsyncClient(base_url=live_api.base_url, headers=headers, limits=limits, timeout=60) as client:
+
+            async def one(index: int) -> int | str:
+                path = f"/v1/jobs/{job_id}" if index % 2 else f"/v1/jobs/{job_id}/trials"
+                try:
+                    return (await client.get(path)).status_code
+                except httpx.HTTPError as error:
+                    return type(error).__name__
+
+            return await asyncio.gather(*(one(index) for index in range(clients)))
+
+    statuses = asyncio.run(hammer(150))
+    assert statuses == [200] * 150, sorted(set(map(str, statuses)))
