@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import httpx
 import pytest
 
 from tests.e2e import flow
-from tests.e2e.processes import PRUNESEARCH, Process, base_env, free_port, wait_ready
+from tests.e2e.processes import PRUNESEARCH, Process, base_env, free_port, run_command, wait_ready
 
 pytestmark = pytest.mark.e2e
 
@@ -42,6 +43,16 @@ def test_embedded_service_runs_a_job_on_sqlite_and_the_filesystem_broker(
     flow.check_report_and_artifacts(client, job_id, tmp_path)
     assert (data_dir / "prunesearch.sqlite3").is_file()
     assert (data_dir / "broker").is_dir()
+
+    # `prunesearch export` reads the same database and writes a loadable model.
+    from search.export import load_pruned
+
+    trial = flow.all_trials(client, job_id)[5]["number"]
+    out = tmp_path / "cli-export"
+    run_command(["export", job_id, "--trial", str(trial), "--out", str(out)], base_env(data_dir))
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["trial_number"] == trial and provenance["job_id"] == job_id
+    assert sum(p.numel() for p in load_pruned(out).parameters()) == provenance["param_count"]
 
 
 def test_embedded_cancel(embedded: tuple[httpx.Client, Path], tiny_llama_dir: Path) -> None:
