@@ -94,16 +94,35 @@ def _arrived_on_loopback(request: Request) -> bool:
         return True
 
 
-def authenticate(
+def _authorize(
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
-) -> Principal:
+) -> None:
+    """``API_GUARDS``: who is calling, and whether the path's ``{job_id}`` is theirs, in one step.
+
+    One thread-pool step and one connection checkout per request: the principal and the job are
+    kept on ``request.state`` (the job also stays in the session's identity map, so the route's
+    own ``require_owned_job`` costs no query).
+    """
     try:
-        return _principal(request, session, settings, credentials)
+        principal = _principal(request, session, settings, credentials)
+        job_id = request.path_params.get("job_id")
+        if job_id is not None:
+            request.state.job = require_owned_job(session, str(job_id), principal)
+        request.state.principal = principal
     finally:
         _release_connection(session)
+
+
+async def _current_principal(request: Request) -> Principal:
+    principal: Principal | None = getattr(request.state, "principal", None)
+    if principal is None:  # a route outside API_GUARDS: refuse rather than guess
+        raise Unauthorized(
+            "this route is not behind the API's authentication", headers={"WWW-Authenticate": _CHALLENGE}
+        )
+    return principal
 
 
 def _release_connection(session: Session) -> None:
@@ -139,7 +158,8 @@ def _principal(
     return ANONYMOUS
 
 
-PrincipalDep = Annotated[Principal, Depends(authenticate)]
+# The caller, as ``API_GUARDS`` (which run first: router dependencies precede the route's) found it.
+PrincipalDep = Annotated[Principal, Depends(_current_principal)]
 
 
 def require_owned_job(session: Session, job_id: str, principal: Principal) -> Job:
@@ -150,20 +170,10 @@ def require_owned_job(session: Session, job_id: str, principal: Principal) -> Jo
     return job
 
 
-def _guard_job_access(request: Request, session: SessionDep, principal: PrincipalDep) -> None:
-    # The job lands in the session's identity map, so the route's own lookup costs no query.
-    job_id = request.path_params.get("job_id")
-    if job_id is not None:
-        try:
-            require_owned_job(session, str(job_id), principal)
-        finally:
-            _release_connection(session)
-
-
 # Include every /v1 router with ``dependencies=API_GUARDS, responses=GUARDED_RESPONSES``: the
 # second documents the 401 the first can answer, so the published schema stays true. (A route
 # with a {job_id} documents its 404 itself.)
-API_GUARDS: list[DependsParam] = [Depends(_guard_job_access)]
+API_GUARDS: list[DependsParam] = [Depends(_authorize)]
 GUARDED_RESPONSES: dict[int | str, dict[str, Any]] = problem_responses(401)
 
 
