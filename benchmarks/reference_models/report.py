@@ -115,13 +115,14 @@ def main() -> None:
             f"committed held-out texts and recomputes perplexity on {scope}:"
         )
         w("")
-        w("| model | domain | GPU ppl | CPU ppl | difference | tokens (GPU / CPU) |")
+        w("| model | domain | GPU ppl | CPU ppl | relative difference | tokens (GPU / CPU) |")
         w("|---|---|---|---|---|---|")
-        for name, entry in cpu["models"].items():
+        for name in [n for n in models if n in cpu["models"]]:
+            entry = cpu["models"][name]
             for domain, e in entry.items():
                 w(
                     f"| `{name}` | {domain} | {e['gpu_ppl']:.3f} | {e['ppl']:.3f} | "
-                    f"{e['relative_difference']:+.3%} | {e['gpu_tokens']} / {e['tokens']} |"
+                    f"{e['relative_difference']:+.1e} | {e['gpu_tokens']} / {e['tokens']} |"
                 )
         w("")
     w("## Data")
