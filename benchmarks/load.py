@@ -287,7 +287,9 @@ def main() -> int:
     )
     parser.add_argument("--write", type=Path, default=None, help="Markdown file to put the results in.")
     args = parser.parse_args()
-    command = shlex.join(["python", "benchmarks/load.py", *sys.argv[1:]])
+    python = Path(sys.executable)
+    shown = str(python.relative_to(ROOT)) if python.is_relative_to(ROOT) else "python"
+    command = shlex.join([shown, "benchmarks/load.py", *sys.argv[1:]])
 
     from search.demo import build_demo_model  # torch: only the load generator's own set-up needs it
 
