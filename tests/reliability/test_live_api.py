@@ -37,7 +37,7 @@ from tests.e2e.processes import PRUNESEARCH, Process, base_env, free_port, wait_
 
 pytestmark = pytest.mark.e2e
 
-MAX_EXAMPLES = 25
+MAX_EXAMPLES = 20
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
