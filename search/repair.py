@@ -155,7 +155,13 @@ def _adjust(
             continue
         attn = [i for i, layer in enumerate(layers) if _can_move(grid, layer, "attention", grow)]
         if not attn:
-            break
+            dropped = [i for i, layer in enumerate(layers) if not layer.heads and not layer.ffn_channels]
+            if not grow or not dropped:
+                break
+            # The proposal dropped more whole layers than the budget allows: revive the one it wanted most.
+            i = max(dropped, key=lambda j: (attention_wanted[j] + mlp_wanted[j], -j))
+            layers[i] = LayerArch(group, min(alignment, full), layers[i].sparsity)
+            continue
         i = max(attn, key=lambda j: (sign * (attention_wanted[j] - layers[j].heads / heads), -j))
         layers[i] = LayerArch(layers[i].heads + sign * group, layers[i].ffn_channels, layers[i].sparsity)
     raise BudgetInfeasible(
