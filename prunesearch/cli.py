@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -149,6 +150,8 @@ def _run_local(
     from search.loading import load_model
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar replaces per-trial log lines
+    # Heartbeats and stale-trial retry are "experimental" to Optuna; we rely on them on purpose.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     from search.study import make_storage, prepare, run_search
 
     if storage.startswith("sqlite:///"):
