@@ -5,7 +5,9 @@ Structured criteria score the input channels of the output projections (``o_proj
 ``down_proj`` and their equivalents), computed once per model and calibration set:
 - ``magnitude``: Σ_i |W_ij|;
 - ``wanda``: Σ_i |W_ij| · ‖X_j‖₂;
-- ``flap``: Var(X_j) · Σ_i W_ij² (FLAP's fluctuation; its bias compensation is not applied).
+- ``flap``: Var(X_j) · Σ_i W_ij² (FLAP's fluctuation; its bias compensation is not applied);
+- ``prunenet``: the PruneNet policy's logits, from the weights alone (``search.proxies.prunenet``):
+  FFN rows by the first FFN matrix, KV groups by the attention output projection's columns.
 Heads are ranked in whole KV groups so every selection exports as a valid GQA model.
 Unstructured sparsity removes, in every row of a kept matrix, the weights with the lowest
 |W_ij| (``magnitude``) or |W_ij| · ‖X_j‖₂ (``wanda``), among the columns the candidate keeps.
@@ -14,6 +16,7 @@ Unstructured sparsity removes, in every row of a kept matrix, the weights with t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -21,7 +24,10 @@ from search.adapters import Adapter, Block, Matrix
 from search.arch import ArchConfig, zeros_per_row
 from search.stats import ChannelStats, DenseStats
 
-CRITERIA = ("magnitude", "wanda", "flap")
+if TYPE_CHECKING:
+    from search.proxies.prunenet import SpectralPolicy
+
+CRITERIA = ("magnitude", "wanda", "flap", "prunenet")
 SPARSITY_CRITERIA = ("magnitude", "wanda")
 
 
@@ -66,10 +72,21 @@ class Selection:
         }
 
 
-@torch.no_grad()
-def compute_importance(adapter: Adapter, stats: DenseStats, criterion: str) -> Importance:
+def compute_importance(
+    adapter: Adapter, stats: DenseStats, criterion: str, *, policy: SpectralPolicy | None = None
+) -> Importance:
+    """``policy``: the trained PruneNet policy for ``prunenet`` (trained here with seed 0 if absent)."""
     if criterion not in CRITERIA:
         raise ValueError(f"unknown selection criterion {criterion!r}; available: {', '.join(CRITERIA)}")
+    if criterion == "prunenet":
+        from search.proxies.prunenet import train_policy
+
+        return (policy if policy is not None else train_policy(adapter)).importance(adapter)
+    return _statistics_importance(adapter, stats, criterion)
+
+
+@torch.no_grad()
+def _statistics_importance(adapter: Adapter, stats: DenseStats, criterion: str) -> Importance:
     shape = adapter.shape
     attention_name, mlp_name = adapter.output_names
     groups, channels = [], []

@@ -18,7 +18,11 @@ from search.errors import BudgetInfeasible, InvalidJobSpec
 from search.repair import DEFAULT_TOLERANCE as REPAIR_TOLERANCE
 
 # Proxy names are listed here (torch-free) and resolved to classes in ``search.proxies``.
-PROXY_NAMES: tuple[str, ...] = ("tracenas",)
+# ``proxy`` is one name, or a list of member names whose ranks are aggregated (an ensemble);
+# "ensemble" alone means DEFAULT_ENSEMBLE.
+MEMBER_PROXY_NAMES: tuple[str, ...] = ("tracenas", "prunenet", "metanet")
+PROXY_NAMES: tuple[str, ...] = (*MEMBER_PROXY_NAMES, "ensemble")
+DEFAULT_ENSEMBLE: tuple[str, ...] = ("prunenet", "tracenas")
 SAMPLER_NAMES: tuple[str, ...] = ("tpe", "random", "nsga2", "cmaes")
 OBJECTIVE_NAMES: tuple[str, ...] = ("score", "params")
 MAX_TRIALS_HARD_LIMIT = 100_000
@@ -103,7 +107,11 @@ class SearchSpace(_Strict):
         description="'per_layer': a keep fraction per sub-block; 'compact': a few global shape parameters "
         "(slope over depth, attention/MLP balance, layers dropped by Block Influence, global sparsity).",
     )
-    selection: Literal["wanda", "magnitude", "flap"] = "wanda"
+    selection: Literal["wanda", "magnitude", "flap", "prunenet"] = Field(
+        default="wanda",
+        description="Which heads and FFN channels a candidate keeps: Wanda |W|·‖X‖, magnitude, FLAP fluctuation, "
+        "or the PruneNet policy trained on the weights alone (calibration-free).",
+    )
     sparsity_selection: Literal["wanda", "magnitude"] = "wanda"
     ffn_alignment: Annotated[int, Field(ge=1, le=4096, description="FFN channels are kept in multiples of this.")] = 32
 
@@ -115,12 +123,25 @@ class JobSpec(_Strict):
     revision: Annotated[str | None, Field(max_length=256)] = None
     target: Target
     n_trials: Annotated[int, Field(ge=1, le=MAX_TRIALS_HARD_LIMIT)] = 100
-    proxy: str = "tracenas"
+    proxy: str | list[str] = Field(
+        default="tracenas",
+        description="A proxy name (tracenas, prunenet, metanet, ensemble), or a list of them whose ranks are "
+        "aggregated, cheap ones prefiltering expensive ones.",
+    )
     sampler: str = "tpe"
     seed: Annotated[int | None, Field(ge=0, le=2**32 - 1)] = None
     calibration: Calibration = Calibration()
     search_space: SearchSpace = SearchSpace()
     verify_top_k: Annotated[int, Field(ge=0, le=100)] = 5
+    audit_size: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=512,
+            description="Candidates verified cheaply, stratified over proxy quantiles, for the proxy trust report "
+            "(and the meta-network's training data); 0 disables the audit.",
+        ),
+    ] = 24
     objectives: list[str] = Field(
         default_factory=lambda: ["score"],
         description="['score'] keeps the budget as a constraint; ['score', 'params'] searches the Pareto front "
@@ -151,10 +172,31 @@ class JobSpec(_Strict):
 
     @field_validator("proxy")
     @classmethod
-    def _known_proxy(cls, value: str) -> str:
-        if value not in PROXY_NAMES:
-            raise ValueError(f"unknown proxy {value!r}; available: {', '.join(PROXY_NAMES)}")
-        return value
+    def _known_proxy(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, str):
+            if value not in PROXY_NAMES:
+                raise ValueError(f"unknown proxy {value!r}; available: {', '.join(PROXY_NAMES)}")
+            return value
+        if not value:
+            raise ValueError("a proxy list needs at least one name")
+        unknown = [name for name in value if name not in MEMBER_PROXY_NAMES]
+        if unknown:
+            raise ValueError(f"unknown proxies {unknown} in the list; a list combines {', '.join(MEMBER_PROXY_NAMES)}")
+        if len(set(value)) != len(value):
+            raise ValueError("a proxy list names each proxy once")
+        return value[0] if len(value) == 1 else value
+
+    @property
+    def proxy_members(self) -> tuple[str, ...]:
+        """The single proxies this job's proxy consists of."""
+        if isinstance(self.proxy, list):
+            return tuple(self.proxy)
+        return DEFAULT_ENSEMBLE if self.proxy == "ensemble" else (self.proxy,)
+
+    @property
+    def proxy_label(self) -> str:
+        """The name the job's score is recorded under: the proxy's, or "ensemble" for a list."""
+        return self.proxy if isinstance(self.proxy, str) else "ensemble"
 
     @field_validator("sampler")
     @classmethod

@@ -28,16 +28,19 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.adapters import Block
 from search.arch import ArchConfig, ModelShape
+from search.audit import prime, trust_audit, verify_finalists
 from search.calibration import TokenSet, build_token_set
 from search.errors import ProxyError, SearchError
+from search.ladder import Verifier
 from search.loading import LoadedModel
-from search.proxies import Proxy, create_proxy
+from search.proxies import MetaNetStore, Proxy, create_proxy
+from search.proxies.prunenet import cached_policy
 from search.repair import DEFAULT_TOLERANCE, Proposal, repair
 from search.selection import Importance, Selection, SparsityScorer, compute_importance, select_units
 from search.space import LayerSignals, Space
 from search.spec import JobSpec
 from search.stats import DenseStats, collect_stats
-from search.verify import Verification, verify
+from search.verify import Verification
 
 TrialCallback = Callable[[optuna.Study, FrozenTrial], None]
 
@@ -117,6 +120,8 @@ class SearchResult:
     pareto: list[int] = field(default_factory=list)  # trial numbers of the non-dominated trials
     best: dict[str, Any] | None = None
     stopped: bool = False
+    ladder: list[dict[str, Any]] = field(default_factory=list)  # verification rungs (search.ladder)
+    trust: dict[str, Any] | None = None  # the proxy trust report (search.trust)
 
 
 def prepare(
@@ -134,16 +139,22 @@ def prepare(
     stats: DenseStats = cache[stats_key]
     criterion = spec.search_space.selection
     importance_key = ("importance", tokens.digest, criterion)
+    seed = spec.seed or 0
+    if criterion == "prunenet":  # the policy depends on the weights and the seed only
+        importance_key = ("importance", "prunenet", seed)
     if importance_key not in cache:
-        cache[importance_key] = compute_importance(adapter, stats, criterion)
+        policy = cached_policy(adapter, cache, seed) if criterion == "prunenet" else None
+        cache[importance_key] = compute_importance(adapter, stats, criterion, policy=policy)
     importance: Importance = cache[importance_key]
     signals_key = ("signals", tokens.digest)
     if signals_key not in cache:
         cache[signals_key] = _layer_signals(loaded, stats, cache.get(("importance", tokens.digest, "wanda")))
-    seed = spec.seed or 0
-    proxy_key = ("proxy", spec.proxy, tokens.digest, seed)
+    proxy_name = spec.proxy if isinstance(spec.proxy, str) else tuple(spec.proxy)
+    proxy_key = ("proxy", proxy_name, tokens.digest, seed)
     if proxy_key not in cache:
-        cache[proxy_key] = create_proxy(spec.proxy, adapter, tokens, seed=seed, batch_size=batch_size)
+        cache[proxy_key] = create_proxy(
+            proxy_name, adapter, tokens, seed=seed, batch_size=batch_size, stats=stats, cache=cache
+        )
     space = Space(adapter.shape, spec.search_space, cache[signals_key])
     return SearchContext(
         loaded, spec, tokens, stats, importance, space, cache[proxy_key], time.perf_counter() - started
@@ -184,7 +195,9 @@ def run_search(
     callbacks: Sequence[TrialCallback] = (),
     should_stop: Callable[[], bool] | None = None,
     on_verify: Callable[[int, int], None] | None = None,
+    metanet_store: MetaNetStore | None = None,
 ) -> SearchResult:
+    """``metanet_store`` keeps the meta-network's training data across jobs (audited candidates)."""
     spec = context.spec
     shape = context.shape
     dense_params = shape.dense_params()
@@ -200,7 +213,7 @@ def run_search(
     if not study.trials:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([spec.proxy, "param_ratio"] if multi else [spec.proxy])
+            study.set_metric_names([spec.proxy_label, "param_ratio"] if multi else [spec.proxy_label])
         study.set_user_attr("spec", spec.model_dump(mode="json"))
         study.set_user_attr("dense_params", dense_params)
         study.set_user_attr("calibration_digest", context.tokens.digest)
@@ -240,6 +253,15 @@ def run_search(
             stopped = True
             study.stop()
 
+    verifier = Verifier(context.loaded.adapter, context.tokens)
+    proxy_state = study.user_attrs.get("proxy_prime")
+    if remaining > 0 and not stopped:
+        # Ensembles rank against a reference population; the meta-network trains (search.audit).
+        primed = prime(context, verifier, store=metanet_store, job=study_name, previous=proxy_state)
+        if primed is not None:
+            if proxy_state is None:
+                study.set_user_attr("proxy_prime", primed)
+            proxy_state = primed
     if remaining > 0 and not stopped:
         # Failed trials (a non-finite score) do not count towards n_trials, but are bounded.
         study.optimize(
@@ -262,15 +284,20 @@ def run_search(
     if spec.verify_top_k and not stopped:
         # The baselines are verified beside the proxy's favourites, so the report compares them
         # and the reported best is never worse than a baseline on the verified metric.
+        # Finalists climb a successive-halving ladder of held-out prefixes; the baselines are
+        # verified on every rung (search.ladder).
         seeds = [t for t in pool if t.origin.startswith("seed:")]
-        finalists = _finalists(pool, spec.verify_top_k)
-        finalists += [t for t in seeds if t.number not in {f.number for f in finalists}]
-        selections = [context.selection(ArchConfig.from_dict(t.arch)) for t in finalists]  # type: ignore[arg-type]
-        dense, checks = verify(context.loaded.adapter, context.tokens, selections, on_batch=on_verify)
-        result.dense = dense
-        result.verified = {t.number: check for t, check in zip(finalists, checks, strict=True)}
-        winner = min(finalists, key=lambda t: result.verified[t.number].value)
+        finalists = [t for t in _finalists(pool, spec.verify_top_k) if not t.origin.startswith("seed:")]
+        ladder = verify_finalists(context, verifier, finalists, seeds, on_verify=on_verify)
+        result.dense, result.verified, result.ladder = ladder.dense, dict(ladder.final), ladder.rungs
+        winner = min(
+            (t for t in pool if t.number in result.verified), key=lambda t: (result.verified[t.number].value, t.number)
+        )
         result.best = best_entry(winner, verified=result.verified[winner.number])
+    if not stopped:
+        result.trust = trust_audit(
+            context, verifier, complete, store=metanet_store, job=study_name, proxy_state=proxy_state
+        )
     return result
 
 

@@ -65,12 +65,16 @@ def report(job_id: str, context: SearchContext, result: SearchResult, *, setting
                 | check.to_dict()
                 for number, check in sorted(result.verified.items(), key=lambda item: item[1].value)
             ],
+            "ladder": result.ladder,  # successive halving: per rung, held-out sequences, figures, survivors
         }
     export = None
     if result.best is not None:
         target = job_artifacts_dir(settings.artifacts_dir, job_id) / BEST
         export = write_export(context, result.best["arch"], target, _provenance(context, result.best))
-    return {"verification": verification, "export": export, "pareto": result.pareto}
+    # Proxy trust (issue 4): rank correlation of every proxy used with the verified metric on a
+    # stratified audit sample, biases towards size and depth, and a flag when the job's proxy is poor.
+    trust = result.trust
+    return {"verification": verification, "export": export, "pareto": result.pareto, "trust": trust}
 
 
 def export_trial(

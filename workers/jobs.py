@@ -74,6 +74,7 @@ def run_job(job_id: str, *, settings: Settings, sessions: sessionmaker[Session],
 def _search(
     job_id: str, spec_data: dict[str, Any], *, settings: Settings, sessions: sessionmaker[Session], models: ModelCache
 ) -> tuple[JobStatus, dict[str, Any] | None]:
+    from search.proxies import MetaNetStore
     from search.spec import JobSpec
     from search.study import make_storage, prepare, run_search
 
@@ -100,6 +101,8 @@ def _search(
         storage=storage,
         callbacks=[recorder],
         should_stop=cancel_requested,
+        # The meta-network proxy learns from every job's audited candidates, kept with the service's data.
+        metanet_store=MetaNetStore(settings.data_dir / "metanet"),
     )
     with session_scope(sessions) as session:
         # Trials finished by an earlier attempt of this job are in the study; make sure they are here too.

@@ -24,7 +24,7 @@ from search.adapters import Adapter, Batch, Block
 from search.calibration import TokenSet
 from search.errors import ProxyError
 from search.masking import apply_arch
-from search.proxies.base import ProxyScore
+from search.proxies.base import COST_BACKWARD, ProxyScore
 from search.selection import Selection
 
 Sketches = dict[Block, dict[str, torch.Tensor]]
@@ -32,6 +32,7 @@ Sketches = dict[Block, dict[str, torch.Tensor]]
 
 class TraceNAS:
     name = "tracenas"
+    cost = COST_BACKWARD
 
     def __init__(
         self, adapter: Adapter, tokens: TokenSet, *, rank: int = 32, seed: int = 0, batch_size: int = 8
@@ -41,16 +42,14 @@ class TraceNAS:
         self.rank = rank
         self._projections: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
         self._seed = seed
+        self._memo: tuple[Selection, dict[Block, float]] | None = None  # the last candidate's terms
         # Encoders distil towards the dense model's embeddings; decoders need no reference.
         self._references = [None if adapter.shape.causal else _dense_output(adapter, b) for b in self.batches]
         self._dense = self._sketch(None)
 
     def score(self, selection: Selection) -> ProxyScore:
         timings: dict[str, float] = {}
-        candidate = self._sketch(selection, timings)
-        started = time.perf_counter()
-        terms = [_pearson(_flat(candidate[block]), _flat(self._dense[block])) for block in candidate]
-        timings["correlation_s"] = time.perf_counter() - started
+        terms = list(self._terms(selection, timings).values())
         if not terms:
             raise ProxyError("the candidate keeps no sub-block")
         total = float(sum(terms))
@@ -58,6 +57,20 @@ class TraceNAS:
         if not torch.isfinite(torch.tensor(mean)):
             raise ProxyError("TraceNAS correlation is not finite (a constant gradient sketch?)")
         return ProxyScore(mean, {"tracenas_sum": total, "tracenas_blocks": float(len(terms))}, timings)
+
+    def block_terms(self, selection: Selection) -> dict[Block, float]:
+        """ρ_b of every kept sub-block (the meta-network's features); shares the work with ``score``."""
+        return dict(self._terms(selection, {}))
+
+    def _terms(self, selection: Selection, timings: dict[str, float]) -> dict[Block, float]:
+        if self._memo is not None and self._memo[0] is selection:
+            return self._memo[1]
+        candidate = self._sketch(selection, timings)
+        started = time.perf_counter()
+        terms = {block: _pearson(_flat(candidate[block]), _flat(self._dense[block])) for block in candidate}
+        timings["correlation_s"] = time.perf_counter() - started
+        self._memo = (selection, terms)
+        return terms
 
     def _projection(self, width: int, like: torch.Tensor) -> torch.Tensor:
         key = (width, like.device, like.dtype)

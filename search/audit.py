@@ -1,0 +1,223 @@
+"""What a job verifies beside its search: the proxy's reference population, the finalists' ladder,
+and the trust audit (with the meta-network's training records).
+
+``run_search`` calls these in order:
+1. ``prime`` (before the first trial, for proxies that need it): a seeded population of random
+   candidates at the job's budget primes the ensemble's ranks, and is audited for the
+   meta-network's training data when the proxy is ``metanet``;
+2. ``verify_finalists``: successive halving over held-out prefixes (``search.ladder``);
+3. ``trust_audit``: a sample stratified over the proxy's quantiles, verified cheaply on the first
+   held-out sequences, each used proxy's correlation with it (``search.trust``); the audited
+   candidates' features and metrics go to the meta-network's store, when there is one.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from search.arch import ArchConfig
+from search.errors import BudgetInfeasible, ProxyError
+from search.ladder import LadderResult, Verifier, audit, min_sequences, successive_halving
+from search.proxies import Priming, feature_builder, members
+from search.proxies.metanet import MetaNet, MetaNetStore, make_record
+from search.repair import Proposal
+from search.selection import Selection
+from search.trust import stratified_sample, trust_report
+
+if TYPE_CHECKING:
+    from search.study import SearchContext, TrialInfo
+
+REFERENCE_SIZE = 16  # candidates in the population that primes ensembles and the meta-network
+
+
+def audit_sequences(verifier: Verifier) -> int:
+    """The cheap fidelity: a quarter of the held-out sequences (at least what a figure needs)."""
+    return min(verifier.available, max(min_sequences(verifier.adapter), verifier.available // 4))
+
+
+def population(context: SearchContext, size: int = REFERENCE_SIZE, *, seed: int = 0) -> list[Selection]:
+    """Distinct random candidates at the job's budget(s), repaired like trials are."""
+    rng = random.Random(seed * 7_919 + 17)
+    shape, space = context.shape, context.spec.search_space
+    low, high = context.ratio_range()
+    layers = shape.num_layers
+    chosen: dict[str, Selection] = {}
+    for _ in range(size * 8):
+        if len(chosen) >= size:
+            break
+        if space.parameterization == "compact":
+            proposal = context.space.compact_proposal(
+                rng.uniform(-1, 1),
+                rng.uniform(-1, 1),
+                rng.randint(0, layers // 2) if space.depth != "none" else 0,
+                rng.randint(0, layers // 2) if space.depth == "sublayer" else 0,
+                rng.uniform(0, space.sparsity) if space.sparsity > 0 else 0.0,
+            )
+        else:
+
+            def fraction() -> float:
+                draw = rng.random()
+                return 0.0 if draw < 0.12 else 1.0 if draw < 0.24 else rng.random()
+
+            sparsity = tuple(rng.uniform(0, space.sparsity) for _ in range(layers)) if space.sparsity > 0 else ()
+            proposal = Proposal(
+                tuple(fraction() for _ in range(layers)), tuple(fraction() for _ in range(layers)), sparsity
+            )
+        try:
+            selection = context.candidate(proposal, rng.uniform(low, high) if low < high else high)
+        except BudgetInfeasible:
+            continue
+        chosen.setdefault(selection.arch.to_json(), selection)
+    return list(chosen.values())
+
+
+def prime(
+    context: SearchContext,
+    verifier: Verifier,
+    *,
+    store: MetaNetStore | None,
+    job: str,
+    previous: dict[str, Any] | None,
+) -> dict[str, Any] | None:
+    """Prime the job's proxy if it needs it; returns its state for the report (None if it does not)."""
+    proxy = context.proxy
+    if not hasattr(proxy, "prime"):
+        return None
+    sequences = audit_sequences(verifier)
+
+    def verify(selections: Sequence[Selection]) -> list[float]:
+        keys = {("prime", i): s for i, s in enumerate(selections)}
+        figures = audit(verifier, keys, sequences)
+        return [figures[key].value for key in keys]
+
+    priming = Priming(
+        population(context, seed=context.spec.seed or 0),
+        audit=verify,
+        store=store,
+        job=job,
+        model=context.spec.model,
+        previous=previous,
+    )
+    return proxy.prime(priming)
+
+
+def verify_finalists(
+    context: SearchContext,
+    verifier: Verifier,
+    finalists: Sequence[TrialInfo],
+    baselines: Sequence[TrialInfo],
+    *,
+    on_verify: Callable[[int, int], None] | None = None,
+) -> LadderResult:
+    def selection(trial: TrialInfo) -> Selection:
+        return context.selection(ArchConfig.from_dict(trial.arch))  # type: ignore[arg-type]
+
+    return successive_halving(
+        verifier,
+        [(t.number, selection(t)) for t in finalists],
+        [(t.number, selection(t)) for t in baselines],
+        on_batch=on_verify,
+    )
+
+
+def trust_audit(
+    context: SearchContext,
+    verifier: Verifier,
+    complete: Sequence[TrialInfo],
+    *,
+    store: MetaNetStore | None,
+    job: str,
+    proxy_state: dict[str, Any] | None,
+) -> dict[str, Any] | None:
+    """The report's ``trust`` section; appends the audited candidates to ``store``."""
+    spec = context.spec
+    label = context.proxy.name
+    distinct: dict[str, TrialInfo] = {}
+    for trial in sorted(complete, key=lambda t: t.number):
+        if trial.arch is not None and trial.value is not None:
+            distinct.setdefault(ArchConfig.from_dict(trial.arch).to_json(), trial)
+    if spec.audit_size == 0 or len(distinct) < 3:
+        return None
+    trials = {t.number: t for t in distinct.values()}
+    numbers = stratified_sample([(t.number, t.value) for t in trials.values()], spec.audit_size, seed=spec.seed or 0)
+    selections = {n: context.selection(ArchConfig.from_dict(trials[n].arch)) for n in numbers}  # type: ignore[arg-type]
+    sequences = audit_sequences(verifier)
+    figures = audit(verifier, selections, sequences)
+
+    views: dict[str, list[float | None]] = {label: [trials[n].value for n in numbers]}
+    composite = [p for p in members(context.proxy) if getattr(p, "members", None)]
+    for proxy in composite:  # e.g. the fallback ensemble of a meta-network without data
+        views[proxy.name] = [trials[n].scores.get(proxy.name) for n in numbers]
+    consulted = [p for p in members(context.proxy) if not getattr(p, "members", None) and getattr(p, "ready", True)]
+    for proxy in consulted:
+        for view in _views(proxy.name):
+            views.setdefault(view, [])
+        for n in numbers:
+            recorded = trials[n].scores
+            if all(view in recorded for view in _views(proxy.name)):
+                scored = {view: recorded[view] for view in _views(proxy.name)}
+            else:
+                try:
+                    result = proxy.score(selections[n])
+                    scored = {proxy.name: result.value, **result.extras}
+                except ProxyError:
+                    scored = {}
+            for view in _views(proxy.name):
+                views[view].append(scored.get(view))
+    if label in ("tracenas", "prunenet"):
+        for view in _views(label)[1:]:
+            views[view] = [trials[n].scores.get(view) for n in numbers]
+    archs = [ArchConfig.from_dict(trials[n].arch) for n in numbers]  # type: ignore[arg-type]
+    metric = figures[numbers[0]].primary
+    report = trust_report(
+        views,
+        [figures[n].value for n in numbers],
+        params=[float(trials[n].param_count or 0) for n in numbers],
+        depth=[float(sum(layer.attention_kept + layer.mlp_kept for layer in a.layers)) for a in archs],
+        objective=label,
+        metric=metric,
+        seed=spec.seed or 0,
+    )
+    report["audit"] = {
+        "size": len(numbers),
+        "sequences": sequences,
+        "tokens": figures[numbers[0]].tokens,
+        "stratified_by": label,
+        "trials": numbers,
+        "verified": {str(n): figures[n].value for n in numbers},
+    }
+    if proxy_state is not None:
+        report["proxy_state"] = proxy_state
+    if store is not None:
+        _store_records(context, store, job, [(selections[n], figures[n].value) for n in numbers], metric)
+        report["audit"]["stored"] = True
+    return report
+
+
+def _views(name: str) -> list[str]:
+    """The figures of a proxy the trust report correlates (its score first)."""
+    return {
+        "tracenas": ["tracenas", "tracenas_sum"],
+        "prunenet": ["prunenet", "prunenet_mlp", "prunenet_attention"],
+    }.get(name, [name])
+
+
+def _store_records(
+    context: SearchContext,
+    store: MetaNetStore,
+    job: str,
+    audited: list[tuple[Selection, float]],
+    metric: str,
+) -> None:
+    loaded = context.loaded
+    builder = feature_builder(
+        loaded.adapter, context.tokens, seed=context.spec.seed or 0, stats=context.stats, cache=loaded.cache
+    )
+    records = [make_record(builder, s, m, metric_name=metric, job=job, model=context.spec.model) for s, m in audited]
+    primed = [p for p in [context.proxy, *members(context.proxy)] if isinstance(p, MetaNet)]
+    for metanet in primed:
+        records += metanet.pending
+        metanet.pending = []
+    store.add(records)

@@ -1,0 +1,203 @@
+"""How far a job can trust its proxies: rank correlation with the verified metric on an audit sample.
+
+Pure Python (no torch, no numpy): the statistics run wherever a report is built.
+
+- The **audit sample** is stratified over the quantiles of the job's proxy score: the distinct
+  candidates are sorted by score and cut into ``k`` equal strata, one candidate drawn (seeded) per
+  stratum, so good, middling and bad candidates are all verified, not only the proxy's favourites
+  (whose narrow score range would understate any proxy's correlation).
+- **Agreement** of a proxy (higher = better) with the verified metric (lower = better) is reported
+  with the sign that makes +1 perfect: Spearman's ρ and Kendall's τ-b between the proxy score and
+  minus the metric, each with a percentile bootstrap confidence interval (resampling candidates).
+- **Bias**: each proxy's Spearman correlation with the candidate's parameter count and with its
+  depth (kept sub-blocks). TraceNAS's sum over sub-blocks correlates with depth by construction;
+  ``tracenas_sum`` and the mean ``tracenas`` are reported separately to show it.
+- A job is **flagged** when the proxy it optimised has ρ below ``threshold`` (default 0.3), or when
+  the upper end of ρ's interval is below it as well (its correlation is poor beyond doubt).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any
+
+Statistic = Callable[[Sequence[float], Sequence[float]], float | None]
+
+DEFAULT_THRESHOLD = 0.3
+BOOTSTRAP_SAMPLES = 1000
+
+
+def ranks(values: Sequence[float]) -> list[float]:
+    """Average ranks from 0 (ties share the mean of their positions), as scipy's rankdata − 1."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    result = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            result[order[k]] = (i + j) / 2
+        i = j + 1
+    return result
+
+
+def pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
+    n = len(x)
+    if n < 3:
+        return None
+    mx, my = sum(x) / n, sum(y) / n
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True))
+    sxx = sum((a - mx) ** 2 for a in x)
+    syy = sum((b - my) ** 2 for b in y)
+    if sxx <= 0 or syy <= 0:
+        return None  # a constant: no correlation is defined
+    return max(-1.0, min(1.0, sxy / math.sqrt(sxx * syy)))
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
+    return pearson(ranks(x), ranks(y))
+
+
+def kendall(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Kendall's τ-b (tie-corrected), O(n²)."""
+    n = len(x)
+    if n < 3:
+        return None
+    concordant = discordant = ties_x = ties_y = 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            dx, dy = x[i] - x[j], y[i] - y[j]
+            if dx == 0 and dy == 0:
+                continue
+            if dx == 0:
+                ties_x += 1
+            elif dy == 0:
+                ties_y += 1
+            elif (dx > 0) == (dy > 0):
+                concordant += 1
+            else:
+                discordant += 1
+    denominator = math.sqrt((concordant + discordant + ties_x) * (concordant + discordant + ties_y))
+    return (concordant - discordant) / denominator if denominator > 0 else None
+
+
+def bootstrap_interval(
+    x: Sequence[float],
+    y: Sequence[float],
+    statistic: Statistic,
+    *,
+    samples: int = BOOTSTRAP_SAMPLES,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of ``statistic`` over resampled (x, y) pairs."""
+    n = len(x)
+    if n < 3:
+        return None
+    rng = random.Random(seed)
+    values = []
+    for _ in range(samples):
+        picks = [rng.randrange(n) for _ in range(n)]
+        value = statistic([x[i] for i in picks], [y[i] for i in picks])
+        if value is not None:
+            values.append(value)
+    if len(values) < samples // 2:
+        return None
+    values.sort()
+    tail = (1 - level) / 2
+    return values[int(tail * (len(values) - 1))], values[math.ceil((1 - tail) * (len(values) - 1))]
+
+
+def stratified_sample(items: Sequence[tuple[Hashable, float]], k: int, *, seed: int = 0) -> list[Hashable]:
+    """Keys of ``k`` items, one per equal-count stratum of their values (all items when ``k ≥ n``)."""
+    ordered = sorted(items, key=lambda item: (item[1], str(item[0])))
+    if k >= len(ordered):
+        return [key for key, _ in ordered]
+    if k <= 0:
+        return []
+    rng = random.Random(seed)
+    chosen = []
+    for stratum in range(k):
+        lo = stratum * len(ordered) // k
+        hi = (stratum + 1) * len(ordered) // k
+        chosen.append(ordered[rng.randrange(lo, hi)][0])
+    return chosen
+
+
+def correlations(
+    proxy: Sequence[float], target: Sequence[float], *, seed: int = 0, samples: int = BOOTSTRAP_SAMPLES
+) -> dict[str, Any]:
+    """ρ and τ of ``proxy`` with ``target`` (both as given), with bootstrap intervals."""
+    return {
+        "spearman": _round(spearman(proxy, target)),
+        "spearman_ci": _round_pair(bootstrap_interval(proxy, target, spearman, seed=seed, samples=samples)),
+        "kendall": _round(kendall(proxy, target)),
+        "kendall_ci": _round_pair(bootstrap_interval(proxy, target, kendall, seed=seed + 1, samples=samples)),
+        "n": len(proxy),
+    }
+
+
+def trust_report(
+    scores: dict[str, Sequence[float | None]],
+    verified: Sequence[float],
+    *,
+    params: Sequence[float],
+    depth: Sequence[float],
+    objective: str,
+    metric: str,
+    threshold: float = DEFAULT_THRESHOLD,
+    seed: int = 0,
+    samples: int = BOOTSTRAP_SAMPLES,
+) -> dict[str, Any]:
+    """The report's ``trust`` section for an audit sample.
+
+    ``scores[name][i]`` is proxy ``name``'s score of audited candidate i (None where it has none);
+    ``verified[i]`` its verified metric (lower is better).
+    """
+    proxies: dict[str, Any] = {}
+    for name, values in scores.items():
+        pairs = [(v, -t, p, d) for v, t, p, d in zip(values, verified, params, depth, strict=True) if _finite(v)]
+        x = [p[0] for p in pairs]
+        entry = correlations(x, [p[1] for p in pairs], seed=seed, samples=samples)
+        entry["params_spearman"] = _round(spearman(x, [p[2] for p in pairs]))
+        entry["depth_spearman"] = _round(spearman(x, [p[3] for p in pairs]))
+        rho = entry["spearman"]
+        entry["poor"] = rho is None or rho < threshold
+        proxies[name] = entry
+    flags = []
+    main = proxies.get(objective)
+    if main is None or main["spearman"] is None:
+        flags.append(f"the job's proxy {objective!r} could not be checked against the verified {metric}")
+    elif main["spearman"] < threshold:
+        interval = main["spearman_ci"]
+        certain = interval is not None and interval[1] < threshold
+        flags.append(
+            f"the job's proxy {objective!r} ranks candidates poorly against the verified {metric}: "
+            f"Spearman {main['spearman']:.2f} < {threshold}"
+            + (" (the whole 95% interval is below)" if certain else "")
+            + "; prefer the verified figures, a larger audit, or another proxy"
+        )
+    return {
+        "metric": metric,
+        "sign": f"+1 = the proxy orders candidates exactly as minus the verified {metric} does",
+        "objective": objective,
+        "threshold": threshold,
+        "proxies": proxies,
+        "flagged": bool(flags),
+        "flags": flags,
+    }
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def _round_pair(pair: tuple[float, float] | None) -> list[float] | None:
+    return None if pair is None else [round(pair[0], 4), round(pair[1], 4)]

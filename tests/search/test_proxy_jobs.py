@@ -1,0 +1,99 @@
+"""Jobs with the new proxies end to end (tiny model): the ensemble's prefilter, the trust report,
+the verification ladder, the meta-network's store, its fallback without data, and PruneNet as a
+selection criterion."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from search.loading import LoadedModel
+from search.proxies import MetaNetStore
+from search.spec import JobSpec
+from search.study import prepare, run_search
+
+
+def _spec(model: Path, **overrides: object) -> JobSpec:
+    fields: dict[str, object] = dict(
+        model=str(model),
+        target={"param_ratio": 0.6},
+        n_trials=10,
+        seed=4,
+        verify_top_k=4,
+        audit_size=10,
+        calibration={"n_samples": 4, "seq_len": 64, "heldout_samples": 8},
+        search_space={"ffn_alignment": 8},
+    )
+    return JobSpec(**(fields | overrides))
+
+
+def test_ensemble_job_reports_trust_ladder_and_feeds_the_metanet_store(
+    tiny_loaded: LoadedModel, tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    store = MetaNetStore(tmp_path / "metanet")
+    spec = _spec(tiny_llama_dir, proxy=["tracenas", "prunenet"])
+    result = run_search(prepare(tiny_loaded, spec), study_name="ensemble-job", metanet_store=store)
+    complete = [t for t in result.trials if t.state == "complete"]
+    assert len(complete) == 10 and all(t.scores["ensemble"] == t.value for t in complete)
+    assert all("prunenet" in t.scores and "ensemble_gated" in t.scores for t in complete)
+    gated = [t for t in complete if t.scores["ensemble_gated"] == 1.0]
+    assert all("tracenas" not in t.scores for t in gated)  # the prefilter skipped the backward pass
+
+    trust = result.trust
+    assert trust is not None and trust["objective"] == "ensemble" and trust["metric"] == "kl"
+    assert {"ensemble", "prunenet", "tracenas", "tracenas_sum"} <= set(trust["proxies"])
+    assert trust["audit"]["size"] == 10 and trust["audit"]["stratified_by"] == "ensemble"
+    for entry in trust["proxies"].values():
+        assert entry["n"] == 10 and {"spearman_ci", "kendall", "depth_spearman", "params_spearman"} <= set(entry)
+    assert trust["proxy_state"]["members"] == ["prunenet", "tracenas"]
+
+    assert result.ladder and result.ladder[-1]["sequences"] == 8
+    assert [r["sequences"] for r in result.ladder] == sorted(r["sequences"] for r in result.ladder)
+    seeds = {t.number for t in result.trials if t.origin.startswith("seed:")}
+    assert seeds <= set(result.verified)
+    assert result.best is not None and result.best["verified"]["kl"] == min(v.value for v in result.verified.values())
+
+    records = store.records("llama")
+    assert len(records) == 10 and {r["job"] for r in records} == {"ensemble-job"}
+    assert len(records[0]["features"]) == 8 and records[0]["metric"] == "kl"
+
+
+def test_metanet_says_it_has_no_data_then_learns_from_earlier_jobs(
+    tiny_loaded: LoadedModel, tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    store = MetaNetStore(tmp_path / "metanet")
+    first = run_search(
+        prepare(tiny_loaded, _spec(tiny_llama_dir, proxy="metanet", n_trials=6, verify_top_k=1)),
+        study_name="metanet-1",
+        metanet_store=store,
+    )
+    state = first.trust["proxy_state"]  # type: ignore[index]
+    assert state["ready"] is False and "not enough data" in state["note"]
+    scored = [t for t in first.trials if t.state == "complete"]
+    assert all(t.scores["metanet_ready"] == 0.0 and t.scores["ensemble"] == t.value for t in scored)
+    assert len(store.records("llama")) == 16 + first.trust["audit"]["size"]  # type: ignore[index]
+
+    second = run_search(
+        prepare(tiny_loaded, _spec(tiny_llama_dir, proxy="metanet", n_trials=6, verify_top_k=1, seed=9)),
+        study_name="metanet-2",
+        metanet_store=store,
+    )
+    state = second.trust["proxy_state"]  # type: ignore[index]
+    assert state["ready"] is True and state["jobs"] == 2 and state["parameters"] < 10_000
+    assert all(t.scores["metanet_ready"] == 1.0 for t in second.trials if t.state == "complete")
+    assert set(second.trust["proxies"]) == {"metanet"}  # type: ignore[index]
+
+
+def test_prunenet_policy_as_the_selection_criterion(tiny_loaded: LoadedModel, tiny_llama_dir: Path) -> None:
+    spec = _spec(
+        tiny_llama_dir,
+        proxy="prunenet",
+        n_trials=4,
+        verify_top_k=0,
+        audit_size=0,
+        search_space={"ffn_alignment": 8, "selection": "prunenet"},
+    )
+    context = prepare(tiny_loaded, spec)
+    expected = tiny_loaded.cache[("prunenet", "policy", 4)].importance(tiny_loaded.adapter)
+    assert all((a == b).all() for a, b in zip(context.importance.channels, expected.channels, strict=True))
+    result = run_search(context, study_name="prunenet-selection")
+    assert sum(t.state == "complete" for t in result.trials) == 4 and result.trust is None
