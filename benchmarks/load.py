@@ -232,11 +232,12 @@ def report(
         )
     failures = "\n".join(f"- {failure}" for failure in samples.failures[:20]) or "none"
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    busy = ": other work was using the cores too" if load_average > (os.cpu_count() or 1) else ""
     text = f"""## Load test: {args.pollers} concurrent pollers of a running job
 
 Measured {when} on this machine: {os.cpu_count()} CPU cores shared by the API, the worker (running
 trials the whole time), PostgreSQL, Redis and the load generator itself (load average
-{load_average:.1f} just before the run: other work was using the cores too); Python
+{load_average:.1f} just before the run{busy}); Python
 {platform.python_version()}, {platform.system()} {platform.release()}. One API process
 (`prunesearch api`, uvicorn, defaults), one worker, API key authentication on every request.
 
