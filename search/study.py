@@ -237,7 +237,11 @@ def run_search(
         trial.set_constraint("budget", violation)
         trial.storage.set_trial_system_attr(trial._trial_id, "constraints", [violation])
         realised = time.perf_counter()
-        score = context.proxy.score(selection)
+        try:
+            score = context.proxy.score(selection)
+        except ProxyError as error:
+            trial.set_user_attr("error", str(error))  # Optuna 5 keeps no failure reason of its own
+            raise
         scored = time.perf_counter()
         trial.set_user_attr("scores", {context.proxy.name: score.value, **score.extras})
         trial.set_user_attr("timings", {"realise_s": realised - started, "score_s": scored - realised, **score.timings})
@@ -327,8 +331,15 @@ def describe_trial(trial: FrozenTrial) -> TrialInfo:
         scores=dict(attrs.get("scores", {})),
         timings=dict(attrs.get("timings", {})),
         duration_s=duration,
-        error=str(trial.system_attrs.get("fail_reason")) if trial.state == TrialState.FAIL else None,
+        error=_failure(trial) if trial.state == TrialState.FAIL else None,
     )
+
+
+def _failure(trial: FrozenTrial) -> str:
+    if "error" in trial.user_attrs:  # set by the objective for a candidate its proxy could not score
+        return str(trial.user_attrs["error"])
+    # Any other failure ends the job; a failed trial in a running job lost its worker's heartbeat.
+    return "the worker running this trial stopped; its configuration is retried"
 
 
 def pareto_front(trials: Sequence[TrialInfo]) -> list[int]:

@@ -95,6 +95,7 @@ def test_a_job_that_cannot_load_its_model_and_one_whose_every_trial_fails_end_fa
     assert job["progress"]["trials_completed"] == 0 and job["progress"]["trials_failed"] >= 4
     failed = flow.all_trials(cluster.client, all_fail)
     assert failed and all(t["state"] == "failed" for t in failed), failed
+    assert all("not finite" in t["error"] for t in failed), [t["error"] for t in failed]  # the proxy's reason
     # The same worker process serves the next job.
     job = cluster.wait_for(good)
     assert job["status"] == "succeeded", job

@@ -63,3 +63,4 @@ def test_stop_between_trials_and_resume(tiny_loaded: LoadedModel, tiny_llama_dir
     resumed = run_search(context, study_name="resume", storage=storage)
     assert [t.number for t in resumed.trials] == list(range(6))
     assert not resumed.stopped and 1 <= len(resumed.verified) <= 3  # the best, plus the two seeds
+
