@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service import repository
 from service.db import session_scope
+from service.limits import check_local_paths
 from service.repository import TrialRecord
 from service.settings import Settings
 from service.states import JobStatus
@@ -46,6 +47,7 @@ def run_job(job_id: str, *, settings: Settings, sessions: sessionmaker[Session],
         claimed = repository.claim_job(session, job_id, worker=worker, stale_after_s=settings.job_stale_after_s)
         job = repository.get_job(session, job_id)
         spec_data = job.spec if job is not None else None
+        owner = job.owner if job is not None else None
     if not claimed or spec_data is None:
         # Unknown, cancelled while queued, finished, or alive on another worker: nothing to do.
         log.info("job %s not claimed (status %s)", job_id, job.status if job is not None else "missing")
@@ -56,7 +58,7 @@ def run_job(job_id: str, *, settings: Settings, sessions: sessionmaker[Session],
         try:
             # Recovery (issue 7): a dropped database connection resumes the search instead of failing it.
             status, best = runtime.resume_after_db_loss(
-                lambda: _search(job_id, spec_data, settings=settings, sessions=sessions, models=models),
+                lambda: _search(job_id, spec_data, owner, settings=settings, sessions=sessions, models=models),
                 settings=settings,
                 job_id=job_id,
             )
@@ -72,13 +74,22 @@ def run_job(job_id: str, *, settings: Settings, sessions: sessionmaker[Session],
 
 
 def _search(
-    job_id: str, spec_data: dict[str, Any], *, settings: Settings, sessions: sessionmaker[Session], models: ModelCache
+    job_id: str,
+    spec_data: dict[str, Any],
+    owner: str | None,
+    *,
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    models: ModelCache,
 ) -> tuple[JobStatus, dict[str, Any] | None]:
     from search.proxies import MetaNetStore
     from search.spec import JobSpec
     from search.study import make_storage, prepare, run_search
 
     spec = JobSpec.model_validate(spec_data)
+    # Checked again where the files are opened: a hub-style id can name a folder relative to the
+    # worker's working directory, which the API could not see.
+    check_local_paths(spec, settings, owner)
     loaded = models.get(spec.model, spec.revision, device=settings.device)
     context = prepare(loaded, spec)
     recorder = _TrialRecorder(sessions, job_id)
