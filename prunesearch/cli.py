@@ -37,7 +37,12 @@ def main() -> None:
 @click.option("--model", required=True, help="Local Hugging Face model directory (or hub id).")
 @click.option("--param-ratio", type=float, required=True, help="Fraction of the parameters to keep, in (0, 1].")
 @click.option("--trials", "n_trials", type=int, default=100, show_default=True)
-@click.option("--proxy", default="tracenas", show_default=True)
+@click.option(
+    "--proxy",
+    default="tracenas",
+    show_default=True,
+    help="tracenas, prunenet, metanet, ensemble, or a comma-separated list whose ranks are aggregated.",
+)
 @click.option("--sampler", default="tpe", show_default=True, help="tpe, random, nsga2 or cmaes.")
 @click.option("--seed", type=int, default=None)
 @click.option("--calibration", "calibration_source", default=None, help="Text file or directory of text files.")
@@ -95,7 +100,7 @@ def search(
             model=model,
             target={"param_ratio": param_ratio, "min_param_ratio": min_param_ratio},
             n_trials=n_trials,
-            proxy=proxy,
+            proxy=[name.strip() for name in proxy.split(",")] if "," in proxy else proxy,
             sampler=sampler,
             seed=seed,
             calibration={
@@ -182,7 +187,7 @@ def _run_local(
             if score is not None and score > best[0]:
                 best[0] = score
             progress.update(
-                trials, completed=min(spec.n_trials, _completed(_study)), best=f"best {spec.proxy}={best[0]:.4f}"
+                trials, completed=min(spec.n_trials, _completed(_study)), best=f"best {spec.proxy_label}={best[0]:.4f}"
             )
 
         def on_verify(done: int, total: int) -> None:
@@ -247,7 +252,7 @@ def _print_result(console: Console, spec: JobSpec, context: SearchContext, resul
         )
     if spec.multi_objective:
         front = Table(title=f"Pareto front ({len(result.pareto)} trials)")
-        for column in ("trial", "param ratio", spec.proxy):
+        for column in ("trial", "param ratio", spec.proxy_label):
             front.add_column(column, justify="right")
         by_number = {t.number: t for t in result.trials}
         for number in sorted(result.pareto, key=lambda n: by_number[n].param_ratio or 0.0):

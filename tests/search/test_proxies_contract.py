@@ -54,7 +54,7 @@ def candidates(context: SearchContext) -> dict[str, Selection]:
 def _make(name: Any, context: SearchContext, tokens: TokenSet, seed: int, store: MetaNetStore | None) -> Any:
     adapter = context.loaded.adapter
     # A fresh cache: nothing is shared between the instances a test compares.
-    proxy = create_proxy(name, adapter, tokens, seed=seed, batch_size=4, cache={}, min_records=6, metanet_epochs=60)
+    proxy = create_proxy(name, adapter, tokens, seed=seed, batch_size=4, cache={}, min_records=4, metanet_epochs=60)
     if hasattr(proxy, "prime"):
         verifier = Verifier(adapter, tokens)
 
@@ -62,7 +62,7 @@ def _make(name: Any, context: SearchContext, tokens: TokenSet, seed: int, store:
             figures = verifier.evaluate(dict(enumerate(selections)), 2)
             return [figures[i].value for i in range(len(selections))]
 
-        proxy.prime(Priming(population(context, 8, seed=seed), audit=audit, store=store, job="contract", model="t"))
+        proxy.prime(Priming(population(context, 6, seed=seed), audit=audit, store=store, job="contract", model="t"))
     return proxy
 
 
