@@ -46,7 +46,8 @@ class Verifier:
 
     ``evaluate(key → selection, n)`` brings every candidate to the first ``n`` held-out sequences,
     computing only the sequences it has not seen; the dense model's outputs are computed once per
-    batch and shared by all candidates evaluated on it.
+    batch and shared by all candidates evaluated on it. A candidate already evaluated further keeps
+    its larger figure: use one verifier per fidelity when figures must be comparable (audits).
     """
 
     def __init__(self, adapter: Adapter, tokens: TokenSet, *, batch_size: int = 8) -> None:

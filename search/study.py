@@ -257,11 +257,14 @@ def run_search(
             stopped = True
             study.stop()
 
+    # Two fidelities, two verifiers: cheap audits (priming, trust) on the first held-out sequences,
+    # and the finalists' ladder up to all of them.
     verifier = Verifier(context.loaded.adapter, context.tokens)
+    auditor = Verifier(context.loaded.adapter, context.tokens)
     proxy_state = study.user_attrs.get("proxy_prime")
     if remaining > 0 and not stopped:
         # Ensembles rank against a reference population; the meta-network trains (search.audit).
-        primed = prime(context, verifier, store=metanet_store, job=study_name, previous=proxy_state)
+        primed = prime(context, auditor, store=metanet_store, job=study_name, previous=proxy_state)
         if primed is not None:
             if proxy_state is None:
                 study.set_user_attr("proxy_prime", primed)
@@ -300,7 +303,7 @@ def run_search(
         result.best = best_entry(winner, verified=result.verified[winner.number])
     if not stopped:
         result.trust = trust_audit(
-            context, verifier, complete, store=metanet_store, job=study_name, proxy_state=proxy_state
+            context, auditor, complete, store=metanet_store, job=study_name, proxy_state=proxy_state
         )
     return result
 
