@@ -1,0 +1,36 @@
+"""The job report carries the verification ladder and the proxy trust section as JSON the API can serve."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from search.loading import load_model
+from search.proxies import MetaNetStore
+from search.spec import JobSpec
+from search.study import prepare, run_search
+from service.settings import Settings
+from workers.exports import report
+
+
+def test_report_has_trust_and_ladder(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    spec = JobSpec(
+        model=str(tiny_llama_dir),
+        target={"param_ratio": 0.6},
+        proxy="ensemble",
+        n_trials=8,
+        seed=2,
+        verify_top_k=3,
+        audit_size=6,
+        calibration={"n_samples": 4, "seq_len": 64, "heldout_samples": 8},
+        search_space={"ffn_alignment": 8},
+    )
+    settings = Settings(data_dir=tmp_path)
+    context = prepare(load_model(str(tiny_llama_dir), device="cpu"), spec)
+    result = run_search(context, study_name="report", metanet_store=MetaNetStore(settings.data_dir / "metanet"))
+    job_report = json.loads(json.dumps(report("job-1", context, result, settings=settings), allow_nan=False))
+    trust = job_report["trust"]
+    assert trust["objective"] == "ensemble" and {"tracenas", "tracenas_sum", "prunenet"} <= set(trust["proxies"])
+    assert isinstance(trust["flagged"], bool) and trust["audit"]["size"] == 6
+    assert job_report["verification"]["ladder"][-1]["sequences"] == 8
+    assert (settings.data_dir / "metanet" / "llama.jsonl").is_file()
