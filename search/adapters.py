@@ -101,6 +101,9 @@ class Adapter:
     # --- structure ------------------------------------------------------------------------------
     layers: nn.ModuleList
     output_names: tuple[str, str]  # names (in ``linears``) of the attention and MLP output projections
+    # Whether the family's modules run with fewer heads / channels in the same module objects
+    # (the attention reshapes by head size): then candidates are sliced physically (search.masking).
+    slices_width = False
 
     def blocks(self) -> list[Block]:
         return [Block(i, kind) for i in range(self.shape.num_layers) for kind in ("attention", "mlp")]
@@ -160,6 +163,7 @@ class DecoderAdapter(Adapter):
     """Llama, Mistral, Qwen2, Qwen3: ``model.model.layers[i].{self_attn, mlp}``."""
 
     output_names = ("o_proj", "down_proj")
+    slices_width = True
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)

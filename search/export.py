@@ -122,7 +122,8 @@ def materialize(
     config = _config_for(adapter, arch, kept_layers, kind)
     dtype = next(adapter.model.parameters()).dtype
     model = build_skeleton(config, device=device, dtype=dtype)
-    with apply_arch(adapter, selection):  # zeroes sparse weights in place, so the slices carry the zeros
+    # Zeroes sparse weights in place, so the slices carry the zeros; full-width modules, sliced below.
+    with apply_arch(adapter, selection, physical=False):
         state = _sliced_state(adapter, selection, kept_layers, model)
     model.load_state_dict(state, strict=True)
     stored = sum(p.numel() for p in model.parameters())

@@ -4,8 +4,11 @@ the model.
 Inside ``apply_arch`` the model computes exactly what the physically pruned model computes:
 - a dropped sub-block is swapped for a module that contributes nothing, and a wholly dropped layer
   for an identity, so it costs nothing;
-- kept heads / channels are realised by zeroing the inputs of the output projections that belong
-  to pruned units, which equals slicing the q/k/v/o rows and up/gate/down rows;
+- kept heads / channels are realised physically where the family allows it (decoders): the
+  projections' weights are swapped for gathers of the kept rows / columns, so a candidate at half
+  width multiplies half-width matrices. Elsewhere (GPT-2's fused QKV, BERT), and when
+  ``physical=False``, the inputs of the output projections that belong to pruned units are zeroed,
+  which computes the same values at full width;
 - unstructured sparsity zeroes the selected weights in place; only the zeroed values are saved, and
   they are written back on exit.
 Everything is restored on exit, also when the body raises.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -23,34 +27,84 @@ from search.adapters import Adapter, Block
 from search.selection import LayerSelection, Selection, SparsityScorer, sparse_positions
 
 
+@dataclass(frozen=True)
+class Slice:
+    """A projection whose weight ``apply_arch`` swapped for a gather: the kept rows (outputs) and
+    columns (inputs) of the original, None where all are kept, and the original shape."""
+
+    rows: torch.Tensor | None
+    cols: torch.Tensor | None
+    out_features: int
+    in_features: int
+
+
+Slices = dict[nn.Module, Slice]
+
+
 @contextmanager
-def apply_arch(adapter: Adapter, selection: Selection) -> Iterator[None]:
+def apply_arch(adapter: Adapter, selection: Selection, *, physical: bool = True) -> Iterator[Slices]:
+    """Yields the projections it sliced, so hooks can map their activations back to full width."""
     shape = adapter.shape
+    slices: Slices = {}
+    physical = physical and adapter.slices_width
     with ExitStack() as stack:
         for i, (layer, kept) in enumerate(zip(selection.arch.layers, selection.layers, strict=True)):
             if not layer.attention_kept and not layer.mlp_kept:
                 stack.enter_context(_swap(*adapter.skip_layer(i)))
                 continue
-            if not layer.attention_kept:
-                for swap in adapter.drop_attention(i):
-                    stack.enter_context(_swap(*swap))
-            elif layer.heads < shape.num_heads:
-                mask = torch.zeros(shape.num_kv_heads, shape.group_size * shape.head_dim)
-                mask[kept.kv_groups] = 1.0  # group k covers query heads k*g .. k*g+g-1
-                stack.enter_context(_mask_input(adapter.attention_output(i), mask.flatten()))
-            if not layer.mlp_kept:
-                for swap in adapter.drop_mlp(i):
-                    stack.enter_context(_swap(*swap))
-            elif layer.ffn_channels < shape.intermediate_size:
-                mask = torch.zeros(shape.intermediate_size)
-                mask[kept.channels] = 1.0
-                stack.enter_context(_mask_input(adapter.mlp_output(i), mask))
+            for swap in (adapter.drop_attention(i) if not layer.attention_kept else []) + (
+                adapter.drop_mlp(i) if not layer.mlp_kept else []
+            ):
+                stack.enter_context(_swap(*swap))
             if layer.sparsity > 0 and selection.sparsity is not None:
+                # Before any slicing: the scores and positions are in the full matrices' coordinates.
                 blocks = [
                     Block(i, kind) for kind, on in (("attention", layer.attention_kept), ("mlp", layer.mlp_kept)) if on
                 ]
                 stack.enter_context(_sparsify(adapter, selection.sparsity, blocks, layer.sparsity, kept))
+            narrow_attention = layer.attention_kept and layer.heads < shape.num_heads
+            narrow_mlp = layer.mlp_kept and layer.ffn_channels < shape.intermediate_size
+            if physical:
+                for kind, narrow in (("attention", narrow_attention), ("mlp", narrow_mlp)):
+                    if narrow:
+                        stack.enter_context(_gather(adapter, Block(i, kind), kept, slices))
+                continue
+            if narrow_attention:
+                mask = torch.zeros(shape.num_kv_heads, shape.group_size * shape.head_dim)
+                mask[kept.kv_groups] = 1.0  # group k covers query heads k*g .. k*g+g-1
+                stack.enter_context(_mask_input(adapter.attention_output(i), mask.flatten()))
+            if narrow_mlp:
+                mask = torch.zeros(shape.intermediate_size)
+                mask[kept.channels] = 1.0
+                stack.enter_context(_mask_input(adapter.mlp_output(i), mask))
+        yield slices
+
+
+@contextmanager
+def _gather(adapter: Adapter, block: Block, kept: LayerSelection, slices: Slices) -> Iterator[None]:
+    """Swap the sub-block's projections for copies of their kept rows / columns (restored on exit)."""
+    saved: list[tuple[nn.Module, nn.Parameter, nn.Parameter | None]] = []
+    try:
+        with torch.no_grad():
+            for matrix in adapter.matrices(block, kept):
+                module = matrix.module
+                weight, bias = module.weight, module.bias
+                rows = None if matrix.rows is None else matrix.rows.to(weight.device)
+                cols = None if matrix.cols is None else matrix.cols.to(weight.device)
+                sliced = weight if rows is None else weight.index_select(0, rows)
+                sliced = sliced if cols is None else sliced.index_select(1, cols)
+                saved.append((module, weight, bias))
+                module._parameters["weight"] = nn.Parameter(sliced, requires_grad=weight.requires_grad)
+                if bias is not None and rows is not None:
+                    kept_bias = bias.index_select(0, rows)
+                    module._parameters["bias"] = nn.Parameter(kept_bias, requires_grad=bias.requires_grad)
+                slices[module] = Slice(rows, cols, weight.shape[0], weight.shape[1])
         yield
+    finally:
+        for module, weight, bias in reversed(saved):
+            module._parameters["weight"] = weight
+            module._parameters["bias"] = bias
+            slices.pop(module, None)
 
 
 @contextmanager

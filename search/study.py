@@ -14,6 +14,7 @@ constraint (``Trial.set_constraint``), so samplers and optuna-dashboard see feas
 from __future__ import annotations
 
 import math
+import sqlite3
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -23,6 +24,7 @@ from typing import Any
 import optuna
 import torch
 from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
@@ -165,7 +167,7 @@ def make_storage(url: str, *, heartbeat_interval: int = 30, grace_period: int = 
     """RDB storage with heartbeats, so a trial whose worker died is failed and retried."""
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
-        engine_kwargs["connect_args"] = {"timeout": 30}
+        engine_kwargs["connect_args"] = {"timeout": 30, "factory": _WalConnection}
     return RDBStorage(
         url,
         engine_kwargs=engine_kwargs,
@@ -173,6 +175,17 @@ def make_storage(url: str, *, heartbeat_interval: int = 30, grace_period: int = 
         grace_period=grace_period,
         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
     )
+
+
+class _WalConnection(sqlite3.Connection):
+    """Every sampled parameter and attribute is a commit; in SQLite's default rollback journal each
+    one is an fsync and blocks readers. WAL lets the workers of a job read while one writes, and
+    synchronous=NORMAL (still crash-safe in WAL mode) drops the per-commit fsync."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.execute("PRAGMA journal_mode=WAL")
+        self.execute("PRAGMA synchronous=NORMAL")
 
 
 def create_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
@@ -187,20 +200,11 @@ def create_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
     raise SearchError(f"unknown sampler {name!r}")
 
 
-def run_search(
-    context: SearchContext,
-    *,
-    study_name: str,
-    storage: str | BaseStorage | None = None,
-    callbacks: Sequence[TrialCallback] = (),
-    should_stop: Callable[[], bool] | None = None,
-    on_verify: Callable[[int, int], None] | None = None,
-    metanet_store: MetaNetStore | None = None,
-) -> SearchResult:
-    """``metanet_store`` keeps the meta-network's training data across jobs (audited candidates)."""
+def open_study(
+    context: SearchContext, *, study_name: str, storage: str | BaseStorage | None = None
+) -> optuna.Study:
+    """Create the job's study (metric names, provenance, baseline seeds) or load it as it is."""
     spec = context.spec
-    shape = context.shape
-    dense_params = shape.dense_params()
     multi = spec.multi_objective
     study = optuna.create_study(
         study_name=study_name,
@@ -209,18 +213,43 @@ def run_search(
         directions=["maximize", "minimize"] if multi else ["maximize"],
         load_if_exists=True,
     )
-    low, high = context.ratio_range()
     if not study.trials:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([spec.proxy_label, "param_ratio"] if multi else [spec.proxy_label])
         study.set_user_attr("spec", spec.model_dump(mode="json"))
-        study.set_user_attr("dense_params", dense_params)
+        study.set_user_attr("dense_params", context.shape.dense_params())
         study.set_user_attr("calibration_digest", context.tokens.digest)
+        _, high = context.ratio_range()
         for origin, params in context.space.seeds(high).items():
             if multi:
                 params = params | {"param_ratio": high}
             study.enqueue_trial(params, user_attrs={"origin": origin}, skip_if_exists=True)
+    return study
+
+
+def remaining_trials(study: optuna.Study, spec: JobSpec) -> int:
+    """Trials still to complete, counted over every worker of the study."""
+    return spec.n_trials - len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+def search_trials(
+    context: SearchContext,
+    study: optuna.Study,
+    *,
+    max_trials: int | None = None,
+    callbacks: Sequence[TrialCallback] = (),
+    should_stop: Callable[[], bool] | None = None,
+) -> bool:
+    """Run trials until the study holds ``n_trials`` complete ones, counting every worker's (or this
+    call has run ``max_trials``). Several processes may do this on one study at once: the storage
+    hands each waiting seed to one of them and the sampler sees the others' running trials.
+    Returns whether ``should_stop`` stopped it."""
+    spec = context.spec
+    shape = context.shape
+    dense_params = shape.dense_params()
+    multi = spec.multi_objective
+    low, high = context.ratio_range()
 
     def objective(trial: optuna.Trial) -> float | tuple[float, float]:
         started = time.perf_counter()
@@ -247,9 +276,10 @@ def run_search(
         trial.set_user_attr("timings", {"realise_s": realised - started, "score_s": scored - realised, **score.timings})
         return (score.value, param_count / dense_params) if multi else score.value
 
-    complete_before = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    remaining = spec.n_trials - complete_before
-    stopped = should_stop is not None and should_stop()
+    stopped = False  # the caller asked before priming; check_stop asks after every trial
+    remaining = remaining_trials(study, spec)
+    if remaining <= 0:
+        return stopped
 
     def check_stop(study: optuna.Study, _trial: FrozenTrial) -> None:
         nonlocal stopped
@@ -257,27 +287,99 @@ def run_search(
             stopped = True
             study.stop()
 
+    # Failed trials (a non-finite score) do not count towards n_trials, but are bounded.
+    budget = remaining + max(3, spec.n_trials // 10)
+    study.optimize(
+        objective,
+        n_trials=budget if max_trials is None else min(budget, max_trials),
+        callbacks=[*callbacks, MaxTrialsCallback(spec.n_trials, states=(TrialState.COMPLETE,)), check_stop],
+        catch=(ProxyError,),
+        gc_after_trial=False,
+    )
+    return stopped
+
+
+def prime_proxy(
+    context: SearchContext,
+    study: optuna.Study,
+    auditor: Verifier,
+    *,
+    metanet_store: MetaNetStore | None,
+) -> dict[str, Any] | None:
+    """Prime the job's proxy (ensembles rank against a reference population, the meta-network
+    trains; search.audit). Deterministic, so every worker of a job primes it the same way; the
+    first stores the state for the report."""
+    proxy_state = study.user_attrs.get("proxy_prime")
+    primed = prime(context, auditor, store=metanet_store, job=study.study_name, previous=proxy_state)
+    if primed is not None and proxy_state is None:
+        study.set_user_attr("proxy_prime", primed)
+    return primed if primed is not None else proxy_state
+
+
+def search_chunk(
+    context: SearchContext,
+    *,
+    study_name: str,
+    storage: str | BaseStorage,
+    max_trials: int,
+    callbacks: Sequence[TrialCallback] = (),
+    should_stop: Callable[[], bool] | None = None,
+    metanet_store: MetaNetStore | None = None,
+) -> int:
+    """Help with a study another process opened and verifies: run up to ``max_trials`` of its trials.
+    Returns how many this call ran (0 when the study is complete, stopped, or not opened yet)."""
+    try:
+        study = optuna.load_study(
+            study_name=study_name, storage=storage, sampler=create_sampler(context.spec.sampler, context.spec.seed)
+        )
+    except KeyError:
+        return 0
+    if remaining_trials(study, context.spec) <= 0 or (should_stop is not None and should_stop()):
+        return 0
+    ran = 0
+
+    def count(_study: optuna.Study, _trial: FrozenTrial) -> None:
+        nonlocal ran
+        ran += 1
+
+    prime_proxy(context, study, Verifier(context.loaded.adapter, context.tokens), metanet_store=metanet_store)
+    search_trials(context, study, max_trials=max_trials, callbacks=[*callbacks, count], should_stop=should_stop)
+    return ran
+
+
+def run_search(
+    context: SearchContext,
+    *,
+    study_name: str,
+    storage: str | BaseStorage | None = None,
+    callbacks: Sequence[TrialCallback] = (),
+    should_stop: Callable[[], bool] | None = None,
+    on_verify: Callable[[int, int], None] | None = None,
+    metanet_store: MetaNetStore | None = None,
+    on_primed: Callable[[int], None] | None = None,
+) -> SearchResult:
+    """Open or resume the study, run its trials, wait for other workers' trials, verify, audit.
+
+    ``metanet_store`` keeps the meta-network's training data across jobs (audited candidates).
+    ``on_primed(remaining)`` is called once the study is ready for other workers (``search_chunk``)."""
+    spec = context.spec
+    multi = spec.multi_objective
+    study = open_study(context, study_name=study_name, storage=storage)
+    stopped = should_stop is not None and should_stop()
+
     # Two fidelities, two verifiers: cheap audits (priming, trust) on the first held-out sequences,
     # and the finalists' ladder up to all of them.
     verifier = Verifier(context.loaded.adapter, context.tokens)
     auditor = Verifier(context.loaded.adapter, context.tokens)
     proxy_state = study.user_attrs.get("proxy_prime")
+    remaining = remaining_trials(study, spec)
     if remaining > 0 and not stopped:
-        # Ensembles rank against a reference population; the meta-network trains (search.audit).
-        primed = prime(context, auditor, store=metanet_store, job=study_name, previous=proxy_state)
-        if primed is not None:
-            if proxy_state is None:
-                study.set_user_attr("proxy_prime", primed)
-            proxy_state = primed
-    if remaining > 0 and not stopped:
-        # Failed trials (a non-finite score) do not count towards n_trials, but are bounded.
-        study.optimize(
-            objective,
-            n_trials=remaining + max(3, spec.n_trials // 10),
-            callbacks=[*callbacks, MaxTrialsCallback(spec.n_trials, states=(TrialState.COMPLETE,)), check_stop],
-            catch=(ProxyError,),
-            gc_after_trial=False,
-        )
+        proxy_state = prime_proxy(context, study, auditor, metanet_store=metanet_store)
+        if on_primed is not None:
+            on_primed(remaining)
+        stopped = search_trials(context, study, callbacks=callbacks, should_stop=should_stop)
+    if not stopped:
+        stopped = _await_other_workers(study, should_stop)
     trials = [describe_trial(t) for t in study.get_trials(deepcopy=False)]
     result = SearchResult(study_name, trials, dense=None, stopped=stopped)
     complete = [t for t in trials if t.state == "complete" and t.arch is not None]
@@ -306,6 +408,21 @@ def run_search(
             context, auditor, complete, store=metanet_store, job=study_name, proxy_state=proxy_state
         )
     return result
+
+
+def _await_other_workers(
+    study: optuna.Study, should_stop: Callable[[], bool] | None, *, poll_s: float = 0.5
+) -> bool:
+    """Wait until no trial of the study is running (other workers finish theirs; a dead worker's
+    trial is failed by its missed heartbeats). Returns whether ``should_stop`` stopped the wait."""
+    if not is_heartbeat_enabled(study._storage):
+        return False  # no heartbeats, so no other worker (and no way to tell a dead one)
+    while study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if should_stop is not None and should_stop():
+            return True
+        optuna.storages.fail_stale_trials(study)
+        time.sleep(poll_s)
+    return False
 
 
 _STATE_NAMES = {

@@ -15,6 +15,8 @@ from service.settings import Settings
 RUN_JOB_TASK = "prunesearch.run_job"
 # args [job_id, trial_number]: export that trial into {artifacts_dir}/{job_id}/trial-{number}/.
 EXPORT_TRIAL_TASK = "prunesearch.export_trial"
+# args [job_id]: run up to ``chunk_trials`` trials of a job another worker is running (idle workers help).
+EVALUATE_CHUNK_TASK = "prunesearch.evaluate_chunk"
 
 # Publishing to a dead broker should fail within a second or two (the API answers 503), not hang.
 _PUBLISH_RETRY_POLICY: dict[str, Any] = {

@@ -87,6 +87,12 @@ class Settings(BaseSettings):
     trial_heartbeat_s: int = Field(default=30, ge=1, description="Optuna heartbeat of a running trial.")
     trial_grace_s: int = Field(default=120, ge=1, description="A trial silent this long is failed and retried.")
     trial_max_retry: int = Field(default=2, ge=0, description="Retries of a trial whose worker died.")
+    chunk_trials: int = Field(
+        default=25,
+        ge=0,
+        description="Trials per chunk that idle workers may take from a running job (several workers per "
+        "job); 0 keeps every job on the one worker that claimed it.",
+    )
     db_retry_attempts: int = Field(
         default=5, ge=1, description="Times a worker resumes a job after losing the database, before failing it."
     )

@@ -3,6 +3,13 @@
 The claim is a guarded UPDATE, so a redelivered task cannot run a job twice; the Optuna study is
 named after the job and opened with ``load_if_exists``, so a reclaimed job resumes where its
 previous worker stopped instead of starting over.
+
+Several workers serve one job: once the study is ready, the claiming worker (the coordinator)
+enqueues ``evaluate_chunk`` tasks of ``chunk_trials`` trials each. An idle worker that takes one
+runs trials of the same study until the job has its ``n_trials`` (counted over every worker) or the
+chunk is done; the storage gives each waiting seed to one worker and the sampler sees every running
+trial. The coordinator waits for the helpers' trials before it verifies. A chunk that arrives after
+its job finished, or a redelivered one, finds nothing to do.
 """
 
 from __future__ import annotations
@@ -84,7 +91,7 @@ def _search(
 ) -> tuple[JobStatus, dict[str, Any] | None]:
     from search.proxies import MetaNetStore
     from search.spec import JobSpec
-    from search.study import make_storage, prepare, run_search
+    from search.study import prepare, run_search
 
     spec = JobSpec.model_validate(spec_data)
     # Checked again where the files are opened: a hub-style id can name a folder relative to the
@@ -92,28 +99,18 @@ def _search(
     check_local_paths(spec, settings, owner)
     loaded = models.get(spec.model, spec.revision, device=settings.device)
     context = prepare(loaded, spec)
-    recorder = _TrialRecorder(sessions, job_id)
-
-    def cancel_requested() -> bool:
-        with session_scope(sessions) as session:
-            return repository.is_cancel_requested(session, job_id)
-
-    storage = make_storage(
-        settings.optuna_storage_url,
-        heartbeat_interval=settings.trial_heartbeat_s,
-        grace_period=settings.trial_grace_s,
-        max_retry=settings.trial_max_retry,
-    )
+    storage = _storage(settings)
     # Recovery (issue 7): a resumed job first fails and retries the trials its dead worker left running.
     reaper.fail_orphaned_trials(storage, study_name(job_id), grace_s=settings.trial_grace_s)
     result = run_search(
         context,
         study_name=study_name(job_id),
         storage=storage,
-        callbacks=[recorder],
-        should_stop=cancel_requested,
+        callbacks=[_TrialRecorder(sessions, job_id)],
+        should_stop=lambda: _cancel_requested(sessions, job_id),
         # The meta-network proxy learns from every job's audited candidates, kept with the service's data.
         metanet_store=MetaNetStore(settings.data_dir / "metanet"),
+        on_primed=lambda remaining: _offer_chunks(job_id, remaining, settings),
     )
     with session_scope(sessions) as session:
         # Trials finished by an earlier attempt of this job are in the study; make sure they are here too.
@@ -132,13 +129,72 @@ def _search(
     return (JobStatus.CANCELLED if result.stopped else JobStatus.SUCCEEDED), result.best
 
 
+def evaluate_chunk(job_id: str, *, settings: Settings, sessions: sessionmaker[Session], models: ModelCache) -> str:
+    """Help a running job with up to ``chunk_trials`` trials; returns what happened, for the log."""
+    from search.proxies import MetaNetStore
+    from search.spec import JobSpec
+    from search.study import prepare, search_chunk
+
+    with session_scope(sessions) as session:
+        job = repository.get_job(session, job_id)
+        if job is None or job.status != JobStatus.RUNNING.value or job.cancel_requested:
+            return "skipped"
+        spec_data, owner = job.spec, job.owner
+    spec = JobSpec.model_validate(spec_data)
+    check_local_paths(spec, settings, owner)
+    context = prepare(models.get(spec.model, spec.revision, device=settings.device), spec)
+    ran = search_chunk(
+        context,
+        study_name=study_name(job_id),
+        storage=_storage(settings),
+        max_trials=max(settings.chunk_trials, 1),
+        callbacks=[_TrialRecorder(sessions, job_id)],
+        should_stop=lambda: not _still_running(sessions, job_id),
+        metanet_store=MetaNetStore(settings.data_dir / "metanet"),
+    )
+    log.info("job %s: this worker ran %d trials of a chunk", job_id, ran)
+    return f"ran {ran} trials"
+
+
+def _offer_chunks(job_id: str, remaining: int, settings: Settings) -> None:
+    """Enqueue chunks for idle workers: all the remaining trials but the coordinator's own first chunk."""
+    if settings.chunk_trials <= 0:
+        return
+    from service.broker import EVALUATE_CHUNK_TASK
+    from workers.celery_app import app
+
+    for _ in range(math.ceil(remaining / settings.chunk_trials) - 1):
+        app.send_task(EVALUATE_CHUNK_TASK, args=[job_id])
+
+
+def _storage(settings: Settings) -> optuna.storages.BaseStorage:
+    from search.study import make_storage
+
+    return make_storage(
+        settings.optuna_storage_url,
+        heartbeat_interval=settings.trial_heartbeat_s,
+        grace_period=settings.trial_grace_s,
+        max_retry=settings.trial_max_retry,
+    )
+
+
+def _cancel_requested(sessions: sessionmaker[Session], job_id: str) -> bool:
+    with session_scope(sessions) as session:
+        return repository.is_cancel_requested(session, job_id)
+
+
+def _still_running(sessions: sessionmaker[Session], job_id: str) -> bool:
+    with session_scope(sessions) as session:
+        job = repository.get_job(session, job_id)
+        return job is not None and job.status == JobStatus.RUNNING.value and not job.cancel_requested
+
+
 class _TrialRecorder:
     """Optuna callback: write each finished trial, and the best so far, as soon as it finishes."""
 
     def __init__(self, sessions: sessionmaker[Session], job_id: str) -> None:
         self.sessions = sessions
         self.job_id = job_id
-        self.best_value = -math.inf
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         from search.study import best_entry, describe_trial
@@ -146,8 +202,10 @@ class _TrialRecorder:
         info = describe_trial(trial)
         with session_scope(self.sessions) as session:
             repository.record_trial(session, self.job_id, _record(info))
-            if info.value is not None and info.value > self.best_value:
-                self.best_value = info.value
+            job = repository.get_job(session, self.job_id)
+            # Other workers of the job record their trials too: compare with the job's best, not ours.
+            best = (job.best or {}).get("score") if job is not None else None
+            if info.value is not None and (best is None or info.value > best):
                 repository.set_best(session, self.job_id, best_entry(info, verified=None))
 
 

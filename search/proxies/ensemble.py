@@ -10,11 +10,15 @@ bandwidth h), strictly increasing, in (0, 1), and the same for a trial whatever 
 trial values never drift.
 
 **Weights.** ``weighting="audit"`` (the default): when priming can audit (``run_search`` verifies
-the reference population cheaply, on the first held-out sequences), each member is weighted by its
-Spearman correlation with the audited metric on the reference population, floored at 0 (a member
-that disagrees with verification gets no say; if none agrees, all weigh the same). The score is the
-weighted mean rank (higher is better). ``weighting="equal"``, or no audit, gives plain mean-rank
-aggregation (Borda-like).
+the reference population cheaply, on the first held-out sequences), each member's weight comes from
+its Spearman correlation ρ with the audited metric on the reference population. If each member's
+rank were the truth plus independent noise, the best linear combination would weigh a member by
+ρ / (1 − ρ²) (signal over noise variance), so a proxy at ρ 0.95 counts about fourteen times one at
+0.6; averaging the two with equal say would pull the ensemble below its better member. A member
+that is significantly worse than the best one (it correlates lower in at least 95% of paired
+bootstrap resamples of the audit) or disagrees with verification (ρ ≤ 0) gets no say at all; if no
+member agrees, all weigh the same. The score is the weighted mean rank (higher is better).
+``weighting="equal"``, or no audit, gives plain mean-rank aggregation (Borda-like).
 
 **Prefilter rule.** Members are run from cheap to expensive (PruneNet's lookups, the
 meta-network's forward pass, then TraceNAS's forward+backward). The expensive members run only
@@ -31,6 +35,7 @@ and ``ensemble_gated`` = 1 says so in the trial's scores.
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -38,7 +43,7 @@ from typing import Any
 from search.errors import ProxyError
 from search.proxies.base import COST_BACKWARD, Priming, Proxy, ProxyScore
 from search.selection import Selection
-from search.trust import spearman
+from search.trust import BOOTSTRAP_SAMPLES, spearman
 
 
 class Ensemble:
@@ -110,9 +115,9 @@ class Ensemble:
         if self.weighting == "audit" and priming.audit is not None and len(priming.population) >= 4:
             audited = [-m for m in priming.audit(priming.population)]  # higher is better, like the ranks
             agreement = {name: spearman(values, audited) for name, values in reference.items()}
-        self._weights = {m.name: max(agreement.get(m.name) or 0.0, 0.0) for m in self._active}
-        if audited is None or sum(self._weights.values()) == 0:
-            self._weights = {m.name: 1.0 for m in self._active}
+        self._weights = {m.name: 1.0 for m in self._active}
+        if audited is not None:
+            self._weights = audit_weights(reference, audited) or self._weights
         cheap_ranks = [self._mean_rank(ranks, self.cheap, i) for i in range(len(priming.population))]
         self._imputation = {m.name: _regression(cheap_ranks, ranks[m.name]) for m in self.expensive}
         self._history = list(cheap_ranks)
@@ -180,6 +185,38 @@ class Ensemble:
         assert self._reference is not None
         reference, h = self._reference[name], self._bandwidth[name]
         return _mean([_phi((value - r) / h) for r in reference])
+
+
+def audit_weights(
+    scores: dict[str, list[float]],
+    audited: list[float],
+    *,
+    samples: int = BOOTSTRAP_SAMPLES,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float] | None:
+    """Each member's weight from its audit: ρ / (1 − ρ²), zero where ρ ≤ 0 or where the member is
+    significantly worse than the best one; None when no member agrees with the audit."""
+    rho = {name: spearman(values, audited) or 0.0 for name, values in scores.items()}
+    best = max(rho, key=rho.__getitem__)
+    if rho[best] <= 0:
+        return None
+    rng = random.Random(seed)
+    n = len(audited)
+    worse = dict.fromkeys(rho, 0)
+    for _ in range(samples):
+        picks = [rng.randrange(n) for _ in range(n)]
+        target = [audited[i] for i in picks]
+        best_rho = spearman([scores[best][i] for i in picks], target)
+        for name, values in scores.items():
+            member_rho = spearman([values[i] for i in picks], target)
+            if best_rho is not None and member_rho is not None and member_rho < best_rho:
+                worse[name] += 1
+    clipped = {name: min(max(r, 0.0), 0.99) for name, r in rho.items()}
+    return {
+        name: 0.0 if worse[name] >= level * samples else r / (1 - r * r)
+        for name, r in clipped.items()
+    }
 
 
 def cost(proxy: Any) -> int:

@@ -23,7 +23,7 @@ from torch import nn
 from search.adapters import Adapter, Batch, Block
 from search.calibration import TokenSet
 from search.errors import ProxyError
-from search.masking import apply_arch
+from search.masking import Slices, apply_arch
 from search.proxies.base import COST_BACKWARD, ProxyScore
 from search.selection import Selection
 
@@ -84,7 +84,13 @@ class TraceNAS:
         """Σ over calibration batches of ∇W·R for every linear of every kept sub-block."""
         sketches: Sketches = {}
         forward = backward = 0.0
-        with _frozen_parameters(self.adapter.model), self._hooks(sketches), _arch(self.adapter, selection):
+        slices: Slices = {}  # filled once the candidate is realised; the hooks read it at call time
+        with (
+            _frozen_parameters(self.adapter.model),
+            self._hooks(sketches, slices),
+            _arch(self.adapter, selection) as realised,
+        ):
+            slices.update(realised)
             for batch, reference in zip(self.batches, self._references, strict=True):
                 started = _now(self.adapter.device)
                 loss = self.adapter.loss(batch, reference)
@@ -96,17 +102,27 @@ class TraceNAS:
         return sketches
 
     @contextmanager
-    def _hooks(self, sketches: Sketches) -> Iterator[None]:
+    def _hooks(self, sketches: Sketches, slices: Slices) -> Iterator[None]:
         handles: list[Any] = []
 
         def make_hook(block: Block, name: str):
             def forward_hook(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
                 x = args[0].detach()
-                xr = (x @ self._projection(x.shape[-1], x)).flatten(0, -2)  # (B*T, r)
+                sliced = slices.get(module)
+                if sliced is not None and sliced.cols is not None:
+                    # A gathered input is the full one without the pruned (zero) columns: same X·R.
+                    projection = self._projection(sliced.in_features, x).index_select(0, sliced.cols)
+                else:
+                    projection = self._projection(x.shape[-1], x)
+                xr = (x @ projection).flatten(0, -2)  # (B*T, r)
 
                 def grad_hook(grad: torch.Tensor) -> None:
                     # (out, r) = Gᵀ(XR) = (∇W)·R; the matmul accumulates in fp32 even in bf16
                     g = (grad.flatten(0, -2).t() @ xr.to(grad.dtype)).float()
+                    if sliced is not None and sliced.rows is not None:
+                        # Pruned outputs get no gradient: zero rows, as at full width.
+                        full = g.new_zeros(sliced.out_features, g.shape[1])
+                        g = full.index_copy_(0, sliced.rows, g)
                     store = sketches.setdefault(block, {})
                     store[name] = store[name] + g if name in store else g
 
@@ -151,12 +167,12 @@ def _frozen_parameters(model: nn.Module) -> Iterator[None]:
 
 
 @contextmanager
-def _arch(adapter: Adapter, selection: Selection | None) -> Iterator[None]:
+def _arch(adapter: Adapter, selection: Selection | None) -> Iterator[Slices]:
     if selection is None:
-        yield
+        yield {}
     else:
-        with apply_arch(adapter, selection):
-            yield
+        with apply_arch(adapter, selection) as slices:
+            yield slices
 
 
 def _flat(parts: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -51,3 +51,28 @@ def test_no_gradients_or_copies_are_left_on_the_model(tiny_loaded: LoadedModel, 
     assert all(p.grad is None for p in model.parameters())
     assert [p.data_ptr() for p in model.parameters()] == pointers
     assert [p.requires_grad for p in model.parameters()] == flags
+
+
+def test_physically_sliced_width_scores_as_masked_width(
+    tiny_loaded: LoadedModel, tiny_tokens: TokenSet, monkeypatch
+) -> None:
+    """Candidates run on gathers of the kept heads and channels; the sketches are mapped back to full
+    width, so the score equals the full-width masked evaluation's."""
+    _, _, narrow = _selections(tiny_loaded, tiny_tokens)
+    mixed = select_units(
+        compute_importance(tiny_loaded.adapter, collect_stats(tiny_loaded.adapter, tiny_tokens, batch_size=4), "wanda"),
+        ArchConfig((LayerArch(2, 64), LayerArch(0, 192), LayerArch(4, 0), LayerArch(0, 0))),
+        2,
+    )
+    before = {name: p.shape for name, p in tiny_loaded.adapter.model.named_parameters()}
+    # A fresh proxy for each mode: a proxy remembers its last candidate's terms.
+    physical_proxy = create_proxy("tracenas", tiny_loaded.adapter, tiny_tokens, seed=0, batch_size=4)
+    physical = [physical_proxy.score(s) for s in (narrow, mixed)]
+    assert {name: p.shape for name, p in tiny_loaded.adapter.model.named_parameters()} == before  # restored
+    monkeypatch.setattr(tiny_loaded.adapter, "slices_width", False)
+    masked_proxy = create_proxy("tracenas", tiny_loaded.adapter, tiny_tokens, seed=0, batch_size=4)
+    masked = [masked_proxy.score(s) for s in (narrow, mixed)]
+    for a, b in zip(physical, masked, strict=True):
+        assert a.value < 0.999  # a real difference from the dense model to reproduce
+        assert abs(a.value - b.value) < 1e-5, (a.value, b.value)
+        assert abs(a.extras["tracenas_sum"] - b.extras["tracenas_sum"]) < 1e-5
