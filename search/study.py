@@ -14,6 +14,7 @@ constraint (``Trial.set_constraint``), so samplers and optuna-dashboard see feas
 from __future__ import annotations
 
 import math
+import os
 import sqlite3
 import time
 import warnings
@@ -200,9 +201,7 @@ def create_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
     raise SearchError(f"unknown sampler {name!r}")
 
 
-def open_study(
-    context: SearchContext, *, study_name: str, storage: str | BaseStorage | None = None
-) -> optuna.Study:
+def open_study(context: SearchContext, *, study_name: str, storage: str | BaseStorage | None = None) -> optuna.Study:
     """Create the job's study (metric names, provenance, baseline seeds) or load it as it is."""
     spec = context.spec
     multi = spec.multi_objective
@@ -328,9 +327,12 @@ def search_chunk(
 ) -> int:
     """Help with a study another process opened and verifies: run up to ``max_trials`` of its trials.
     Returns how many this call ran (0 when the study is complete, stopped, or not opened yet)."""
+    # Seeded like the coordinator, every worker would propose the coordinator's candidates again;
+    # each process draws its own stream (runs with several workers are not reproducible anyway).
+    seed = None if context.spec.seed is None else context.spec.seed + os.getpid()
     try:
         study = optuna.load_study(
-            study_name=study_name, storage=storage, sampler=create_sampler(context.spec.sampler, context.spec.seed)
+            study_name=study_name, storage=storage, sampler=create_sampler(context.spec.sampler, seed)
         )
     except KeyError:
         return 0
@@ -410,9 +412,7 @@ def run_search(
     return result
 
 
-def _await_other_workers(
-    study: optuna.Study, should_stop: Callable[[], bool] | None, *, poll_s: float = 0.5
-) -> bool:
+def _await_other_workers(study: optuna.Study, should_stop: Callable[[], bool] | None, *, poll_s: float = 0.5) -> bool:
     """Wait until no trial of the study is running (other workers finish theirs; a dead worker's
     trial is failed by its missed heartbeats). Returns whether ``should_stop`` stopped the wait."""
     if not is_heartbeat_enabled(study._storage):

@@ -85,12 +85,14 @@ class TraceNAS:
         sketches: Sketches = {}
         forward = backward = 0.0
         slices: Slices = {}  # filled once the candidate is realised; the hooks read it at call time
+        began = _now(self.adapter.device)
         with (
             _frozen_parameters(self.adapter.model),
             self._hooks(sketches, slices),
             _arch(self.adapter, selection) as realised,
         ):
             slices.update(realised)
+            applied = _now(self.adapter.device)
             for batch, reference in zip(self.batches, self._references, strict=True):
                 started = _now(self.adapter.device)
                 loss = self.adapter.loss(batch, reference)
@@ -98,7 +100,7 @@ class TraceNAS:
                 loss.backward()  # the sketch hooks run inside: their cost is part of the backward
                 forward, backward = forward + middle - started, backward + _now(self.adapter.device) - middle
         if timings is not None:
-            timings |= {"forward_s": forward, "backward_s": backward}
+            timings |= {"apply_s": applied - began, "forward_s": forward, "backward_s": backward}
         return sketches
 
     @contextmanager

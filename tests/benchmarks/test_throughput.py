@@ -27,12 +27,38 @@ def test_throughput_benchmark_runs_on_a_tiny_shape(tmp_path: Path) -> None:
         "32",
         "--trials",
         "2",
+        "--disk-load",
+        "tiny",
         "--out",
         str(out),
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    (row,) = json.loads(out.with_suffix(".json").read_text())["rows"]
+    figures = json.loads(out.with_suffix(".json").read_text())
+    (row,) = figures["rows"]
     assert row["model"] == "tiny" and row["trials"] == 2
     assert row["trial_s"] > 0 and row["floor_s"] > 0 and row["forward_s"] > 0 and row["backward_s"] > 0
     assert "| tiny | 1.3M | tracenas | compact |" in out.read_text()
+    assert row["apply_s"] > 0  # the candidate is swapped in and its kept units gathered, every trial
+    disk = figures["meta"]["disk"]["tiny"]
+    assert disk["load_s"] > 0 and 0 < disk["gib_on_disk"] < 0.01
+
+
+def test_scaling_benchmark_runs_two_cpu_workers_on_one_study(tmp_path: Path) -> None:
+    out = tmp_path / "scaling.md"
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "scaling.py"),
+        "--shape", "tiny", "--workers", "1,2", "--trials", "8", "--tokens", "128", "--seq-len", "32",
+        "--out", str(out),
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = json.loads(out.with_suffix(".json").read_text())["results"]
+    assert one["workers"] == 1 and two["workers"] == 2
+    assert one["per_worker_trials"] == [8] and one["trials"] == 8
+    # Both workers ran trials of the one study; it ends with n_trials, at most one over per extra worker.
+    assert all(n > 0 for n in two["per_worker_trials"]) and 8 <= two["trials"] <= 9
+    assert sum(two["per_worker_trials"]) == two["trials"]
+    assert one["trials_per_min"] > 0 and two["trials_per_min"] > 0
+    assert "| 2 | cpu, cpu |" in out.read_text()

@@ -1,0 +1,274 @@
+"""Several worker processes serving one job: trials per minute against one worker.
+
+Each worker is a separate process that loads the model, prepares the search (dense statistics,
+the proxy's dense reference) and then runs trials of one shared Optuna study through
+``search.study.search_chunk``, the function behind the service's ``evaluate_chunk`` task; the first
+worker opens the study (seeds, provenance) as the job's coordinator does. The study lives in one
+SQLite file in WAL mode (the embedded default; PostgreSQL behaves the same for this purpose).
+Measured after every worker is ready, so model loading is reported separately.
+
+    python benchmarks/scaling.py --shape llama-8b --workers 1,2 --gpus 0         # two workers share one GPU
+    python benchmarks/scaling.py --shape llama-8b --workers 1,2 --gpus 0,1       # one worker per GPU
+    python benchmarks/scaling.py --shape tiny --workers 1,2 --trials 12          # CPU (tested in CI)
+
+Reports, per worker count: trials per minute, scaling efficiency (throughput / (workers × one
+worker's)), duplicate candidates (a trial whose architecture an earlier trial of the study already
+had), each worker's trial count, and on GPUs the utilisation of each GPU and each worker process
+(``nvidia-smi``). Writes a JSON file and a Markdown section (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+STUDY = "scaling"
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One worker process: load, prepare, say ready, wait for the start signal, run trials."""
+    import optuna
+    import torch
+    from throughput import build, random_tokens
+
+    from search.spec import JobSpec
+    from search.study import make_storage, open_study, prepare, search_chunk
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    run = Path(args.run_dir)
+    gpu = torch.cuda.is_available()
+    device = torch.device("cuda" if gpu else "cpu")
+    if not gpu:
+        torch.set_num_threads(1)  # tiny CPU shapes gain nothing from intra-op threads; no oversubscription
+    started = time.perf_counter()
+    loaded, _ = build(args.shape if args.shape in _shapes() else str(ROOT / args.shape), device)
+    load_s = time.perf_counter() - started
+    tokens = random_tokens(loaded, args.tokens, args.seq_len)
+    spec = JobSpec(
+        model="benchmark",
+        target={"param_ratio": 0.5},
+        n_trials=args.trials,
+        proxy=args.proxy,
+        seed=0,
+        verify_top_k=0,
+        search_space={"parameterization": args.space},
+        calibration={"n_samples": len(tokens.calibration), "seq_len": args.seq_len, "heldout_samples": 1},
+    )
+    context = prepare(loaded, spec, tokens=tokens)
+    storage = make_storage(args.storage)
+    if args.rank == 0:
+        open_study(context, study_name=STUDY, storage=storage)  # the coordinator's part
+    (run / f"ready-{args.rank}").write_text(json.dumps({"load_s": load_s, "pid": os.getpid()}))
+    while not (run / "go").exists():
+        time.sleep(0.05)
+    ran = search_chunk(context, study_name=STUDY, storage=storage, max_trials=args.trials)
+    (run / f"done-{args.rank}").write_text(json.dumps({"trials": ran}))
+
+
+def _shapes() -> dict[str, Any]:
+    from throughput import SHAPES
+
+    return SHAPES
+
+
+class GpuSampler:
+    """Samples per-GPU and per-process SM utilisation with nvidia-smi while a run is going."""
+
+    def __init__(self) -> None:
+        self.per_gpu: dict[int, list[int]] = {}
+        self.per_pid: dict[int, list[int]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self.available = shutil.which("nvidia-smi") is not None
+
+    def __enter__(self) -> GpuSampler:
+        if self.available:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        if self.available:
+            self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.5):
+            gpus = subprocess.run(
+                ["nvidia-smi", "--query-gpu=index,utilization.gpu", "--format=csv,noheader,nounits"],
+                capture_output=True,
+                text=True,
+            ).stdout
+            for line in gpus.splitlines():
+                index, value = (part.strip() for part in line.split(","))
+                self.per_gpu.setdefault(int(index), []).append(int(value))
+            pmon = subprocess.run(["nvidia-smi", "pmon", "-c", "1", "-s", "u"], capture_output=True, text=True).stdout
+            for line in pmon.splitlines():
+                fields = line.split()
+                if line.startswith("#") or len(fields) < 4 or not fields[1].isdigit():
+                    continue
+                sm = fields[3]
+                self.per_pid.setdefault(int(fields[1]), []).append(int(sm) if sm.isdigit() else 0)
+
+
+def run_once(args: argparse.Namespace, world: int, workdir: Path) -> dict[str, Any]:
+    run = workdir / f"workers-{world}"
+    run.mkdir()
+    storage = f"sqlite:///{run / 'study.sqlite3'}"
+    gpus = [g for g in args.gpus.split(",") if g] if args.gpus else []
+    processes = []
+    for rank in range(world):
+        env = os.environ.copy()
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = gpus[rank % len(gpus)]
+        command = [
+            sys.executable, __file__, "--role", "worker", "--rank", str(rank), "--world", str(world),
+            "--run-dir", str(run), "--storage", storage, "--shape", args.shape, "--proxy", args.proxy,
+            "--space", args.space, "--trials", str(args.trials), "--tokens", str(args.tokens),
+            "--seq-len", str(args.seq_len),
+        ]  # fmt: skip
+        processes.append(subprocess.Popen(command, env=env))
+        if rank == 0:  # the study must exist before the others look for it
+            _wait(lambda: (run / "ready-0").exists(), processes)
+    _wait(lambda: all((run / f"ready-{r}").exists() for r in range(world)), processes)
+    ready = [json.loads((run / f"ready-{r}").read_text()) for r in range(world)]
+    with GpuSampler() as sampler:
+        go = time.time()
+        (run / "go").write_text("")
+        _wait(lambda: all((run / f"done-{r}").exists() for r in range(world)), processes)
+        wall = time.time() - go
+    for process in processes:
+        process.wait()
+    done = [json.loads((run / f"done-{r}").read_text()) for r in range(world)]
+
+    import optuna
+
+    study = optuna.load_study(study_name=STUDY, storage=storage)
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    archs = Counter(json.dumps(t.user_attrs.get("arch"), sort_keys=True) for t in trials)
+    utilisation = {}
+    if sampler.per_gpu:
+        utilisation["per_gpu"] = {str(k): _mean(v) for k, v in sampler.per_gpu.items()}
+        utilisation["per_worker"] = [_mean(sampler.per_pid.get(r["pid"], [])) for r in ready]
+    return {
+        "workers": world,
+        "gpus": [gpus[r % len(gpus)] for r in range(world)] if gpus else ["cpu"] * world,
+        "trials": len(trials),
+        "wall_s": wall,
+        "trials_per_min": 60 * len(trials) / wall,
+        "per_worker_trials": [d["trials"] for d in done],
+        "duplicates": sum(n - 1 for n in archs.values()),
+        "load_s": [r["load_s"] for r in ready],
+        "utilisation": utilisation,
+    }
+
+
+def _wait(condition: Any, processes: list[subprocess.Popen[bytes]], timeout: float = 1800) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        failed = [p.returncode for p in processes if p.poll() not in (None, 0)]
+        if failed:
+            raise SystemExit(f"a worker exited with {failed}")
+        if time.time() > deadline:
+            raise SystemExit("timed out waiting for the workers")
+        time.sleep(0.05)
+
+
+def _mean(values: list[int]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    base = results[0]["trials_per_min"] / results[0]["workers"]
+    lines = [
+        f"### {meta['shape']}, {meta['proxy']}, {meta['space']} space, {meta['tokens']:,} tokens per trial",
+        "",
+        f"Command: `{meta['command']}`",
+        "",
+        f"Hardware: {meta['hardware']}; torch {meta['torch']}; Python {meta['python']}.",
+        "",
+        "| workers | devices | trials | wall s | trials / min | scaling efficiency | trials per worker"
+        " | duplicate candidates | GPU utilisation % (per GPU) | SM % per worker | load s per worker |",
+        "|---:|---|---:|---:|---:|---:|---|---:|---|---|---|",
+    ]
+    for r in results:
+        efficiency = r["trials_per_min"] / (r["workers"] * base)
+        util = r["utilisation"]
+        per_gpu = ", ".join(f"{k}: {v:.0f}" for k, v in util.get("per_gpu", {}).items()) or "–"
+        per_worker = ", ".join(f"{v:.0f}" for v in util.get("per_worker", [])) or "–"
+        lines.append(
+            f"| {r['workers']} | {', '.join(r['gpus'])} | {r['trials']} | {r['wall_s']:.1f} | "
+            f"{r['trials_per_min']:.1f} | {efficiency:.2f} | {', '.join(map(str, r['per_worker_trials']))} | "
+            f"{r['duplicates']} | {per_gpu} | {per_worker} | {', '.join(f'{s:.1f}' for s in r['load_s'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--role", default="driver", choices=["driver", "worker"])
+    parser.add_argument("--shape", default="tiny", help="a shape of benchmarks/throughput.py or a model directory")
+    parser.add_argument("--proxy", default="tracenas")
+    parser.add_argument("--space", default="per_layer")
+    parser.add_argument("--workers", default="1,2", help="worker counts to run, one after the other")
+    parser.add_argument("--gpus", default="", help="CUDA devices, assigned to workers round-robin")
+    parser.add_argument("--trials", type=int, default=40, help="the job's n_trials")
+    parser.add_argument("--tokens", type=int, default=4096)
+    parser.add_argument("--seq-len", type=int, default=1024)
+    parser.add_argument("--out", type=Path, default=None, help="Markdown section to write (JSON beside it)")
+    parser.add_argument("--rank", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--world", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--run-dir", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--storage", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.role == "worker":
+        worker(args)
+        return
+
+    import torch
+
+    results = []
+    with tempfile.TemporaryDirectory() as workdir:
+        for world in (int(w) for w in args.workers.split(",")):
+            print(f"{args.shape}: {world} worker(s) ...", flush=True)
+            results.append(run_once(args, world, Path(workdir)))
+            print(f"  {results[-1]}", flush=True)
+    gpu = torch.cuda.is_available()
+    meta = {
+        "shape": args.shape,
+        "proxy": args.proxy,
+        "space": args.space,
+        "tokens": args.tokens,
+        "command": "python benchmarks/scaling.py " + " ".join(a for a in sys.argv[1:]),
+        "hardware": (
+            f"{torch.cuda.device_count()}× {torch.cuda.get_device_name()}, {os.cpu_count()} CPU cores"
+            if gpu
+            else f"CPU ({platform.machine()}, {os.cpu_count()} cores)"
+        ),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    text = render(results, meta)
+    print(text)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+        args.out.with_suffix(".json").write_text(json.dumps({"results": results, "meta": meta}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
