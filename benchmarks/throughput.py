@@ -295,13 +295,16 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     gpu = torch.cuda.is_available()
-    default_shapes = "models/ref-llama-10m,models/ref-llama-30m,llama-1b,llama-8b" if gpu else "tiny"
+    default_shapes = "models/ref-llama-7m,models/ref-llama-13m,llama-1b,llama-8b" if gpu else "tiny"
     parser.add_argument("--shapes", default=default_shapes, help="comma-separated shape names or model dirs")
     parser.add_argument("--proxies", default=",".join(p for p in PROXY_NAMES if p in ("tracenas", "prunenet")))
     parser.add_argument("--spaces", default="per_layer,compact", help="search-space parameterisations")
     parser.add_argument("--tokens", type=int, default=4096 if gpu else 1024)
     parser.add_argument("--seq-len", type=int, default=1024 if gpu else 128)
     parser.add_argument("--trials", type=int, default=8 if gpu else 3)
+    parser.add_argument(
+        "--skip", default="", help="comma-separated proxy:shape pairs not to measure (e.g. prunenet:llama-8b)"
+    )
     parser.add_argument("--disk-load", default="", help="comma-separated shape names to save and load from disk")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "performance.md")
     args = parser.parse_args()
@@ -319,6 +322,8 @@ def main() -> None:
             loaded, load_s = build(name if name in SHAPES else str(ROOT / name), device)
             tokens = random_tokens(loaded, args.tokens, args.seq_len)
             for proxy in args.proxies.split(","):
+                if f"{proxy}:{name}" in args.skip.split(","):
+                    continue
                 for space in args.spaces.split(","):
                     print(f"{name} / {proxy} / {space} ...", flush=True)
                     rows.append(measure(name, proxy, loaded, tokens, args.trials, Path(workdir), space))

@@ -16,6 +16,7 @@ Unstructured sparsity removes, in every row of a kept matrix, the weights with t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import torch
@@ -35,6 +36,12 @@ SPARSITY_CRITERIA = ("magnitude", "wanda")
 class Importance:
     head_groups: tuple[torch.Tensor, ...]  # per layer: (KV,), higher = more important
     channels: tuple[torch.Tensor, ...]  # per layer: (I,)
+
+    @cached_property
+    def ranks(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+        """Each unit's place in its layer's order (0 = most important), ranked once: a trial keeping
+        k units keeps those ranked below k, with no sort per trial."""
+        return tuple(_ranks(s) for s in self.head_groups), tuple(_ranks(s) for s in self.channels)
 
 
 @dataclass(frozen=True)
@@ -116,7 +123,8 @@ def select_units(
     importance: Importance, arch: ArchConfig, group_size: int, sparsity: SparsityScorer | None = None
 ) -> Selection:
     layers = []
-    for layer, groups, channels in zip(arch.layers, importance.head_groups, importance.channels, strict=True):
+    group_ranks, channel_ranks = importance.ranks
+    for layer, groups, channels in zip(arch.layers, group_ranks, channel_ranks, strict=True):
         layers.append(
             LayerSelection(
                 kv_groups=_top(groups, layer.heads // group_size),
@@ -140,9 +148,14 @@ def sparse_positions(
     return rows.to(weight.device).unsqueeze(1).expand_as(lowest), cols[lowest]
 
 
-def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
-    if k >= scores.numel():
-        return torch.arange(scores.numel())
+def _ranks(scores: torch.Tensor) -> torch.Tensor:
     # stable sort: ties go to the lower index, so selection is deterministic
-    order = torch.sort(scores, descending=True, stable=True).indices[:k]
-    return torch.sort(order).values
+    order = torch.sort(scores.cpu(), descending=True, stable=True).indices
+    return torch.empty_like(order).scatter_(0, order, torch.arange(order.numel()))
+
+
+def _top(ranks: torch.Tensor, k: int) -> torch.Tensor:
+    """Sorted indices of the k most important units."""
+    if k >= ranks.numel():
+        return torch.arange(ranks.numel())
+    return torch.nonzero(ranks < k).flatten()

@@ -213,10 +213,7 @@ def audit_weights(
             if best_rho is not None and member_rho is not None and member_rho < best_rho:
                 worse[name] += 1
     clipped = {name: min(max(r, 0.0), 0.99) for name, r in rho.items()}
-    return {
-        name: 0.0 if worse[name] >= level * samples else r / (1 - r * r)
-        for name, r in clipped.items()
-    }
+    return {name: 0.0 if worse[name] >= level * samples else r / (1 - r * r) for name, r in clipped.items()}
 
 
 def cost(proxy: Any) -> int:
