@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from search.adapters import Adapter, adapter_for
 from search.arch import ModelShape
+from search.artifacts import STORE_KEY, ArtifactStore
 from search.errors import ModelLoadError
 
 if TYPE_CHECKING:
@@ -30,8 +32,11 @@ def resolve_device(device: str | None) -> torch.device:
     return torch.device(device)
 
 
-def load_model(model: str, revision: str | None = None, *, device: str | None = None) -> LoadedModel:
-    """Decoders load as ``AutoModelForCausalLM``, encoders as ``AutoModel`` (no task head)."""
+def load_model(
+    model: str, revision: str | None = None, *, device: str | None = None, artifacts: Path | None = None
+) -> LoadedModel:
+    """Decoders load as ``AutoModelForCausalLM``, encoders as ``AutoModel`` (no task head).
+    ``artifacts``: a folder where what is computed from the weights is kept across processes."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     target = resolve_device(device)
@@ -49,7 +54,10 @@ def load_model(model: str, revision: str | None = None, *, device: str | None = 
         raise ModelLoadError(f"cannot load model {model!r}: {error}") from error
     network.to(target).eval()
     network.config.use_cache = False
-    return LoadedModel(adapter_for(network), tokenizer, (model, revision, str(target)))
+    loaded = LoadedModel(adapter_for(network), tokenizer, (model, revision, str(target)))
+    if artifacts is not None:
+        loaded.cache[STORE_KEY] = ArtifactStore(artifacts, model, revision)
+    return loaded
 
 
 def _check_fits(shape: ModelShape, device: torch.device, dtype: torch.dtype) -> None:
@@ -75,12 +83,13 @@ class ModelCache:
     One entry: a GPU worker holds one model at a time.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, artifacts: Path | None = None) -> None:
         self._entry: LoadedModel | None = None
+        self.artifacts = artifacts
 
     def get(self, model: str, revision: str | None = None, *, device: str | None = None) -> LoadedModel:
         key = (model, revision, str(resolve_device(device)))
         if self._entry is None or self._entry.key != key:
             self._entry = None  # release the previous model before loading the next
-            self._entry = load_model(model, revision, device=device)
+            self._entry = load_model(model, revision, device=device, artifacts=self.artifacts)
         return self._entry

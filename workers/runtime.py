@@ -30,7 +30,8 @@ def sessions() -> sessionmaker[Session]:
 def models() -> ModelCache:
     from search.loading import ModelCache  # torch is imported here, in the worker child, not before fork
 
-    return ModelCache()
+    # Artifacts computed from a model's weights (PruneNet's policy and tables) outlive the process.
+    return ModelCache(artifacts=get_settings().data_dir / "cache" / "artifacts")
 
 
 def reset() -> None:

@@ -128,6 +128,7 @@ class _Factory:
                 policy=cached_policy(self.adapter, self.cache, self.seed),
                 order=order,
                 attention_weight=weight,
+                cache=self.cache,
             )
         return self.cache[key]
 

@@ -31,6 +31,7 @@ The FFN matrix is the first one of the MLP (Llama ``gate_proj``, GPT-2 ``c_fc``,
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Iterator
@@ -42,6 +43,7 @@ import torch
 
 from search.adapters import Adapter, Block
 from search.arch import ArchConfig
+from search.artifacts import persisted
 from search.errors import ProxyError
 from search.proxies.base import COST_LOOKUP, ProxyScore
 from search.selection import Importance, Selection
@@ -358,8 +360,18 @@ class PruneNet:
         self.attention_weight = attention_weight
         cache = cache if cache is not None else {}
         self.policy = policy if policy is not None else cached_policy(adapter, cache, seed)
-        self.order = order if order is not None else self.policy.importance(adapter)
-        self.tables = build_tables(adapter, self.order)
+        if order is None:  # the policy's own order: a function of the weights and the seed, kept on disk
+            self.order = self.policy.importance(adapter)
+            self.tables = persisted(
+                cache,
+                f"prunenet-tables-seed{self.policy.seed}",
+                lambda: build_tables(adapter, self.order),
+                dataclasses.asdict,
+                lambda state: SpectralTables(**state),
+            )
+        else:
+            self.order = order
+            self.tables = build_tables(adapter, order)
         self._sparsity: dict[tuple[int, str], list[float]] = {}
 
     def block_terms(self, arch: ArchConfig) -> list[tuple[Block, float]]:
@@ -423,5 +435,11 @@ def cached_policy(adapter: Adapter, cache: dict[Any, Any], seed: int) -> Spectra
     """Train the policy once per (model, seed): it depends on the weights only."""
     key = ("prunenet", "policy", seed)
     if key not in cache:
-        cache[key] = train_policy(adapter, seed=seed)
+        cache[key] = persisted(
+            cache,
+            f"prunenet-policy-seed{seed}",
+            lambda: train_policy(adapter, seed=seed),
+            dataclasses.asdict,
+            lambda state: SpectralPolicy(**state),
+        )
     return cache[key]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -67,3 +71,40 @@ def test_policy_training_is_seeded_and_keeps_its_best_checkpoint(tiny_loaded: Lo
     importance = first.importance(tiny_loaded.adapter)
     assert [g.shape for g in importance.head_groups] == [torch.Size([2])] * 4
     assert [c.shape for c in importance.channels] == [torch.Size([tiny_loaded.adapter.shape.intermediate_size])] * 4
+
+
+def test_policy_and_tables_are_kept_on_disk_for_the_next_process(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    """A second load of the same weights (another worker, a later job) reads the trained policy and the
+    tables instead of training again; changed weights get their own entry; a corrupt file is recomputed."""
+    import time
+
+    from search.artifacts import model_fingerprint
+    from search.loading import load_model
+    from search.proxies import create_proxy
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_llama_dir, model_dir)
+    tiny_llama_dir = model_dir  # this test changes the weights' timestamps
+    artifacts = tmp_path / "artifacts"
+    first = load_model(str(tiny_llama_dir), artifacts=artifacts)
+    started = time.perf_counter()
+    trained = create_proxy("prunenet", first.adapter, None, seed=3, cache=first.cache)  # type: ignore[arg-type]
+    trained_s = time.perf_counter() - started
+    entry = artifacts / model_fingerprint(str(tiny_llama_dir), None)
+    assert sorted(p.name for p in entry.iterdir()) == ["prunenet-policy-seed3.pt", "prunenet-tables-seed3.pt"]
+
+    second = load_model(str(tiny_llama_dir), artifacts=artifacts)  # a fresh process's view: empty memory cache
+    started = time.perf_counter()
+    reloaded = create_proxy("prunenet", second.adapter, None, seed=3, cache=second.cache)  # type: ignore[arg-type]
+    assert time.perf_counter() - started < trained_s / 3
+    assert torch.equal(reloaded.policy.ffn_direction, trained.policy.ffn_direction)
+    assert torch.equal(reloaded.tables.ffn, trained.tables.ffn)
+    assert reloaded.policy.log == trained.policy.log
+
+    (entry / "prunenet-policy-seed3.pt").write_bytes(b"truncated")
+    third = load_model(str(tiny_llama_dir), artifacts=artifacts)
+    recomputed = create_proxy("prunenet", third.adapter, None, seed=3, cache=third.cache)  # type: ignore[arg-type]
+    assert torch.equal(recomputed.policy.ffn_direction, trained.policy.ffn_direction)  # seeded: same policy
+
+    os.utime(tiny_llama_dir / "model.safetensors", ns=(0, 0))  # "new weights"
+    assert model_fingerprint(str(tiny_llama_dir), None) != entry.name
