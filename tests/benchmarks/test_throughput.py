@@ -54,11 +54,13 @@ def test_scaling_benchmark_runs_two_cpu_workers_on_one_study(tmp_path: Path) -> 
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    one, two = json.loads(out.with_suffix(".json").read_text())["results"]
+    (run,) = json.loads((tmp_path / "scaling-scaling.json").read_text()).values()
+    one, two = run["results"]
     assert one["workers"] == 1 and two["workers"] == 2
     assert one["per_worker_trials"] == [8] and one["trials"] == 8
     # Both workers ran trials of the one study; it ends with n_trials, at most one over per extra worker.
     assert all(n > 0 for n in two["per_worker_trials"]) and 8 <= two["trials"] <= 9
     assert sum(two["per_worker_trials"]) == two["trials"]
     assert one["trials_per_min"] > 0 and two["trials_per_min"] > 0
-    assert "| 2 | cpu, cpu |" in out.read_text()
+    text = out.read_text()
+    assert "| 2 | cpu, cpu |" in text and text.count("<!-- scaling: tiny per_layer gpus=cpu -->") == 1
