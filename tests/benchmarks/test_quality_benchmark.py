@@ -1,0 +1,129 @@
+"""The quality benchmark end to end on a pretrained reference decoder, at tiny settings.
+
+A small run of ``benchmarks/quality.py`` (``ref-llama-7m``, half the blocks' parameters, every
+method, 3 trials per search, a 2-step fine-tune, 4 held-out windows per domain); the full figures
+and the command are in ``docs/benchmarks.md``. It checks that every figure is computed and sane,
+not which method wins.
+
+The reference corpus (training and validation splits) comes from ``benchmarks/reference_models/
+build/corpus`` or the Debian package python3.11-doc; without either, the Python documentation's
+topic reference (bundled with CPython) stands in for both texts, which is enough for the mechanics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = ROOT / "models" / "ref-llama-7m"
+CORPUS = ROOT / "benchmarks" / "reference_models" / "build" / "corpus"
+DOCS_ROOT = Path("/usr/share/doc/python3.11/html/_sources")
+METHODS = {
+    "search:tracenas",
+    "search:prunenet",
+    "search:ensemble",
+    "search:metanet",
+    "random",
+    "uniform",
+    "block_influence",
+    "flap",
+    "owl",
+}
+
+
+def _texts(tmp_path: Path) -> list[str]:
+    if (CORPUS / "train.txt").is_file() or DOCS_ROOT.is_dir():
+        return []
+    from search.calibration import default_texts
+
+    stand_in = tmp_path / "topics.txt"
+    stand_in.write_text("\n\n".join(default_texts()))
+    return ["--train-text", str(stand_in), "--calibration-text", str(stand_in)]
+
+
+@pytest.mark.skipif(not (MODEL / "model.safetensors").is_file(), reason="the reference decoder is not checked out")
+@pytest.mark.timeout(1200)  # about 5 min on a busy 2-core CPU (every method runs; most of it is TraceNAS)
+def test_every_method_is_measured_at_the_same_budget(tmp_path: Path) -> None:
+    out = tmp_path / "benchmarks.md"
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "quality.py"),
+        "--quick",
+        *("--trials", "3", "--audit", "4", "--verify-top-k", "1", "--calibration", "2", "--seq-len", "32"),
+        *("--heldout", "4", "--eval-windows", "4", "--finetune-steps", "2", "--finetune-batch", "2"),
+        *("--finetune-seq", "32", "--write", str(out)),
+        *_texts(tmp_path),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1200, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = json.loads(out.with_suffix(".json").read_text())
+    (figures,) = saved["results"]
+    (budget,) = figures["budgets"]
+    rows = budget["methods"]
+    print(out.read_text())
+
+    assert figures["model"] == "ref-llama-7m" and budget["ratio"] == 0.5
+    assert set(rows) == METHODS
+    dense = figures["dense"]
+    for domain, spread in (("docs", 0.2), ("stdlib", 0.5)):
+        # 4 evenly spaced windows of the held-out text: near the documented whole-set figure (code
+        # files vary more than documentation pages)...
+        documented = figures["documented_ppl"][domain]
+        assert abs(dense[domain]["ppl"] / documented - 1) < spread, (domain, dense[domain]["ppl"], documented)
+        assert dense[domain]["kl"] == 0.0 and dense[domain]["tokens"] == 4 * 511
+        assert math.isfinite(dense["tuned"][domain]["ppl"])
+        # ...and exactly what the reference models' own scorer gives on those windows.
+        assert dense[domain]["ppl"] == pytest.approx(_reference_ppl(domain), rel=1e-4)
+
+    for method, row in rows.items():
+        assert abs(row["budget_deviation"]) <= 0.01, (method, row["budget_deviation"])
+        assert row["blocks_ratio"] == pytest.approx(0.5, abs=0.02), method
+        for key in ("heldout", "heldout_ft"):
+            for domain in ("docs", "stdlib"):
+                ppl, kl = row[key][domain]["ppl"], row[key][domain]["kl"]
+                assert math.isfinite(ppl) and math.isfinite(kl), (method, key, domain)
+                # Pruning half the blocks costs something, and nothing is worse than guessing.
+                assert dense[domain]["ppl"] * 0.9 < ppl < 4096, (method, key, domain, ppl)
+                assert kl > 0, (method, key, domain)
+        assert row["seconds"] > 0 and row["finetune_seconds"] > 0
+        if method.startswith("search:") or method == "random":
+            assert row["trials"] == 3 and row["verified"]["kl"] > 0
+    # Only OWL's unstructured sparsity keeps zeros in dense tensors; the rest are physically smaller.
+    assert rows["owl"]["param_count"] < rows["owl"]["stored_params"] <= figures["params"]
+    assert all(rows[m]["stored_params"] == rows[m]["param_count"] for m in METHODS - {"owl"})
+
+    text = out.read_text()
+    assert "## Reading" in text and "| search, tracenas |" in text and "| OWL sparsity (Wanda) |" in text
+    assert out.with_suffix(".png").stat().st_size > 10_000
+    # --render reproduces the document from the JSON alone.
+    rerendered = tmp_path / "again.md"
+    command = [sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--render", str(out.with_suffix(".json"))]
+    subprocess.run([*command, "--write", str(rerendered)], check=True, capture_output=True, timeout=300, cwd=ROOT)
+    assert rerendered.read_text() == text.replace("benchmarks.png", "again.png")
+
+
+def _reference_ppl(domain: str) -> float:
+    """benchmarks/reference_models/common.py's perplexity on the 4 evenly spaced windows of a domain."""
+    import importlib.util
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = importlib.util.spec_from_file_location("reference_common", ROOT / "benchmarks/reference_models/common.py")
+    assert spec is not None and spec.loader is not None
+    common = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(common)
+    tokenizer = AutoTokenizer.from_pretrained(MODEL)
+    model = AutoModelForCausalLM.from_pretrained(MODEL, dtype=torch.float32)
+    text = (ROOT / f"benchmarks/reference_models/heldout/{domain}.txt").read_text(encoding="utf-8")
+    stream = common.token_stream(tokenizer, text)
+    windows = common.windows(stream)
+    picks = torch.linspace(0, len(windows) - 1, 4).round().long().numpy()
+    chosen = windows[picks].reshape(-1)
+    return common.perplexity(model, chosen, device="cpu", batch_size=4)["ppl"]
