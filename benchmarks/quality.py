@@ -979,6 +979,14 @@ NOTES = """## How to read this
 - The search verifies the baseline seeds (uniform width, Block Influence) beside its own favourites
   on validation text and returns the verified best, so on the validation split it is never worse
   than those two; on the held-out domains it can be.
+- **OWL is a different kind of model.** Its unstructured sparsity keeps every dense matrix at full
+  shape: at the same count of non-zero parameters it is the most accurate, but it is neither smaller
+  on disk nor faster without sparse kernels, which is why the reading also compares the search with
+  the structured baselines alone (those that give a physically smaller model). The searches above
+  are structured only (`search_space.sparsity` = 0). Next step for the unstructured comparison: a
+  search with `search_space.sparsity` > 0 enqueues the OWL allocation as a seed and verifies it
+  beside its own mixed (structured + sparse) candidates, so it can only match or beat OWL on the
+  validation split; that run is not in this table.
 """
 
 if __name__ == "__main__":
