@@ -427,9 +427,15 @@ def render(results: list[dict[str, Any]], command: str, meta: dict[str, Any]) ->
                 + "."
             )
         gate = r["ensemble_states"]["ensemble"]
+        cheap_weight = sum(gate.get("weights", {}).get(name, 0.0) for name in gate.get("cheap", []))
+        reason = (
+            "the cheap members have no weight"
+            if cheap_weight == 0
+            else f"cheap members' audit ρ on the reference population {_fmt(gate.get('cheap_audit_spearman'))}, "
+            "needed ≥ 0.3"
+        )
         lines.append(
-            f"- The prefilter {'was on' if gate.get('gating') else 'was off'} (cheap members' audit ρ on the "
-            f"reference population {_fmt(gate.get('cheap_audit_spearman'))}, needed ≥ 0.3); tracenas was skipped on "
+            f"- The prefilter {'was on' if gate.get('gating') else 'was off'} ({reason}); tracenas was skipped on "
             f"{r['gated_share']:.0%} of the candidates."
         )
         best = r["best_single"]
@@ -526,11 +532,13 @@ NOTES = """## How to read this
   models' held-out Python documentation, `benchmarks/reference_models/heldout/docs.txt`).
 - **The ensemble rows** all combine the same two members (PruneNet's lookups and TraceNAS's
   forward+backward). *equal weights* is plain mean-rank aggregation against a reference population
-  of 16 other random candidates; *audit-weighted* (the default) weighs each member by its Spearman
-  correlation with the cheaply verified KL of that reference population (KL on the first quarter of
-  the held-out sequences), floored at 0; *as a job runs it* adds the prefilter: TraceNAS runs only
-  when the cheap rank is in the top half of everything seen so far, otherwise its rank is imputed
-  from the cheap one (`search/proxies/ensemble.py` states the rule).
+  of 16 other random candidates; *audit-weighted* (the default) weighs each member by ρ / (1 − ρ²)
+  of its Spearman correlation ρ with the cheaply verified KL of that reference population (KL on the
+  first quarter of the held-out sequences), and gives no weight to a member that is significantly
+  worse than the best one (lower ρ in ≥ 95% of paired bootstrap resamples) or disagrees (ρ ≤ 0);
+  *as a job runs it* adds the prefilter: TraceNAS runs only when the cheap rank is in the top half
+  of everything seen so far, otherwise its rank is imputed from the cheap one
+  (`search/proxies/ensemble.py` states the rule).
 - **The meta-network rows** are trained only on the audits of earlier, ordinary jobs on the same
   model (`"proxy": "prunenet"`, 40 trials, 24 audited candidates each, at budgets 0.5, 0.7 and
   0.6, other seeds), never on the evaluated candidates. *After one job* is the median over the three
@@ -554,17 +562,18 @@ NOTES = """## How to read this
   did not move the FFN policy off its magnitude start on either model (the best checkpoint is the
   start) and improved the head policy slightly; ranking the tables by the Wanda-kept rows instead of
   the policy's rows changes little.
-- **Ensembles: not at least as high as the best single proxy, except where weighting drops the
-  weak member.** Equal-weight rank aggregation is clearly below TraceNAS on both models: a member
-  without signal dilutes it. Audit weighting matches TraceNAS on `ref-llama-13m`, where PruneNet's
-  agreement with the audited reference population was about 0, so its weight was 0 and the
-  prefilter stayed off. On `ref-llama-7m` it does not: PruneNet agreed with the 16 audited reference
-  candidates (ρ 0.56) far more than with the 40 evaluated ones, kept a weight of 0.56, and passed the
-  prefilter's bar, so a job skipped TraceNAS on 42% of the candidates and imputed their ranks from
-  a weak signal (ρ 0.69 as a job runs it). We report this as measured rather than tuning the rule to
-  the benchmark. Each job's trust report shows every member's correlation on its own audit sample,
-  so a user sees when the cheap member does not pull its weight and can choose `"tracenas"` or
-  `"metanet"` instead; a larger reference population would make the weights and the gate less noisy.
+- **Ensembles: as high as the best single proxy, because the weighting drops the weak member.**
+  Equal-weight rank aggregation is clearly below TraceNAS on both models: a member without signal
+  dilutes it. The default audit weighting matches TraceNAS on both: on the 16 audited reference
+  candidates PruneNet correlated clearly less than TraceNAS (on `ref-llama-7m` ρ 0.56 against TraceNAS's
+  near 1, significantly lower in the paired bootstrap; on `ref-llama-13m` about 0), so it got no
+  weight and the prefilter stayed off. The previous rule (weight = ρ floored at 0; this document's
+  git history has its run) kept PruneNet's weight on `ref-llama-7m`, let it prefilter, and ranked
+  clearly below TraceNAS: averaging a strong and a weak ranker with comparable say is worse than the
+  strong one alone. The ensemble can only beat its best member when the members carry complementary
+  signal of comparable strength; with these two proxies on these decoders they do not, and the
+  measured outcome is a tie, not a gain.
+  Each job's trust report shows every member's correlation and weight on its own audit sample.
 - **The meta-network improves with data**: trained on one earlier job's 24 audited candidates it
   ranks well but unevenly (it depends on which job); trained on three jobs' 72 it is as good as
   TraceNAS on both models, at under a five-hundredth of the cost per candidate. It never saw the
