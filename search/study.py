@@ -254,8 +254,10 @@ def search_trials(
         started = time.perf_counter()
         proposal = context.space.suggest(trial)
         budget = trial.suggest_float("param_ratio", low, high) if multi else high
+        sampled = time.perf_counter()
         selection = context.candidate(proposal, budget)
         param_count = shape.count_params(selection.arch)
+        realised = time.perf_counter()
         trial.set_user_attr("arch", selection.arch.to_dict())
         trial.set_user_attr("param_count", param_count)
         trial.set_user_attr("param_ratio", param_count / dense_params)
@@ -264,7 +266,7 @@ def search_trials(
         violation = abs(param_count / dense_params - budget) / budget - DEFAULT_TOLERANCE
         trial.set_constraint("budget", violation)
         trial.storage.set_trial_system_attr(trial._trial_id, "constraints", [violation])
-        realised = time.perf_counter()
+        scoring = time.perf_counter()
         try:
             score = context.proxy.score(selection)
         except ProxyError as error:
@@ -272,7 +274,15 @@ def search_trials(
             raise
         scored = time.perf_counter()
         trial.set_user_attr("scores", {context.proxy.name: score.value, **score.extras})
-        trial.set_user_attr("timings", {"realise_s": realised - started, "score_s": scored - realised, **score.timings})
+        trial.set_user_attr(
+            "timings",
+            {
+                "sample_s": sampled - started,
+                "realise_s": realised - sampled,
+                "score_s": scored - scoring,
+                **score.timings,
+            },
+        )
         return (score.value, param_count / dense_params) if multi else score.value
 
     stopped = False  # the caller asked before priming; check_stop asks after every trial
