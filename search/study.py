@@ -391,7 +391,7 @@ def run_search(
             on_primed(remaining)
         stopped = search_trials(context, study, callbacks=callbacks, should_stop=should_stop)
     if not stopped:
-        stopped = _await_other_workers(study, should_stop)
+        stopped = _await_other_workers(study, storage, should_stop)
     trials = [describe_trial(t) for t in study.get_trials(deepcopy=False)]
     result = SearchResult(study_name, trials, dense=None, stopped=stopped)
     complete = [t for t in trials if t.state == "complete" and t.arch is not None]
@@ -422,10 +422,16 @@ def run_search(
     return result
 
 
-def _await_other_workers(study: optuna.Study, should_stop: Callable[[], bool] | None, *, poll_s: float = 0.5) -> bool:
+def _await_other_workers(
+    study: optuna.Study,
+    storage: str | BaseStorage | None,
+    should_stop: Callable[[], bool] | None,
+    *,
+    poll_s: float = 0.5,
+) -> bool:
     """Wait until no trial of the study is running (other workers finish theirs; a dead worker's
     trial is failed by its missed heartbeats). Returns whether ``should_stop`` stopped the wait."""
-    if not is_heartbeat_enabled(study._storage):
+    if not isinstance(storage, BaseStorage) or not is_heartbeat_enabled(storage):
         return False  # no heartbeats, so no other worker (and no way to tell a dead one)
     while study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if should_stop is not None and should_stop():
