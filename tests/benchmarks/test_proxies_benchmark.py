@@ -36,9 +36,13 @@ def test_each_proxy_ranks_30_candidates_of_a_pretrained_decoder(tmp_path: Path) 
     for name in ("tracenas", "tracenas_sum", "prunenet", "ensemble", "ensemble_gated", "kl_calibration"):
         assert rows[name]["n"] == 30 and rows[name]["spearman"] is not None, name
     # What the full benchmark shows, with margins for the smaller run: the gradient trace and the
-    # cheap direct measurement rank well; aggregation never falls below its weaker member.
+    # cheap direct measurement rank well; the default (audit-weighted) ensemble, as scored and as a
+    # job runs it with its prefilter, ranks at least as well as its best member.
     assert rows["tracenas"]["spearman"] > 0.6
     assert rows["kl_calibration"]["spearman"] > 0.8
-    weaker = min(rows["tracenas"]["spearman"], rows["prunenet"]["spearman"])
-    assert rows["ensemble"]["spearman"] >= weaker
+    best = max(rows["tracenas"]["spearman"], rows["prunenet"]["spearman"])
+    assert rows["ensemble"]["spearman"] >= best - 1e-9
+    assert rows["ensemble_gated"]["spearman"] >= best - 1e-9
+    # Equal weights let the weak member dilute the strong one: the reason for audit weighting.
+    assert rows["ensemble_equal"]["spearman"] < rows["ensemble"]["spearman"]
     assert "| tracenas (mean over kept sub-blocks) |" in out.read_text()
