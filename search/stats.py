@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from search.adapters import Adapter
+from search.artifacts import persisted
 
 if TYPE_CHECKING:
     from search.calibration import TokenSet
@@ -91,3 +92,35 @@ def collect_stats(adapter: Adapter, tokens: TokenSet, *, batch_size: int) -> Den
         block_influence=(1.0 - cos_sum / max(cos_count[0], 1)).float(),
         loss=loss_sum / max(batches, 1),
     )
+
+
+def cached_stats(adapter: Adapter, tokens: TokenSet, cache: dict[Any, Any], *, batch_size: int) -> DenseStats:
+    """``collect_stats`` once per (model, calibration): in memory, and on disk when the model has an
+    artifact store, so other workers and later jobs on the same weights and texts skip the pass."""
+    key = ("stats", tokens.digest)
+    if key not in cache:
+        dtype = str(next(adapter.model.parameters()).dtype).removeprefix("torch.")
+        cache[key] = persisted(
+            cache,
+            f"stats-{tokens.digest}-batch{batch_size}-{dtype}",
+            lambda: collect_stats(adapter, tokens, batch_size=batch_size),
+            _encode,
+            _decode,
+        )
+    return cache[key]
+
+
+def _encode(stats: DenseStats) -> dict[str, Any]:
+    return {
+        "inputs": {"|".join(map(str, key)): vars(channels) for key, channels in stats.inputs.items()},
+        "block_influence": stats.block_influence,
+        "loss": stats.loss,
+    }
+
+
+def _decode(state: dict[str, Any]) -> DenseStats:
+    inputs = {}
+    for key, channels in state["inputs"].items():
+        layer, kind, name = key.split("|")
+        inputs[(int(layer), kind, name)] = ChannelStats(**channels)
+    return DenseStats(inputs, state["block_influence"], float(state["loss"]))

@@ -42,7 +42,7 @@ from search.repair import DEFAULT_TOLERANCE, Proposal, repair
 from search.selection import Importance, Selection, SparsityScorer, compute_importance, select_units
 from search.space import LayerSignals, Space
 from search.spec import JobSpec
-from search.stats import DenseStats, collect_stats
+from search.stats import DenseStats, cached_stats
 from search.verify import Verification
 
 TrialCallback = Callable[[optuna.Study, FrozenTrial], None]
@@ -136,10 +136,7 @@ def prepare(
     if tokens is None:
         tokens = build_token_set(loaded.tokenizer, spec.calibration, causal=adapter.shape.causal)
     cache = loaded.cache
-    stats_key = ("stats", tokens.digest)
-    if stats_key not in cache:
-        cache[stats_key] = collect_stats(adapter, tokens, batch_size=batch_size)
-    stats: DenseStats = cache[stats_key]
+    stats = cached_stats(adapter, tokens, cache, batch_size=batch_size)
     criterion = spec.search_space.selection
     importance_key = ("importance", tokens.digest, criterion)
     seed = spec.seed or 0

@@ -19,7 +19,7 @@ from search.proxies.prunenet import PruneNet, cached_policy
 from search.proxies.tracenas import TraceNAS
 from search.selection import Importance
 from search.spec import DEFAULT_ENSEMBLE, MEMBER_PROXY_NAMES, PROXY_NAMES
-from search.stats import DenseStats, collect_stats
+from search.stats import DenseStats, cached_stats
 
 __all__ = [
     "Ensemble",
@@ -92,17 +92,16 @@ class _Factory:
 
     def stats(self) -> DenseStats:
         if self._stats is None:
-            key = ("stats", self.tokens.digest)
-            if key not in self.cache:
-                self.cache[key] = collect_stats(self.adapter, self.tokens, batch_size=self.batch_size)
-            self._stats = self.cache[key]
+            self._stats = cached_stats(self.adapter, self.tokens, self.cache, batch_size=self.batch_size)
         return self._stats
 
     def single(self, name: str) -> Proxy:
         if name == "tracenas":
             key: tuple[Any, ...] = ("proxy-member", "tracenas", self.tokens.digest, self.seed, self.batch_size)
             if key not in self.cache:
-                self.cache[key] = TraceNAS(self.adapter, self.tokens, seed=self.seed, batch_size=self.batch_size)
+                self.cache[key] = TraceNAS(
+                    self.adapter, self.tokens, seed=self.seed, batch_size=self.batch_size, cache=self.cache
+                )
             return self.cache[key]
         if name == "prunenet":
             return self.prunenet()

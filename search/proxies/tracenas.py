@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from search.adapters import Adapter, Batch, Block
+from search.artifacts import persisted
 from search.calibration import TokenSet
 from search.errors import ProxyError
 from search.masking import Slices, apply_arch
@@ -35,8 +36,16 @@ class TraceNAS:
     cost = COST_BACKWARD
 
     def __init__(
-        self, adapter: Adapter, tokens: TokenSet, *, rank: int = 32, seed: int = 0, batch_size: int = 8
+        self,
+        adapter: Adapter,
+        tokens: TokenSet,
+        *,
+        rank: int = 32,
+        seed: int = 0,
+        batch_size: int = 8,
+        cache: dict[Any, Any] | None = None,
     ) -> None:
+        """``cache``: the model's cache; with an artifact store in it, the dense sketch is kept on disk."""
         self.adapter = adapter
         self.batches: list[Batch] = list(tokens.batches("calibration", batch_size, adapter.device))
         self.rank = rank
@@ -45,7 +54,14 @@ class TraceNAS:
         self._memo: tuple[Selection, dict[Block, float]] | None = None  # the last candidate's terms
         # Encoders distil towards the dense model's embeddings; decoders need no reference.
         self._references = [None if adapter.shape.causal else _dense_output(adapter, b) for b in self.batches]
-        self._dense = self._sketch(None)
+        dtype = str(next(adapter.model.parameters()).dtype).removeprefix("torch.")
+        self._dense = persisted(
+            cache if cache is not None else {},
+            f"tracenas-dense-{tokens.digest}-seed{seed}-rank{rank}-batch{batch_size}-{dtype}",
+            lambda: self._sketch(None),
+            _encode_sketches,
+            lambda state: _decode_sketches(state, adapter.device),
+        )
 
     def score(self, selection: Selection) -> ProxyScore:
         timings: dict[str, float] = {}
@@ -175,6 +191,20 @@ def _arch(adapter: Adapter, selection: Selection | None) -> Iterator[Slices]:
     else:
         with apply_arch(adapter, selection) as slices:
             yield slices
+
+
+def _encode_sketches(sketches: Sketches) -> dict[str, Any]:
+    return {
+        f"{block.layer}|{block.kind}|{name}": g.cpu() for block, parts in sketches.items() for name, g in parts.items()
+    }
+
+
+def _decode_sketches(state: dict[str, Any], device: torch.device) -> Sketches:
+    sketches: Sketches = {}
+    for key, g in state.items():
+        layer, kind, name = key.split("|")
+        sketches.setdefault(Block(int(layer), kind), {})[name] = g.to(device)
+    return sketches
 
 
 def _flat(parts: dict[str, torch.Tensor]) -> torch.Tensor:

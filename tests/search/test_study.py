@@ -64,3 +64,34 @@ def test_stop_between_trials_and_resume(tiny_loaded: LoadedModel, tiny_llama_dir
     assert [t.number for t in resumed.trials] == list(range(6))
     assert not resumed.stopped and 1 <= len(resumed.verified) <= 3  # the best, plus the two seeds
 
+
+def test_dense_statistics_and_sketch_are_reused_by_the_next_process(
+    tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second worker (a fresh load with an empty memory cache) reads the dense statistics and
+    TraceNAS's dense sketch from the artifact store and scores candidates exactly as the first."""
+    import torch
+
+    from search.arch import ArchConfig, LayerArch
+    from search.artifacts import model_fingerprint
+    from search.loading import load_model
+
+    artifacts = tmp_path / "artifacts"
+    spec = _spec(tiny_llama_dir)
+    arch = ArchConfig((LayerArch(2, 128), LayerArch(0, 256), LayerArch(4, 0), LayerArch(2, 64)))
+    first = prepare(load_model(str(tiny_llama_dir), artifacts=artifacts), spec)
+    entry = artifacts / model_fingerprint(str(tiny_llama_dir), None)
+    names = sorted(p.name.split("-")[0] for p in entry.iterdir())
+    assert names == ["stats", "tracenas"]
+
+    def recomputed(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("the dense pass ran again")
+
+    monkeypatch.setattr("search.stats.collect_stats", recomputed)
+    monkeypatch.setattr("search.proxies.tracenas.TraceNAS._sketch", recomputed)
+    second = prepare(load_model(str(tiny_llama_dir), artifacts=artifacts), spec)
+    monkeypatch.undo()
+    assert second.stats is not first.stats  # read back, not shared memory
+    assert torch.equal(second.stats.block_influence, first.stats.block_influence)
+    assert second.stats.inputs.keys() == first.stats.inputs.keys()
+    assert first.proxy.score(first.selection(arch)).value == second.proxy.score(second.selection(arch)).value
