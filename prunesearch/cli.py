@@ -161,8 +161,11 @@ def _run_local(
 
     if storage.startswith("sqlite:///"):
         Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    from service.settings import get_settings
+
     with console.status(f"Loading {spec.model} and computing dense statistics..."):
-        loaded = load_model(spec.model, spec.revision, device=device)
+        # The same artifact store as the service's workers: a rerun on the same model skips the dense passes.
+        loaded = load_model(spec.model, spec.revision, device=device, artifacts=get_settings().artifact_cache_dir)
         context = prepare(loaded, spec)
     console.print(
         f"Loaded {spec.model}: {context.shape.dense_params():,} parameters, "

@@ -180,6 +180,11 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def artifact_cache_dir(self) -> Path:
+        """What searches compute once per model and calibration (dense statistics, PruneNet's policy)."""
+        return self.data_dir / "cache" / "artifacts"
+
+    @property
     def broker_dir(self) -> Path:
         """Folders of the filesystem broker (used only when ``broker_url`` is ``filesystem://``)."""
         return self.data_dir / "broker"

@@ -31,7 +31,7 @@ def models() -> ModelCache:
     from search.loading import ModelCache  # torch is imported here, in the worker child, not before fork
 
     # Artifacts computed from a model's weights (PruneNet's policy and tables) outlive the process.
-    return ModelCache(artifacts=get_settings().data_dir / "cache" / "artifacts")
+    return ModelCache(artifacts=get_settings().artifact_cache_dir)
 
 
 def reset() -> None:
