@@ -753,6 +753,16 @@ def render(saved: dict[str, Any], plot_name: str | None) -> str:
         + ".",
         "",
     ]
+    if "reproducibility" in saved:
+        check = saved["reproducibility"]
+        lines += [
+            f"Reproducibility: the same command for {', '.join(f'`{m}`' for m in check['models'])}, run again "
+            f"on a fresh lease of the machine ({check['hardware']}), gave {check['figures']} held-out figures "
+            f"(every method, both budgets, both domains, as pruned and fine-tuned) with a largest relative "
+            f"difference of "
+            f"{check['max_relative_difference']:.2g} from the ones below.",
+            "",
+        ]
     if plot_name:
         lines += [f"![quality against parameter ratio]({plot_name})", ""]
     lines += ["## Reading", "", *findings(results), "", meta.get("notes", ""), ""]
@@ -855,6 +865,34 @@ def write(saved: dict[str, Any], markdown: Path) -> None:
     markdown.write_text(render(saved, png.name))
 
 
+def compare_runs(saved: dict[str, Any], rerun: dict[str, Any]) -> dict[str, Any]:
+    """The largest relative difference between two runs' held-out figures, over the models both have."""
+    ours = {r["model"]: r for r in saved["results"]}
+    differences: list[float] = []
+    models = []
+    for other in rerun["results"]:
+        result = ours.get(other["model"])
+        if result is None:
+            continue
+        models.append(other["model"])
+        for budget, other_budget in zip(result["budgets"], other["budgets"], strict=True):
+            for method, row in budget["methods"].items():
+                other_row = other_budget["methods"][method]
+                for key in ("heldout", "heldout_ft"):
+                    for domain, figures in row[key].items():
+                        for name, value in figures.items():
+                            again = other_row[key][domain][name]
+                            differences.append(abs(again - value) / max(abs(value), 1e-12))
+    if not differences:
+        raise SystemExit("the two runs share no model")
+    return {
+        "models": models,
+        "hardware": rerun["meta"]["hardware"],
+        "figures": len(differences),
+        "max_relative_difference": max(differences),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=",".join(MODELS), help="ref-llama-7m, ref-llama-13m, minilm, or paths")
@@ -893,10 +931,15 @@ def main() -> None:
     parser.add_argument(
         "--append", action="store_true", help="keep the other models of an earlier --write JSON (same settings)"
     )
+    parser.add_argument(
+        "--rerun", type=Path, default=None, help="with --render: compare with this JSON of a second run"
+    )
     args = parser.parse_args()
     if args.render is not None:
         saved = json.loads(args.render.read_text())
         saved["meta"]["notes"] = NOTES
+        if args.rerun is not None:
+            saved["reproducibility"] = compare_runs(saved, json.loads(args.rerun.read_text()))
         write(saved, args.write or args.render.with_suffix(".md"))
         print((args.write or args.render.with_suffix(".md")).read_text())
         return
