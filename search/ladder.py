@@ -25,7 +25,7 @@ from search.adapters import Adapter, Batch
 from search.calibration import TokenSet
 from search.masking import apply_arch
 from search.selection import Selection
-from search.verify import Verification, similarity_agreement
+from search.verify import Verification, decoder_figures, encoder_figures
 
 # Fewest held-out sequences a figure is computed on: encoders need pairs of sentences.
 MIN_SEQUENCES_DECODER = 1
@@ -142,28 +142,12 @@ class Verifier:
 
     def _figures(self, accumulator: _Accumulator) -> Verification:
         if self.causal:
-            count = max(accumulator.tokens, 1)
-            return Verification(
-                "kl",
-                {"kl": accumulator.kl / count, "ppl": math.exp(min(accumulator.nll / count, 700.0))},
-                accumulator.tokens,
-            )
+            return decoder_figures(accumulator.kl, accumulator.nll, accumulator.tokens)
         embeddings = torch.cat(accumulator.embeddings)
         dense = torch.cat(self._dense.embeddings)[: len(embeddings)]
-        cosine = F.cosine_similarity(embeddings, dense, dim=-1)
-        agreement = similarity_agreement(embeddings, dense)
         mask = self.tokens.heldout_mask
         tokens = int(mask[: len(embeddings)].sum()) if mask is not None else embeddings.shape[0]
-        return Verification(
-            "similarity_gap",
-            {
-                "similarity_gap": 1.0 - agreement,
-                "similarity_spearman": agreement,
-                "cosine_distance": float((1 - cosine).mean()),
-                "mse": float((embeddings - dense).pow(2).mean()),
-            },
-            tokens,
-        )
+        return encoder_figures(embeddings, dense, tokens)
 
 
 def min_sequences(adapter: Adapter) -> int:

@@ -76,10 +76,9 @@ def _verify_decoder(
         if on_batch is not None:
             on_batch(index + 1, len(batches))
 
-    def figures(kl: float, nll: float) -> Verification:
-        return Verification("kl", {"kl": kl / count, "ppl": math.exp(min(nll / count, 700.0))}, count)
-
-    return figures(0.0, dense_nll), [figures(kl, nll) for kl, nll in zip(kl_sums, nll_sums, strict=True)]
+    return decoder_figures(0.0, dense_nll, count), [
+        decoder_figures(kl, nll, count) for kl, nll in zip(kl_sums, nll_sums, strict=True)
+    ]
 
 
 def _verify_encoder(
@@ -102,22 +101,31 @@ def _verify_encoder(
     dense = torch.cat(dense_parts)  # (M, H)
     count = tokens.count("heldout")
 
-    def figures(embeddings: torch.Tensor) -> Verification:
-        cosine = F.cosine_similarity(embeddings, dense, dim=-1)
-        agreement = similarity_agreement(embeddings, dense)
-        return Verification(
-            # Retrieval and clustering use similarities, not the vectors: rank by how well they survive.
-            "similarity_gap",
-            {
-                "similarity_gap": 1.0 - agreement,
-                "similarity_spearman": agreement,
-                "cosine_distance": float((1 - cosine).mean()),
-                "mse": float((embeddings - dense).pow(2).mean()),
-            },
-            count,
-        )
+    return encoder_figures(dense, dense, count), [
+        encoder_figures(torch.cat(parts), dense, count) for parts in candidate_parts
+    ]
 
-    return figures(dense), [figures(torch.cat(parts)) for parts in candidate_parts]
+
+def decoder_figures(kl_sum: float, nll_sum: float, tokens: int) -> Verification:
+    """KL to the dense model and perplexity per token, from their sums over ``tokens`` tokens."""
+    count = max(tokens, 1)
+    return Verification("kl", {"kl": kl_sum / count, "ppl": math.exp(min(nll_sum / count, 700.0))}, tokens)
+
+
+def encoder_figures(embeddings: torch.Tensor, dense: torch.Tensor, tokens: int) -> Verification:
+    cosine = F.cosine_similarity(embeddings, dense, dim=-1)
+    agreement = similarity_agreement(embeddings, dense)
+    return Verification(
+        # Retrieval and clustering use similarities, not the vectors: rank by how well they survive.
+        "similarity_gap",
+        {
+            "similarity_gap": 1.0 - agreement,
+            "similarity_spearman": agreement,
+            "cosine_distance": float((1 - cosine).mean()),
+            "mse": float((embeddings - dense).pow(2).mean()),
+        },
+        tokens,
+    )
 
 
 def similarity_agreement(embeddings: torch.Tensor, reference: torch.Tensor) -> float:

@@ -11,6 +11,7 @@ import os
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import pytest
@@ -18,6 +19,9 @@ import redis
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
+
+if TYPE_CHECKING:
+    from search.spec import JobSpec
 
 POSTGRES_ADMIN_URL = os.environ.get("PRUNESEARCH_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_SERVER_URL = os.environ.get("PRUNESEARCH_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -40,6 +44,19 @@ TINY_LLAMA_CONFIG: dict[str, object] = {
     "attention_bias": False,
     "mlp_bias": False,
 }
+
+
+def tiny_job_spec(model: Path, **overrides: object) -> JobSpec:
+    """A job on the tiny Llama that runs in seconds; ``overrides`` replace whole top-level fields."""
+    from search.spec import JobSpec
+
+    fields: dict[str, object] = dict(
+        model=str(model),
+        target={"param_ratio": 0.6},
+        calibration={"n_samples": 4, "seq_len": 64, "heldout_samples": 4},
+        search_space={"ffn_alignment": 8},
+    )
+    return JobSpec(**(fields | overrides))
 
 
 @pytest.fixture(scope="session")

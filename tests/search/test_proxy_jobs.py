@@ -10,20 +10,13 @@ from search.loading import LoadedModel
 from search.proxies import MetaNetStore
 from search.spec import JobSpec
 from search.study import prepare, run_search
+from tests.conftest import tiny_job_spec
 
 
 def _spec(model: Path, **overrides: object) -> JobSpec:
-    fields: dict[str, object] = dict(
-        model=str(model),
-        target={"param_ratio": 0.6},
-        n_trials=10,
-        seed=4,
-        verify_top_k=4,
-        audit_size=10,
-        calibration={"n_samples": 4, "seq_len": 64, "heldout_samples": 8},
-        search_space={"ffn_alignment": 8},
-    )
-    return JobSpec(**(fields | overrides))
+    calibration = {"n_samples": 4, "seq_len": 64, "heldout_samples": 8}
+    defaults = {"n_trials": 10, "seed": 4, "verify_top_k": 4, "audit_size": 10, "calibration": calibration}
+    return tiny_job_spec(model, **(defaults | overrides))
 
 
 def test_ensemble_job_reports_trust_ladder_and_feeds_the_metanet_store(

@@ -14,6 +14,7 @@ from search.loading import LoadedModel
 from search.repair import Proposal, repair
 from search.spec import JobSpec
 from search.study import make_storage, prepare, run_search
+from tests.conftest import tiny_job_spec
 
 SHAPE = ModelShape.from_config(
     LlamaConfig(
@@ -53,15 +54,9 @@ def test_depth_rules_and_sparsity_keep_the_budget(depth: str, sparsity: bool) ->
 
 
 def _spec(model: Path, **overrides: object) -> JobSpec:
-    fields: dict[str, object] = dict(
-        model=str(model),
-        target={"param_ratio": 0.6},
-        n_trials=8,
-        seed=5,
-        verify_top_k=2,
-        calibration={"n_samples": 4, "seq_len": 32, "heldout_samples": 4},
-    )
-    return JobSpec(**(fields | overrides))
+    calibration = {"n_samples": 4, "seq_len": 32, "heldout_samples": 4}
+    defaults = {"n_trials": 8, "seed": 5, "verify_top_k": 2, "calibration": calibration, "search_space": {}}
+    return tiny_job_spec(model, **(defaults | overrides))
 
 
 def test_compact_parameterisation_with_sparsity_seeds_owl(tiny_loaded: LoadedModel, tiny_llama_dir: Path) -> None:

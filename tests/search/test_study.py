@@ -7,19 +7,11 @@ import pytest
 from search.loading import LoadedModel
 from search.spec import JobSpec
 from search.study import make_storage, prepare, run_search
+from tests.conftest import tiny_job_spec
 
 
 def _spec(model: Path, **overrides: object) -> JobSpec:
-    fields: dict[str, object] = dict(
-        model=str(model),
-        target={"param_ratio": 0.6},
-        n_trials=8,
-        seed=3,
-        verify_top_k=3,
-        calibration={"n_samples": 4, "seq_len": 64, "heldout_samples": 4},
-        search_space={"ffn_alignment": 8},
-    )
-    return JobSpec(**(fields | overrides))
+    return tiny_job_spec(model, **({"n_trials": 8, "seed": 3, "verify_top_k": 3} | overrides))
 
 
 def test_search_meets_the_budget_seeds_baselines_and_verifies(tiny_loaded: LoadedModel, tiny_llama_dir: Path) -> None:

@@ -7,23 +7,21 @@ from pathlib import Path
 
 from search.loading import load_model
 from search.proxies import MetaNetStore
-from search.spec import JobSpec
 from search.study import prepare, run_search
 from service.settings import Settings
+from tests.conftest import tiny_job_spec
 from workers.exports import report
 
 
 def test_report_has_trust_and_ladder(tiny_llama_dir: Path, tmp_path: Path) -> None:
-    spec = JobSpec(
-        model=str(tiny_llama_dir),
-        target={"param_ratio": 0.6},
+    spec = tiny_job_spec(
+        tiny_llama_dir,
         proxy="ensemble",
         n_trials=8,
         seed=2,
         verify_top_k=3,
         audit_size=6,
         calibration={"n_samples": 4, "seq_len": 64, "heldout_samples": 8},
-        search_space={"ffn_alignment": 8},
     )
     settings = Settings(data_dir=tmp_path)
     context = prepare(load_model(str(tiny_llama_dir), device="cpu"), spec)
