@@ -316,9 +316,15 @@ def prime_proxy(
     trains; search.audit). Deterministic, so every worker of a job primes it the same way; the
     first stores the state for the report."""
     proxy_state = study.user_attrs.get("proxy_prime")
+    # The proxy object is shared by every job on this model in this process: a worker taking a second
+    # chunk of the same job finds it primed for that job already and skips the audit.
+    last = ("primed-for", id(context.proxy))
+    if context.loaded.cache.get(last) == study.study_name and proxy_state is not None:
+        return proxy_state
     primed = prime(context, auditor, store=metanet_store, job=study.study_name, previous=proxy_state)
     if primed is not None and proxy_state is None:
         study.set_user_attr("proxy_prime", primed)
+    context.loaded.cache[last] = study.study_name
     return primed if primed is not None else proxy_state
 
 

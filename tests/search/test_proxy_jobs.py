@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from search.loading import LoadedModel
 from search.proxies import MetaNetStore
 from search.spec import JobSpec
@@ -90,3 +92,26 @@ def test_prunenet_policy_as_the_selection_criterion(tiny_loaded: LoadedModel, ti
     assert all((a == b).all() for a, b in zip(context.importance.channels, expected.channels, strict=True))
     result = run_search(context, study_name="prunenet-selection")
     assert sum(t.state == "complete" for t in result.trials) == 4 and result.trust is None
+
+
+def test_a_worker_primes_a_jobs_proxy_once(
+    tiny_loaded: LoadedModel, tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker taking several chunks of one job audits the reference population once; another job
+    on the same (shared) proxy object primes it again."""
+    from search.ladder import Verifier
+    from search.proxies import Ensemble
+    from search.study import make_storage, open_study, prime_proxy
+
+    context = prepare(tiny_loaded, _spec(tiny_llama_dir, proxy=["tracenas", "prunenet"]))
+    storage = make_storage(f"sqlite:///{tmp_path}/optuna.sqlite3")
+    auditor = Verifier(context.loaded.adapter, context.tokens)
+    study = open_study(context, study_name="chunked", storage=storage)
+    assert prime_proxy(context, study, auditor, metanet_store=None) is not None
+    calls: list[str] = []
+    monkeypatch.setattr(Ensemble, "prime", lambda _self, priming: calls.append(priming.job) or {"weights": {}})
+    assert prime_proxy(context, study, auditor, metanet_store=None) == study.user_attrs["proxy_prime"]
+    assert calls == []
+    other = open_study(context, study_name="another-job", storage=storage)
+    prime_proxy(context, other, auditor, metanet_store=None)
+    assert calls == ["another-job"]
