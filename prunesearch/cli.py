@@ -338,7 +338,7 @@ def api(host: str | None, port: int | None) -> None:
     from service.settings import get_settings
 
     settings = get_settings()
-    uvicorn.run("service.app:create_app", factory=True, host=host or settings.host, port=port or settings.port)
+    uvicorn.run("service.api.app:create_app", factory=True, host=host or settings.host, port=port or settings.port)
 
 
 @main.command()
@@ -372,7 +372,7 @@ def serve(host: str | None, port: int | None) -> None:
     worker_process = subprocess.Popen([sys.executable, "-m", "prunesearch", "worker"], env=env)
     click.echo(f"Data in {settings.data_dir}; worker pid {worker_process.pid}")
     try:
-        uvicorn.run("service.app:create_app", factory=True, host=host or settings.host, port=port or settings.port)
+        uvicorn.run("service.api.app:create_app", factory=True, host=host or settings.host, port=port or settings.port)
     finally:
         worker_process.send_signal(signal.SIGTERM)
         try:

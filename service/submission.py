@@ -15,9 +15,9 @@ from sqlalchemy.orm import Session
 
 from search.spec import JobSpec, check_job
 from service import repository
+from service.admission import check_local_paths, check_owner_quota, check_spec_limits
 from service.broker import enqueue_job
 from service.errors import InvalidRequest, Unavailable
-from service.limits import check_local_paths, check_owner_quota, check_spec_limits
 from service.models import Job
 from service.settings import Settings
 
@@ -44,7 +44,7 @@ def submit_job(
 
     Raises ``search.errors.InvalidJobSpec`` (the model or budget cannot work), ``InvalidRequest``
     (a reused key with another body), ``LimitExceeded`` / ``PathNotAllowed`` / ``TooManyRequests``
-    (``service.limits``) and ``Unavailable`` (broker down).
+    (``service.admission``) and ``Unavailable`` (broker down).
     """
     spec_dict = spec.model_dump(mode="json")
     scoped_key: str | None = None

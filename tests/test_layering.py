@@ -17,8 +17,8 @@ def test_import_linter_contracts_hold() -> None:
 
 def test_api_process_starts_without_torch() -> None:
     code = (
-        "import sys; import service.app, workers.celery_app, search.spec; "
-        "service.app.create_app; "
+        "import sys; import service.api.app, workers.celery_app, search.spec; "
+        "service.api.app.create_app; "
         "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]; "
         "assert not heavy, heavy"
     )

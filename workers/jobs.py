@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import repository
+from service.admission import check_local_paths
 from service.db import session_scope
-from service.limits import check_local_paths
 from service.repository import TrialRecord
 from service.settings import Settings
 from service.states import JobStatus

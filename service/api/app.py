@@ -1,4 +1,4 @@
-"""The FastAPI application factory. ``uvicorn service.app:create_app --factory`` serves it."""
+"""The FastAPI application factory. ``uvicorn service.api.app:create_app --factory`` serves it."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.auth import API_GUARDS, GUARDED_RESPONSES, install_auth
+from service.api.auth import API_GUARDS, GUARDED_RESPONSES, install_auth
+from service.api.middleware import install_limits
+from service.api.openapi import install_openapi
+from service.api.problems import install_problem_handlers
+from service.api.routes import health, jobs, results
+from service.api.web import install_web
 from service.broker import make_celery
 from service.db import make_engine, make_sessionmaker
-from service.limits import install_limits
-from service.openapi import install_openapi
-from service.problems import install_problem_handlers
-from service.routes import health, jobs, results
 from service.settings import Settings, get_settings
-from service.web import install_web
 
 API_VERSION = "0.1.0"
 

@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.artifacts import Export
+from service.api.exports import Export
 from service.models import Job, TrialResult, utcnow
 from service.states import JobStatus, TrialState
 
