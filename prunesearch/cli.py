@@ -161,11 +161,12 @@ def _run_local(
 
     if storage.startswith("sqlite:///"):
         Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    from service.settings import get_settings
+    from workers.settings import get_worker_settings
 
     with console.status(f"Loading {spec.model} and computing dense statistics..."):
         # The same artifact store as the service's workers: a rerun on the same model skips the dense passes.
-        loaded = load_model(spec.model, spec.revision, device=device, artifacts=get_settings().artifact_cache_dir)
+        artifacts = get_worker_settings().artifact_cache_dir
+        loaded = load_model(spec.model, spec.revision, device=device, artifacts=artifacts)
         context = prepare(loaded, spec)
     console.print(
         f"Loaded {spec.model}: {context.shape.dense_params():,} parameters, "
