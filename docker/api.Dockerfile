@@ -26,7 +26,7 @@ COPY prunesearch ./prunesearch
 # --no-deps: pyproject.toml's dependencies include torch for the worker; the API never imports it.
 RUN pip install --no-deps . \
  && python -c "import importlib.util as u, sys; sys.exit('torch must not be in the API image' if u.find_spec('torch') else 0)" \
- && python -c "import service.app, service.migrate, prunesearch.cli; service.app.create_app" \
+ && python -c "import service.api.app, service.migrate, prunesearch.cli; service.api.app.create_app" \
  && rm -rf /app/*
 
 RUN useradd --system --uid 10001 --user-group --home-dir /data --no-create-home prunesearch \

@@ -161,11 +161,12 @@ def _run_local(
 
     if storage.startswith("sqlite:///"):
         Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    from service.settings import get_settings
+    from workers.settings import get_worker_settings
 
     with console.status(f"Loading {spec.model} and computing dense statistics..."):
         # The same artifact store as the service's workers: a rerun on the same model skips the dense passes.
-        loaded = load_model(spec.model, spec.revision, device=device, artifacts=get_settings().artifact_cache_dir)
+        artifacts = get_worker_settings().artifact_cache_dir
+        loaded = load_model(spec.model, spec.revision, device=device, artifacts=artifacts)
         context = prepare(loaded, spec)
     console.print(
         f"Loaded {spec.model}: {context.shape.dense_params():,} parameters, "
@@ -338,7 +339,7 @@ def api(host: str | None, port: int | None) -> None:
     from service.settings import get_settings
 
     settings = get_settings()
-    uvicorn.run("service.app:create_app", factory=True, host=host or settings.host, port=port or settings.port)
+    uvicorn.run("service.api.app:create_app", factory=True, host=host or settings.host, port=port or settings.port)
 
 
 @main.command()
@@ -372,7 +373,7 @@ def serve(host: str | None, port: int | None) -> None:
     worker_process = subprocess.Popen([sys.executable, "-m", "prunesearch", "worker"], env=env)
     click.echo(f"Data in {settings.data_dir}; worker pid {worker_process.pid}")
     try:
-        uvicorn.run("service.app:create_app", factory=True, host=host or settings.host, port=port or settings.port)
+        uvicorn.run("service.api.app:create_app", factory=True, host=host or settings.host, port=port or settings.port)
     finally:
         worker_process.send_signal(signal.SIGTERM)
         try:

@@ -1,5 +1,6 @@
-"""PruneSearch's HTTP service: settings, job tables and queries, REST routes.
+"""PruneSearch's service: the shared core (settings, job tables and queries, broker, admission) and,
+in ``service.api``, the HTTP edge (FastAPI app, routes, schemas, middleware, web pages).
 
-The package root imports nothing heavy: the worker imports ``service.repository`` and
-``service.broker`` without pulling in FastAPI's app, and nothing here imports torch.
+The core imports no FastAPI or Starlette, so workers use it without the web stack; nothing here
+imports torch.
 """

@@ -1,7 +1,7 @@
 """The service's error tree. Each class carries its HTTP status and problem type.
 
 Raised anywhere below the routes (repository, submission) and turned into
-``application/problem+json`` by one handler in ``service.problems``.
+``application/problem+json`` by one handler in ``service.api.problems``.
 """
 
 from __future__ import annotations

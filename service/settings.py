@@ -1,5 +1,8 @@
 """The service's configuration: one ``Settings`` class, read from ``PRUNESEARCH_*`` variables.
 
+These are what the API and the workers share (stores, limits, model roots) and what the API alone
+reads; what only workers read extends this class in ``workers.settings``.
+
 Every derived value (database URL, Optuna storage, broker, artifacts) is filled in at validation
 time, so callers read plain, resolved attributes and a bad value fails at start-up, not on the
 first request. Nothing is created on disk here: folders are made by whoever first needs them.
@@ -13,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -42,14 +45,10 @@ class Settings(BaseSettings):
     )
     broker_url: str = Field(default=None, validate_default=True, description="Celery broker; filesystem by default.")
     artifacts_dir: Path = Field(default=None, validate_default=True)
-    device: str | None = Field(
-        default=None, description="Worker's torch device (cuda, cuda:1, cpu); unset or 'auto' picks CUDA if present."
-    )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     max_trials: int = Field(default=5000, ge=1)
     visibility_timeout_s: int = Field(default=172800, ge=1)
-    job_stale_after_s: int = Field(default=300, ge=1)
     api_page_max: int = Field(default=200, ge=1)
 
     # --- security (README "Security and reliability") ---
@@ -76,25 +75,6 @@ class Settings(BaseSettings):
         default=512,
         ge=8,
         description="Threads for the API's request handlers; keep it above the concurrent clients you expect.",
-    )
-
-    # --- reliability: how fast a dead worker's job is noticed and resumed ---
-    job_heartbeat_s: float = Field(default=15.0, gt=0, description="How often a worker marks its job alive.")
-    reaper_interval_s: float = Field(default=60.0, gt=0, description="How often each worker looks for orphans.")
-    requeue_queued_after_s: int = Field(
-        default=900, ge=1, description="Re-send the task of a job queued this long (its message may be lost)."
-    )
-    trial_heartbeat_s: int = Field(default=30, ge=1, description="Optuna heartbeat of a running trial.")
-    trial_grace_s: int = Field(default=120, ge=1, description="A trial silent this long is failed and retried.")
-    trial_max_retry: int = Field(default=2, ge=0, description="Retries of a trial whose worker died.")
-    chunk_trials: int = Field(
-        default=25,
-        ge=0,
-        description="Trials per chunk that idle workers may take from a running job (several workers per "
-        "job); 0 keeps every job on the one worker that claimed it.",
-    )
-    db_retry_attempts: int = Field(
-        default=5, ge=1, description="Times a worker resumes a job after losing the database, before failing it."
     )
 
     @field_validator("data_dir", mode="after")
@@ -165,24 +145,6 @@ class Settings(BaseSettings):
     def _resolved_model_roots(cls, value: tuple[Path, ...]) -> tuple[Path, ...]:
         # Resolved once, so a containment check compares real paths on both sides.
         return tuple(root.expanduser().resolve() for root in value)
-
-    @model_validator(mode="after")
-    def _consistent_timing(self) -> Settings:
-        if self.job_stale_after_s < 2 * self.job_heartbeat_s:
-            raise ValueError(
-                f"job_stale_after_s ({self.job_stale_after_s}) must be at least twice job_heartbeat_s "
-                f"({self.job_heartbeat_s}), or live jobs are taken for dead"
-            )
-        if self.trial_grace_s <= self.trial_heartbeat_s:
-            raise ValueError(
-                f"trial_grace_s ({self.trial_grace_s}) must exceed trial_heartbeat_s ({self.trial_heartbeat_s})"
-            )
-        return self
-
-    @property
-    def artifact_cache_dir(self) -> Path:
-        """What searches compute once per model and calibration (dense statistics, PruneNet's policy)."""
-        return self.data_dir / "cache" / "artifacts"
 
     @property
     def broker_dir(self) -> Path:

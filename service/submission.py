@@ -15,9 +15,9 @@ from sqlalchemy.orm import Session
 
 from search.spec import JobSpec, check_job
 from service import repository
+from service.admission import check_local_paths, check_owner_quota, check_spec_limits
 from service.broker import enqueue_job
 from service.errors import InvalidRequest, Unavailable
-from service.limits import check_local_paths, check_owner_quota, check_spec_limits
 from service.models import Job
 from service.settings import Settings
 
@@ -44,7 +44,7 @@ def submit_job(
 
     Raises ``search.errors.InvalidJobSpec`` (the model or budget cannot work), ``InvalidRequest``
     (a reused key with another body), ``LimitExceeded`` / ``PathNotAllowed`` / ``TooManyRequests``
-    (``service.limits``) and ``Unavailable`` (broker down).
+    (``service.admission``) and ``Unavailable`` (broker down).
     """
     spec_dict = spec.model_dump(mode="json")
     scoped_key: str | None = None
@@ -53,14 +53,7 @@ def submit_job(
         existing = _replay(session, scoped_key, idempotency_key, spec_dict)
         if existing is not None:
             return Submission(existing, created=False)
-    check_spec_limits(spec, settings)
-    # Before check_job, which reads the model folder: a refused path is never probed.
-    check_local_paths(spec, settings, owner)
-    check_owner_quota(session, owner, settings)
-    try:
-        check_job(spec)
-    except OSError as error:  # a path the OS refuses outright (too long, a component too long, ...)
-        raise InvalidRequest(f"cannot read model or calibration path: {error.strerror}") from error
+    _admit(session, settings, spec, owner)
     job = repository.create_job(
         session,
         spec=spec_dict,
@@ -80,14 +73,31 @@ def submit_job(
         if existing is None:
             raise
         return Submission(existing, created=False)
+    _enqueue_or_withdraw(session, celery_app, job.id)
+    return Submission(job, created=True)
+
+
+def _admit(session: Session, settings: Settings, spec: JobSpec, owner: str | None) -> None:
+    """Every check before the row is written; ``service.admission``'s first, then the library's."""
+    check_spec_limits(spec, settings)
+    # Before check_job, which reads the model folder: a refused path is never probed.
+    check_local_paths(spec, settings, owner)
+    check_owner_quota(session, owner, settings)
     try:
-        enqueue_job(celery_app, job.id)
+        check_job(spec)
+    except OSError as error:  # a path the OS refuses outright (too long, a component too long, ...)
+        raise InvalidRequest(f"cannot read model or calibration path: {error.strerror}") from error
+
+
+def _enqueue_or_withdraw(session: Session, celery_app: Celery, job_id: str) -> None:
+    """Send the job's task; if the broker refuses it, delete the committed row and answer 503."""
+    try:
+        enqueue_job(celery_app, job_id)
     except Exception as error:
-        logger.warning("enqueue of job %s failed, deleting it: %s", job.id, error)
-        repository.delete_job(session, job.id)
+        logger.warning("enqueue of job %s failed, deleting it: %s", job_id, error)
+        repository.delete_job(session, job_id)
         session.commit()
         raise Unavailable("the task queue is unreachable; the job was not created, retry later") from error
-    return Submission(job, created=True)
 
 
 def scope_idempotency_key(owner: str | None, key: str) -> str:

@@ -10,9 +10,9 @@ from typing import Any
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from service.broker import make_celery
-from service.settings import get_settings
+from workers.settings import get_worker_settings
 
-app = make_celery(get_settings(), name="prunesearch-worker")
+app = make_celery(get_worker_settings(), name="prunesearch-worker")
 app.conf.update(
     include=["workers.tasks"],
     worker_hijack_root_logger=False,
@@ -43,7 +43,7 @@ def _start_reaper(**_kwargs: Any) -> None:
     global _reaper
     from workers.reaper import Reaper
 
-    _reaper = Reaper(get_settings())
+    _reaper = Reaper(get_worker_settings())
     _reaper.start()
 
 

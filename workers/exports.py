@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service import repository
 from service.artifacts import PARTIAL_SUFFIX, job_artifacts_dir, trial_export_name
 from service.db import session_scope
-from service.settings import Settings
+from workers.settings import WorkerSettings
 
 if TYPE_CHECKING:
     from search.loading import ModelCache
@@ -53,7 +53,7 @@ def write_export(
     }
 
 
-def report(job_id: str, context: SearchContext, result: SearchResult, *, settings: Settings) -> dict[str, Any]:
+def report(job_id: str, context: SearchContext, result: SearchResult, *, settings: WorkerSettings) -> dict[str, Any]:
     """The job's report: the verification ladder's figures and the exported best model."""
     verification = None
     if result.dense is not None:
@@ -78,7 +78,7 @@ def report(job_id: str, context: SearchContext, result: SearchResult, *, setting
 
 
 def export_trial(
-    job_id: str, number: int, *, settings: Settings, sessions: sessionmaker[Session], models: ModelCache
+    job_id: str, number: int, *, settings: WorkerSettings, sessions: sessionmaker[Session], models: ModelCache
 ) -> str:
     """Export trial ``number`` of a job on request (``POST /v1/jobs/{id}/trials/{n}/export``)."""
     from search.spec import JobSpec

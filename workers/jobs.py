@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import repository
+from service.admission import check_local_paths
 from service.db import session_scope
-from service.limits import check_local_paths
 from service.repository import TrialRecord
-from service.settings import Settings
 from service.states import JobStatus
 from workers import reaper, runtime
+from workers.settings import WorkerSettings
 
 if TYPE_CHECKING:
     import optuna
@@ -47,7 +47,7 @@ def study_name(job_id: str) -> str:
     return f"job-{job_id}"
 
 
-def run_job(job_id: str, *, settings: Settings, sessions: sessionmaker[Session], models: ModelCache) -> str:
+def run_job(job_id: str, *, settings: WorkerSettings, sessions: sessionmaker[Session], models: ModelCache) -> str:
     """Returns what happened, for the task's log line: ``succeeded``, ``failed``, ``skipped``, ..."""
     worker = f"{socket.gethostname()}:{os.getpid()}"
     with session_scope(sessions) as session:
@@ -85,7 +85,7 @@ def _search(
     spec_data: dict[str, Any],
     owner: str | None,
     *,
-    settings: Settings,
+    settings: WorkerSettings,
     sessions: sessionmaker[Session],
     models: ModelCache,
 ) -> tuple[JobStatus, dict[str, Any] | None]:
@@ -129,7 +129,9 @@ def _search(
     return (JobStatus.CANCELLED if result.stopped else JobStatus.SUCCEEDED), result.best
 
 
-def evaluate_chunk(job_id: str, *, settings: Settings, sessions: sessionmaker[Session], models: ModelCache) -> str:
+def evaluate_chunk(
+    job_id: str, *, settings: WorkerSettings, sessions: sessionmaker[Session], models: ModelCache
+) -> str:
     """Help a running job with up to ``chunk_trials`` trials; returns what happened, for the log."""
     from search.proxies import MetaNetStore
     from search.spec import JobSpec
@@ -156,7 +158,7 @@ def evaluate_chunk(job_id: str, *, settings: Settings, sessions: sessionmaker[Se
     return f"ran {ran} trials"
 
 
-def _offer_chunks(job_id: str, remaining: int, settings: Settings) -> None:
+def _offer_chunks(job_id: str, remaining: int, settings: WorkerSettings) -> None:
     """Enqueue chunks for idle workers: all the remaining trials but the coordinator's own first chunk."""
     if settings.chunk_trials <= 0:
         return
@@ -167,7 +169,7 @@ def _offer_chunks(job_id: str, remaining: int, settings: Settings) -> None:
         app.send_task(EVALUATE_CHUNK_TASK, args=[job_id])
 
 
-def _storage(settings: Settings) -> optuna.storages.BaseStorage:
+def _storage(settings: WorkerSettings) -> optuna.storages.BaseStorage:
     from search.study import make_storage
 
     return make_storage(

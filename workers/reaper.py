@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service import repository
 from service.broker import enqueue_job, make_celery
 from service.db import make_engine, make_sessionmaker
-from service.settings import Settings
+from workers.settings import WorkerSettings
 
 if TYPE_CHECKING:
     from optuna.storages import RDBStorage
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def reap_once(sessions: sessionmaker[Session], celery_app: Celery, settings: Settings) -> list[str]:
+def reap_once(sessions: sessionmaker[Session], celery_app: Celery, settings: WorkerSettings) -> list[str]:
     """One pass: the ids of the jobs whose tasks were re-sent."""
     with sessions() as session:
         orphans = repository.claim_orphans(
@@ -56,7 +56,7 @@ def reap_once(sessions: sessionmaker[Session], celery_app: Celery, settings: Set
 class Reaper:
     """A daemon thread running ``reap_once`` now and every ``settings.reaper_interval_s``."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
         # Its own pool and broker connection: the pool children never share them.
         self._engine = make_engine(settings.database_url)

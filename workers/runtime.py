@@ -12,7 +12,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import make_engine, make_sessionmaker
-from service.settings import Settings, get_settings
+from workers.settings import WorkerSettings, get_worker_settings
 
 if TYPE_CHECKING:
     from search.loading import ModelCache
@@ -23,7 +23,7 @@ T = TypeVar("T")
 
 @lru_cache(maxsize=1)
 def sessions() -> sessionmaker[Session]:
-    return make_sessionmaker(make_engine(get_settings().database_url))
+    return make_sessionmaker(make_engine(get_worker_settings().database_url))
 
 
 @lru_cache(maxsize=1)
@@ -31,7 +31,7 @@ def models() -> ModelCache:
     from search.loading import ModelCache  # torch is imported here, in the worker child, not before fork
 
     # Artifacts computed from a model's weights (PruneNet's policy and tables) outlive the process.
-    return ModelCache(artifacts=get_settings().artifact_cache_dir)
+    return ModelCache(artifacts=get_worker_settings().artifact_cache_dir)
 
 
 def reset() -> None:
@@ -58,7 +58,7 @@ def is_transient_db_error(error: BaseException) -> bool:
     return False
 
 
-def resume_after_db_loss(run: Callable[[], T], *, settings: Settings, job_id: str) -> T:
+def resume_after_db_loss(run: Callable[[], T], *, settings: WorkerSettings, job_id: str) -> T:
     """``run()``, called again (up to ``settings.db_retry_attempts`` times in all) when it fails on a
     lost database connection.
 

@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 from service.broker import EVALUATE_CHUNK_TASK, EXPORT_TRIAL_TASK, RUN_JOB_TASK
-from service.settings import get_settings
 from workers import runtime
 from workers.celery_app import app
 from workers.exports import export_trial as _export_trial
 from workers.jobs import evaluate_chunk as _evaluate_chunk
 from workers.jobs import run_job as _run_job
+from workers.settings import get_worker_settings
 
 
 @app.task(name=RUN_JOB_TASK, acks_late=True, ignore_result=True)
 def run_job(job_id: str) -> str:
-    return _run_job(job_id, settings=get_settings(), sessions=runtime.sessions(), models=runtime.models())
+    return _run_job(job_id, settings=get_worker_settings(), sessions=runtime.sessions(), models=runtime.models())
 
 
 @app.task(name=EXPORT_TRIAL_TASK, acks_late=True, ignore_result=True)
 def export_trial(job_id: str, number: int) -> str:
-    return _export_trial(job_id, number, settings=get_settings(), sessions=runtime.sessions(), models=runtime.models())
+    return _export_trial(
+        job_id, number, settings=get_worker_settings(), sessions=runtime.sessions(), models=runtime.models()
+    )
 
 
 @app.task(name=EVALUATE_CHUNK_TASK, acks_late=True, ignore_result=True)
 def evaluate_chunk(job_id: str) -> str:
-    return _evaluate_chunk(job_id, settings=get_settings(), sessions=runtime.sessions(), models=runtime.models())
+    return _evaluate_chunk(job_id, settings=get_worker_settings(), sessions=runtime.sessions(), models=runtime.models())

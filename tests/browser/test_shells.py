@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
+from service.api.app import create_app
+from service.api.web.router import STATIC_DIR
 from service.settings import Settings
-from service.web.router import STATIC_DIR
 
 
 @pytest.fixture(scope="module")

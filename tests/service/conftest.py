@@ -12,7 +12,7 @@ from sqlalchemy import Engine, delete
 from sqlalchemy.orm import Session
 
 from service import migrate
-from service.app import create_app
+from service.api.app import create_app
 from service.db import make_engine, make_sessionmaker
 from service.models import Job, TrialResult
 from service.settings import Settings

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from service import repository
-from service.app import create_app
+from service.api.app import create_app
 from service.repository import TrialRecord
 from service.settings import Settings
 from tests.service.helpers import TEST_PAGE_MAX, assert_problem, job_spec

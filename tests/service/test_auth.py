@@ -13,8 +13,8 @@ from sqlalchemy import Engine, delete, select, text
 from sqlalchemy.orm import Session
 
 from service import apikeys, repository
-from service.app import create_app
-from service.auth import check_bind, is_loopback
+from service.api.app import create_app
+from service.api.auth import check_bind, is_loopback
 from service.db import make_sessionmaker
 from service.models import ApiKey
 from service.settings import Settings
@@ -212,7 +212,7 @@ def test_is_loopback(host: str, loopback: bool) -> None:
 
 def test_every_v1_route_is_guarded(pg_client: TestClient, pg_session: Session, keys: Callable[[str], str]) -> None:
     """Every /v1 operation in the published schema, present and future: 401 without a key, and
-    404 for someone else's job (``service.auth.API_GUARDS`` on the router, not code in each route)."""
+    404 for someone else's job (``service.api.auth.API_GUARDS`` on the router, not code in each route)."""
     bob = keys("bob")
     alice_job = repository.create_job(pg_session, spec={}, model="m", trials_total=1, owner="alice")
     pg_session.commit()

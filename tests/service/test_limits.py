@@ -16,8 +16,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, delete
 
 from service import apikeys
+from service.admission import inside_roots
 from service.db import make_sessionmaker
-from service.limits import inside_roots
 from service.models import ApiKey
 from service.settings import Settings
 from tests.service.helpers import TEST_MAX_TRIALS, assert_problem, count_jobs, job_spec

@@ -11,9 +11,9 @@ from search.loading import ModelCache
 from search.spec import JobSpec
 from service import migrate, repository
 from service.db import make_engine, make_sessionmaker, session_scope
-from service.settings import Settings
 from service.states import JobStatus
 from workers.jobs import run_job
+from workers.settings import WorkerSettings
 
 
 def test_a_hub_style_id_naming_a_folder_outside_the_roots_is_refused(
@@ -25,7 +25,7 @@ def test_a_hub_style_id_naming_a_folder_outside_the_roots_is_refused(
     monkeypatch.chdir(workdir)
     allowed = tmp_path / "allowed"
     allowed.mkdir()
-    settings = Settings(data_dir=tmp_path / "data", database_url=sqlite_url, model_roots=(allowed,))
+    settings = WorkerSettings(data_dir=tmp_path / "data", database_url=sqlite_url, model_roots=(allowed,))
     migrate.upgrade(sqlite_url)
     sessions = make_sessionmaker(make_engine(sqlite_url))
     spec = JobSpec(model="acme/model", target={"param_ratio": 0.6}, n_trials=2, search_space={"ffn_alignment": 8})

@@ -8,9 +8,9 @@ from pathlib import Path
 from search.loading import load_model
 from search.proxies import MetaNetStore
 from search.study import prepare, run_search
-from service.settings import Settings
 from tests.conftest import tiny_job_spec
 from workers.exports import report
+from workers.settings import WorkerSettings
 
 
 def test_report_has_trust_and_ladder(tiny_llama_dir: Path, tmp_path: Path) -> None:
@@ -23,7 +23,7 @@ def test_report_has_trust_and_ladder(tiny_llama_dir: Path, tmp_path: Path) -> No
         audit_size=6,
         calibration={"n_samples": 4, "seq_len": 64, "heldout_samples": 8},
     )
-    settings = Settings(data_dir=tmp_path)
+    settings = WorkerSettings(data_dir=tmp_path)
     context = prepare(load_model(str(tiny_llama_dir), device="cpu"), spec)
     result = run_search(context, study_name="report", metanet_store=MetaNetStore(settings.data_dir / "metanet"))
     job_report = json.loads(json.dumps(report("job-1", context, result, settings=settings), allow_nan=False))

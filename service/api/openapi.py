@@ -13,8 +13,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from service.problems import PROBLEM_MEDIA_TYPE
-from service.schemas import FieldError, Problem
+from service.api.problems import PROBLEM_MEDIA_TYPE
+from service.api.schemas import FieldError, Problem
 
 _PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.deps import CeleryDep, SessionDep
-from service.health import check_readiness
-from service.openapi import problem_responses
-from service.schemas import Health, Readiness
+from service.api.deps import CeleryDep, SessionDep
+from service.api.openapi import problem_responses
+from service.api.readiness import check_readiness
+from service.api.schemas import Health, Readiness
 
 router = APIRouter(tags=["health"])
 

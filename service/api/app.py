@@ -1,4 +1,4 @@
-"""The FastAPI application factory. ``uvicorn service.app:create_app --factory`` serves it."""
+"""The FastAPI application factory. ``uvicorn service.api.app:create_app --factory`` serves it."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.auth import API_GUARDS, GUARDED_RESPONSES, install_auth
+from service.api.auth import API_GUARDS, GUARDED_RESPONSES, install_auth
+from service.api.middleware import install_limits
+from service.api.openapi import install_openapi
+from service.api.problems import install_problem_handlers
+from service.api.routes import health, jobs, options, results
+from service.api.web import install_web
 from service.broker import make_celery
 from service.db import make_engine, make_sessionmaker
-from service.limits import install_limits
-from service.openapi import install_openapi
-from service.problems import install_problem_handlers
-from service.routes import health, jobs, results
 from service.settings import Settings, get_settings
-from service.web import install_web
 
 API_VERSION = "0.1.0"
 
@@ -50,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Every /v1 router: authenticated, and a {job_id} in the path must be the caller's job.
     app.include_router(jobs.router, dependencies=API_GUARDS, responses=GUARDED_RESPONSES)
     app.include_router(results.router, dependencies=API_GUARDS, responses=GUARDED_RESPONSES)
+    app.include_router(options.router, dependencies=API_GUARDS, responses=GUARDED_RESPONSES)
     app.include_router(health.router)
     install_web(app)
     return app

@@ -7,6 +7,6 @@ exactly what the API would; the shells themselves carry no job data.
 
 from __future__ import annotations
 
-from service.web.router import install_web, router
+from service.api.web.router import install_web, router
 
 __all__ = ["install_web", "router"]

@@ -26,10 +26,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import apikeys, repository
-from service.deps import SessionDep, SettingsDep
+from service.api.deps import SessionDep, SettingsDep
+from service.api.openapi import problem_responses
 from service.errors import NotFound, Unauthorized
 from service.models import Job
-from service.openapi import problem_responses
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)

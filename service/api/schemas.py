@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.artifacts import Export
+from search.spec import MEMBER_PROXY_NAMES, OBJECTIVE_NAMES, PROXY_NAMES, SAMPLER_NAMES, JobSpec, SearchSpace
+from service.api.exports import Export
 from service.models import Job, TrialResult, utcnow
 from service.states import JobStatus, TrialState
 
@@ -242,3 +243,37 @@ class Readiness(BaseModel):
     status: str
     database: str
     broker: str
+
+
+class SpecDefaults(BaseModel):
+    proxy: str
+    sampler: str
+    selection: str
+
+
+class SpecOptions(BaseModel):
+    """The names a job spec accepts, so a form or a client need not repeat them."""
+
+    proxies: list[str] = Field(description="Values of 'proxy' as a single name.")
+    member_proxies: list[str] = Field(description="Names a 'proxy' list may combine (their ranks are aggregated).")
+    samplers: list[str] = Field(description="Values of 'sampler'.")
+    selections: list[str] = Field(description="Values of 'search_space.selection'.")
+    objectives: list[str] = Field(description="Names 'objectives' may list ('score' first).")
+    defaults: SpecDefaults = Field(description="What a spec that leaves the field out gets.")
+
+    @classmethod
+    def from_spec(cls) -> SpecOptions:
+        selection = SearchSpace.model_fields["selection"]
+        return cls(
+            proxies=list(PROXY_NAMES),
+            member_proxies=list(MEMBER_PROXY_NAMES),
+            samplers=list(SAMPLER_NAMES),
+            # The selection criteria are the field's Literal until search/ has a list of their names.
+            selections=list(get_args(selection.annotation)),
+            objectives=list(OBJECTIVE_NAMES),
+            defaults=SpecDefaults(
+                proxy=JobSpec.model_fields["proxy"].default,
+                sampler=JobSpec.model_fields["sampler"].default,
+                selection=selection.default,
+            ),
+        )

@@ -1,7 +1,7 @@
 """``/v1/jobs``: submit, list, read, list trials, cancel.
 
 Each route also checks ownership itself (``require_owned_job``), on top of the router's
-``service.auth.API_GUARDS``, so reading one route tells the whole story.
+``service.api.auth.API_GUARDS``, so reading one route tells the whole story.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from fastapi import APIRouter, Header, Query, Response
 
 from search.spec import JobSpec
 from service import repository
-from service.auth import PrincipalDep, require_owned_job
-from service.deps import CeleryDep, SessionDep, SettingsDep, released
+from service.api.auth import PrincipalDep, require_owned_job
+from service.api.deps import CeleryDep, SessionDep, SettingsDep, released
+from service.api.openapi import problem_responses
+from service.api.schemas import API_PREFIX, JobOut, JobPage, TrialOut, TrialPage, job_path
 from service.errors import InvalidRequest
 from service.models import IDEMPOTENCY_KEY_LENGTH
-from service.openapi import problem_responses
-from service.schemas import API_PREFIX, JobOut, JobPage, TrialOut, TrialPage, job_path
 from service.settings import Settings
 from service.states import JobStatus
 from service.submission import submit_job

@@ -1,9 +1,9 @@
-"""FastAPI dependencies: what a route gets from the app's state (set up in ``service.app``).
+"""FastAPI dependencies: what a route gets from the app's state (set up in ``service.api.app``).
 
 They are ``async`` although they do no awaiting: FastAPI runs a plain ``def`` dependency (and the
 exit of a ``def`` generator) in its thread pool, one thread hop each, per request. In the event loop
 they cost nothing, and a session's exit, which hands its connection back to the pool, never waits
-for a thread (see ``service.limits.install_limits``).
+for a thread (see ``service.api.middleware.install_limits``).
 """
 
 from __future__ import annotations

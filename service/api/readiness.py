@@ -9,9 +9,9 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from service.api.schemas import Readiness
 from service.broker import broker_reachable
 from service.errors import Unavailable
-from service.schemas import Readiness
 
 logger = logging.getLogger(__name__)
 

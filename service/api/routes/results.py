@@ -8,12 +8,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
-from service import artifacts, repository
-from service.deps import CeleryDep, SessionDep, SettingsDep
-from service.errors import NotFound
-from service.openapi import problem_responses
-from service.pareto import job_front
-from service.schemas import (
+from service import repository
+from service.api import exports
+from service.api.deps import CeleryDep, SessionDep, SettingsDep
+from service.api.openapi import problem_responses
+from service.api.schemas import (
     API_PREFIX,
     Artifact,
     ArtifactList,
@@ -23,6 +22,8 @@ from service.schemas import (
     TrialOut,
     artifacts_path,
 )
+from service.errors import NotFound
+from service.pareto import job_front
 
 router = APIRouter(prefix=f"{API_PREFIX}/jobs", tags=["results"])
 
@@ -78,8 +79,8 @@ def get_report(job_id: str, session: SessionDep) -> JobReport:
 )
 def list_artifacts(job_id: str, session: SessionDep, settings: SettingsDep) -> ArtifactList:
     repository.require_job(session, job_id)
-    exports = artifacts.list_exports(settings.artifacts_dir, job_id)
-    return ArtifactList(items=[Artifact.from_export(job_id, export) for export in exports])
+    found = exports.list_exports(settings.artifacts_dir, job_id)
+    return ArtifactList(items=[Artifact.from_export(job_id, export) for export in found])
 
 
 @router.get(
@@ -91,7 +92,7 @@ def list_artifacts(job_id: str, session: SessionDep, settings: SettingsDep) -> A
 )
 def download_archive(job_id: str, name: str, session: SessionDep, settings: SettingsDep) -> StreamingResponse:
     repository.require_job(session, job_id)
-    stream = artifacts.tar_export(settings.artifacts_dir, job_id, name)
+    stream = exports.tar_export(settings.artifacts_dir, job_id, name)
     headers = {"Content-Length": str(stream.size), "Content-Disposition": f'attachment; filename="{name}.tar"'}
     return StreamingResponse(stream.chunks, media_type=TAR_MEDIA_TYPE, headers=headers)
 
@@ -105,7 +106,7 @@ def download_archive(job_id: str, name: str, session: SessionDep, settings: Sett
 )
 def download_file(job_id: str, name: str, path: str, session: SessionDep, settings: SettingsDep) -> FileResponse:
     repository.require_job(session, job_id)
-    target = artifacts.export_file(settings.artifacts_dir, job_id, name, path)
+    target = exports.export_file(settings.artifacts_dir, job_id, name, path)
     media_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
     disposition = "inline" if media_type.startswith(_INLINE_TYPES) else "attachment"
     return FileResponse(target, media_type=media_type, filename=target.name, content_disposition_type=disposition)
@@ -126,7 +127,7 @@ def export_trial(
     celery_app: CeleryDep,
     settings: SettingsDep,
 ) -> Artifact:
-    export, _sent = artifacts.request_trial_export(session, celery_app, settings.artifacts_dir, job_id, number)
+    export, _sent = exports.request_trial_export(session, celery_app, settings.artifacts_dir, job_id, number)
     response.headers["Location"] = artifacts_path(job_id)
     if export.status == "ready":
         response.status_code = 200

@@ -1,0 +1,39 @@
+"""``GET /v1/options``: the names the submit form offers are exactly the ones a job spec accepts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from search.spec import OBJECTIVE_NAMES, PROXY_NAMES, SAMPLER_NAMES, JobSpec
+from service.settings import Settings
+from tests.service.helpers import job_spec
+
+
+def test_options_list_what_a_spec_accepts(
+    client_for: Callable[[Settings], TestClient], sqlite_settings: Settings, tiny_model_config_dir: Path
+) -> None:
+    response = client_for(sqlite_settings).get("/v1/options")
+
+    assert response.status_code == 200, response.text
+    options = response.json()
+    assert options["proxies"] == list(PROXY_NAMES)
+    assert options["samplers"] == list(SAMPLER_NAMES)
+    assert options["objectives"] == list(OBJECTIVE_NAMES)
+    assert {"wanda", "prunenet"} <= set(options["selections"])
+    defaults = JobSpec.model_validate(job_spec(tiny_model_config_dir))
+    assert options["defaults"] == {
+        "proxy": defaults.proxy,
+        "sampler": defaults.sampler,
+        "selection": defaults.search_space.selection,
+    }
+    for proxy in options["proxies"]:
+        JobSpec.model_validate(job_spec(tiny_model_config_dir, proxy=proxy))
+    JobSpec.model_validate(job_spec(tiny_model_config_dir, proxy=options["member_proxies"]))
+    for sampler in options["samplers"]:
+        JobSpec.model_validate(job_spec(tiny_model_config_dir, sampler=sampler))
+    for selection in options["selections"]:
+        space = {"ffn_alignment": 8, "selection": selection}
+        JobSpec.model_validate(job_spec(tiny_model_config_dir, search_space=space))

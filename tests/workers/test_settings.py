@@ -1,0 +1,42 @@
+"""Worker-only settings: the same ``PRUNESEARCH_*`` variables, read by workers and ignored by the API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service.settings import Settings
+from workers.settings import WorkerSettings, get_worker_settings
+
+
+def test_worker_fields_come_from_the_shared_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PRUNESEARCH_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("PRUNESEARCH_DEVICE", "cpu")
+    monkeypatch.setenv("PRUNESEARCH_CHUNK_TRIALS", "6")
+    monkeypatch.setenv("PRUNESEARCH_JOB_HEARTBEAT_S", "1")
+    monkeypatch.setenv("PRUNESEARCH_JOB_STALE_AFTER_S", "4")
+    settings = WorkerSettings()
+
+    assert (settings.device, settings.chunk_trials, settings.job_stale_after_s) == ("cpu", 6, 4)
+    assert settings.database_url == Settings().database_url  # the shared part resolves alike
+    assert settings.artifact_cache_dir == tmp_path / "cache" / "artifacts"
+    assert not hasattr(Settings(), "chunk_trials")  # the API ignores what only workers read
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"job_heartbeat_s": 10, "job_stale_after_s": 15}, "at least twice job_heartbeat_s"),
+        ({"trial_heartbeat_s": 30, "trial_grace_s": 30}, "must exceed trial_heartbeat_s"),
+        ({"chunk_trials": -1}, "greater than or equal to 0"),
+    ],
+)
+def test_inconsistent_timing_fails_at_start_up(values: dict[str, float], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        WorkerSettings(**values)
+
+
+def test_get_worker_settings_is_cached() -> None:
+    assert get_worker_settings() is get_worker_settings()

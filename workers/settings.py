@@ -1,0 +1,68 @@
+"""What only workers read: their device, heartbeats, the reaper's timing, trial retries, chunks.
+
+``WorkerSettings`` extends the service's ``Settings`` (database, broker, artifacts, model roots:
+what the API and the workers share), read from the same ``PRUNESEARCH_*`` variables, so one
+environment configures both processes; the API ignores these fields.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from service.settings import Settings
+
+__all__ = ["WorkerSettings", "get_worker_settings"]
+
+
+class WorkerSettings(Settings):
+    """A worker's settings: the shared ones plus the worker's own."""
+
+    device: str | None = Field(
+        default=None, description="Worker's torch device (cuda, cuda:1, cpu); unset or 'auto' picks CUDA if present."
+    )
+    # --- reliability: how fast a dead worker's job is noticed and resumed ---
+    job_stale_after_s: int = Field(default=300, ge=1, description="A running job silent this long is reclaimed.")
+    job_heartbeat_s: float = Field(default=15.0, gt=0, description="How often a worker marks its job alive.")
+    reaper_interval_s: float = Field(default=60.0, gt=0, description="How often each worker looks for orphans.")
+    requeue_queued_after_s: int = Field(
+        default=900, ge=1, description="Re-send the task of a job queued this long (its message may be lost)."
+    )
+    trial_heartbeat_s: int = Field(default=30, ge=1, description="Optuna heartbeat of a running trial.")
+    trial_grace_s: int = Field(default=120, ge=1, description="A trial silent this long is failed and retried.")
+    trial_max_retry: int = Field(default=2, ge=0, description="Retries of a trial whose worker died.")
+    chunk_trials: int = Field(
+        default=25,
+        ge=0,
+        description="Trials per chunk that idle workers may take from a running job (several workers per "
+        "job); 0 keeps every job on the one worker that claimed it.",
+    )
+    db_retry_attempts: int = Field(
+        default=5, ge=1, description="Times a worker resumes a job after losing the database, before failing it."
+    )
+
+    @model_validator(mode="after")
+    def _consistent_timing(self) -> WorkerSettings:
+        if self.job_stale_after_s < 2 * self.job_heartbeat_s:
+            raise ValueError(
+                f"job_stale_after_s ({self.job_stale_after_s}) must be at least twice job_heartbeat_s "
+                f"({self.job_heartbeat_s}), or live jobs are taken for dead"
+            )
+        if self.trial_grace_s <= self.trial_heartbeat_s:
+            raise ValueError(
+                f"trial_grace_s ({self.trial_grace_s}) must exceed trial_heartbeat_s ({self.trial_heartbeat_s})"
+            )
+        return self
+
+    @property
+    def artifact_cache_dir(self) -> Path:
+        """What searches compute once per model and calibration (dense statistics, PruneNet's policy)."""
+        return self.data_dir / "cache" / "artifacts"
+
+
+@lru_cache(maxsize=1)
+def get_worker_settings() -> WorkerSettings:
+    """The worker process's settings, read once from the environment."""
+    return WorkerSettings()
