@@ -9,23 +9,19 @@ held-out sets. The digest identifies the exact tokens, so caches and provenance 
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from search.errors import CalibrationError
+from search.calibration_texts import iter_texts, paragraphs, require_paragraphs, require_windows
 from search.spec import Calibration
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
 _SPLIT_SEED = 0
-_MIN_PARAGRAPH_CHARS = 40
 
 
 @dataclass(frozen=True)
@@ -52,27 +48,7 @@ class TokenSet:
 
 
 def load_texts(calibration: Calibration) -> list[str]:
-    if calibration.texts is not None:
-        return list(calibration.texts)
-    if calibration.source is None:
-        return default_texts()
-    path = Path(calibration.source).expanduser()
-    if path.is_file():
-        files = [path]
-    elif path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
-        if not files:
-            raise CalibrationError(f"calibration directory {path} has no {'/'.join(TEXT_SUFFIXES)} files")
-    else:
-        raise CalibrationError(f"calibration source {path} does not exist")
-    return [f.read_text(encoding="utf-8", errors="replace") for f in files]
-
-
-def default_texts() -> list[str]:
-    """The Python documentation's topic reference, which ships with every CPython (offline, English)."""
-    from pydoc_data.topics import topics
-
-    return [topics[key] for key in sorted(topics)]
+    return list(iter_texts(calibration.source, calibration.texts))
 
 
 def build_token_set(tokenizer: PreTrainedTokenizerBase, calibration: Calibration, *, causal: bool = True) -> TokenSet:
@@ -100,13 +76,8 @@ def tokenize_windows(
     for text in texts:
         stream.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
         stream.extend(separator)
-    windows = len(stream) // seq_len
+    windows = require_windows(len(stream), seq_len=seq_len, n_calibration=n_calibration, n_heldout=n_heldout)
     needed = n_calibration + n_heldout
-    if windows < needed:
-        raise CalibrationError(
-            f"calibration texts give {len(stream)} tokens = {windows} windows of {seq_len}; "
-            f"{needed} are needed ({n_calibration} calibration + {n_heldout} held-out)"
-        )
     ids = torch.tensor(stream[: windows * seq_len], dtype=torch.long).view(windows, seq_len)
     order = _order(windows)
     calibration, heldout = ids[order[:n_calibration]].contiguous(), ids[order[n_calibration:needed]].contiguous()
@@ -121,23 +92,14 @@ def tokenize_paragraphs(
     n_calibration: int,
     n_heldout: int,
 ) -> TokenSet:
-    paragraphs = [
-        " ".join(part.split())
-        for text in texts
-        for part in re.split(r"\n\s*\n", text)
-        if len(part.strip()) >= _MIN_PARAGRAPH_CHARS
-    ]
+    samples = [paragraph for text in texts for paragraph in paragraphs(text)]
+    require_paragraphs(len(samples), n_calibration=n_calibration, n_heldout=n_heldout)
     needed = n_calibration + n_heldout
-    if len(paragraphs) < needed:
-        raise CalibrationError(
-            f"calibration texts give {len(paragraphs)} paragraphs of at least {_MIN_PARAGRAPH_CHARS} characters; "
-            f"{needed} are needed ({n_calibration} calibration + {n_heldout} held-out)"
-        )
-    order = _order(len(paragraphs)).tolist()
+    order = _order(len(samples)).tolist()
 
     def encode(indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         encoded = tokenizer(
-            [paragraphs[i] for i in indices],
+            [samples[i] for i in indices],
             truncation=True,
             max_length=seq_len,
             padding="max_length",

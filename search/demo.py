@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from search.calibration import default_texts
+from search.calibration_texts import default_texts
 
 DEMO_SIZES: dict[str, dict[str, int]] = {
     # hidden, layers, heads, kv heads, intermediate, vocab

@@ -14,7 +14,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from search.arch import ModelShape
+from search.calibration_count import check_calibration_size
+from search.calibration_texts import iter_texts
 from search.errors import BudgetInfeasible, InvalidJobSpec
+from search.hub import check_hub_model
 from search.repair import DEFAULT_TOLERANCE as REPAIR_TOLERANCE
 
 # Proxy names are listed here (torch-free) and resolved to classes in ``search.proxies``.
@@ -238,20 +241,31 @@ def read_local_config(model: str) -> dict[str, Any]:
 def check_job(spec: JobSpec) -> ModelShape | None:
     """Check what can be checked before a worker loads the model.
 
-    The calibration source exists. For a local model directory: it exists, its family is supported
-    and the budget is reachable; returns its shape. A hub id can only be checked by the worker that
-    downloads it; returns ``None``.
+    The calibration source exists. For a local model directory: it exists, its family is supported,
+    the budget is reachable and the calibration texts give enough samples; returns its shape. A hub
+    id must be cached or the hub reachable; the rest is checked by the worker that downloads it;
+    returns ``None``.
     """
     source = spec.calibration.source
     if source is not None and not Path(source).expanduser().exists():
         raise InvalidJobSpec(f"calibration source {source!r} does not exist")
     if model_kind(spec.model) == "hub":
+        check_hub_model(spec.model, spec.revision)
         return None
     shape = ModelShape.from_config(read_local_config(spec.model))
     lowest = spec.target.min_param_ratio if spec.multi_objective and spec.target.min_param_ratio else None
     for ratio in (spec.target.param_ratio, lowest):
         if ratio is not None:
             check_budget(shape, spec.target.total_ratio(shape, ratio), ffn_alignment=spec.search_space.ffn_alignment)
+    calibration = spec.calibration
+    check_calibration_size(
+        iter_texts(calibration.source, calibration.texts),
+        Path(spec.model).expanduser(),
+        causal=shape.causal,
+        seq_len=calibration.seq_len,
+        n_calibration=calibration.n_samples,
+        n_heldout=calibration.heldout_samples,
+    )
     return shape
 
 

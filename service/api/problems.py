@@ -110,7 +110,23 @@ async def _validation_error(request: Request, exc: Exception) -> ProblemResponse
             request, MalformedRequest(f"request body is not valid JSON: {reason} at character {position}")
         )
     errors = _field_errors(raw)
-    return _from_service_error(request, InvalidRequest(_summary(errors), extensions={"errors": errors}))
+    detail = _not_json_hint(request, errors) or _summary(errors)
+    return _from_service_error(request, InvalidRequest(detail, extensions={"errors": errors}))
+
+
+def _not_json_hint(request: Request, errors: list[dict[str, Any]]) -> str | None:
+    """What to add when a body was refused as a whole because it was not sent as JSON.
+
+    FastAPI parses a body as JSON only under a JSON media type; otherwise the job arrives as raw
+    text and fails as "Input should be a valid dictionary", which does not say what went wrong.
+    """
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type == "application/json" or media_type.endswith("+json"):
+        return None
+    if not any(error["loc"] == ["body"] for error in errors):
+        return None
+    sent = f"Content-Type {media_type[:100]!r}" if media_type else "no Content-Type"
+    return f"send the job as JSON with the header Content-Type: application/json (this request has {sent})"
 
 
 async def _http_error(request: Request, exc: Exception) -> ProblemResponse:

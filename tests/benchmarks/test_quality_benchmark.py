@@ -41,7 +41,7 @@ METHODS = {
 def _texts(tmp_path: Path) -> list[str]:
     if (CORPUS / "train.txt").is_file() or DOCS_ROOT.is_dir():
         return []
-    from search.calibration import default_texts
+    from search.calibration_texts import default_texts
 
     stand_in = tmp_path / "topics.txt"
     stand_in.write_text("\n\n".join(default_texts()))

@@ -15,7 +15,7 @@ from packaging.requirements import Requirement
 from tests.compose.api_image.api_image_rules import read_requirements
 from tests.compose.compose import API_REQUIREMENTS, ROOT
 
-WORKER_ONLY = {"torch", "transformers", "safetensors", "tokenizers", "optuna", "cmaes", "rich", "httpx"}
+WORKER_ONLY = {"torch", "transformers", "safetensors", "optuna", "cmaes", "rich", "httpx"}
 
 
 def api_requirements() -> list[Requirement]:

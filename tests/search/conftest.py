@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from search.calibration import TokenSet, default_texts, tokenize_windows
+from search.calibration import TokenSet, tokenize_windows
+from search.calibration_texts import default_texts
 from search.loading import LoadedModel, load_model
 
 
