@@ -224,6 +224,8 @@ def model_kind(model: str) -> ModelKind:
 def read_local_config(model: str) -> dict[str, Any]:
     """Read ``config.json`` of a local model directory, with an error message a user can act on."""
     path = Path(model).expanduser()
+    if path.is_file():
+        raise InvalidJobSpec(f"model {model!r} is a file; give the directory that holds its config.json")
     if not path.is_dir():
         raise InvalidJobSpec(f"model directory {model!r} does not exist")
     config_file = path / "config.json"

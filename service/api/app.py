@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from service.api.auth import API_GUARDS, GUARDED_RESPONSES, install_auth
 from service.api.middleware import install_limits
@@ -16,6 +17,7 @@ from service.api.web import install_web
 from service.broker import make_celery
 from service.db import make_engine, make_sessionmaker
 from service.settings import Settings, get_settings
+from service.api.web.router import STATIC_PREFIX
 
 API_VERSION = "0.1.0"
 
@@ -33,11 +35,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         celery_app.close()
         engine.dispose()
 
-    app = FastAPI(
+    # /docs and /redoc load Swagger UI and ReDoc from the installed package, not a CDN: they work offline.
+    app = FastAPIOffline(
         title="PruneSearch",
         version=API_VERSION,
         description="Search pruned LLM architectures: submit a job, poll its progress, read its trials.",
         lifespan=lifespan,
+        favicon_url=f"{STATIC_PREFIX}/favicon.svg",
     )
     app.state.settings = settings
     app.state.engine = engine

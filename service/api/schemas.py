@@ -8,6 +8,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from search.arch import ModelShape
 from search.spec import MEMBER_PROXY_NAMES, OBJECTIVE_NAMES, PROXY_NAMES, SAMPLER_NAMES, JobSpec, SearchSpace
 from service.api.exports import Export
 from service.models import Job, TrialResult, utcnow
@@ -181,6 +182,28 @@ class JobReport(BaseModel):
     verification: dict[str, Any] | None = None
     export: dict[str, Any] | None = None
     trust: dict[str, Any] | None = None
+
+
+class ModelWidths(BaseModel):
+    """The dense model a job prunes: what the widths of its candidates are measured against."""
+
+    num_layers: int
+    num_heads: int = Field(description="Attention heads per layer.")
+    num_kv_heads: int
+    intermediate_size: int = Field(description="FFN channels per layer.")
+    hidden_size: int
+    dense_params: int = Field(description="Parameters of the dense model, as the search counts them.")
+
+    @classmethod
+    def from_shape(cls, shape: ModelShape) -> ModelWidths:
+        return cls(
+            num_layers=shape.num_layers,
+            num_heads=shape.num_heads,
+            num_kv_heads=shape.num_kv_heads,
+            intermediate_size=shape.intermediate_size,
+            hidden_size=shape.hidden_size,
+            dense_params=shape.dense_params(),
+        )
 
 
 class ArtifactFile(BaseModel):

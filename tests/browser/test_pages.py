@@ -143,6 +143,14 @@ def test_the_form_reports_errors_next_to_the_fields(browser: Any, server: str, t
     page.wait_for_selector("#form-alert:not([hidden])")
     assert f"model directory '{missing}' does not exist" in page.inner_text("#form-alert")
     assert page.url.rstrip("/") == server  # nothing was created, the page stays
+    # A file where the model folder belongs is called a file, not a missing directory.
+    config_file = tmp_path / "config.json"
+    config_file.write_text("{}")
+    page.fill("#f-model", str(config_file))
+    page.click("#submit-job")
+    page.wait_for_selector(f"#form-alert:has-text('{config_file}')")
+    alert = page.inner_text("#form-alert")
+    assert "is a file" in alert and "does not exist" not in alert
     # A field error the server reports (422 with errors[].loc) lands under its field.
     page.fill("#f-model", str(missing))
     page.fill("#f-proxy", "no-such-proxy")
@@ -252,8 +260,41 @@ def test_report_and_downloads_appear_when_the_server_has_them(
     assert page.is_visible("#report-section") == has_report
 
     report = {
-        "verification": {"finalists": 3, "tokens": 252, "best_kl": 0.0123},
-        "trust": {"tracenas": {"spearman": 0.71, "kendall": 0.55, "flagged": False}},
+        "verification": {
+            "primary": "kl",
+            "dense": {"kl": 0.0, "ppl": 25.0, "tokens": 252, "primary": "kl"},
+            "finalists": [
+                {"trial_number": 7, "origin": "sampler", "proxy_score": 0.8, "kl": 0.0123, "ppl": 30.5, "tokens": 252},
+                {
+                    "trial_number": 0,
+                    "origin": "seed:uniform",
+                    "proxy_score": 0.5,
+                    "kl": 0.05,
+                    "ppl": 41.0,
+                    "tokens": 252,
+                },
+            ],
+            "ladder": [],
+        },
+        "trust": {
+            "metric": "kl",
+            "objective": "tracenas",
+            "threshold": 0.3,
+            "proxies": {
+                "tracenas": {
+                    "spearman": 0.31,
+                    "spearman_ci": [-0.2, 0.68],
+                    "kendall": 0.22,
+                    "kendall_ci": [-0.1, 0.5],
+                    "n": 24,
+                    "params_spearman": 0.9,
+                    "depth_spearman": 0.4,
+                    "poor": False,
+                }
+            },
+            "flagged": False,
+            "flags": [],
+        },
         "flags": ["proxy tracenas correlates with parameter count"],
     }
     artifacts = {
@@ -273,7 +314,11 @@ def test_report_and_downloads_appear_when_the_server_has_them(
     page.reload()
     page.wait_for_selector("#report-section:not([hidden])")
     text = page.inner_text("#report-section")
-    assert "Spearman" in text and "0.7100" in text and "correlates with parameter count" in text
+    assert "TraceNAS ordered 24 audited candidates with Spearman 0.31 [−0.20, 0.68]" in text
+    assert page.get_attribute("#report-trust p.verdict", "data-verdict") == "weak"
+    assert "correlates with parameter count" in text
+    assert page.locator("#verified-table tbody tr").count() == 3  # two finalists and the dense model
+    assert "Uniform width" in page.inner_text("#verified-table tr[data-trial='0']")
     link = page.locator("#artifacts-list a", has_text="Download best")
     assert link.get_attribute("href") == f"/v1/jobs/{job_id}/artifacts/best.tar"
 
@@ -378,4 +423,212 @@ def test_the_pages_pareto_front_matches_the_servers_on_random_points(browser: An
         )
         theirs = non_dominated([[p["y"], p["x"]] for p in points], ["maximize", "minimize"])
         assert sorted(ours) == theirs, size
+    page.context.close()
+
+
+def _capped(arch: dict[str, Any] | None, channels: int) -> dict[str, Any] | None:
+    if not arch:
+        return arch
+    return {"layers": [{**layer, "ffn_channels": min(layer["ffn_channels"], channels)} for layer in arch["layers"]]}
+
+
+def _rewrite_json(page: Any, pattern: re.Pattern[str], change: Any) -> None:
+    """Serve ``pattern``'s real responses with ``change(body)`` applied."""
+
+    def handle(route: Any) -> None:
+        response = route.fetch()
+        route.fulfill(response=response, json=change(response.json()))
+
+    page.route(pattern, handle)
+
+
+def test_layer_widths_are_drawn_against_the_models_real_width(
+    finished_job: dict[str, Any], browser: Any, server: str, api: httpx.Client, tiny_llama_dir: Path
+) -> None:
+    """A 25%-pruned FFN reads "96 of 128 channels" even when no trial kept a full layer."""
+    job_id = finished_job["job_id"]
+    config = json.loads((tiny_llama_dir / "config.json").read_text())
+    heads, ffn = config["num_attention_heads"], config["intermediate_size"]
+    model = api.get(f"/v1/jobs/{job_id}/model").json()
+    assert (model["num_heads"], model["intermediate_size"], model["num_layers"]) == (
+        heads,
+        ffn,
+        config["num_hidden_layers"],
+    )
+    # No trial keeps more than three quarters of any FFN: the widest layer seen is not the model's width.
+    cap = ffn * 3 // 4
+    page = new_page(browser, viewport=LAPTOP)
+    _rewrite_json(
+        page,
+        re.compile(rf"/v1/jobs/{job_id}$"),
+        lambda job: job | {"best": job["best"] | {"arch": _capped(job["best"]["arch"], cap)}},
+    )
+    _rewrite_json(
+        page,
+        re.compile(rf"/v1/jobs/{job_id}/trials(\?.*)?$"),
+        lambda body: body | {"items": [t | {"arch": _capped(t["arch"], cap)} for t in body["items"]]},
+    )
+    page.goto(f"{server}/jobs/{job_id}")
+    page.wait_for_selector("#poll-status:has-text('updates stopped')")
+    labels = page.locator("#arch-body .mlp .block-label").all_inner_texts()
+    assert labels and all(label.endswith(f" of {ffn} channels") for label in labels), labels
+    assert all(
+        t.endswith(f" of {heads} heads") for t in page.locator("#arch-body .attn .block-label").all_inner_texts()
+    )
+    assert page.inner_text("#arch-scale-note") == ""
+    # A server that cannot read the model's config: counts without a misleading "of".
+    page.route(re.compile(rf"/v1/jobs/{job_id}/model$"), lambda route: route.fulfill(status=404, json={}))
+    page.reload()
+    page.wait_for_selector("#poll-status:has-text('updates stopped')")
+    assert all(" of " not in label for label in page.locator("#arch-body .block-label").all_inner_texts())
+    assert "could not be read" in page.inner_text("#arch-scale-note")
+    page.context.close()
+
+
+def _laid_out_one_word_per_line(page: Any, selector: str) -> list[str]:
+    """Texts in ``selector`` squeezed narrower than a short word (the old report at 390 px: a letter a line)."""
+    return page.evaluate(
+        """(selector) => [...document.querySelectorAll(selector)]
+             .filter(el => el.offsetParent !== null && el.textContent.trim().length > 3)
+             .filter(el => el.getBoundingClientRect().width < 72)
+             .map(el => el.tagName + ': ' + el.textContent.trim().slice(0, 40))""",
+        selector,
+    )
+
+
+def save_section(page: Any, folders: list[Path], name: str) -> None:
+    image = page.locator("#report-section").screenshot()
+    for folder in folders:
+        (folder / name).write_bytes(image)
+
+
+def test_the_report_reads_as_sentences_and_one_table_at_laptop_and_phone_width(
+    finished_job: dict[str, Any], browser: Any, server: str, api: httpx.Client, screenshot_dir: list[Path]
+) -> None:
+    job_id = finished_job["job_id"]
+    report = api.get(f"/v1/jobs/{job_id}/report").json()
+    verification, trust = report["verification"], report["trust"]
+    page = new_page(browser, viewport=LAPTOP)
+    errors = _errors(page)
+    page.goto(f"{server}/jobs/{job_id}")
+    page.wait_for_selector("#report-section:not([hidden])")
+
+    # One table: every verified finalist and baseline with its held-out figures, and the dense model.
+    rows = page.locator("#verified-table tbody tr")
+    numbers = [f["trial_number"] for f in verification["finalists"]]
+    assert rows.evaluate_all("rs => rs.map(r => r.dataset.trial)") == [*map(str, numbers), "dense"]
+    assert page.locator("#report-section table").count() == 2  # the verified table and the trust numbers
+    first = verification["finalists"][0]
+    assert f"{first['ppl']:.1f}" in page.inner_text(f"#verified-table tr[data-trial='{first['trial_number']}']")
+    assert "best" in page.inner_text(
+        f"#verified-table tr[data-trial='{api.get(f'/v1/jobs/{job_id}').json()['best']['trial_number']}']"
+    )
+    # The ladder: one sentence per round; the trust figures: a sentence, the numbers behind a disclosure.
+    assert page.locator("#report-ladder ol.ladder > li").count() == len(verification["ladder"])
+    objective = trust["proxies"][trust["objective"]]
+    sentence = page.inner_text("#report-trust p.verdict")
+    assert re.fullmatch(
+        rf"TraceNAS ordered {objective['n']} audited candidates with Spearman [−\d.]+ \[[−\d.]+, [−\d.]+\] "
+        r"against their verified KL to dense: (poor|weak|moderate|strong)\.",
+        sentence,
+    ), sentence
+    assert page.get_attribute("#report-trust details", "open") is None
+    assert not page.is_visible("#report-trust details table")
+    text = page.inner_text("#report-section")
+    for raw in ("SIZE BYTES", "Size bytes", "POOR", "Poor", "Key", "Baseline\n", "Survivors", "Flags"):
+        assert raw not in text, raw
+    save_section(page, screenshot_dir, "report.png")
+
+    page.set_viewport_size(PHONE)
+    page.click("#report-trust details > summary")
+    page.wait_for_timeout(300)
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    squeezed = _laid_out_one_word_per_line(
+        page, "#report-section p, #report-section li, #report-section th, #report-section td"
+    )
+    assert squeezed == []
+    save_section(page, screenshot_dir, "report-phone.png")
+    assert errors == []
+    page.context.close()
+
+
+def test_the_api_docs_work_offline(browser: Any, server: str) -> None:
+    """/docs and /redoc load their code from this server: cut off from the internet, they still render."""
+    page = new_page(browser, viewport=LAPTOP)
+    foreign: list[tuple[str, str]] = []
+
+    def block(route: Any) -> None:
+        foreign.append((route.request.resource_type, route.request.url))
+        route.abort()
+
+    page.route(lambda url: not url.startswith(server), block)
+    page.goto(f"{server}/docs")
+    page.wait_for_selector(".swagger-ui .info .title:has-text('PruneSearch')")
+    page.wait_for_selector(".opblock-summary-path:has-text('/v1/jobs')")
+    assert foreign == []
+    page.goto(f"{server}/redoc")
+    page.wait_for_selector("h1:has-text('PruneSearch')")
+    # ReDoc's "powered by" footer links its logo image from its site; nothing the page needs is foreign.
+    assert [url for kind, url in foreign if kind != "image"] == []
+    page.context.close()
+
+
+def test_the_jobs_list_draws_equal_bars_and_names_models_alike(
+    finished_job: dict[str, Any], browser: Any, server: str
+) -> None:
+    page = new_page(browser, viewport=LAPTOP)
+    finished = {"trials_completed": 12, "trials_failed": 0, "fraction": 1.0, "eta_seconds": None}
+    jobs = [
+        ("a" * 32, "models/ref-llama-7m", 12),
+        ("b" * 32, "/srv/models/ref-llama-7m", 5000),
+        ("c" * 32, "./ref-llama-7m/", 300),
+    ]
+
+    def listing(body: dict[str, Any]) -> dict[str, Any]:
+        template = body["items"][0]
+        items = [
+            template
+            | {
+                "id": job_id,
+                "model": model,
+                "status": "succeeded",
+                "progress": finished | {"trials_completed": total, "trials_total": total},
+            }
+            for job_id, model, total in jobs
+        ]
+        return body | {"items": items, "next_cursor": None, "next": None}
+
+    _rewrite_json(page, re.compile(r"/v1/jobs(\?.*)?$"), listing)
+    page.goto(f"{server}/")
+    page.wait_for_selector(f"#jobs-body tr[data-job-id='{'c' * 32}']")
+    widths = page.locator("#jobs-body progress").evaluate_all("bars => bars.map(b => b.getBoundingClientRect().width)")
+    assert len(widths) == 3 and max(widths) - min(widths) < 0.5, widths
+    shown = page.locator("#jobs-body tr").evaluate_all(
+        "rows => rows.map(r => [r.dataset.jobId, ...['textContent', 'title'].map(k => r.querySelector('td.model')[k])])"
+    )
+    assert sorted(shown) == sorted([job_id, "ref-llama-7m", model] for job_id, model, _ in jobs)
+    page.context.close()
+
+
+def test_the_target_label_never_covers_a_point_at_phone_width(browser: Any, server: str) -> None:
+    """The best trial sits on the target at the top of the plot, where the label used to be drawn."""
+    page = new_page(browser, viewport=PHONE)
+    page.goto(f"{server}/static/favicon.svg")  # any same-origin page can import the modules
+    overlaps = page.evaluate(
+        """async () => {
+             const { drawScatter } = await import('/static/plot.js');
+             const box = document.createElementNS('http://www.w3.org/1999/xhtml', 'div');
+             box.style.width = '358px';
+             document.documentElement.append(box);
+             const points = [0.45, 0.48, 0.5, 0.52].map((x, i) => ({ number: i, x, y: 0.5 + i / 10 }));
+             points.push({ number: 9, x: 0.5, y: 0.95 });
+             drawScatter(box, { points, front: new Set([9]), best: 9, target: 0.5 });
+             const label = box.querySelector('.target text').getBoundingClientRect();
+             return [...box.querySelectorAll('circle.point')].map(c => c.getBoundingClientRect())
+               .filter(c => c.left < label.right && label.left < c.right)
+               .filter(c => c.top < label.bottom && label.top < c.bottom)
+               .length;
+           }"""
+    )
+    assert overlaps == 0
     page.context.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,3 +63,19 @@ def test_templates_reference_only_existing_assets() -> None:
     for template in templates.glob("*.html"):
         for name in re.findall(r"\{\{ static \}\}/([\w.-]+)", template.read_text()):
             assert (STATIC_DIR / name).is_file(), (template.name, name)
+
+
+def test_the_pages_answer_head_like_get(client: TestClient) -> None:
+    for path in ("/", "/jobs/0123456789abcdef0123456789abcdef"):
+        head, get = client.head(path), client.get(path)
+        assert head.status_code == 200, path
+        assert head.headers["content-type"] == get.headers["content-type"] and head.content == b""
+
+
+def test_the_api_docs_load_their_assets_from_this_server(client: TestClient) -> None:
+    for path in ("/docs", "/redoc"):
+        page = client.get(path).text
+        assets = re.findall(r'(?:src|href)="([^"]+)"', page)
+        assert assets and all(url.startswith("/") for url in assets), (path, assets)
+        for url in assets:
+            assert client.get(url).status_code == 200, url

@@ -126,6 +126,23 @@ def test_pareto_and_report_of_unknown_job_are_404(pg_client: TestClient) -> None
     assert_problem(pg_client.get("/v1/jobs/nope/artifacts"), 404, "does not exist")
 
 
+# --- model --------------------------------------------------------------------------------------
+
+
+def test_model_gives_the_dense_widths_or_404_when_its_config_cannot_be_read(
+    pg_client: TestClient, pg_session: Session, tiny_model_config_dir: Path
+) -> None:
+    config = json.loads((tiny_model_config_dir / "config.json").read_text())
+    job_id = _job(pg_session, tiny_model_config_dir)
+    widths = pg_client.get(f"/v1/jobs/{job_id}/model").json()
+    assert widths["num_heads"] == config["num_attention_heads"]
+    assert widths["intermediate_size"] == config["intermediate_size"]
+    assert widths["num_layers"] == config["num_hidden_layers"] and widths["dense_params"] > 0
+    (tiny_model_config_dir / "config.json").unlink()  # the folder changed after the job was accepted
+    assert_problem(pg_client.get(f"/v1/jobs/{job_id}/model"), 404, "no config.json")
+    assert_problem(pg_client.get("/v1/jobs/nope/model"), 404, "does not exist")
+
+
 # --- report -------------------------------------------------------------------------------------
 
 

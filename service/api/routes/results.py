@@ -8,6 +8,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
+from search.arch import ModelShape
+from search.errors import SearchError
+from search.spec import model_kind, read_local_config
 from service import repository
 from service.api import exports
 from service.api.deps import CeleryDep, SessionDep, SettingsDep
@@ -17,6 +20,7 @@ from service.api.schemas import (
     Artifact,
     ArtifactList,
     JobReport,
+    ModelWidths,
     Objective,
     ParetoFront,
     TrialOut,
@@ -69,6 +73,27 @@ def get_report(job_id: str, session: SessionDep) -> JobReport:
     if job.report is None:
         raise NotFound(f"job {job_id!r} has no report yet; the worker writes it when the search ends")
     return JobReport.model_validate(job.report)
+
+
+@router.get(
+    "/{job_id}/model",
+    response_model=ModelWidths,
+    responses=problem_responses(404),
+    summary="The dense model's widths (layers, heads, FFN channels), read from its config.json",
+)
+def get_model(job_id: str, session: SessionDep) -> ModelWidths:
+    job = repository.require_job(session, job_id)
+    return ModelWidths.from_shape(_dense_shape(job.model))
+
+
+def _dense_shape(model: str) -> ModelShape:
+    # The path passed the submission's checks; a folder gone since or a hub id is simply not known here.
+    try:
+        if model_kind(model) == "local":
+            return ModelShape.from_config(read_local_config(model))
+    except (SearchError, OSError) as error:
+        raise NotFound(f"the config of model {model!r} cannot be read: {error}") from error
+    raise NotFound(f"model {model!r} is a hub id: only the worker that downloads it reads its config")
 
 
 @router.get(

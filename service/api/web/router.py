@@ -80,12 +80,13 @@ def render(name: str, **values: str) -> str:
     return re.sub(r"\{\{ (\w+) \}\}", fill, page)
 
 
-@router.get("/", response_class=HTMLResponse)
+# HEAD as well as GET: uptime checks and `curl -I` probe the page with HEAD.
+@router.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse)
 def jobs_page() -> HTMLResponse:
     return HTMLResponse(render("jobs.html", title="Jobs", page="jobs", job_id=""), headers=_PAGE_HEADERS)
 
 
-@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+@router.api_route("/jobs/{job_id}", methods=["GET", "HEAD"], response_class=HTMLResponse)
 def job_page(job_id: str = PathParam(max_length=64)) -> HTMLResponse:
     if not _JOB_ID.match(job_id):
         raise HTTPException(status_code=404, detail=f"{job_id!r} is not a job id")

@@ -4,11 +4,13 @@
 import { h, replace } from "./dom.js";
 import { isNumber, percent } from "./format.js";
 
-/** The dense sizes bars are drawn against: the model's, when the job says, else the widest seen. */
-export function denseScale(job, archs) {
-  const shape = (job && (job.model_shape || job.shape)) || null;
-  if (shape && isNumber(shape.num_heads ?? shape.num_attention_heads) && isNumber(shape.intermediate_size)) {
-    return { heads: shape.num_heads ?? shape.num_attention_heads, ffn: shape.intermediate_size, exact: true };
+/**
+ * The dense sizes bars are drawn against: the model's (GET /model), else the widest layer of any
+ * trial, which is only a lower bound: then the labels give counts without "of".
+ */
+export function denseScale(model, archs) {
+  if (model && isNumber(model.num_heads) && isNumber(model.intermediate_size)) {
+    return { heads: model.num_heads, ffn: model.intermediate_size, exact: true };
   }
   let heads = 0;
   let ffn = 0;
@@ -21,7 +23,7 @@ export function denseScale(job, archs) {
   return { heads, ffn, exact: false };
 }
 
-function bar(kept, total, unit, kind) {
+function bar(kept, total, unit, kind, exact) {
   if (!isNumber(kept) || kept <= 0) {
     return h("span", { class: ["block", "dropped", kind] }, h("span", { class: "block-label" }, "dropped"));
   }
@@ -32,7 +34,7 @@ function bar(kept, total, unit, kind) {
     "span",
     { class: ["block", "kept", kind] },
     h("span", { class: "bar", "aria-hidden": "true" }, fill),
-    h("span", { class: "block-label" }, total > 0 ? `${kept} of ${total} ${unit}` : `${kept} ${unit}`),
+    h("span", { class: "block-label" }, exact ? `${kept} of ${total} ${unit}` : `${kept} ${unit}`),
   );
 }
 
@@ -43,7 +45,7 @@ export function drawArch(tbody, arch, scale, { sparsityHead, note } = {}) {
   if (note) {
     note.textContent = scale.exact
       ? ""
-      : " (bars against the widest layer seen in any trial; the model's full width is not reported)";
+      : " (the model's own width could not be read: bars are relative to the widest layer of any trial)";
   }
   replace(
     tbody,
@@ -53,8 +55,8 @@ export function drawArch(tbody, arch, scale, { sparsityHead, note } = {}) {
         "tr",
         { class: removed ? "layer-removed" : null, dataset: { layer: String(index) } },
         h("th", { scope: "row", class: "num" }, String(index)),
-        h("td", {}, bar(layer.heads, scale.heads, "heads", "attn")),
-        h("td", {}, bar(layer.ffn_channels, scale.ffn, "channels", "mlp")),
+        h("td", {}, bar(layer.heads, scale.heads, "heads", "attn", scale.exact)),
+        h("td", {}, bar(layer.ffn_channels, scale.ffn, "channels", "mlp", scale.exact)),
         hasSparsity ? h("td", { class: "num" }, isNumber(layer.sparsity) ? percent(layer.sparsity, 0) : "—") : null,
       );
     }),

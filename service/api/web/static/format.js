@@ -63,11 +63,10 @@ export function shortId(id) {
   return String(id).slice(0, 8);
 }
 
-/** The last path segment of a model directory, or the hub id as it is. */
+/** The last component of a model path or hub id ("models/ref-llama-7m" → "ref-llama-7m"), whatever its form. */
 export function modelName(model) {
   const text = String(model || "");
-  if (!text.includes("/") || !/^[/.~]/.test(text)) return text;
-  const parts = text.split("/").filter(Boolean);
+  const parts = text.split(/[/\\]/).filter(Boolean);
   return parts[parts.length - 1] || text;
 }
 

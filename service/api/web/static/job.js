@@ -38,6 +38,7 @@ const state = {
   paretoSupported: true,
   report: null,
   artifacts: null,
+  model: undefined, // the dense model's widths from GET /model, fetched once; null when the server cannot say
   finished: false,
   failures: 0,
 };
@@ -86,11 +87,13 @@ async function optional(path) {
 }
 
 async function fetchExtras() {
-  const [pareto, report, artifacts] = await Promise.all([
+  const [pareto, report, artifacts, model] = await Promise.all([
     state.paretoSupported ? optional(`${base}/pareto`) : null,
     state.finished ? optional(`${base}/report`) : null,
     state.finished ? optional(`${base}/artifacts`) : null,
+    state.model === undefined ? optional(`${base}/model`) : state.model,
   ]);
+  state.model = model;
   if (state.paretoSupported) {
     state.serverFront = paretoNumbers(pareto);
     if (pareto === null) state.paretoSupported = false;
@@ -232,7 +235,7 @@ function renderBest(job) {
     ["Verified on", verified && isNumber(verified.tokens) ? `${integer(verified.tokens)} held-out tokens` : null],
   ]);
   const archs = [best.arch, ...[...state.trials.values()].map((t) => t.arch)];
-  drawArch(byId("arch-body"), best.arch, denseScale(job, archs), {
+  drawArch(byId("arch-body"), best.arch, denseScale(state.model, archs), {
     sparsityHead: byId("arch-sparsity-head"),
     note: byId("arch-scale-note"),
   });
@@ -279,7 +282,9 @@ function renderActions(job) {
 function renderReportSection() {
   const section = byId("report-section");
   section.hidden = !state.report;
-  if (state.report) replace(byId("report-body"), renderReport(state.report));
+  if (!state.report) return;
+  const bestNumber = state.job.best ? state.job.best.trial_number : null;
+  replace(byId("report-body"), renderReport(state.report, { trials: state.trials, bestNumber }));
 }
 
 function artifactItems(body) {

@@ -46,7 +46,8 @@ export function drawScatter(container, { points, front, best = null, target = nu
   const width = Math.max(300, Math.round(container.clientWidth || 640));
   const height = Math.round(Math.min(420, Math.max(240, width * 0.55)));
   const narrow = width < 480;
-  const margin = { top: 16, right: 16, bottom: 46, left: narrow ? 58 : 70 };
+  // The top margin holds the target's label, above the points, so it never covers one.
+  const margin = { top: 24, right: 16, bottom: 46, left: narrow ? 58 : 70 };
   const plotW = width - margin.left - margin.right;
   const plotH = height - margin.top - margin.bottom;
   const [x0, x1] = domain(points.map((p) => p.x), { include: isNumber(target) ? [target] : [] });
@@ -112,7 +113,7 @@ export function drawScatter(container, { points, front, best = null, target = nu
         "g",
         { class: "target", "aria-hidden": "true" },
         s("line", { x1: sx(target), x2: sx(target), y1: margin.top, y2: margin.top + plotH }),
-        s("text", { x: sx(target) + 4, y: margin.top + 12 }, "target"),
+        s("text", { x: Math.min(Math.max(sx(target), margin.left + 22), width - 24), y: margin.top - 8, "text-anchor": "middle" }, "target"),
       ),
     );
   }

@@ -1,92 +1,283 @@
-// The verification and proxy-trust report, drawn from whatever JSON the server returns: objects of
-// numbers become definition lists, lists and maps of records become tables, flags are called out.
+// The report a job writes when its search ends, told for people: the verified candidates beside the
+// baselines and the dense model in one table, the verification ladder one sentence per round, how
+// far the proxy can be trusted as a sentence (its numbers behind a disclosure), the exported model.
 
 import { h } from "./dom.js";
-import { isNumber, score } from "./format.js";
+import { compact, integer, isNumber, percent, plural, score } from "./format.js";
 
-function label(key) {
-  const text = String(key).replace(/_/g, " ");
-  return text.charAt(0).toUpperCase() + text.slice(1);
+// Members shown elsewhere on the page (the Pareto front is drawn in the scatter plot).
+const KNOWN = new Set(["verification", "trust", "export", "pareto"]);
+
+const METRICS = {
+  kl: { label: "KL to dense", unit: "nats/token" },
+  ppl: { label: "Perplexity" },
+  similarity_gap: { label: "Similarity gap" },
+  similarity_spearman: { label: "Similarity agreement" },
+  cosine_distance: { label: "Cosine distance" },
+  mse: { label: "Mean squared error" },
+};
+
+const ORIGINS = {
+  "seed:uniform": "Uniform width",
+  "seed:block_influence": "Block Influence (layers dropped)",
+  "seed:owl": "OWL sparsity",
+};
+
+const PROXIES = { tracenas: "TraceNAS", tracenas_sum: "TraceNAS (sum over blocks)", prunenet: "PruneNet" };
+
+const isRecord = (value) => Boolean(value) && typeof value === "object" && !Array.isArray(value);
+const list = (value) => (Array.isArray(value) ? value : []);
+
+const proxyLabel = (name) => PROXIES[name] || String(name);
+const metricLabel = (key) => (METRICS[key] ? METRICS[key].label : String(key).replace(/_/g, " "));
+const isBaseline = (origin) => typeof origin === "string" && origin.startsWith("seed:");
+
+function numbers(values) {
+  const words = values.map((v) => String(v));
+  return words.length < 2 ? words.join("") : `${words.slice(0, -1).join(", ")} and ${words[words.length - 1]}`;
 }
 
-function scalar(value) {
-  if (value === null || value === undefined) return "—";
-  if (typeof value === "boolean") return value ? "yes" : "no";
-  if (isNumber(value)) return Number.isInteger(value) ? value.toLocaleString("en-US") : score(value);
-  return String(value);
+function fixed(value, digits = 2) {
+  return isNumber(value) ? value.toFixed(digits).replace("-", "−") : "—";
 }
 
-const isScalar = (value) => value === null || ["string", "number", "boolean"].includes(typeof value);
-const isRecord = (value) => value && typeof value === "object" && !Array.isArray(value);
+/** A measured figure with three significant digits in one notation per column: 0.000573, 0.00836, 524.0. */
+function figure(value) {
+  if (!isNumber(value)) return "—";
+  const size = Math.abs(value);
+  if (size === 0) return "0";
+  if (size >= 100) return value.toFixed(1);
+  if (size >= 1e-6) return value.toPrecision(3);
+  return value.toExponential(2);
+}
 
-function table(rows, keyLabel = null) {
-  // rows: [[rowName|null, record]]
-  const columns = [];
-  for (const [, record] of rows) for (const key of Object.keys(record)) if (!columns.includes(key)) columns.push(key);
+// --- verified candidates -------------------------------------------------------------------------
+
+function candidateName(entry, bestNumber) {
+  if (entry.dense) return ["Dense model", h("span", { class: "sub" }, "the reference")];
+  if (isBaseline(entry.origin)) {
+    return [ORIGINS[entry.origin] || entry.origin.slice(5), h("span", { class: "sub" }, `baseline · trial ${entry.trial_number}`)];
+  }
+  const chosen = entry.trial_number === bestNumber;
+  return [`Trial ${entry.trial_number}`, chosen ? h("span", { class: "tag" }, "best") : null, h("span", { class: "sub" }, "found by the search")];
+}
+
+function metricColumns(rows, primary) {
+  const keys = new Set();
+  for (const row of rows) for (const [key, value] of Object.entries(row)) if (isNumber(value)) keys.add(key);
+  for (const skip of ["tokens", "trial_number", "proxy_score", "param_ratio"]) keys.delete(skip);
+  return [...keys].sort((a, b) => Number(b === primary) - Number(a === primary));
+}
+
+function cell(label, content, numeric = true) {
+  return h("td", { class: numeric ? "num" : null, dataset: { label } }, content);
+}
+
+function candidateRow(entry, columns, context) {
+  const trial = context.trials.get(entry.trial_number);
+  const ratio = entry.dense ? 1 : trial && trial.param_ratio;
+  const chosen = !entry.dense && entry.trial_number === context.bestNumber;
   return h(
-    "div",
-    { class: "table-scroll", tabindex: "0", role: "region", "aria-label": keyLabel || "Report table" },
+    "tr",
+    { class: [entry.dense && "dense", chosen && "chosen"], dataset: { trial: entry.dense ? "dense" : String(entry.trial_number) } },
+    h("th", { scope: "row" }, candidateName(entry, context.bestNumber)),
+    cell("Parameters kept", percent(ratio, 1)),
+    cell("Proxy score", entry.dense ? "—" : score(entry.proxy_score)),
+    columns.map((key) => cell(metricLabel(key), figure(entry[key]))),
+  );
+}
+
+function verifiedTable(verification, context) {
+  const finalists = list(verification.finalists).filter(isRecord);
+  if (!finalists.length) return null;
+  const dense = isRecord(verification.dense) ? [{ ...verification.dense, dense: true }] : [];
+  const rows = [...finalists, ...dense];
+  const columns = metricColumns(rows, verification.primary);
+  const head = ["Candidate", "Parameters kept", "Proxy score", ...columns.map((key) => {
+    const unit = METRICS[key] && METRICS[key].unit;
+    return unit ? [metricLabel(key), h("br", {}), h("span", { class: "unit" }, unit)] : metricLabel(key);
+  })];
+  return h(
+    "table",
+    { class: "data stacked verified-table", id: "verified-table" },
+    h("caption", { class: "visually-hidden" }, "Verified candidates, baselines and the dense model"),
+    h("thead", {}, h("tr", {}, head.map((label, i) => h("th", { scope: "col", class: i ? "num" : null }, label)))),
+    h("tbody", {}, rows.map((entry) => candidateRow(entry, columns, context))),
+  );
+}
+
+function verificationPart(verification, context) {
+  const table = verifiedTable(verification, context);
+  if (!table) return null;
+  const tokens = isRecord(verification.dense) ? verification.dense.tokens : list(verification.finalists)[0]?.tokens;
+  const finalists = list(verification.finalists).filter(isRecord);
+  const searched = finalists.filter((f) => !isBaseline(f.origin)).length;
+  const intro =
+    `The search's ${plural(searched, "favourite")} and ${plural(finalists.length - searched, "baseline")} were run on ` +
+    `${isNumber(tokens) ? `${integer(tokens)} held-out tokens` : "held-out text"} the search never saw, beside the dense model. ` +
+    `Lower ${metricLabel(verification.primary || "kl")} is closer to the dense model.`;
+  return h(
+    "section",
+    { class: "report-part", id: "report-verified" },
+    h("h3", {}, "Verified on held-out text"),
+    h("p", {}, intro),
+    h("div", { class: "table-scroll" }, table),
+  );
+}
+
+// --- the ladder ----------------------------------------------------------------------------------
+
+function rungSentence(rung, index, last) {
+  const candidates = list(rung.candidates).filter(isRecord);
+  const baselines = candidates.filter((c) => c.baseline).length;
+  const searched = candidates.length - baselines;
+  const where = `${plural(rung.sequences, "held-out sequence")} (${integer(rung.tokens)} tokens)`;
+  const who = `${plural(searched, "candidate")} from the search${baselines ? ` and ${plural(baselines, "baseline")}` : ""}`;
+  const survivors = list(rung.survivors);
+  const next = last
+    ? `the figures in the table come from this round${survivors.length ? `; the best ${survivors.length === 1 ? "is trial" : "are trials"} ${numbers(survivors)}` : ""}.`
+    : `the best ${survivors.length === 1 ? "went on: trial" : `${survivors.length} went on: trials`} ${numbers(survivors)}.`;
+  return h("li", { dataset: { rung: String(index) } }, h("strong", {}, `Round ${index + 1}. `), `${who} measured on ${where}; ${next}`);
+}
+
+function ladderPart(verification) {
+  const rungs = list(verification.ladder).filter(isRecord);
+  if (!rungs.length) return null;
+  return h(
+    "section",
+    { class: "report-part", id: "report-ladder" },
+    h("h3", {}, "How the finalists were chosen"),
     h(
-      "table",
-      { class: "data report-table" },
-      h(
-        "thead",
-        {},
-        h("tr", {}, keyLabel ? h("th", { scope: "col" }, keyLabel) : null, columns.map((c) => h("th", { scope: "col" }, label(c)))),
-      ),
-      h(
-        "tbody",
-        {},
-        rows.map(([name, record]) =>
-          h(
-            "tr",
-            { class: record.flagged || record.warning ? "flagged" : null },
-            keyLabel ? h("th", { scope: "row" }, String(name)) : null,
-            columns.map((c) => h("td", { class: isNumber(record[c]) ? "num" : null }, render(record[c], 2))),
-          ),
-        ),
+      "p",
+      {},
+      "Successive halving: each round measures the remaining candidates on more held-out text and keeps the better half; the baselines are measured in every round for comparison.",
+    ),
+    h("ol", { class: "ladder" }, rungs.map((rung, i) => rungSentence(rung, i, i === rungs.length - 1))),
+  );
+}
+
+// --- trust ---------------------------------------------------------------------------------------
+
+function verdict(entry, threshold) {
+  const rho = entry.spearman;
+  const interval = list(entry.spearman_ci);
+  if (!isNumber(rho) || entry.poor || rho < threshold) return "poor";
+  if ((isNumber(interval[0]) && interval[0] < threshold) || rho < 0.5) return "weak";
+  return rho < 0.7 ? "moderate" : "strong";
+}
+
+function interval(values) {
+  const [lo, hi] = list(values);
+  return isNumber(lo) && isNumber(hi) ? ` [${fixed(lo)}, ${fixed(hi)}]` : "";
+}
+
+function trustSentence(name, entry, trust) {
+  const word = verdict(entry, isNumber(trust.threshold) ? trust.threshold : 0.3);
+  const metric = metricLabel(trust.metric || "kl");
+  const text = isNumber(entry.spearman)
+    ? `${proxyLabel(name)} ordered ${plural(entry.n, "audited candidate")} with Spearman ${fixed(entry.spearman)}${interval(entry.spearman_ci)} against their verified ${metric}: `
+    : `${proxyLabel(name)} could not be compared with the verified ${metric}: `;
+  return h("p", { class: "verdict", dataset: { proxy: name, verdict: word } }, text, h("strong", { class: `verdict-${word}` }, word), ".");
+}
+
+function trustTable(proxies) {
+  const columns = [
+    ["Proxy", (name) => proxyLabel(name), false],
+    ["Spearman [95% CI]", (_, e) => `${fixed(e.spearman)}${interval(e.spearman_ci)}`],
+    ["Kendall [95% CI]", (_, e) => `${fixed(e.kendall)}${interval(e.kendall_ci)}`],
+    ["Candidates", (_, e) => integer(e.n)],
+    ["Follows parameter count", (_, e) => fixed(e.params_spearman)],
+    ["Follows depth", (_, e) => fixed(e.depth_spearman)],
+  ];
+  return h(
+    "table",
+    { class: "data stacked trust-table" },
+    h("thead", {}, h("tr", {}, columns.map(([label], i) => h("th", { scope: "col", class: i ? "num" : null }, label)))),
+    h(
+      "tbody",
+      {},
+      proxies.map(([name, entry]) =>
+        h("tr", {}, columns.map(([label, value, numeric = true], i) => (i ? cell(label, value(name, entry), numeric) : h("th", { scope: "row" }, value(name, entry))))),
       ),
     ),
   );
 }
 
-function render(value, depth) {
-  if (isScalar(value)) return scalar(value);
-  if (Array.isArray(value)) {
-    if (value.every(isScalar)) return value.map(scalar).join(", ");
-    if (value.every((item) => isRecord(item) && Object.values(item).every(isScalar))) {
-      return table(value.map((item) => [null, item]));
-    }
-    return h("ol", {}, value.map((item) => h("li", {}, render(item, depth + 1))));
+function auditNote(trust) {
+  const audit = isRecord(trust.audit) ? trust.audit : {};
+  const parts = [];
+  if (isNumber(audit.size)) {
+    parts.push(
+      `The audit verified ${plural(audit.size, "candidate")} drawn across the whole range of ${proxyLabel(audit.stratified_by || trust.objective)} scores, not only its favourites` +
+        (isNumber(audit.tokens) ? `, on ${integer(audit.tokens)} held-out tokens.` : "."),
+    );
   }
-  const entries = Object.entries(value);
-  if (entries.length && entries.every(([, v]) => isRecord(v) && Object.values(v).every(isScalar))) {
-    return table(entries, "Name");
-  }
-  if (depth > 3) return JSON.stringify(value);
+  parts.push("Spearman and Kendall are rank correlations: +1 means the proxy orders candidates exactly as the verified figure does, 0 means no relation.");
+  parts.push("The last two columns show how much a proxy's score simply follows model size or depth.");
+  return h("p", { class: "muted" }, parts.join(" "));
+}
+
+function trustPart(trust) {
+  const proxies = Object.entries(isRecord(trust.proxies) ? trust.proxies : {}).filter(([, e]) => isRecord(e));
+  if (!proxies.length && !list(trust.flags).length) return null;
+  const main = proxies.filter(([name]) => name === trust.objective);
   return h(
-    "dl",
-    { class: "summary" },
-    entries.map(([key, v]) => [h("dt", {}, label(key)), h("dd", {}, render(v, depth + 1))]),
+    "section",
+    { class: "report-part", id: "report-trust" },
+    h("h3", {}, "Can the proxy be trusted?"),
+    (main.length ? main : proxies.slice(0, 1)).map(([name, entry]) => trustSentence(name, entry, trust)),
+    proxies.length
+      ? h("details", { class: "numbers" }, h("summary", {}, "The numbers behind this"), auditNote(trust), trustTable(proxies))
+      : null,
   );
 }
 
-/** Render a report object into a list of sections (one per top-level key). */
-export function renderReport(report) {
-  if (!isRecord(report)) return [h("p", {}, render(report, 0))];
-  const notes = [];
-  const flags = report.flags || report.warnings;
-  if (Array.isArray(flags) && flags.length) {
-    notes.push(h("ul", { class: "flags" }, flags.map((f) => h("li", {}, isScalar(f) ? scalar(f) : JSON.stringify(f)))));
-  }
-  const scalars = Object.entries(report).filter(([k, v]) => isScalar(v) && !["flags", "warnings"].includes(k));
-  const nested = Object.entries(report).filter(([k, v]) => !isScalar(v) && !["flags", "warnings"].includes(k));
-  const out = [...notes];
-  if (scalars.length) {
-    out.push(h("dl", { class: "summary" }, scalars.map(([k, v]) => [h("dt", {}, label(k)), h("dd", {}, scalar(v))])));
-  }
-  for (const [key, value] of nested) {
-    out.push(h("section", { class: "report-part" }, h("h3", {}, label(key)), render(value, 1)));
-  }
-  return out;
+function flagsPart(report) {
+  const flags = [...list(report.flags), ...list(isRecord(report.trust) ? report.trust.flags : [])];
+  if (!flags.length) return null;
+  return h(
+    "div",
+    { class: "alert warning", role: "note" },
+    h("p", {}, h("strong", {}, "Check before you rely on this job:")),
+    h("ul", {}, flags.map((flag) => h("li", {}, typeof flag === "string" ? flag : JSON.stringify(flag)))),
+  );
+}
+
+// --- export --------------------------------------------------------------------------------------
+
+function latencySentence(latency) {
+  if (!isRecord(latency) || !isNumber(latency.pruned_tokens_per_s) || !isNumber(latency.dense_tokens_per_s)) return "";
+  const speedup = isNumber(latency.speedup) ? `: ${latency.speedup.toFixed(2)}× ${latency.speedup >= 1 ? "faster" : "the speed"}` : "";
+  return ` On ${latency.device || "the worker"} it processes ${integer(latency.pruned_tokens_per_s)} tokens/s against ${integer(latency.dense_tokens_per_s)} for the dense model${speedup}.`;
+}
+
+function exportPart(exported) {
+  if (!isRecord(exported) || !isNumber(exported.param_count)) return null;
+  const ratio = isNumber(exported.dense_params) ? ` (${percent(exported.param_count / exported.dense_params, 1)} of ${integer(exported.dense_params)})` : "";
+  const size = isNumber(exported.size_bytes) ? `, ${compact(exported.size_bytes)}B on disk` : "";
+  const text = `The exported model has ${integer(exported.param_count)} parameters${ratio}${size}.${latencySentence(exported.latency)}`;
+  return h("section", { class: "report-part", id: "report-export" }, h("h3", {}, "The exported model"), h("p", {}, text));
+}
+
+function otherPart(report) {
+  const rest = Object.fromEntries(Object.entries(report).filter(([key]) => !KNOWN.has(key) && key !== "flags"));
+  if (!Object.keys(rest).length) return null;
+  return h("details", { class: "numbers" }, h("summary", {}, "Everything else the worker reported"), h("pre", { class: "raw" }, JSON.stringify(rest, null, 2)));
+}
+
+/**
+ * The report's sections. context: { trials: Map number → trial (for parameter ratios),
+ * bestNumber: the job's best trial }.
+ */
+export function renderReport(report, context) {
+  if (!isRecord(report)) return [h("p", {}, String(report))];
+  const verification = isRecord(report.verification) ? report.verification : {};
+  return [
+    flagsPart(report),
+    verificationPart(verification, context),
+    ladderPart(verification),
+    isRecord(report.trust) ? trustPart(report.trust) : null,
+    exportPart(report.export),
+    otherPart(report),
+  ];
 }
