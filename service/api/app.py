@@ -14,10 +14,10 @@ from service.api.openapi import install_openapi
 from service.api.problems import install_problem_handlers
 from service.api.routes import health, jobs, options, results
 from service.api.web import install_web
+from service.api.web.router import STATIC_PREFIX
 from service.broker import make_celery
 from service.db import make_engine, make_sessionmaker
 from service.settings import Settings, get_settings
-from service.api.web.router import STATIC_PREFIX
 
 API_VERSION = "0.1.0"
 
