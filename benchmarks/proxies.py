@@ -44,14 +44,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from search.audit import audit_sequences, population  # noqa: E402
+from search.correlation import spearman  # noqa: E402
 from search.ladder import Verifier  # noqa: E402
 from search.loading import LoadedModel, load_model  # noqa: E402
 from search.masking import apply_arch  # noqa: E402
-from search.proxies import Ensemble, MetaNetStore, Priming, PruneNet, create_proxy  # noqa: E402
+from search.proxies import Ensemble, MetaNetStore, Priming, Proxy, PruneNet, create_proxy  # noqa: E402
 from search.selection import Selection  # noqa: E402
 from search.spec import JobSpec  # noqa: E402
 from search.study import SearchContext, prepare, run_search  # noqa: E402
-from search.trust import correlations, spearman  # noqa: E402
+from search.trust import correlations  # noqa: E402
 
 HELDOUT_DOCS = ROOT / "benchmarks" / "reference_models" / "heldout" / "docs.txt"
 REFERENCE_MODELS = ["models/ref-llama-7m", "models/ref-llama-13m"]
@@ -162,7 +163,7 @@ def metanet_scores(
         context.tokens,
         seed=0,
         stats=context.stats,
-        cache=loaded.cache,
+        artifacts=loaded.artifacts,
         min_records=min_records,
     )
     state = proxy.prime(Priming([], audit=None, store=merged, job=f"evaluation-{name}", model=context.spec.model))
@@ -172,11 +173,11 @@ def metanet_scores(
     return values, state, seconds / len(selections)
 
 
-class Memo:
+class Memo(Proxy):
     """A proxy whose scores are remembered per architecture (the benchmark scores a set many ways)."""
 
-    def __init__(self, proxy: Any) -> None:
-        self.proxy, self.name, self.cost = proxy, proxy.name, getattr(proxy, "cost", 2)
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy, self.name, self.cost = proxy, proxy.name, proxy.cost
         self.seconds, self.calls, self._seen = 0.0, 0, {}
 
     def score(self, selection: Selection) -> Any:
@@ -223,14 +224,14 @@ def evaluate_model(model: str, args: argparse.Namespace, tmp: Path) -> dict[str,
 
     scores: dict[str, list[float]] = {}
     cost: dict[str, float] = {}
-    tracenas_proxy, tracenas_build = timed(lambda: create_proxy("tracenas", adapter, tokens, seed=0, cache={}))
+    tracenas_proxy, tracenas_build = timed(lambda: create_proxy("tracenas", adapter, tokens, seed=0))
     tracenas = Memo(tracenas_proxy)
     results = [tracenas.score(s) for s in candidates]
     scores["tracenas"] = [r.value for r in results]
     scores["tracenas_sum"] = [r.extras["tracenas_sum"] for r in results]
     cost["tracenas"] = cost["tracenas_sum"] = tracenas.seconds / tracenas.calls
 
-    prunenet_proxy, prunenet_build = timed(lambda: create_proxy("prunenet", adapter, tokens, seed=0, cache={}))
+    prunenet_proxy, prunenet_build = timed(lambda: create_proxy("prunenet", adapter, tokens, seed=0))
     assert isinstance(prunenet_proxy, PruneNet)
     prunenet = Memo(prunenet_proxy)
     results = [prunenet.score(s) for s in candidates]

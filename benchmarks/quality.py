@@ -73,11 +73,12 @@ import optuna  # noqa: E402
 
 from search.arch import ArchConfig  # noqa: E402
 from search.calibration import tokenize_paragraphs  # noqa: E402
+from search.criteria import compute_importance  # noqa: E402
 from search.export import materialize  # noqa: E402
 from search.loading import LoadedModel, load_model  # noqa: E402
 from search.proxies import MetaNetStore  # noqa: E402
 from search.repair import Proposal  # noqa: E402
-from search.selection import Selection, compute_importance, select_units  # noqa: E402
+from search.selection import Selection, select_units  # noqa: E402
 from search.spec import JobSpec, check_job  # noqa: E402
 from search.stats import collect_stats  # noqa: E402
 from search.study import SearchContext, prepare, run_search  # noqa: E402

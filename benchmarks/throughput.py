@@ -37,8 +37,9 @@ from search.adapters import adapter_for  # noqa: E402
 from search.calibration import TokenSet  # noqa: E402
 from search.export import materialize  # noqa: E402
 from search.loading import LoadedModel, load_model  # noqa: E402
+from search.names import PROXIES  # noqa: E402
 from search.repair import Proposal  # noqa: E402
-from search.spec import PROXY_NAMES, JobSpec  # noqa: E402
+from search.spec import JobSpec  # noqa: E402
 from search.study import make_storage, open_study, prepare, search_trials  # noqa: E402
 
 SHAPES: dict[str, dict[str, int]] = {
@@ -310,7 +311,7 @@ def main() -> None:
     gpu = torch.cuda.is_available()
     default_shapes = "models/ref-llama-7m,models/ref-llama-13m,llama-1b,llama-8b" if gpu else "tiny"
     parser.add_argument("--shapes", default=default_shapes, help="comma-separated shape names or model dirs")
-    parser.add_argument("--proxies", default=",".join(p for p in PROXY_NAMES if p in ("tracenas", "prunenet")))
+    parser.add_argument("--proxies", default=",".join(p for p in PROXIES if p in ("tracenas", "prunenet")))
     parser.add_argument("--spaces", default="per_layer,compact", help="search-space parameterisations")
     parser.add_argument("--tokens", type=int, default=4096 if gpu else 1024)
     parser.add_argument("--seq-len", type=int, default=1024 if gpu else 128)

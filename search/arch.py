@@ -15,25 +15,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from search.errors import InvalidArchConfig, UnsupportedModel
-
-# model_type -> (family, attention bias rule). Families share module layouts and export code.
-_MODEL_TYPES: dict[str, tuple[str, str]] = {
-    "llama": ("llama", "config"),  # q/k/v/o biased iff config.attention_bias
-    "mistral": ("llama", "none"),
-    "qwen2": ("llama", "qkv"),  # q, k, v biased; o not
-    "qwen3": ("llama", "config"),  # plus per-head q_norm / k_norm
-    "gpt2": ("gpt2", "all"),
-    "bert": ("bert", "all"),
-}
-
-SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(_MODEL_TYPES)
-ENCODER_FAMILIES = frozenset({"bert"})
+from search.errors import InvalidArchConfig
 
 
 @dataclass(frozen=True)
 class ModelShape:
-    """The dimensions of a supported transformer, read from its ``config.json``."""
+    """The dimensions of a supported transformer; its family reads them from ``config.json``
+    (``search.families.read_shape``). Family differences are fields, not branches."""
 
     family: str
     model_type: str
@@ -48,24 +36,10 @@ class ModelShape:
     o_bias: bool
     mlp_bias: bool
     qk_norm: bool
+    causal: bool  # a decoder (LM loss, KL verification); False: an encoder
+    gated_mlp: bool  # gate, up, down (Llama); False: up, down
+    norm_bias: bool  # LayerNorm (weight and bias); False: RMSNorm (weight)
     fixed: int  # embeddings, positions, final norm, LM head / pooler: no candidate removes them
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> ModelShape:
-        model_type = str(config.get("model_type", ""))
-        if model_type not in _MODEL_TYPES:
-            raise UnsupportedModel(
-                f"model_type {model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
-            )
-        family, bias_rule = _MODEL_TYPES[model_type]
-        try:
-            return _READERS[family](config, model_type, bias_rule)
-        except (KeyError, TypeError, ValueError, ZeroDivisionError) as error:
-            raise UnsupportedModel(f"config.json of this {model_type} model is incomplete: {error}") from error
-
-    @property
-    def causal(self) -> bool:
-        return self.family not in ENCODER_FAMILIES
 
     @property
     def group_size(self) -> int:
@@ -74,8 +48,8 @@ class ModelShape:
 
     @property
     def norm_params(self) -> int:
-        """One sub-block's norm: RMSNorm (weight) for Llama, LayerNorm (weight and bias) otherwise."""
-        return self.hidden_size if self.family == "llama" else 2 * self.hidden_size
+        """One sub-block's norm: RMSNorm (weight) or LayerNorm (weight and bias)."""
+        return 2 * self.hidden_size if self.norm_bias else self.hidden_size
 
     def dense_arch(self) -> ArchConfig:
         return ArchConfig(tuple(LayerArch(self.num_heads, self.intermediate_size) for _ in range(self.num_layers)))
@@ -92,7 +66,7 @@ class ModelShape:
         if channels == 0:
             return []
         h = self.hidden_size
-        if self.family == "llama":
+        if self.gated_mlp:
             return [(channels, h), (channels, h), (h, channels)]  # gate, up, down
         return [(channels, h), (h, channels)]  # up (c_fc / intermediate), down (c_proj / output)
 
@@ -123,7 +97,7 @@ class ModelShape:
             return 0
         params = _sparse_matrices(self.mlp_matrices(channels), sparsity) + self.norm_params
         if self.mlp_bias:
-            params += (2 * channels if self.family == "llama" else channels) + self.hidden_size
+            params += (2 * channels if self.gated_mlp else channels) + self.hidden_size
         return params
 
     def count_params(self, arch: ArchConfig) -> int:
@@ -175,83 +149,6 @@ def zeros_per_row(cols: int, sparsity: float) -> int:
 
 def _sparse_matrices(matrices: Sequence[tuple[int, int]], sparsity: float) -> int:
     return sum(rows * (cols - zeros_per_row(cols, sparsity)) for rows, cols in matrices)
-
-
-def _read_llama(config: Mapping[str, Any], model_type: str, bias_rule: str) -> ModelShape:
-    hidden = int(config["hidden_size"])
-    heads = int(config["num_attention_heads"])
-    kv_heads = int(config.get("num_key_value_heads") or heads)
-    if heads % kv_heads:
-        raise UnsupportedModel(f"num_attention_heads={heads} is not a multiple of num_key_value_heads={kv_heads}")
-    vocab = int(config["vocab_size"])
-    attention_bias = bool(config.get("attention_bias", False)) if bias_rule == "config" else False
-    tied = bool(config.get("tie_word_embeddings", False))
-    return ModelShape(
-        family="llama",
-        model_type=model_type,
-        num_layers=int(config["num_hidden_layers"]),
-        hidden_size=hidden,
-        num_heads=heads,
-        num_kv_heads=kv_heads,
-        head_dim=int(config.get("head_dim") or hidden // heads),
-        intermediate_size=int(config["intermediate_size"]),
-        vocab_size=vocab,
-        qkv_bias=bias_rule == "qkv" or attention_bias,
-        o_bias=attention_bias,
-        mlp_bias=bool(config.get("mlp_bias", False)),
-        qk_norm=model_type == "qwen3",
-        fixed=vocab * hidden * (1 if tied else 2) + hidden,  # embeddings, LM head, final RMSNorm
-    )
-
-
-def _read_gpt2(config: Mapping[str, Any], model_type: str, _bias_rule: str) -> ModelShape:
-    hidden = int(config["n_embd"])
-    heads = int(config["n_head"])
-    vocab = int(config["vocab_size"])
-    tied = bool(config.get("tie_word_embeddings", True))
-    return ModelShape(
-        family="gpt2",
-        model_type=model_type,
-        num_layers=int(config["n_layer"]),
-        hidden_size=hidden,
-        num_heads=heads,
-        num_kv_heads=heads,
-        head_dim=hidden // heads,
-        intermediate_size=int(config.get("n_inner") or 4 * hidden),
-        vocab_size=vocab,
-        qkv_bias=True,
-        o_bias=True,
-        mlp_bias=True,
-        qk_norm=False,
-        # token and position embeddings, final LayerNorm, LM head unless tied
-        fixed=vocab * hidden * (1 if tied else 2) + int(config["n_positions"]) * hidden + 2 * hidden,
-    )
-
-
-def _read_bert(config: Mapping[str, Any], model_type: str, _bias_rule: str) -> ModelShape:
-    hidden = int(config["hidden_size"])
-    heads = int(config["num_attention_heads"])
-    vocab = int(config["vocab_size"])
-    embeddings = (vocab + int(config["max_position_embeddings"]) + int(config.get("type_vocab_size", 2))) * hidden
-    return ModelShape(
-        family="bert",
-        model_type=model_type,
-        num_layers=int(config["num_hidden_layers"]),
-        hidden_size=hidden,
-        num_heads=heads,
-        num_kv_heads=heads,
-        head_dim=hidden // heads,
-        intermediate_size=int(config["intermediate_size"]),
-        vocab_size=vocab,
-        qkv_bias=True,
-        o_bias=True,
-        mlp_bias=True,
-        qk_norm=False,
-        fixed=embeddings + 2 * hidden + hidden * hidden + hidden,  # embeddings, their LayerNorm, pooler
-    )
-
-
-_READERS = {"llama": _read_llama, "gpt2": _read_gpt2, "bert": _read_bert}
 
 
 @dataclass(frozen=True)

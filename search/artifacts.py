@@ -1,7 +1,20 @@
-"""What a model's search computes from its weights once, kept on disk beside the model cache.
+"""What a model's search computes once: typed in memory (``ModelArtifacts``), and kept on disk beside
+the model cache (``ArtifactStore``) where it is costly.
 
-A helper worker joining a job, a restarted worker or a later job on the same model loads these
-instead of recomputing them (PruneNet's trained policy and its spectral tables cost minutes on
+Each kind of artifact is an ``Artifact[K, V]`` defined once, beside the code that computes it (so
+this module stays below all of them):
+- ``search.stats.DENSE_STATS``: dense statistics per (calibration digest, batch size, dtype); disk;
+- ``search.criteria.IMPORTANCE``: a criterion's importance per (criterion, digest, seed if seeded);
+- ``search.criteria.prunenet.POLICY``: the PruneNet policy per seed; disk;
+- ``search.proxies.prunenet.TABLES``: PruneNet's spectral tables per policy seed; disk;
+- ``search.proxies.tracenas.DENSE_SKETCH``: TraceNAS's dense gradient sketch; disk only;
+- ``search.proxies.metanet.FEATURES_OF_MODEL``: the meta-network's node features per (digest, seed);
+- ``search.proxies.base.PROXY``: proxies per configuration (shared by ensembles and later jobs);
+- ``search.space.LAYER_SIGNALS``: the layer signals seeds and the compact space rank by, per digest.
+Per-job state does not belong here.
+
+A helper worker joining a job, a restarted worker or a later job on the same model loads the disk
+kinds instead of recomputing them (PruneNet's trained policy and its spectral tables cost minutes on
 billion-parameter models). Entries are keyed by the model's identity: its path or hub id, the
 revision, and for a local folder the names, sizes and modification times of its weight files, so
 changed weights never meet stale artifacts. Files hold tensors and plain values only and are read
@@ -14,18 +27,17 @@ import hashlib
 import logging
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import torch
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-# Where a loaded model's store sits in its ``LoadedModel.cache``, which every builder already receives.
-STORE_KEY = "artifact-store"
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 
 
 class ArtifactStore:
@@ -65,18 +77,52 @@ def model_fingerprint(model: str, revision: str | None) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
 
 
-def persisted(
-    cache: dict[Any, Any],
-    name: str,
-    compute: Callable[[], T],
-    encode: Callable[[T], dict[str, Any]],
-    decode: Callable[[dict[str, Any]], T],
-) -> T:
-    """``compute()``, or its earlier result from the model's artifact store when there is one."""
-    store: ArtifactStore | None = cache.get(STORE_KEY)
-    if store is not None and (payload := store.get(name)) is not None:
-        return decode(payload)
-    value = compute()
-    if store is not None:
-        store.put(name, encode(value))
-    return value
+@dataclass(frozen=True)
+class Artifact(Generic[K, V]):
+    """One kind of artifact: a value of type ``V`` per key ``K`` (what the value depends on).
+
+    Each kind is defined once, beside the code that computes it. Kinds worth keeping across
+    processes name their file (``file(key)``) and how they read and write it (plain tensors and
+    values only); the others live in memory.
+    """
+
+    name: str
+    file: Callable[[K], str] | None = None
+    encode: Callable[[V], dict[str, Any]] | None = None
+    decode: Callable[[dict[str, Any]], V] | None = None
+    # False for values their user keeps in another form (moved to the GPU): memory holds no second copy.
+    in_memory: bool = True
+
+
+class ModelArtifacts:
+    """What a search computes once per loaded model, reused by every trial and later jobs on it.
+
+    ``get(kind, key, compute)`` returns the value in memory, else the one in the on-disk ``store``
+    (when the model has one and the kind is kept on disk), else ``compute()`` (stored in both).
+    """
+
+    def __init__(self, store: ArtifactStore | None = None) -> None:
+        self.store = store
+        self._values: dict[tuple[str, Hashable], Any] = {}
+
+    def get(self, kind: Artifact[K, V], key: K, compute: Callable[[], V]) -> V:
+        if not kind.in_memory:
+            return self._load_or_compute(kind, key, compute)
+        slot = (kind.name, key)
+        if slot not in self._values:
+            self._values[slot] = self._load_or_compute(kind, key, compute)
+        return cast(V, self._values[slot])
+
+    def peek(self, kind: Artifact[K, V], key: K) -> V | None:
+        """The value if it was computed in this process, without computing it."""
+        return cast("V | None", self._values.get((kind.name, key)))
+
+    def _load_or_compute(self, kind: Artifact[K, V], key: K, compute: Callable[[], V]) -> V:
+        if self.store is None or kind.file is None or kind.encode is None or kind.decode is None:
+            return compute()
+        name = kind.file(key)
+        if (payload := self.store.get(name)) is not None:
+            return kind.decode(payload)
+        value = compute()
+        self.store.put(name, kind.encode(value))
+        return value

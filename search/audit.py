@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 from search.arch import ArchConfig
 from search.errors import BudgetInfeasible, ProxyError
 from search.ladder import LadderResult, Verifier, audit, min_sequences, successive_halving
-from search.proxies import Priming, feature_builder, members
-from search.proxies.metanet import MetaNet, MetaNetStore, make_record
+from search.proxies import Priming, ProxyBuild
+from search.proxies.metanet import MetaNet, feature_builder, make_record
+from search.proxies.metanet_store import MetaNetStore
 from search.repair import Proposal
 from search.selection import Selection
 from search.trust import stratified_sample, trust_report
@@ -83,8 +84,6 @@ def prime(
 ) -> dict[str, Any] | None:
     """Prime the job's proxy if it needs it; returns its state for the report (None if it does not)."""
     proxy = context.proxy
-    if not hasattr(proxy, "prime"):
-        return None
     sequences = audit_sequences(verifier)
 
     def verify(selections: Sequence[Selection]) -> list[float]:
@@ -147,10 +146,10 @@ def trust_audit(
     figures = audit(verifier, selections, sequences)
 
     views: dict[str, list[float | None]] = {label: [trials[n].value for n in numbers]}
-    composite = [p for p in members(context.proxy) if getattr(p, "members", None)]
+    composite = [p for p in context.proxy.members if p.members]
     for proxy in composite:  # e.g. the fallback ensemble of a meta-network without data
         views[proxy.name] = [trials[n].scores.get(proxy.name) for n in numbers]
-    consulted = [p for p in members(context.proxy) if not getattr(p, "members", None) and getattr(p, "ready", True)]
+    consulted = [p for p in context.proxy.members if not p.members and p.ready]
     for proxy in consulted:
         for view in _views(proxy.name):
             views.setdefault(view, [])
@@ -213,10 +212,10 @@ def _store_records(
 ) -> None:
     loaded = context.loaded
     builder = feature_builder(
-        loaded.adapter, context.tokens, seed=context.spec.seed or 0, stats=context.stats, cache=loaded.cache
+        ProxyBuild(loaded.adapter, context.tokens, loaded.artifacts, context.spec.seed or 0, dense_stats=context.stats)
     )
     records = [make_record(builder, s, m, metric_name=metric, job=job, model=context.spec.model) for s, m in audited]
-    primed = [p for p in [context.proxy, *members(context.proxy)] if isinstance(p, MetaNet)]
+    primed = [p for p in [context.proxy, *context.proxy.members] if isinstance(p, MetaNet)]
     for metanet in primed:
         records += metanet.pending
         metanet.pending = []

@@ -32,6 +32,7 @@ from torch import nn
 from search.adapters import Adapter, Block, adapter_for
 from search.arch import ArchConfig, ModelShape
 from search.errors import InvalidArchConfig, ModelLoadError
+from search.families import family_for, read_shape
 from search.loading import LoadedModel
 from search.masking import apply_arch
 from search.selection import Selection
@@ -74,7 +75,18 @@ def export_model(
         saved = json.loads((target / "config.json").read_text())
         (target / "config.json").write_text(json.dumps(saved | {CONFIG_KEY: config[CONFIG_KEY]}, indent=2))
     loaded.tokenizer.save_pretrained(target)
-    record = {
+    record = _provenance(loaded, selection, kind, stored, nonzero, expected) | (provenance or {})
+    (target / PROVENANCE_FILE).write_text(json.dumps(record, indent=2, default=str))
+    size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
+    return ExportInfo(target, kind, stored, nonzero, size)
+
+
+def _provenance(
+    loaded: LoadedModel, selection: Selection, kind: str, stored: int, nonzero: int, expected: int
+) -> dict[str, Any]:
+    """What ``provenance.json`` records of an export: its source, shape, counts and the kept units."""
+    shape, arch = loaded.adapter.shape, selection.arch
+    return {
         "format": FORMAT_VERSION,
         "kind": kind,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -99,11 +111,7 @@ def export_model(
             if arch.sparse
             else []
         ),
-        **(provenance or {}),
     }
-    (target / PROVENANCE_FILE).write_text(json.dumps(record, indent=2, default=str))
-    size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
-    return ExportInfo(target, kind, stored, nonzero, size)
 
 
 def materialize(
@@ -145,7 +153,7 @@ def load_pruned(directory: str | Path, *, device: str | torch.device = "cpu") ->
     if CONFIG_KEY not in config:
         from transformers import AutoModel, AutoModelForCausalLM
 
-        auto = AutoModelForCausalLM if ModelShape.from_config(config).causal else AutoModel
+        auto = AutoModelForCausalLM if read_shape(config).causal else AutoModel
         return auto.from_pretrained(path, trust_remote_code=False).to(device).eval()
     model = build_skeleton(config)
     files = sorted(path.glob("*.safetensors"))
@@ -171,7 +179,7 @@ def build_skeleton(
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
     hf_config = AutoConfig.for_model(**{k: v for k, v in config.items() if k != CONFIG_KEY})
-    shape = ModelShape.from_config(hf_config.to_dict())
+    shape = read_shape(hf_config.to_dict())
     auto = AutoModelForCausalLM if shape.causal else AutoModel
     with torch.device(device):  # built where it will run: an 8B skeleton is not initialised on the CPU
         model = auto.from_config(hf_config, dtype=dtype) if dtype is not None else auto.from_config(hf_config)
@@ -238,44 +246,34 @@ def _standard(shape: ModelShape, arch: ArchConfig) -> bool:
     kept = next(layer for layer in arch.layers if layer.attention_kept)
     if kept.heads == shape.num_heads:
         return True
-    # GPT-2 and BERT derive the head size from hidden / heads: fewer heads cannot be written there.
-    # Llama-style configs store head_dim, but transformers still refuses a hidden size that is not a
-    # multiple of the head count (e.g. 24 heads of 4096): those exports are per-layer.
-    return shape.family == "llama" and shape.hidden_size % kept.heads == 0
+    # Families that derive the head size from hidden / heads (no ``head_keys``) cannot write fewer
+    # heads. Llama-style configs store head_dim, but transformers still refuses a hidden size that is
+    # not a multiple of the head count (e.g. 24 heads of 4096): those exports are per-layer.
+    return family_for(shape.model_type).head_keys is not None and shape.hidden_size % kept.heads == 0
 
 
 def _config_for(adapter: Adapter, arch: ArchConfig, kept_layers: list[int], kind: str) -> dict[str, Any]:
     shape = adapter.shape
+    family = family_for(shape.model_type)
     config = adapter.model.config.to_dict()
     for key in ("_name_or_path", "transformers_version", "torch_dtype", "dtype"):
         config.pop(key, None)
     layers = [arch.layers[i] for i in kept_layers]
-    config[_layer_count_key(shape)] = len(kept_layers)
+    config[family.layer_count_key] = len(kept_layers)
     if isinstance(config.get("layer_types"), list):
         config["layer_types"] = [config["layer_types"][i] for i in kept_layers]
     if kind == "standard":
         heads, channels = layers[0].heads, layers[0].ffn_channels
-        if shape.family == "llama":
-            config.update(
-                num_attention_heads=heads,
-                num_key_value_heads=heads // shape.group_size,
-                head_dim=shape.head_dim,
-                intermediate_size=channels,
-            )
-        elif shape.family == "gpt2":
-            config["n_inner"] = channels
-        else:
-            config["intermediate_size"] = channels
+        config[family.intermediate_key] = channels
+        if family.head_keys is not None:
+            heads_key, kv_key, head_dim_key = family.head_keys
+            config.update({heads_key: heads, kv_key: heads // shape.group_size, head_dim_key: shape.head_dim})
     else:
         config[CONFIG_KEY] = {
             "format": FORMAT_VERSION,
             "layers": [{"heads": layer.heads, "ffn_channels": layer.ffn_channels} for layer in layers],
         }
     return config
-
-
-def _layer_count_key(shape: ModelShape) -> str:
-    return "n_layer" if shape.family == "gpt2" else "num_hidden_layers"
 
 
 def _sliced_state(
@@ -347,7 +345,3 @@ def _source_name(name: str, prefix: str, old_for_new: dict[int, int]) -> str:
 def _swap_in(swaps: list[tuple[nn.Module, str, nn.Module]]) -> None:
     for parent, attribute, replacement in swaps:
         parent._modules[attribute] = replacement
-
-
-def _export_dtype(adapter: Adapter) -> torch.dtype:
-    return next(adapter.model.parameters()).dtype

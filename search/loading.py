@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from search.adapters import Adapter, adapter_for
 from search.arch import ModelShape
-from search.artifacts import STORE_KEY, ArtifactStore
+from search.artifacts import ArtifactStore, ModelArtifacts
 from search.errors import ModelLoadError
+from search.families import read_shape
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -22,8 +23,8 @@ class LoadedModel:
     adapter: Adapter
     tokenizer: PreTrainedTokenizerBase
     key: tuple[str, str | None, str]
-    # Per (calibration digest, ...) artefacts reused by every trial and later jobs on this model.
-    cache: dict[Any, Any] = field(default_factory=dict)
+    # What is computed once for this model and reused by every trial and later jobs on it.
+    artifacts: ModelArtifacts = field(default_factory=ModelArtifacts)
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -43,7 +44,7 @@ def load_model(
     dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
     try:
         config = AutoConfig.from_pretrained(model, revision=revision, trust_remote_code=False)
-        shape = ModelShape.from_config(config.to_dict())
+        shape = read_shape(config.to_dict())
         _check_fits(shape, target, dtype)
         auto = AutoModelForCausalLM if shape.causal else AutoModel
         tokenizer = AutoTokenizer.from_pretrained(model, revision=revision, trust_remote_code=False)
@@ -54,10 +55,8 @@ def load_model(
         raise ModelLoadError(f"cannot load model {model!r}: {error}") from error
     network.to(target).eval()
     network.config.use_cache = False
-    loaded = LoadedModel(adapter_for(network), tokenizer, (model, revision, str(target)))
-    if artifacts is not None:
-        loaded.cache[STORE_KEY] = ArtifactStore(artifacts, model, revision)
-    return loaded
+    store = ArtifactStore(artifacts, model, revision) if artifacts is not None else None
+    return LoadedModel(adapter_for(network), tokenizer, (model, revision, str(target)), ModelArtifacts(store))
 
 
 def _check_fits(shape: ModelShape, device: torch.device, dtype: torch.dtype) -> None:

@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from search.adapters import Adapter, Block
-from search.selection import LayerSelection, Selection, SparsityScorer, sparse_positions
+from search.selection import Selection, SparsityScorer, sparse_positions
+from search.units import LayerSelection
 
 
 @dataclass(frozen=True)

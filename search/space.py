@@ -20,6 +20,7 @@ import optuna
 import torch
 
 from search.arch import ModelShape
+from search.artifacts import Artifact
 from search.repair import DEFAULT_TOLERANCE, Proposal
 from search.spec import SearchSpace
 
@@ -31,6 +32,10 @@ class LayerSignals:
     block_influence: torch.Tensor  # (L,) ShortGPT BI, higher = more important
     attention_importance: torch.Tensor  # (L,) summed head-group importance, normalised
     outlier_ratio: torch.Tensor  # (L,) OWL: share of weights with outlying Wanda scores
+
+
+# The dense model's layer signals per calibration digest (computed by ``search.study.prepare``).
+LAYER_SIGNALS: Artifact[str, LayerSignals] = Artifact("layer-signals")
 
 
 class Space:

@@ -8,29 +8,46 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from search import names
 from search.arch import ModelShape
 from search.calibration_count import check_calibration_size
 from search.calibration_texts import iter_texts
 from search.errors import BudgetInfeasible, InvalidJobSpec
+from search.families import read_shape
 from search.hub import check_hub_model
 from search.repair import DEFAULT_TOLERANCE as REPAIR_TOLERANCE
 
-# Proxy names are listed here (torch-free) and resolved to classes in ``search.proxies``.
-# ``proxy`` is one name, or a list of member names whose ranks are aggregated (an ensemble);
-# "ensemble" alone means DEFAULT_ENSEMBLE.
-MEMBER_PROXY_NAMES: tuple[str, ...] = ("tracenas", "prunenet", "metanet")
-PROXY_NAMES: tuple[str, ...] = (*MEMBER_PROXY_NAMES, "ensemble")
-DEFAULT_ENSEMBLE: tuple[str, ...] = ("prunenet", "tracenas")
-SAMPLER_NAMES: tuple[str, ...] = ("tpe", "random", "nsga2", "cmaes")
-OBJECTIVE_NAMES: tuple[str, ...] = ("score", "params")
 MAX_TRIALS_HARD_LIMIT = 100_000
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$")
+
+
+def _name_of(kind: str, registry: Callable[[], Collection[str]]) -> Any:
+    """A string that must be a registered name of ``kind`` (``search.names``), read when a spec is
+    validated, so a name registered later (a plug-in, a test) is accepted; the JSON schema lists them."""
+
+    def check(value: str) -> str:
+        if value not in registry():
+            raise ValueError(f"unknown {kind} {value!r}; available: {', '.join(registry())}")
+        return value
+
+    def schema(field_schema: dict[str, Any]) -> None:
+        field_schema["enum"] = list(registry())
+
+    return Annotated[str, AfterValidator(check), Field(json_schema_extra=schema)]
+
+
+DepthMode = _name_of("depth mode", lambda: names.DEPTH_MODES)
+Parameterization = _name_of("parameterization", lambda: names.PARAMETERIZATIONS)
+SelectionCriterion = _name_of("selection criterion", lambda: names.CRITERIA)
+SparsityCriterion = _name_of("sparsity criterion", lambda: names.SPARSITY_CRITERIA)
+SamplerName = _name_of("sampler", lambda: names.SAMPLERS)
 
 
 class _Strict(BaseModel):
@@ -96,7 +113,7 @@ class Calibration(_Strict):
 class SearchSpace(_Strict):
     """Which dimensions the search explores, and how candidates are realised."""
 
-    depth: Literal["sublayer", "layer", "none"] = Field(
+    depth: DepthMode = Field(
         default="sublayer",
         description="'sublayer': attention and MLP are dropped separately (FinerCut); 'layer': whole layers; "
         "'none': every sub-block keeps at least one unit.",
@@ -105,17 +122,17 @@ class SearchSpace(_Strict):
     sparsity: Annotated[
         float, Field(ge=0.0, le=0.95, description="Largest per-layer unstructured sparsity explored; 0 disables.")
     ] = 0.0
-    parameterization: Literal["per_layer", "compact"] = Field(
+    parameterization: Parameterization = Field(
         default="per_layer",
         description="'per_layer': a keep fraction per sub-block; 'compact': a few global shape parameters "
         "(slope over depth, attention/MLP balance, layers dropped by Block Influence, global sparsity).",
     )
-    selection: Literal["wanda", "magnitude", "flap", "prunenet"] = Field(
+    selection: SelectionCriterion = Field(
         default="wanda",
         description="Which heads and FFN channels a candidate keeps: Wanda |W|·‖X‖, magnitude, FLAP fluctuation, "
         "or the PruneNet policy trained on the weights alone (calibration-free).",
     )
-    sparsity_selection: Literal["wanda", "magnitude"] = "wanda"
+    sparsity_selection: SparsityCriterion = "wanda"
     ffn_alignment: Annotated[int, Field(ge=1, le=4096, description="FFN channels are kept in multiples of this.")] = 32
 
 
@@ -131,7 +148,7 @@ class JobSpec(_Strict):
         description="A proxy name (tracenas, prunenet, metanet, ensemble), or a list of them whose ranks are "
         "aggregated, cheap ones prefiltering expensive ones.",
     )
-    sampler: str = "tpe"
+    sampler: SamplerName = "tpe"
     seed: Annotated[int | None, Field(ge=0, le=2**32 - 1)] = None
     calibration: Calibration = Calibration()
     search_space: SearchSpace = SearchSpace()
@@ -154,19 +171,19 @@ class JobSpec(_Strict):
     @field_validator("objectives")
     @classmethod
     def _known_objectives(cls, value: list[str]) -> list[str]:
-        unknown = [name for name in value if name not in OBJECTIVE_NAMES]
+        unknown = [name for name in value if name not in names.OBJECTIVES]
         if "latency" in unknown:
             raise ValueError("the 'latency' objective is not supported yet; use ['score'] or ['score', 'params']")
         if unknown:
-            raise ValueError(f"unknown objectives {unknown}; available: {', '.join(OBJECTIVE_NAMES)}")
+            raise ValueError(f"unknown objectives {unknown}; available: {', '.join(names.OBJECTIVES)}")
         if not value or value[0] != "score" or len(set(value)) != len(value):
             raise ValueError("objectives must start with 'score' and name each objective once")
         return value
 
     @model_validator(mode="after")
     def _sampler_supports_objectives(self) -> JobSpec:
-        if self.multi_objective and self.sampler == "cmaes":
-            raise ValueError("the cmaes sampler is single-objective; use nsga2 or tpe for a Pareto front")
+        if self.multi_objective and self.sampler in names.SINGLE_OBJECTIVE_SAMPLERS:
+            raise ValueError(f"the {self.sampler} sampler is single-objective; use nsga2 or tpe for a Pareto front")
         return self
 
     @property
@@ -177,14 +194,14 @@ class JobSpec(_Strict):
     @classmethod
     def _known_proxy(cls, value: str | list[str]) -> str | list[str]:
         if isinstance(value, str):
-            if value not in PROXY_NAMES:
-                raise ValueError(f"unknown proxy {value!r}; available: {', '.join(PROXY_NAMES)}")
+            if value not in names.proxy_names():
+                raise ValueError(f"unknown proxy {value!r}; available: {', '.join(names.proxy_names())}")
             return value
         if not value:
             raise ValueError("a proxy list needs at least one name")
-        unknown = [name for name in value if name not in MEMBER_PROXY_NAMES]
+        unknown = [name for name in value if name not in names.PROXIES]
         if unknown:
-            raise ValueError(f"unknown proxies {unknown} in the list; a list combines {', '.join(MEMBER_PROXY_NAMES)}")
+            raise ValueError(f"unknown proxies {unknown} in the list; a list combines {', '.join(names.PROXIES)}")
         if len(set(value)) != len(value):
             raise ValueError("a proxy list names each proxy once")
         return value[0] if len(value) == 1 else value
@@ -194,19 +211,12 @@ class JobSpec(_Strict):
         """The single proxies this job's proxy consists of."""
         if isinstance(self.proxy, list):
             return tuple(self.proxy)
-        return DEFAULT_ENSEMBLE if self.proxy == "ensemble" else (self.proxy,)
+        return names.DEFAULT_ENSEMBLE if self.proxy == names.ENSEMBLE else (self.proxy,)
 
     @property
     def proxy_label(self) -> str:
         """The name the job's score is recorded under: the proxy's, or "ensemble" for a list."""
-        return self.proxy if isinstance(self.proxy, str) else "ensemble"
-
-    @field_validator("sampler")
-    @classmethod
-    def _known_sampler(cls, value: str) -> str:
-        if value not in SAMPLER_NAMES:
-            raise ValueError(f"unknown sampler {value!r}; available: {', '.join(SAMPLER_NAMES)}")
-        return value
+        return self.proxy if isinstance(self.proxy, str) else names.ENSEMBLE
 
 
 ModelKind = Literal["local", "hub"]
@@ -254,7 +264,7 @@ def check_job(spec: JobSpec) -> ModelShape | None:
     if model_kind(spec.model) == "hub":
         check_hub_model(spec.model, spec.revision)
         return None
-    shape = ModelShape.from_config(read_local_config(spec.model))
+    shape = read_shape(read_local_config(spec.model))
     lowest = spec.target.min_param_ratio if spec.multi_objective and spec.target.min_param_ratio else None
     for ratio in (spec.target.param_ratio, lowest):
         if ratio is not None:

@@ -9,12 +9,12 @@ between a layer's input and output hidden states).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
 from search.adapters import Adapter
-from search.artifacts import persisted
+from search.artifacts import Artifact, ModelArtifacts
 
 if TYPE_CHECKING:
     from search.calibration import TokenSet
@@ -82,32 +82,26 @@ def collect_stats(adapter: Adapter, tokens: TokenSet, *, batch_size: int) -> Den
     finally:
         for handle in handles:
             handle.remove()
-    inputs = {}
-    for key, (total, squares, count) in sums.items():
-        mean = total / count
-        var = (squares - count * mean.pow(2)) / max(count - 1, 1)
-        inputs[key] = ChannelStats(squares.sqrt().float().cpu(), mean.float().cpu(), var.clamp(min=0).float().cpu())
     return DenseStats(
-        inputs=inputs,
+        inputs={key: _channel_stats(*totals) for key, totals in sums.items()},
         block_influence=(1.0 - cos_sum / max(cos_count[0], 1)).float(),
         loss=loss_sum / max(batches, 1),
     )
 
 
-def cached_stats(adapter: Adapter, tokens: TokenSet, cache: dict[Any, Any], *, batch_size: int) -> DenseStats:
+def _channel_stats(total: torch.Tensor, squares: torch.Tensor, count: int) -> ChannelStats:
+    """Norm, mean and unbiased variance per channel from Σx, Σx² and the count."""
+    mean = total / count
+    var = (squares - count * mean.pow(2)) / max(count - 1, 1)
+    return ChannelStats(squares.sqrt().float().cpu(), mean.float().cpu(), var.clamp(min=0).float().cpu())
+
+
+def cached_stats(adapter: Adapter, tokens: TokenSet, artifacts: ModelArtifacts, *, batch_size: int) -> DenseStats:
     """``collect_stats`` once per (model, calibration): in memory, and on disk when the model has an
     artifact store, so other workers and later jobs on the same weights and texts skip the pass."""
-    key = ("stats", tokens.digest)
-    if key not in cache:
-        dtype = str(next(adapter.model.parameters()).dtype).removeprefix("torch.")
-        cache[key] = persisted(
-            cache,
-            f"stats-{tokens.digest}-batch{batch_size}-{dtype}",
-            lambda: collect_stats(adapter, tokens, batch_size=batch_size),
-            _encode,
-            _decode,
-        )
-    return cache[key]
+    dtype = str(next(adapter.model.parameters()).dtype).removeprefix("torch.")
+    key = StatsKey(tokens.digest, batch_size, dtype)
+    return artifacts.get(DENSE_STATS, key, lambda: collect_stats(adapter, tokens, batch_size=batch_size))
 
 
 def _encode(stats: DenseStats) -> dict[str, Any]:
@@ -124,3 +118,17 @@ def _decode(state: dict[str, Any]) -> DenseStats:
         layer, kind, name = key.split("|")
         inputs[(int(layer), kind, name)] = ChannelStats(**channels)
     return DenseStats(inputs, state["block_influence"], float(state["loss"]))
+
+
+class StatsKey(NamedTuple):
+    digest: str  # of the calibration tokens
+    batch_size: int
+    dtype: str  # of the model's weights
+
+
+DENSE_STATS: Artifact[StatsKey, DenseStats] = Artifact(
+    "dense-stats",
+    file=lambda key: f"stats-{key.digest}-batch{key.batch_size}-{key.dtype}",
+    encode=_encode,
+    decode=_decode,
+)

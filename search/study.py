@@ -18,6 +18,7 @@ import os
 import sqlite3
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,16 +34,17 @@ from search.adapters import Block
 from search.arch import ArchConfig, ModelShape
 from search.audit import prime, trust_audit, verify_finalists
 from search.calibration import TokenSet, build_token_set
+from search.criteria import IMPORTANCE, compute_importance
 from search.errors import ProxyError, SearchError
 from search.ladder import Verifier
 from search.loading import LoadedModel
 from search.proxies import MetaNetStore, Proxy, create_proxy
-from search.proxies.prunenet import cached_policy
 from search.repair import DEFAULT_TOLERANCE, Proposal, repair
-from search.selection import Importance, Selection, SparsityScorer, compute_importance, select_units
-from search.space import LayerSignals, Space
+from search.selection import Selection, SparsityScorer, select_units
+from search.space import LAYER_SIGNALS, LayerSignals, Space
 from search.spec import JobSpec
 from search.stats import DenseStats, cached_stats
+from search.units import Importance
 from search.verify import Verification
 
 TrialCallback = Callable[[optuna.Study, FrozenTrial], None]
@@ -135,30 +137,23 @@ def prepare(
     adapter = loaded.adapter
     if tokens is None:
         tokens = build_token_set(loaded.tokenizer, spec.calibration, causal=adapter.shape.causal)
-    cache = loaded.cache
-    stats = cached_stats(adapter, tokens, cache, batch_size=batch_size)
-    criterion = spec.search_space.selection
-    importance_key = ("importance", tokens.digest, criterion)
+    artifacts = loaded.artifacts
+    stats = cached_stats(adapter, tokens, artifacts, batch_size=batch_size)
     seed = spec.seed or 0
-    if criterion == "prunenet":  # the policy depends on the weights and the seed only
-        importance_key = ("importance", "prunenet", seed)
-    if importance_key not in cache:
-        policy = cached_policy(adapter, cache, seed) if criterion == "prunenet" else None
-        cache[importance_key] = compute_importance(adapter, stats, criterion, policy=policy)
-    importance: Importance = cache[importance_key]
-    signals_key = ("signals", tokens.digest)
-    if signals_key not in cache:
-        cache[signals_key] = _layer_signals(loaded, stats, cache.get(("importance", tokens.digest, "wanda")))
-    proxy_name = spec.proxy if isinstance(spec.proxy, str) else tuple(spec.proxy)
-    proxy_key = ("proxy", proxy_name, tokens.digest, seed)
-    if proxy_key not in cache:
-        cache[proxy_key] = create_proxy(
-            proxy_name, adapter, tokens, seed=seed, batch_size=batch_size, stats=stats, cache=cache
-        )
-    space = Space(adapter.shape, spec.search_space, cache[signals_key])
-    return SearchContext(
-        loaded, spec, tokens, stats, importance, space, cache[proxy_key], time.perf_counter() - started
+    importance = compute_importance(
+        adapter, stats, spec.search_space.selection, seed=seed, artifacts=artifacts, digest=tokens.digest
     )
+    signals = artifacts.get(
+        LAYER_SIGNALS,
+        tokens.digest,
+        lambda: _layer_signals(loaded, stats, artifacts.peek(IMPORTANCE, ("wanda", tokens.digest, None))),
+    )
+    proxy_name = spec.proxy if isinstance(spec.proxy, str) else tuple(spec.proxy)
+    proxy = create_proxy(
+        proxy_name, adapter, tokens, seed=seed, batch_size=batch_size, stats=stats, artifacts=artifacts
+    )
+    space = Space(adapter.shape, spec.search_space, signals)
+    return SearchContext(loaded, spec, tokens, stats, importance, space, proxy, time.perf_counter() - started)
 
 
 def make_storage(url: str, *, heartbeat_interval: int = 30, grace_period: int = 120, max_retry: int = 2) -> RDBStorage:
@@ -305,6 +300,10 @@ def search_trials(
     return stopped
 
 
+# Per-job state, not a model artifact: the job each shared proxy object was last primed for.
+_PRIMED_FOR: weakref.WeakKeyDictionary[Proxy, str] = weakref.WeakKeyDictionary()
+
+
 def prime_proxy(
     context: SearchContext,
     study: optuna.Study,
@@ -318,13 +317,12 @@ def prime_proxy(
     proxy_state = study.user_attrs.get("proxy_prime")
     # The proxy object is shared by every job on this model in this process: a worker taking a second
     # chunk of the same job finds it primed for that job already and skips the audit.
-    last = ("primed-for", id(context.proxy))
-    if context.loaded.cache.get(last) == study.study_name and proxy_state is not None:
+    if _PRIMED_FOR.get(context.proxy) == study.study_name and proxy_state is not None:
         return proxy_state
     primed = prime(context, auditor, store=metanet_store, job=study.study_name, previous=proxy_state)
     if primed is not None and proxy_state is None:
         study.set_user_attr("proxy_prime", primed)
-    context.loaded.cache[last] = study.study_name
+    _PRIMED_FOR[context.proxy] = study.study_name
     return primed if primed is not None else proxy_state
 
 

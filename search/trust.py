@@ -23,65 +23,12 @@ import random
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
+from search.correlation import kendall, spearman
+
 Statistic = Callable[[Sequence[float], Sequence[float]], float | None]
 
 DEFAULT_THRESHOLD = 0.3
 BOOTSTRAP_SAMPLES = 1000
-
-
-def ranks(values: Sequence[float]) -> list[float]:
-    """Average ranks from 0 (ties share the mean of their positions), as scipy's rankdata − 1."""
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    result = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            result[order[k]] = (i + j) / 2
-        i = j + 1
-    return result
-
-
-def pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
-    n = len(x)
-    if n < 3:
-        return None
-    mx, my = sum(x) / n, sum(y) / n
-    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True))
-    sxx = sum((a - mx) ** 2 for a in x)
-    syy = sum((b - my) ** 2 for b in y)
-    if sxx <= 0 or syy <= 0:
-        return None  # a constant: no correlation is defined
-    return max(-1.0, min(1.0, sxy / math.sqrt(sxx * syy)))
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
-    return pearson(ranks(x), ranks(y))
-
-
-def kendall(x: Sequence[float], y: Sequence[float]) -> float | None:
-    """Kendall's τ-b (tie-corrected), O(n²)."""
-    n = len(x)
-    if n < 3:
-        return None
-    concordant = discordant = ties_x = ties_y = 0
-    for i in range(n):
-        for j in range(i + 1, n):
-            dx, dy = x[i] - x[j], y[i] - y[j]
-            if dx == 0 and dy == 0:
-                continue
-            if dx == 0:
-                ties_x += 1
-            elif dy == 0:
-                ties_y += 1
-            elif (dx > 0) == (dy > 0):
-                concordant += 1
-            else:
-                discordant += 1
-    denominator = math.sqrt((concordant + discordant + ties_x) * (concordant + discordant + ties_y))
-    return (concordant - discordant) / denominator if denominator > 0 else None
 
 
 def bootstrap_interval(

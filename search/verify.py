@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from search.adapters import Adapter
 from search.calibration import TokenSet
+from search.correlation import spearman_tensors
 from search.masking import apply_arch
 from search.selection import Selection
 
@@ -136,25 +137,7 @@ def similarity_agreement(embeddings: torch.Tensor, reference: torch.Tensor) -> f
         x = F.normalize(x, dim=-1)
         return (x @ x.t())[upper[0], upper[1]]
 
-    return spearman(pairwise(embeddings), pairwise(reference))
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    ranks_a, ranks_b = _ranks(a.double()), _ranks(b.double())
-    ranks_a, ranks_b = ranks_a - ranks_a.mean(), ranks_b - ranks_b.mean()
-    denominator = ranks_a.norm() * ranks_b.norm()
-    return float((ranks_a @ ranks_b) / denominator) if denominator > 0 else 0.0
-
-
-def _ranks(values: torch.Tensor) -> torch.Tensor:
-    """Average ranks (ties share the mean of their positions), as scipy's rankdata."""
-    order = torch.argsort(values, stable=True)
-    ranks = torch.empty_like(values)
-    ranks[order] = torch.arange(len(values), dtype=values.dtype)
-    unique, inverse = torch.unique(values, return_inverse=True)
-    sums = torch.zeros(len(unique), dtype=values.dtype).index_add_(0, inverse, ranks)
-    counts = torch.zeros(len(unique), dtype=values.dtype).index_add_(0, inverse, torch.ones_like(ranks))
-    return (sums / counts)[inverse]
+    return spearman_tensors(pairwise(embeddings), pairwise(reference))
 
 
 def _nll(log_probs: torch.Tensor, targets: torch.Tensor) -> float:

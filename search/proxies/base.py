@@ -1,20 +1,29 @@
-"""The interface every proxy implements: score a candidate; higher is better.
+"""What every proxy is: it scores a candidate, higher is better (after Optuna's ``BaseSampler``: an
+abstract core, and optional parts that do nothing by default).
 
 Proxies that need a look at the job before scoring (the ensemble's reference population, the
-meta-network's training data) also implement ``prime``; ``run_search`` calls it once before the
-first trial, with a seeded population of candidates at the job's budget.
+meta-network's training data) override ``prime``; ``run_search`` calls it once before the first
+trial, with a seeded population of candidates at the job's budget. A proxy is registered by one line
+in ``search.names.PROXIES``; ``create`` builds it for a model, reusing the model's artifacts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, TypeVar, cast
 
+from search.adapters import Adapter
+from search.artifacts import Artifact, ModelArtifacts
+from search.calibration import TokenSet
+from search.names import PROXIES, proxy_names, resolve
+from search.proxies.metanet_store import MetaNetStore
 from search.selection import Selection
+from search.stats import DenseStats, cached_stats
 
-if TYPE_CHECKING:
-    from search.proxies.metanet import MetaNetStore
+# How expensive a proxy is per candidate; the ensemble runs cheap ones first and gates the rest.
+COST_LOOKUP, COST_FORWARD, COST_BACKWARD = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -22,16 +31,6 @@ class ProxyScore:
     value: float
     extras: dict[str, float] = field(default_factory=dict)  # other views of the same score, for reports
     timings: dict[str, float] = field(default_factory=dict)  # seconds spent per stage, for the breakdown
-
-
-class Proxy(Protocol):
-    name: str
-
-    def score(self, selection: Selection) -> ProxyScore: ...
-
-
-# How expensive a proxy is per candidate; the ensemble runs cheap ones first and gates the rest.
-COST_LOOKUP, COST_FORWARD, COST_BACKWARD = 0, 1, 2
 
 
 @dataclass
@@ -51,6 +50,71 @@ class Priming:
     previous: dict[str, Any] | None = None
 
 
-def members(proxy: Any) -> list[Any]:
-    """The proxies a composite proxy consults (itself excluded); empty for a plain proxy."""
-    return list(getattr(proxy, "members", ()))
+class Proxy(ABC):
+    name: ClassVar[str]
+    cost: int = COST_BACKWARD  # COST_LOOKUP, COST_FORWARD or COST_BACKWARD
+
+    @classmethod
+    def create(cls, build: ProxyBuild) -> Proxy:
+        """The proxy for ``build``'s model, calibration and options, as a job names it. By default
+        built without arguments; proxies that need the model override it (and reuse themselves
+        through ``build.reuse``)."""
+        return cls()
+
+    @abstractmethod
+    def score(self, selection: Selection) -> ProxyScore: ...
+
+    def prime(self, priming: Priming) -> dict[str, Any] | None:
+        """Look at the job before its first trial; returns the state the report shows (None: nothing)."""
+        return None
+
+    @property
+    def ready(self) -> bool:
+        """Whether it can score; one that cannot sits out of an ensemble."""
+        return True
+
+    @property
+    def members(self) -> list[Proxy]:
+        """The proxies a composite proxy consults (itself excluded); empty for a plain proxy."""
+        return []
+
+
+P = TypeVar("P", bound=Proxy)
+
+# A proxy per configuration (its name and what it depends on): shared by ensembles and later jobs.
+PROXY: Artifact[tuple[Hashable, ...], Proxy] = Artifact("proxy")
+
+
+@dataclass
+class ProxyBuild:
+    """What a proxy is built from: the model, its calibration tokens and artifacts, and the job's
+    options (``attention_weight`` and ``order`` for PruneNet, ``top_fraction`` and
+    ``ensemble_weighting`` for ensembles, ``min_records``, ``metanet_epochs`` and
+    ``metanet_tracenas`` for the meta-network)."""
+
+    adapter: Adapter
+    tokens: TokenSet
+    artifacts: ModelArtifacts
+    seed: int = 0
+    batch_size: int = 8
+    options: Mapping[str, Any] = field(default_factory=dict)
+    dense_stats: DenseStats | None = None
+
+    def stats(self) -> DenseStats:
+        if self.dense_stats is None:
+            self.dense_stats = cached_stats(self.adapter, self.tokens, self.artifacts, batch_size=self.batch_size)
+        return self.dense_stats
+
+    def member(self, name: str) -> Proxy:
+        """The registered proxy ``name``."""
+        if name not in PROXIES:
+            raise ValueError(f"unknown proxy {name!r}; available: {', '.join(proxy_names())}")
+        implementation: type[Proxy] = resolve(PROXIES[name])
+        return implementation.create(self)
+
+    def without_options(self) -> ProxyBuild:
+        return replace(self, options={})
+
+    def reuse(self, key: tuple[Hashable, ...], make: Callable[[], P]) -> P:
+        """``make()`` once per ``key`` (a proxy's name and configuration) for this model."""
+        return cast(P, self.artifacts.get(PROXY, key, make))

@@ -38,15 +38,18 @@ import math
 import random
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
+from search.correlation import spearman
 from search.errors import ProxyError
-from search.proxies.base import COST_BACKWARD, Priming, Proxy, ProxyScore
+from search.names import DEFAULT_ENSEMBLE
+from search.proxies.base import COST_BACKWARD, Priming, Proxy, ProxyBuild, ProxyScore
 from search.selection import Selection
-from search.trust import BOOTSTRAP_SAMPLES, spearman
+from search.trust import BOOTSTRAP_SAMPLES
 
 
-class Ensemble:
+class Ensemble(Proxy):
     name = "ensemble"
 
     def __init__(
@@ -61,7 +64,7 @@ class Ensemble:
             raise ProxyError("an ensemble needs at least one member")
         if not 0.0 < top_fraction <= 1.0:
             raise ProxyError("top_fraction must be in (0, 1]")
-        self.members = sorted(members, key=cost)  # stable: the spec's order among equals
+        self._members = sorted(members, key=_cost)  # stable: the spec's order among equals
         self.top_fraction = top_fraction
         if weighting not in ("audit", "equal"):
             raise ProxyError(f"unknown ensemble weighting {weighting!r}; use 'audit' or 'equal'")
@@ -69,16 +72,34 @@ class Ensemble:
         self.gate_threshold = gate_threshold
         self._weights: dict[str, float] = {}
         self._gating = True
-        self.cost = max(cost(m) for m in self.members)
+        self.cost = max(m.cost for m in self._members)
         self._reference: dict[str, list[float]] | None = None
         self._bandwidth: dict[str, float] = {}
         self._imputation: dict[str, tuple[float, float]] = {}
         self._history: list[float] = []
-        self._active: list[Proxy] = list(self.members)
+        self._active: list[Proxy] = list(self._members)
+
+    @classmethod
+    def create(cls, build: ProxyBuild) -> Ensemble:
+        """``"proxy": "ensemble"``: the default ensemble."""
+        return cls.of(build, DEFAULT_ENSEMBLE)
+
+    @classmethod
+    def of(cls, build: ProxyBuild, names: Sequence[str]) -> Ensemble:
+        """An ensemble of the registered proxies ``names``."""
+        return cls(
+            [build.member(name) for name in names],
+            top_fraction=float(build.options.get("top_fraction", 0.5)),
+            weighting=str(build.options.get("ensemble_weighting", "audit")),
+        )
+
+    @property
+    def members(self) -> list[Proxy]:
+        return list(self._members)
 
     @property
     def cheap(self) -> list[Proxy]:
-        cheap = [m for m in self._active if cost(m) < COST_BACKWARD]
+        cheap = [m for m in self._active if m.cost < COST_BACKWARD]
         return cheap or self._active  # all expensive: no gating
 
     @property
@@ -89,19 +110,12 @@ class Ensemble:
     def prime(self, priming: Priming) -> dict[str, Any]:
         previous = priming.previous or {}
         state: dict[str, Any] = {}
-        for member in self.members:
-            if hasattr(member, "prime"):
-                sub = Priming(
-                    priming.population,
-                    priming.audit,
-                    priming.store,
-                    priming.job,
-                    priming.model,
-                    previous.get(member.name),
-                )
-                state[member.name] = member.prime(sub)
+        for member in self._members:
+            sub = replace(priming, previous=previous.get(member.name))
+            if (member_state := member.prime(sub)) is not None:
+                state[member.name] = member_state
         # A member that is not ready (the meta-network without data) sits this job out.
-        self._active = [m for m in self.members if getattr(m, "ready", True)]
+        self._active = [m for m in self._members if m.ready]
         if not self._active:
             raise ProxyError("no member of the ensemble can score")
         if len(priming.population) < 2:
@@ -127,7 +141,7 @@ class Ensemble:
         if audited is not None:
             self._gating = self._gating and (cheap_agreement or 0.0) >= self.gate_threshold
         return state | {
-            "members": [m.name for m in self.members],
+            "members": [m.name for m in self._members],
             "active": [m.name for m in self._active],
             "cheap": [m.name for m in self.cheap],
             "expensive": [m.name for m in self.expensive],
@@ -216,8 +230,8 @@ def audit_weights(
     return {name: 0.0 if worse[name] >= level * samples else r / (1 - r * r) for name, r in clipped.items()}
 
 
-def cost(proxy: Any) -> int:
-    return int(getattr(proxy, "cost", COST_BACKWARD))
+def _cost(proxy: Proxy) -> int:
+    return proxy.cost
 
 
 def _phi(z: float) -> float:

@@ -32,12 +32,9 @@ candidates the service has verified.
 
 from __future__ import annotations
 
-import fcntl
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -45,11 +42,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from search.adapters import Adapter, Block
+from search.artifacts import Artifact
+from search.criteria import compute_importance
 from search.errors import ProxyError
-from search.proxies.base import COST_FORWARD, Priming, Proxy, ProxyScore
-from search.proxies.prunenet import PruneNet, one_cpu_thread
-from search.selection import Importance, Selection, compute_importance
+from search.names import DEFAULT_ENSEMBLE
+from search.proxies.base import COST_FORWARD, Priming, Proxy, ProxyBuild, ProxyScore
+from search.proxies.ensemble import Ensemble
+from search.proxies.metanet_store import RECORD_VERSION
+from search.proxies.prunenet import PruneNet
+from search.proxies.tracenas import TraceNAS
+from search.selection import Selection
+from search.spectra import one_cpu_thread
 from search.stats import DenseStats
+from search.units import Importance
 
 FEATURES = (
     "attention",
@@ -65,7 +70,6 @@ FEATURES = (
     "tracenas_available",
 )
 _TRACENAS_COLUMNS = (FEATURES.index("tracenas"), FEATURES.index("tracenas_available"))
-RECORD_VERSION = 1
 MIN_RECORDS = 24
 _EPS = 1e-6
 _METRIC_FLOOR = 1e-8
@@ -74,10 +78,10 @@ _METRIC_FLOOR = 1e-8
 class FeatureBuilder:
     """Node features of a candidate (module docstring); built once per (model, calibration)."""
 
-    def __init__(self, adapter: Adapter, stats: DenseStats, prunenet: PruneNet) -> None:
+    def __init__(self, adapter: Adapter, stats: DenseStats, prunenet: PruneNet, wanda: Importance) -> None:
         self.adapter = adapter
         self.prunenet = prunenet
-        self.wanda: Importance = compute_importance(adapter, stats, "wanda")
+        self.wanda = wanda
         influence = stats.block_influence.double()
         self.influence = (influence / influence.mean().clamp(min=1e-12)).tolist()
         masses = torch.tensor(
@@ -130,6 +134,24 @@ class FeatureBuilder:
         return features, removed
 
 
+# Node features per (calibration digest, seed).
+FEATURES_OF_MODEL: Artifact[tuple[str, int], FeatureBuilder] = Artifact("metanet-features")
+
+
+def feature_builder(build: ProxyBuild) -> FeatureBuilder:
+    """The meta-network's node features for ``build``'s model and calibration (cached)."""
+
+    def make() -> FeatureBuilder:
+        stats = build.stats()
+        wanda = compute_importance(
+            build.adapter, stats, "wanda", artifacts=build.artifacts, digest=build.tokens.digest, seed=build.seed
+        )
+        # The spectral features use the calibration-free policy's tables, whatever the job selects.
+        return FeatureBuilder(build.adapter, stats, PruneNet.create(build.without_options()), wanda)
+
+    return build.artifacts.get(FEATURES_OF_MODEL, (build.tokens.digest, build.seed), make)
+
+
 def make_record(
     builder: FeatureBuilder,
     selection: Selection,
@@ -154,53 +176,6 @@ def make_record(
         "removed": removed,
         "arch": selection.arch.to_dict(),
     }
-
-
-class MetaNetStore:
-    """Audited candidates, one JSON-lines file per model family, append-only (safe across workers)."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-
-    def _file(self, family: str) -> Path:
-        return self.path / f"{family}.jsonl"
-
-    def add(self, records: Sequence[dict[str, Any]]) -> None:
-        if not records:
-            return
-        self.path.mkdir(parents=True, exist_ok=True)
-        by_family: dict[str, list[dict[str, Any]]] = {}
-        for record in records:
-            by_family.setdefault(record["family"], []).append(record)
-        for family, group in by_family.items():
-            lines = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in group)
-            with open(self._file(family), "a", encoding="utf-8") as handle:
-                fcntl.flock(handle, fcntl.LOCK_EX)
-                try:
-                    handle.write(lines)
-                    handle.flush()
-                finally:
-                    fcntl.flock(handle, fcntl.LOCK_UN)
-
-    def records(self, family: str) -> list[dict[str, Any]]:
-        path = self._file(family)
-        if not path.is_file():
-            return []
-        with open(path, encoding="utf-8") as handle:
-            fcntl.flock(handle, fcntl.LOCK_SH)
-            try:
-                text = handle.read()
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-        records = []
-        for line in text.splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue  # a torn line from a crashed writer
-            if isinstance(record, dict) and record.get("version") == RECORD_VERSION:
-                records.append(record)
-        return records
 
 
 class _Net(nn.Module):
@@ -296,7 +271,7 @@ def _tensors(
     return x, torch.tensor(removed, dtype=torch.float32)
 
 
-class MetaNet:
+class MetaNet(Proxy):
     """``"proxy": "metanet"`` (module docstring)."""
 
     name = "metanet"
@@ -310,7 +285,7 @@ class MetaNet:
         metric: str,
         seed: int = 0,
         min_records: int = MIN_RECORDS,
-        tracenas: Any | None = None,
+        tracenas: TraceNAS | None = None,
         epochs: int = 200,
     ) -> None:
         self.builder = builder
@@ -325,6 +300,25 @@ class MetaNet:
         self.pending: list[dict[str, Any]] = []  # this job's primed records, stored when the job ends
         self.state: dict[str, Any] = {"ready": False, "note": "not primed"}
 
+    @classmethod
+    def create(cls, build: ProxyBuild) -> MetaNet:
+        use_tracenas = bool(build.options.get("metanet_tracenas", False))
+        min_records = int(build.options.get("min_records", MIN_RECORDS))
+        epochs = int(build.options.get("metanet_epochs", 200))
+        key = ("metanet", build.tokens.digest, build.seed, use_tracenas, min_records, epochs)
+        return build.reuse(
+            key,
+            lambda: cls(
+                feature_builder(build),
+                lambda: Ensemble.of(build, DEFAULT_ENSEMBLE),
+                metric="kl" if build.adapter.shape.causal else "similarity_gap",
+                seed=build.seed,
+                min_records=min_records,
+                tracenas=TraceNAS.create(build) if use_tracenas else None,
+                epochs=epochs,
+            ),
+        )
+
     @property
     def family(self) -> str:
         return self.builder.adapter.shape.family
@@ -337,7 +331,7 @@ class MetaNet:
     def members(self) -> list[Proxy]:
         if self.ready or self._fallback is None:
             return []
-        return [self._fallback, *getattr(self._fallback, "members", [])]
+        return [self._fallback, *self._fallback.members]
 
     def fallback(self) -> Proxy:
         if self._fallback is None:
@@ -378,7 +372,7 @@ class MetaNet:
                 "needed; this job is scored by the fallback ensemble (prunenet + tracenas)"
             )
             fallback = self.fallback()
-            fallback_state = fallback.prime(priming) if hasattr(fallback, "prime") else None
+            fallback_state = fallback.prime(priming)
         self.state = {
             "ready": self.ready,
             "note": note,

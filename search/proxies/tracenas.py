@@ -15,23 +15,24 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 from search.adapters import Adapter, Batch, Block
-from search.artifacts import persisted
+from search.artifacts import Artifact, ModelArtifacts
 from search.calibration import TokenSet
+from search.correlation import pearson_tensors
 from search.errors import ProxyError
 from search.masking import Slices, apply_arch
-from search.proxies.base import COST_BACKWARD, ProxyScore
+from search.proxies.base import COST_BACKWARD, Proxy, ProxyBuild, ProxyScore
 from search.selection import Selection
 
 Sketches = dict[Block, dict[str, torch.Tensor]]
 
 
-class TraceNAS:
+class TraceNAS(Proxy):
     name = "tracenas"
     cost = COST_BACKWARD
 
@@ -43,9 +44,9 @@ class TraceNAS:
         rank: int = 32,
         seed: int = 0,
         batch_size: int = 8,
-        cache: dict[Any, Any] | None = None,
+        artifacts: ModelArtifacts | None = None,
     ) -> None:
-        """``cache``: the model's cache; with an artifact store in it, the dense sketch is kept on disk."""
+        """``artifacts``: the model's; with an artifact store, the dense sketch is kept on disk."""
         self.adapter = adapter
         self.batches: list[Batch] = list(tokens.batches("calibration", batch_size, adapter.device))
         self.rank = rank
@@ -55,12 +56,18 @@ class TraceNAS:
         # Encoders distil towards the dense model's embeddings; decoders need no reference.
         self._references = [None if adapter.shape.causal else _dense_output(adapter, b) for b in self.batches]
         dtype = str(next(adapter.model.parameters()).dtype).removeprefix("torch.")
-        self._dense = persisted(
-            cache if cache is not None else {},
-            f"tracenas-dense-{tokens.digest}-seed{seed}-rank{rank}-batch{batch_size}-{dtype}",
-            lambda: self._sketch(None),
-            _encode_sketches,
-            lambda state: _decode_sketches(state, adapter.device),
+        key = SketchKey(tokens.digest, seed, rank, batch_size, dtype)
+        dense = (artifacts or ModelArtifacts()).get(DENSE_SKETCH, key, lambda: self._sketch(None))
+        self._dense = {block: {n: g.to(adapter.device) for n, g in parts.items()} for block, parts in dense.items()}
+
+    @classmethod
+    def create(cls, build: ProxyBuild) -> TraceNAS:
+        key = ("tracenas", build.tokens.digest, build.seed, build.batch_size)
+        return build.reuse(
+            key,
+            lambda: cls(
+                build.adapter, build.tokens, seed=build.seed, batch_size=build.batch_size, artifacts=build.artifacts
+            ),
         )
 
     def score(self, selection: Selection) -> ProxyScore:
@@ -83,7 +90,7 @@ class TraceNAS:
             return self._memo[1]
         candidate = self._sketch(selection, timings)
         started = time.perf_counter()
-        terms = {block: _pearson(_flat(candidate[block]), _flat(self._dense[block])) for block in candidate}
+        terms = {block: pearson_tensors(_flat(candidate[block]), _flat(self._dense[block])) for block in candidate}
         timings["correlation_s"] = time.perf_counter() - started
         self._memo = (selection, terms)
         return terms
@@ -199,22 +206,31 @@ def _encode_sketches(sketches: Sketches) -> dict[str, Any]:
     }
 
 
-def _decode_sketches(state: dict[str, Any], device: torch.device) -> Sketches:
+def _decode_sketches(state: dict[str, Any]) -> Sketches:
     sketches: Sketches = {}
     for key, g in state.items():
         layer, kind, name = key.split("|")
-        sketches.setdefault(Block(int(layer), kind), {})[name] = g.to(device)
+        sketches.setdefault(Block(int(layer), kind), {})[name] = g
     return sketches
+
+
+class SketchKey(NamedTuple):
+    digest: str  # of the calibration tokens
+    seed: int
+    rank: int
+    batch_size: int
+    dtype: str  # of the model's weights
+
+
+# The dense model's gradient sketch: one backward pass over the calibration tokens, kept on disk.
+DENSE_SKETCH: Artifact[SketchKey, Sketches] = Artifact(
+    "tracenas-dense-sketch",
+    file=lambda k: f"tracenas-dense-{k.digest}-seed{k.seed}-rank{k.rank}-batch{k.batch_size}-{k.dtype}",
+    encode=_encode_sketches,
+    decode=_decode_sketches,
+    in_memory=False,  # the TraceNAS instance keeps it, on the model's device
+)
 
 
 def _flat(parts: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat([parts[name].flatten() for name in sorted(parts)])
-
-
-def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
-    a = a.double() - a.double().mean()
-    b = b.double() - b.double().mean()
-    denominator = a.norm() * b.norm()
-    if denominator == 0:
-        return 0.0
-    return float((a @ b) / denominator)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from search import names
 from search.arch import ModelShape
-from search.spec import MEMBER_PROXY_NAMES, OBJECTIVE_NAMES, PROXY_NAMES, SAMPLER_NAMES, JobSpec, SearchSpace
+from search.spec import JobSpec, SearchSpace
 from service.api.exports import Export
 from service.models import Job, TrialResult, utcnow
 from service.states import JobStatus, TrialState
@@ -288,12 +289,11 @@ class SpecOptions(BaseModel):
     def from_spec(cls) -> SpecOptions:
         selection = SearchSpace.model_fields["selection"]
         return cls(
-            proxies=list(PROXY_NAMES),
-            member_proxies=list(MEMBER_PROXY_NAMES),
-            samplers=list(SAMPLER_NAMES),
-            # The selection criteria are the field's Literal until search/ has a list of their names.
-            selections=list(get_args(selection.annotation)),
-            objectives=list(OBJECTIVE_NAMES),
+            proxies=list(names.proxy_names()),
+            member_proxies=list(names.PROXIES),
+            samplers=list(names.SAMPLERS),
+            selections=list(names.CRITERIA),
+            objectives=list(names.OBJECTIVES),
             defaults=SpecDefaults(
                 proxy=JobSpec.model_fields["proxy"].default,
                 sampler=JobSpec.model_fields["sampler"].default,

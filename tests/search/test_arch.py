@@ -3,8 +3,9 @@ from __future__ import annotations
 import pytest
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
-from search.arch import ArchConfig, LayerArch, ModelShape
+from search.arch import ArchConfig, LayerArch
 from search.errors import InvalidArchConfig, UnsupportedModel
+from search.families import read_shape
 
 _DIMS = dict(
     hidden_size=64,
@@ -29,12 +30,12 @@ _DIMS = dict(
 )
 def test_dense_param_count_matches_the_real_model(config: object) -> None:
     model = AutoModelForCausalLM.from_config(config)
-    shape = ModelShape.from_config(config.to_dict())
+    shape = read_shape(config.to_dict())
     assert shape.dense_params() == sum(p.numel() for p in model.parameters())
 
 
 def test_count_follows_dropped_and_narrowed_blocks() -> None:
-    shape = ModelShape.from_config(LlamaConfig(**_DIMS).to_dict())
+    shape = read_shape(LlamaConfig(**_DIMS).to_dict())
     dense = shape.dense_params()
     no_mlp = ArchConfig((LayerArch(4, 0), LayerArch(4, 96), LayerArch(4, 96)))
     assert dense - shape.count_params(no_mlp) == 3 * 64 * 96 + 64  # gate, up, down and the norm
@@ -44,7 +45,7 @@ def test_count_follows_dropped_and_narrowed_blocks() -> None:
 
 
 def test_heads_must_be_whole_kv_groups() -> None:
-    shape = ModelShape.from_config(LlamaConfig(**_DIMS).to_dict())
+    shape = read_shape(LlamaConfig(**_DIMS).to_dict())
     with pytest.raises(InvalidArchConfig, match="KV groups"):
         shape.count_params(ArchConfig((LayerArch(3, 96),) * 3))
     with pytest.raises(InvalidArchConfig, match="layers"):
@@ -53,9 +54,9 @@ def test_heads_must_be_whole_kv_groups() -> None:
 
 def test_unsupported_family_names_the_supported_ones() -> None:
     with pytest.raises(UnsupportedModel, match="llama, mistral, qwen2, qwen3, gpt2, bert"):
-        ModelShape.from_config({"model_type": "t5"})
+        read_shape({"model_type": "t5"})
     with pytest.raises(UnsupportedModel, match="incomplete"):
-        ModelShape.from_config({"model_type": "gpt2"})
+        read_shape({"model_type": "gpt2"})
 
 
 def test_arch_round_trips_through_json() -> None:

@@ -25,7 +25,8 @@ from search.arch import ArchConfig, LayerArch
 from search.export import PROVENANCE_FILE, export_model, load_pruned
 from search.loading import LoadedModel
 from search.masking import apply_arch
-from search.selection import Importance, SparsityScorer, select_units
+from search.selection import SparsityScorer, select_units
+from search.units import Importance
 
 _LLAMA = dict(
     hidden_size=64,

@@ -6,9 +6,10 @@ import pytest
 
 from search.arch import ArchConfig, LayerArch
 from search.calibration import TokenSet
+from search.criteria import compute_importance
 from search.ladder import Verifier, rung_sizes, successive_halving
 from search.loading import LoadedModel
-from search.selection import compute_importance, select_units
+from search.selection import select_units
 from search.stats import collect_stats
 from search.verify import verify
 

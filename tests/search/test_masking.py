@@ -9,7 +9,8 @@ from search.arch import ArchConfig, LayerArch
 from search.calibration import TokenSet
 from search.loading import LoadedModel
 from search.masking import apply_arch
-from search.selection import Importance, select_units
+from search.selection import select_units
+from search.units import Importance
 
 
 def _random_importance(shape, seed: int) -> Importance:

@@ -53,8 +53,8 @@ def candidates(context: SearchContext) -> dict[str, Selection]:
 
 def _make(name: Any, context: SearchContext, tokens: TokenSet, seed: int, store: MetaNetStore | None) -> Any:
     adapter = context.loaded.adapter
-    # A fresh cache: nothing is shared between the instances a test compares.
-    proxy = create_proxy(name, adapter, tokens, seed=seed, batch_size=4, cache={}, min_records=4, metanet_epochs=60)
+    # Fresh artifacts: nothing is shared between the instances a test compares.
+    proxy = create_proxy(name, adapter, tokens, seed=seed, batch_size=4, min_records=4, metanet_epochs=60)
     if hasattr(proxy, "prime"):
         verifier = Verifier(adapter, tokens)
 

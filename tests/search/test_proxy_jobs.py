@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from search.criteria.prunenet import policy_for
 from search.loading import LoadedModel
 from search.proxies import MetaNetStore
 from search.spec import JobSpec
@@ -88,7 +89,7 @@ def test_prunenet_policy_as_the_selection_criterion(tiny_loaded: LoadedModel, ti
         search_space={"ffn_alignment": 8, "selection": "prunenet"},
     )
     context = prepare(tiny_loaded, spec)
-    expected = tiny_loaded.cache[("prunenet", "policy", 4)].importance(tiny_loaded.adapter)
+    expected = policy_for(tiny_loaded.adapter, tiny_loaded.artifacts, 4).importance(tiny_loaded.adapter)
     assert all((a == b).all() for a, b in zip(context.importance.channels, expected.channels, strict=True))
     result = run_search(context, study_name="prunenet-selection")
     assert sum(t.state == "complete" for t in result.trials) == 4 and result.trust is None

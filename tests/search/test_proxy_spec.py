@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from search.spec import DEFAULT_ENSEMBLE, JobSpec
+from search.names import DEFAULT_ENSEMBLE
+from search.spec import JobSpec
 
 
 def _spec(**fields: object) -> JobSpec:

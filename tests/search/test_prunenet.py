@@ -10,17 +10,11 @@ import pytest
 import torch
 
 from search.arch import ArchConfig, LayerArch
+from search.criteria.prunenet import train_policy
 from search.loading import LoadedModel
-from search.proxies.prunenet import (
-    GRID,
-    PruneNet,
-    _spectrum,
-    attention_columns,
-    ffn_matrix,
-    ks_distance,
-    train_policy,
-)
+from search.proxies.prunenet import GRID, PruneNet
 from search.selection import select_units
+from search.spectra import attention_columns, ffn_matrix, ks_distance, spectrum
 
 
 def test_ks_distance_matches_scipy() -> None:
@@ -35,12 +29,12 @@ def test_ks_distance_matches_scipy() -> None:
 def test_a_trial_reads_the_spectral_distance_of_its_kept_rows(tiny_loaded: LoadedModel) -> None:
     adapter = tiny_loaded.adapter
     shape = adapter.shape
-    proxy = PruneNet(adapter, seed=0, cache={})
+    proxy = PruneNet(adapter, seed=0)
     rows = ffn_matrix(adapter, 1)
     channels = shape.intermediate_size * 5 // GRID  # on the grid: no interpolation
     kept = proxy.order.channels[1].sort(descending=True, stable=True).indices[:channels]
     chosen = rows[kept]
-    direct = ks_distance(_spectrum(rows.t() @ rows, min(rows.shape)), _spectrum(chosen.t() @ chosen, channels))
+    direct = ks_distance(spectrum(rows.t() @ rows, min(rows.shape)), spectrum(chosen.t() @ chosen, channels))
     full = shape.intermediate_size
     arch = ArchConfig((LayerArch(4, full), LayerArch(2, channels), LayerArch(0, full), LayerArch(4, 0)))
     terms = dict((f"{b.kind}.{b.layer}", d) for b, d in proxy.block_terms(arch))
@@ -51,7 +45,7 @@ def test_a_trial_reads_the_spectral_distance_of_its_kept_rows(tiny_loaded: Loade
     group = int(proxy.order.head_groups[1].argmax())
     half = columns[group * width : (group + 1) * width]
     expected = ks_distance(
-        _spectrum(columns.t() @ columns, min(columns.shape)), _spectrum(half.t() @ half, min(half.shape))
+        spectrum(columns.t() @ columns, min(columns.shape)), spectrum(half.t() @ half, min(half.shape))
     )
     assert terms["attention.1"] == pytest.approx(expected, abs=1e-9)
 
@@ -87,7 +81,7 @@ def test_policy_and_tables_are_kept_on_disk_for_the_next_process(
     tiny_llama_dir = model_dir  # this test changes the weights' timestamps
     artifacts = tmp_path / "artifacts"
     first = load_model(str(tiny_llama_dir), artifacts=artifacts)
-    trained = create_proxy("prunenet", first.adapter, None, seed=3, cache=first.cache)  # type: ignore[arg-type]
+    trained = create_proxy("prunenet", first.adapter, None, seed=3, artifacts=first.artifacts)  # type: ignore[arg-type]
     entry = artifacts / model_fingerprint(str(tiny_llama_dir), None)
     assert sorted(p.name for p in entry.iterdir()) == ["prunenet-policy-seed3.pt", "prunenet-tables-seed3.pt"]
 
@@ -96,16 +90,16 @@ def test_policy_and_tables_are_kept_on_disk_for_the_next_process(
 
     second = load_model(str(tiny_llama_dir), artifacts=artifacts)  # a fresh process's view: empty memory cache
     with monkeypatch.context() as patch:
-        patch.setattr("search.proxies.prunenet.train_policy", recomputed)
+        patch.setattr("search.criteria.prunenet.train_policy", recomputed)
         patch.setattr("search.proxies.prunenet.build_tables", recomputed)
-        reloaded = create_proxy("prunenet", second.adapter, None, seed=3, cache=second.cache)  # type: ignore[arg-type]
+        reloaded = create_proxy("prunenet", second.adapter, None, seed=3, artifacts=second.artifacts)  # type: ignore[arg-type]
     assert torch.equal(reloaded.policy.ffn_direction, trained.policy.ffn_direction)
     assert torch.equal(reloaded.tables.ffn, trained.tables.ffn)
     assert reloaded.policy.log == trained.policy.log
 
     (entry / "prunenet-policy-seed3.pt").write_bytes(b"truncated")
     third = load_model(str(tiny_llama_dir), artifacts=artifacts)
-    recomputed = create_proxy("prunenet", third.adapter, None, seed=3, cache=third.cache)  # type: ignore[arg-type]
+    recomputed = create_proxy("prunenet", third.adapter, None, seed=3, artifacts=third.artifacts)  # type: ignore[arg-type]
     assert torch.equal(recomputed.policy.ffn_direction, trained.policy.ffn_direction)  # seeded: same policy
 
     os.utime(tiny_llama_dir / "model.safetensors", ns=(0, 0))  # "new weights"

@@ -5,12 +5,12 @@ import random
 import pytest
 from transformers import LlamaConfig
 
-from search.arch import ModelShape
 from search.errors import BudgetInfeasible
+from search.families import read_shape
 from search.repair import Proposal, repair
 from search.spec import check_budget
 
-SHAPE = ModelShape.from_config(
+SHAPE = read_shape(
     LlamaConfig(
         hidden_size=256,
         num_hidden_layers=8,
@@ -55,7 +55,7 @@ def test_full_budget_gives_the_dense_model() -> None:
 def test_unreachable_budgets_are_refused_up_front() -> None:
     with pytest.raises(BudgetInfeasible, match="embeddings"):
         check_budget(SHAPE, SHAPE.min_param_ratio(), ffn_alignment=32)
-    tiny = ModelShape.from_config(
+    tiny = read_shape(
         LlamaConfig(
             hidden_size=64,
             num_hidden_layers=4,

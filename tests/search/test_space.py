@@ -9,14 +9,14 @@ import optuna
 import pytest
 from transformers import LlamaConfig
 
-from search.arch import ModelShape
+from search.families import read_shape
 from search.loading import LoadedModel
 from search.repair import Proposal, repair
 from search.spec import JobSpec
 from search.study import make_storage, prepare, run_search
 from tests.conftest import tiny_job_spec
 
-SHAPE = ModelShape.from_config(
+SHAPE = read_shape(
     LlamaConfig(
         hidden_size=256,
         num_hidden_layers=8,

@@ -2,9 +2,10 @@ from __future__ import annotations
 
 from search.arch import ArchConfig, LayerArch
 from search.calibration import TokenSet
+from search.criteria import compute_importance
 from search.loading import LoadedModel
 from search.proxies import create_proxy
-from search.selection import compute_importance, select_units
+from search.selection import select_units
 from search.stats import collect_stats
 
 

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from search.trust import bootstrap_interval, kendall, ranks, spearman, stratified_sample, trust_report
+from search.correlation import kendall, ranks, spearman
+from search.trust import bootstrap_interval, stratified_sample, trust_report
 
 
 def test_rank_correlations_match_scipy_with_ties() -> None:

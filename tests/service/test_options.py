@@ -7,7 +7,8 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from search.spec import OBJECTIVE_NAMES, PROXY_NAMES, SAMPLER_NAMES, JobSpec
+from search import names
+from search.spec import JobSpec
 from service.settings import Settings
 from tests.service.helpers import job_spec
 
@@ -19,9 +20,9 @@ def test_options_list_what_a_spec_accepts(
 
     assert response.status_code == 200, response.text
     options = response.json()
-    assert options["proxies"] == list(PROXY_NAMES)
-    assert options["samplers"] == list(SAMPLER_NAMES)
-    assert options["objectives"] == list(OBJECTIVE_NAMES)
+    assert options["proxies"] == list(names.proxy_names())
+    assert options["samplers"] == list(names.SAMPLERS)
+    assert options["objectives"] == list(names.OBJECTIVES)
     assert {"wanda", "prunenet"} <= set(options["selections"])
     defaults = JobSpec.model_validate(job_spec(tiny_model_config_dir))
     assert options["defaults"] == {

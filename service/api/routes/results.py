@@ -10,6 +10,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 
 from search.arch import ModelShape
 from search.errors import SearchError
+from search.families import read_shape
 from search.spec import model_kind, read_local_config
 from service import repository
 from service.api import exports
@@ -90,7 +91,7 @@ def _dense_shape(model: str) -> ModelShape:
     # The path passed the submission's checks; a folder gone since or a hub id is simply not known here.
     try:
         if model_kind(model) == "local":
-            return ModelShape.from_config(read_local_config(model))
+            return read_shape(read_local_config(model))
     except (SearchError, OSError) as error:
         raise NotFound(f"the config of model {model!r} cannot be read: {error}") from error
     raise NotFound(f"model {model!r} is a hub id: only the worker that downloads it reads its config")
