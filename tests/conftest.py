@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -151,15 +153,22 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # What the tests' own process writes under the default data folder (a filesystem broker's
+    # folders, say) goes to a folder of the session's, never to the user's per-user data folder.
+    os.environ["PRUNESEARCH_DATA_DIR"] = tempfile.mkdtemp(prefix="prunesearch-tests-")
     if proctree.supported():
         # Orphans (a worker whose parent died) are adopted by pytest, so the check below sees them.
         proctree.become_subreaper()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if proctree.supported():
+        _fail_on_survivors(session)
+    shutil.rmtree(os.environ["PRUNESEARCH_DATA_DIR"], ignore_errors=True)
+
+
+def _fail_on_survivors(session: pytest.Session) -> None:
     """Fail the run if a process the tests started is still running (then kill it)."""
-    if not proctree.supported():
-        return
     left = proctree.survivors(proctree.descendants(os.getpid()), within=PROCESS_EXIT_GRACE_S)
     if not left:
         return
