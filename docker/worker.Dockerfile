@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # The GPU worker image: NVIDIA's CUDA base, Python 3.11 (uv's standalone build), and the project
-# with its pinned torch. torch==2.13.0 from PyPI is a CUDA 13 build that brings its own CUDA
+# with its pinned torch (constraints.txt). torch==2.13.0 from PyPI is a CUDA 13 build that brings its own CUDA
 # libraries; the host needs an NVIDIA driver that supports CUDA 13 (R580 or newer) and the
 # NVIDIA Container Toolkit. For an older driver, take torch from PyTorch's index for another CUDA
 # (uv prefers that index for the packages it has), e.g.
@@ -28,10 +28,10 @@ RUN uv venv --python 3.11 /opt/venv
 WORKDIR /app
 
 # Dependencies first (torch is most of the image): rebuilt only when pyproject.toml changes.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 RUN uv pip install --python /opt/venv/bin/python \
       ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
-      -r pyproject.toml \
+      -r pyproject.toml -c constraints.txt \
  && python -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda)"
 
 COPY search ./search

@@ -7,8 +7,6 @@ Heavy imports (torch, the API, Celery) happen inside the commands, so ``--help``
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import time
 import warnings
@@ -17,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from prunesearch.database import CommandLine
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from search.study import SearchContext, SearchResult
 
 
-@click.group()
+@click.group(cls=CommandLine)
 @click.version_option(package_name="prunesearch")
 def main() -> None:
     """PruneSearch: find pruned architectures of a language model under a parameter budget."""
@@ -286,6 +286,7 @@ def demo_model(directory: Path, size: str) -> None:
 @click.option("--device", default="auto", show_default=True)
 def export(job_id: str, number: int | None, out: Path, device: str) -> None:
     """Export a job's best (or any) trial as a physically smaller model in OUT."""
+    from prunesearch.database import open_sessions, shown_url
     from search.arch import ArchConfig
     from search.errors import SearchError
     from search.export import export_model
@@ -293,14 +294,14 @@ def export(job_id: str, number: int | None, out: Path, device: str) -> None:
     from search.spec import JobSpec
     from search.study import prepare
     from service import repository
-    from service.db import make_engine, make_sessionmaker, session_scope
+    from service.db import session_scope
     from service.settings import get_settings
 
-    sessions = make_sessionmaker(make_engine(get_settings().database_url))
-    with session_scope(sessions) as session:
+    settings = get_settings()
+    with session_scope(open_sessions(settings)) as session:
         job = repository.get_job(session, job_id)
         if job is None:
-            raise click.ClickException(f"no job {job_id!r} in {get_settings().database_url}")
+            raise click.ClickException(f"no job {job_id!r} in {shown_url(settings.database_url)}")
         if number is None:
             if not job.best:
                 raise click.ClickException(f"job {job_id} has no best trial yet (status {job.status})")
@@ -336,16 +337,29 @@ def api(host: str | None, port: int | None) -> None:
     """Run the REST API (no torch, no GPU)."""
     import uvicorn
 
+    from prunesearch.database import ready_database, where
     from service.settings import get_settings
 
     settings = get_settings()
+    click.echo(where(settings), err=True)
+    ready_database(settings)
     uvicorn.run("service.api.app:create_app", factory=True, host=host or settings.host, port=port or settings.port)
 
 
 @main.command()
 @click.option("--loglevel", default="INFO", show_default=True)
-def worker(loglevel: str) -> None:
+@click.option("--parent-pid", type=int, default=None, hidden=True, help="Exit when this process (serve) exits.")
+def worker(loglevel: str, parent_pid: int | None) -> None:
     """Run one worker process (one per GPU: set CUDA_VISIBLE_DEVICES)."""
+    from prunesearch.database import ready_database, where
+    from prunesearch.lifetime import stop_with_parent
+    from service.settings import get_settings
+
+    if parent_pid is not None:
+        stop_with_parent(parent_pid)
+    settings = get_settings()
+    click.echo(where(settings), err=True)
+    ready_database(settings)
     from workers.celery_app import app
 
     app.worker_main(["worker", f"--loglevel={loglevel}", "--concurrency=1", f"--hostname=prunesearch-{os.getpid()}@%h"])
@@ -358,6 +372,8 @@ def serve(host: str | None, port: int | None) -> None:
     """Run the API and an embedded worker with no external services (SQLite, filesystem broker)."""
     import uvicorn
 
+    from prunesearch.database import where
+    from prunesearch.lifetime import start_worker, stop_signals, stop_worker
     from service.migrate import upgrade
     from service.settings import get_settings
 
@@ -370,16 +386,16 @@ def serve(host: str | None, port: int | None) -> None:
         "PRUNESEARCH_OPTUNA_STORAGE_URL": settings.optuna_storage_url,
         "PRUNESEARCH_BROKER_URL": settings.broker_url,
     }
-    worker_process = subprocess.Popen([sys.executable, "-m", "prunesearch", "worker"], env=env)
-    click.echo(f"Data in {settings.data_dir}; worker pid {worker_process.pid}")
+    worker_process = start_worker([sys.executable, "-m", "prunesearch", "worker"], env)
+    click.echo(f"{where(settings)}; worker pid {worker_process.pid}")
     try:
-        uvicorn.run("service.api.app:create_app", factory=True, host=host or settings.host, port=port or settings.port)
+        with stop_signals():  # SIGTERM as SIGINT: leave through the finally, never skip it
+            uvicorn.run(
+                "service.api.app:create_app", factory=True, host=host or settings.host, port=port or settings.port
+            )
     finally:
-        worker_process.send_signal(signal.SIGTERM)
-        try:
-            worker_process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker_process.kill()
+        click.echo(f"Stopping the worker (pid {worker_process.pid})", err=True)
+        stop_worker(worker_process)
 
 
 @main.group()
@@ -391,20 +407,26 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True)
 def db_upgrade(revision: str) -> None:
     """Apply migrations up to REVISION."""
+    from prunesearch.database import shown_url
     from service.migrate import current, upgrade
+    from service.settings import get_settings
 
-    upgrade(None, revision)
-    click.echo(f"database at revision {current(None)}")
+    url = get_settings().database_url
+    upgrade(url, revision)
+    click.echo(f"database at revision {current(url)} ({shown_url(url)})")
 
 
 @db.command("downgrade")
 @click.argument("revision")
 def db_downgrade(revision: str) -> None:
     """Revert migrations down to REVISION (``base`` removes the service's tables, not Optuna's)."""
+    from prunesearch.database import shown_url
     from service.migrate import current, downgrade
+    from service.settings import get_settings
 
-    downgrade(None, revision)
-    click.echo(f"database at revision {current(None)}")
+    url = get_settings().database_url
+    downgrade(url, revision)
+    click.echo(f"database at revision {current(url)} ({shown_url(url)})")
 
 
 @db.command("current")

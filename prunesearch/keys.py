@@ -1,7 +1,8 @@
 """``prunesearch keys create|list|revoke``: API keys, managed on the database the service uses.
 
 ``create`` prints the key alone on stdout (so ``KEY=$(prunesearch keys create alice)`` works) and
-the advice on stderr; the key is never shown again, only its id.
+the advice on stderr; the key is never shown again, only its id. The embedded database is
+migrated first (``prunesearch.database``), so the commands work on a fresh data directory.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ if TYPE_CHECKING:
 
 
 def _sessions() -> sessionmaker[Session]:
-    from service.db import make_engine, make_sessionmaker
+    from prunesearch.database import open_sessions
     from service.settings import get_settings
 
-    return make_sessionmaker(make_engine(get_settings().database_url))
+    return open_sessions(get_settings())
 
 
 @click.group()

@@ -16,19 +16,24 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
+from platformdirs import user_data_path
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-DEFAULT_DATA_DIR = Path("prunesearch-data")
+
+def default_data_dir() -> Path:
+    """The per-user data folder (``$XDG_DATA_HOME/prunesearch`` or ``~/.local/share/prunesearch`` on
+    Linux, the platform's equivalent elsewhere): the same whatever the working directory."""
+    return user_data_path("prunesearch", appauthor=False)
 
 
 def _data_dir(info: ValidationInfo) -> Path:
     # A field validator sees the fields declared before it; data_dir comes first. If data_dir
     # itself failed validation, fall back to the default so only the real error is reported.
     data_dir = info.data.get("data_dir")
-    return data_dir if isinstance(data_dir, Path) else DEFAULT_DATA_DIR.resolve()
+    return data_dir if isinstance(data_dir, Path) else default_data_dir().resolve()
 
 
 class Settings(BaseSettings):
@@ -36,7 +41,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="PRUNESEARCH_", extra="ignore", frozen=True)
 
-    data_dir: Path = DEFAULT_DATA_DIR
+    data_dir: Path = Field(default_factory=default_data_dir)
     database_url: str = Field(default=None, validate_default=True, description="SQLAlchemy URL of the job tables.")
     optuna_storage_url: str = Field(
         default=None,

@@ -1,7 +1,8 @@
 """Shared fixtures: real PostgreSQL and Redis (CI guarantees both), SQLite files, tiny model configs.
 
 Services are never mocked: an unreachable server fails the session with a message saying which
-one and how to point the tests elsewhere.
+one and how to point the tests elsewhere. Tests stop every process they start: the session fails
+if one is still running at its end (``pytest_sessionfinish``).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,8 +23,13 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
+from tests import proctree
+
 if TYPE_CHECKING:
     from search.spec import JobSpec
+
+# Chromium's helpers and Playwright's driver may take a moment to exit after the browser closes.
+PROCESS_EXIT_GRACE_S = 10.0
 
 POSTGRES_ADMIN_URL = os.environ.get("PRUNESEARCH_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_SERVER_URL = os.environ.get("PRUNESEARCH_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -142,3 +150,35 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from search.demo import build_demo_model
 
     return build_demo_model(tmp_path_factory.mktemp("tiny-llama"), size="tiny")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # What the tests' own process writes under the default data folder (a filesystem broker's
+    # folders, say) goes to a folder of the session's, never to the user's per-user data folder.
+    os.environ["PRUNESEARCH_DATA_DIR"] = tempfile.mkdtemp(prefix="prunesearch-tests-")
+    if proctree.supported():
+        # Orphans (a worker whose parent died) are adopted by pytest, so the check below sees them.
+        proctree.become_subreaper()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if proctree.supported():
+        _fail_on_survivors(session)
+    shutil.rmtree(os.environ["PRUNESEARCH_DATA_DIR"], ignore_errors=True)
+
+
+def _fail_on_survivors(session: pytest.Session) -> None:
+    """Fail the run if a process the tests started is still running (then kill it)."""
+    left = proctree.survivors(proctree.descendants(os.getpid()), within=PROCESS_EXIT_GRACE_S)
+    if not left:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    lines = [f"{len(left)} process(es) started by the tests outlived them (killed now):"]
+    lines += [f"  pid {process.pid}: {process.command}" for process in left]
+    if reporter is not None:
+        reporter.ensure_newline()
+        reporter.write_sep("=", "processes left running", red=True)
+        for line in lines:
+            reporter.write_line(line)
+    proctree.kill(left)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -14,6 +14,8 @@ from typing import Any
 
 import httpx
 
+from tests import proctree
+
 PRUNESEARCH = [sys.executable, "-m", "prunesearch"]
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -34,6 +36,9 @@ class Process:
         self.popen = subprocess.Popen(args, env=dict(env), stdout=self._log, stderr=subprocess.STDOUT)
 
     def stop(self, timeout: float = 30) -> None:
+        """SIGTERM, as ``docker stop`` and systemd send; then SIGKILL to whatever it left running
+        (tests/cli/test_processes.py checks that ``serve`` leaves nothing)."""
+        started = proctree.descendants(self.popen.pid) if proctree.supported() else []
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
             try:
@@ -41,6 +46,7 @@ class Process:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait()
+        proctree.kill(proctree.survivors(started, within=5))
         self._log.close()
 
     def tail(self, lines: int = 60) -> str:

@@ -11,11 +11,14 @@ from service.broker import RUN_JOB_TASK, celery_config, make_celery
 from service.settings import Settings, get_settings
 
 
-def test_defaults_live_under_an_absolute_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_defaults_live_under_the_per_user_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Not under the working directory: commands run from any folder find the same data.
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PRUNESEARCH_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     settings = Settings()
 
-    data_dir = tmp_path / "prunesearch-data"
+    data_dir = tmp_path / "xdg" / "prunesearch"
     assert settings.data_dir == data_dir
     assert settings.database_url == f"sqlite:///{data_dir}/prunesearch.sqlite3"
     assert settings.database_url.startswith("sqlite:////")
