@@ -248,11 +248,16 @@ def check_job(spec: JobSpec) -> ModelShape | None:
     if model_kind(spec.model) == "hub":
         return None
     shape = ModelShape.from_config(read_local_config(spec.model))
+    check_budgets(spec, shape)
+    return shape
+
+
+def check_budgets(spec: JobSpec, shape: ModelShape) -> None:
+    """Refuse a job whose budget (or lowest budget, for a Pareto search) repair cannot meet on ``shape``."""
     lowest = spec.target.min_param_ratio if spec.multi_objective and spec.target.min_param_ratio else None
     for ratio in (spec.target.param_ratio, lowest):
         if ratio is not None:
             check_budget(shape, spec.target.total_ratio(shape, ratio), ffn_alignment=spec.search_space.ffn_alignment)
-    return shape
 
 
 def check_budget(shape: ModelShape, param_ratio: float, *, ffn_alignment: int) -> None:

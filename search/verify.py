@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -21,21 +20,8 @@ import torch.nn.functional as F
 from search.adapters import Adapter
 from search.calibration import TokenSet
 from search.masking import apply_arch
+from search.results import Verification
 from search.selection import Selection
-
-
-@dataclass(frozen=True)
-class Verification:
-    primary: str  # the metric finalists are ranked by (lower is better)
-    metrics: dict[str, float] = field(default_factory=dict)
-    tokens: int = 0
-
-    @property
-    def value(self) -> float:
-        return self.metrics[self.primary]
-
-    def to_dict(self) -> dict[str, float | int | str]:
-        return {**self.metrics, "tokens": self.tokens, "primary": self.primary}
 
 
 @torch.no_grad()
@@ -109,7 +95,9 @@ def _verify_encoder(
 def decoder_figures(kl_sum: float, nll_sum: float, tokens: int) -> Verification:
     """KL to the dense model and perplexity per token, from their sums over ``tokens`` tokens."""
     count = max(tokens, 1)
-    return Verification("kl", {"kl": kl_sum / count, "ppl": math.exp(min(nll_sum / count, 700.0))}, tokens)
+    return Verification(
+        primary="kl", metrics={"kl": kl_sum / count, "ppl": math.exp(min(nll_sum / count, 700.0))}, tokens=tokens
+    )
 
 
 def encoder_figures(embeddings: torch.Tensor, dense: torch.Tensor, tokens: int) -> Verification:
@@ -117,14 +105,14 @@ def encoder_figures(embeddings: torch.Tensor, dense: torch.Tensor, tokens: int) 
     agreement = similarity_agreement(embeddings, dense)
     return Verification(
         # Retrieval and clustering use similarities, not the vectors: rank by how well they survive.
-        "similarity_gap",
-        {
+        primary="similarity_gap",
+        metrics={
             "similarity_gap": 1.0 - agreement,
             "similarity_spearman": agreement,
             "cosine_distance": float((1 - cosine).mean()),
             "mse": float((embeddings - dense).pow(2).mean()),
         },
-        tokens,
+        tokens=tokens,
     )
 
 

@@ -64,11 +64,11 @@ def test_successive_halving_keeps_the_baselines_and_ends_on_every_sequence(
         on_batch=lambda done, total: progress.append((done, total)),
     )
     rungs = result.rungs
-    assert [r["sequences"] for r in rungs] == [4, 8]  # 8 held-out sequences; 4 finalists → 2
-    assert [len(r["candidates"]) for r in rungs] == [5, 3]
-    assert all(any(c["key"] == "seed" and c["baseline"] for c in r["candidates"]) for r in rungs)
-    first = {c["key"]: c["value"] for c in rungs[0]["candidates"] if not c["baseline"]}
-    assert set(rungs[0]["survivors"]) == set(sorted(first, key=first.get)[:2])  # the better half climbs
-    assert set(result.final) == {*rungs[0]["survivors"], "seed"}
+    assert [r.sequences for r in rungs] == [4, 8]  # 8 held-out sequences; 4 finalists → 2
+    assert [len(r.candidates) for r in rungs] == [5, 3]
+    assert all(any(c.key == "seed" and c.baseline for c in r.candidates) for r in rungs)
+    first = {c.key: c.value for c in rungs[0].candidates if not c.baseline}
+    assert set(rungs[0].survivors) == set(sorted(first, key=first.get)[:2])  # the better half climbs
+    assert set(result.final) == {*rungs[0].survivors, "seed"}
     assert all(v.tokens == result.dense.tokens for v in result.final.values())
     assert progress[-1][0] == progress[-1][1]
