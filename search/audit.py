@@ -45,7 +45,8 @@ def population(context: SearchContext, size: int = REFERENCE_SIZE, *, seed: int 
         if len(chosen) >= size:
             break
         try:
-            selection = context.candidate(_random_proposal(context, rng), rng.uniform(low, high) if low < high else high)
+            proposal = _random_proposal(context, rng)
+            selection = context.candidate(proposal, rng.uniform(low, high) if low < high else high)
         except BudgetInfeasible:
             continue
         chosen.setdefault(selection.arch.to_json(), selection)

@@ -24,7 +24,7 @@ from search.candidates import SearchContext
 from search.ladder import Verifier
 from search.proxies import MetaNetStore, Proxy
 from search.samplers import create_sampler
-from search.trials import SearchHooks, job_proxy, remaining_trials, search_trials
+from search.trials import NO_HOOKS, SearchHooks, job_proxy, remaining_trials, search_trials
 
 
 class PrimedProxies:
@@ -80,7 +80,7 @@ def search_chunk(
     study_name: str,
     storage: str | BaseStorage,
     max_trials: int,
-    hooks: SearchHooks = SearchHooks(),
+    hooks: SearchHooks = NO_HOOKS,
     metanet_store: MetaNetStore | None = None,
 ) -> int:
     """Help with a study another process opened and verifies: run up to ``max_trials`` of its trials.
@@ -126,4 +126,3 @@ def await_other_workers(
         optuna.storages.fail_stale_trials(study)
         time.sleep(poll_s)
     return False
-

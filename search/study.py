@@ -22,7 +22,7 @@ from search.errors import SearchError
 from search.ladder import Verifier
 from search.proxies import MetaNetStore, Proxy
 from search.results import SearchResult, TrialInfo, best_entry, describe_trial, finalists, pareto_front, proxy_score
-from search.trials import SearchHooks, job_proxy, open_study, remaining_trials, search_trials
+from search.trials import NO_HOOKS, SearchHooks, job_proxy, open_study, remaining_trials, search_trials
 
 
 def run_search(
@@ -30,7 +30,7 @@ def run_search(
     *,
     study_name: str,
     storage: str | BaseStorage | None = None,
-    hooks: SearchHooks = SearchHooks(),
+    hooks: SearchHooks = NO_HOOKS,
     metanet_store: MetaNetStore | None = None,
 ) -> SearchResult:
     """Open or resume the study, run its trials, wait for other workers' trials, verify, audit.

@@ -50,6 +50,9 @@ class SearchHooks:
         return self.should_stop is not None and self.should_stop()
 
 
+NO_HOOKS = SearchHooks()
+
+
 def job_proxy(context: SearchContext) -> Proxy:
     """The job's proxy, built once per (model, proxy, calibration, seed) and kept with the model."""
     spec, cache = context.spec, context.loaded.cache
@@ -106,7 +109,7 @@ def search_trials(
     study: optuna.Study,
     *,
     max_trials: int | None = None,
-    hooks: SearchHooks = SearchHooks(),
+    hooks: SearchHooks = NO_HOOKS,
 ) -> bool:
     """Run trials until the study holds ``n_trials`` complete ones, counting every worker's (or this
     call has run ``max_trials``). Several processes may do this on one study at once: the storage

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from search.candidates import prepare
 from search.loading import LoadedModel
 from search.proxies import MetaNetStore
 from search.spec import JobSpec
-from search.candidates import prepare
 from search.study import run_search
 from tests.conftest import tiny_job_spec
 
@@ -105,9 +105,9 @@ def test_a_worker_primes_a_jobs_proxy_once(
 ) -> None:
     """A worker taking several chunks of one job audits the reference population once; another job
     on the same (shared) proxy object primes it again."""
+    from search.coordination import PrimedProxies, prime_proxy
     from search.ladder import Verifier
     from search.proxies import Ensemble
-    from search.coordination import PrimedProxies, prime_proxy
     from search.storage import make_storage
     from search.trials import job_proxy, open_study
 
@@ -121,7 +121,8 @@ def test_a_worker_primes_a_jobs_proxy_once(
     assert not any(isinstance(key, tuple) and key[0] == "primed-for" for key in tiny_loaded.cache)
     calls: list[str] = []
     monkeypatch.setattr(Ensemble, "prime", lambda _self, priming: calls.append(priming.job) or {"weights": {}})
-    assert prime_proxy(context, proxy, study, auditor, metanet_store=None, primed=primed) == study.user_attrs["proxy_prime"]
+    again = prime_proxy(context, proxy, study, auditor, metanet_store=None, primed=primed)
+    assert again == study.user_attrs["proxy_prime"]
     assert calls == []
     other = open_study(context, study_name="another-job", storage=storage)
     prime_proxy(context, proxy, other, auditor, metanet_store=None, primed=primed)

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from search.loading import LoadedModel
-from search.spec import JobSpec
 from search.candidates import prepare
+from search.loading import LoadedModel
+from search.results import TrialInfo, TrustReport, Verification, best_entry
+from search.spec import JobSpec
 from search.storage import make_storage
 from search.study import run_search
 from search.trials import SearchHooks, job_proxy
@@ -94,3 +96,76 @@ def test_dense_statistics_and_sketch_are_reused_by_the_next_process(
     assert torch.equal(second.stats.block_influence, first.stats.block_influence)
     assert second.stats.inputs.keys() == first.stats.inputs.keys()
     assert first_proxy.score(first.selection(arch)).value == second_proxy.score(second.selection(arch)).value
+
+
+def _trial(**overrides: object) -> TrialInfo:
+    fields: dict[str, object] = dict(
+        number=3,
+        state="complete",
+        origin="sampler",
+        value=0.5,
+        values=None,
+        arch={"layers": [{"heads": 2, "ffn_channels": 64, "sparsity": 0.0}]},
+        param_count=1000,
+        param_ratio=0.6,
+        scores={"tracenas": 0.5, "tracenas_sum": 2.0},
+        timings={"score_s": 0.1},
+        duration_s=0.2,
+        error=None,
+    )
+    return TrialInfo.model_validate(fields | overrides)
+
+
+def test_the_best_entry_serialises_to_the_json_the_service_stores() -> None:
+    """The service stores ``best`` as JSON and serves it over REST: its keys and the flat form of
+    its verified figures are a contract."""
+    verified = Verification(primary="kl", metrics={"kl": 0.25, "ppl": 31.5}, tokens=1024)
+    best = best_entry(_trial(), verified=verified).model_dump()
+    assert list(best) == [
+        "trial_number",
+        "origin",
+        "arch",
+        "param_count",
+        "param_ratio",
+        "score",
+        "scores",
+        "verified",
+    ]
+    assert best["verified"] == {"kl": 0.25, "ppl": 31.5, "tokens": 1024, "primary": "kl"}
+    assert list(best["verified"]) == ["kl", "ppl", "tokens", "primary"]
+    assert best["score"] == 0.5 and best["trial_number"] == 3 and best["arch"] == _trial().arch
+    assert json.loads(json.dumps(best)) == best
+    assert best_entry(_trial(value=None), verified=None).model_dump()["verified"] is None
+
+
+def test_report_sections_omit_what_a_job_did_not_produce() -> None:
+    """As before the typed contract: ``audit.stored`` only when a store took the audit, and
+    ``proxy_state`` only for a proxy that was primed."""
+    agreement = {
+        "spearman": 0.5,
+        "spearman_ci": [0.1, 0.8],
+        "kendall": 0.4,
+        "kendall_ci": None,
+        "n": 5,
+        "params_spearman": None,
+        "depth_spearman": 0.2,
+        "poor": False,
+    }
+    audit = {"size": 5, "sequences": 2, "tokens": 128, "stratified_by": "tracenas", "trials": [1, 2]}
+    report = {
+        "metric": "kl",
+        "sign": "+1 = ...",
+        "objective": "tracenas",
+        "threshold": 0.3,
+        "proxies": {"tracenas": agreement},
+        "flagged": False,
+        "flags": [],
+        "audit": audit | {"verified": {"1": 0.5, "2": 0.25}},
+    }
+    plain = TrustReport.model_validate(report).model_dump()
+    assert "proxy_state" not in plain and "stored" not in plain["audit"]
+    assert plain["proxies"]["tracenas"] == agreement
+    stored = report | {"audit": report["audit"] | {"stored": True}, "proxy_state": {"members": ["tracenas"]}}
+    full = TrustReport.model_validate(stored).model_dump()
+    assert full["audit"]["stored"] is True and full["proxy_state"] == {"members": ["tracenas"]}
+    assert list(full) == [*report, "proxy_state"]
