@@ -1,14 +1,11 @@
 """PruneSearch's search library: find pruned architectures of a decoder under a parameter budget.
 
-Usable without the service::
-
-    from search import JobSpec, export_model, load_pruned, prepare_job, run_search
-
-    spec = JobSpec(model="models/ref-llama-7m", target={"param_ratio": 0.6}, n_trials=20)
-    context = prepare_job(spec)                    # load, check, prepare the candidate builder
-    result = run_search(context, study_name="mine")
-    selection = context.selection(ArchConfig.from_dict(result.best.arch))
-    export_model(context.loaded, selection, "pruned/")
+Usable without the service (README.md's library example, run by tests/search/test_readme_example.py):
+``prepare_job(spec)`` loads the model, checks the job against it and prepares the candidate
+builder; ``run_search(context, study_name=...)`` searches, verifies and returns a ``SearchResult``
+whose ``best`` is the verified best; ``export_model`` writes a selection as a smaller model and
+``load_pruned`` loads it back. ``job_proxy(context)`` (or ``create_proxy``) gives the job's proxy,
+to score ``context.candidate(...)`` yourself.
 
 The package root stays light (no torch at import) so that the API can import ``search.spec``; the
 names below are imported on first use.
@@ -25,6 +22,7 @@ __all__ = [
     "JobSpec",
     "LayerArch",
     "LoadedModel",
+    "MetaNetStore",
     "ModelCache",
     "ModelShape",
     "Proxy",
@@ -57,6 +55,7 @@ _LAZY = {
     "SearchContext": "search.candidates",
     "prepare": "search.candidates",
     "prepare_job": "search.candidates",
+    "MetaNetStore": "search.proxies",
     "Proxy": "search.proxies",
     "create_proxy": "search.proxies",
     "job_proxy": "search.trials",

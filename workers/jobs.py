@@ -89,11 +89,7 @@ def _search(
     sessions: sessionmaker[Session],
     models: ModelCache,
 ) -> tuple[JobStatus, dict[str, Any] | None]:
-    from search.candidates import prepare_job
-    from search.proxies import MetaNetStore
-    from search.spec import JobSpec
-    from search.study import run_search
-    from search.trials import SearchHooks
+    from search import JobSpec, MetaNetStore, SearchHooks, prepare_job, run_search
 
     spec = JobSpec.model_validate(spec_data)
     # Checked again where the files are opened: a hub-style id can name a folder relative to the
@@ -135,11 +131,8 @@ def _search(
 
 def evaluate_chunk(job_id: str, *, settings: Settings, sessions: sessionmaker[Session], models: ModelCache) -> str:
     """Help a running job with up to ``chunk_trials`` trials; returns what happened, for the log."""
-    from search.candidates import prepare_job
+    from search import JobSpec, MetaNetStore, SearchHooks, prepare_job
     from search.coordination import search_chunk
-    from search.proxies import MetaNetStore
-    from search.spec import JobSpec
-    from search.trials import SearchHooks
 
     with session_scope(sessions) as session:
         job = repository.get_job(session, job_id)
