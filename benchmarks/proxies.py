@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from search.audit import audit_sequences, population  # noqa: E402
+from search.candidates import SearchContext, prepare  # noqa: E402
 from search.correlation import spearman  # noqa: E402
 from search.ladder import Verifier  # noqa: E402
 from search.loading import LoadedModel, load_model  # noqa: E402
@@ -51,7 +52,7 @@ from search.masking import apply_arch  # noqa: E402
 from search.proxies import Ensemble, MetaNetStore, Priming, Proxy, PruneNet, create_proxy  # noqa: E402
 from search.selection import Selection  # noqa: E402
 from search.spec import JobSpec  # noqa: E402
-from search.study import SearchContext, prepare, run_search  # noqa: E402
+from search.study import run_search  # noqa: E402
 from search.trust import correlations  # noqa: E402
 
 HELDOUT_DOCS = ROOT / "benchmarks" / "reference_models" / "heldout" / "docs.txt"
@@ -134,7 +135,7 @@ def run_jobs(loaded: LoadedModel, model: str, args: argparse.Namespace, store_ro
                 "seed": seed,
                 "store": store,
                 "seconds": seconds,
-                "audited": result.trust["audit"]["size"] if result.trust else 0,
+                "audited": result.trust.audit.size if result.trust else 0,
             }
         )
         print(f"  job {index}: budget {ratio}, {jobs[-1]['audited']} audited, {seconds:.0f}s", flush=True)

@@ -5,7 +5,7 @@ sentence encoder all-MiniLM-L6-v2) and each budget (share of the transformer blo
 ``target.scope = "blocks"``: embeddings are kept whole by every method, and MiniLM's embeddings alone
 are 52% of the model), every method produces one architecture at the same parameter count:
 
-- ``search:<proxy>``: the service's own search (``search.study.prepare`` + ``run_search``, the code
+- ``search:<proxy>``: the service's own search (``search.candidates.prepare`` + ``run_search``, the code
   path of ``prunesearch search``), one per proxy (tracenas, prunenet, ensemble, metanet), the same
   trial budget, verification of the top candidates and the seeds, the verified best returned. The
   meta-network jobs run last and train on the audits of the earlier jobs of the same model family
@@ -73,6 +73,7 @@ import optuna  # noqa: E402
 
 from search.arch import ArchConfig  # noqa: E402
 from search.calibration import tokenize_paragraphs  # noqa: E402
+from search.candidates import SearchContext, prepare  # noqa: E402
 from search.criteria import compute_importance  # noqa: E402
 from search.export import materialize  # noqa: E402
 from search.loading import LoadedModel, load_model  # noqa: E402
@@ -81,7 +82,8 @@ from search.repair import Proposal  # noqa: E402
 from search.selection import Selection, select_units  # noqa: E402
 from search.spec import JobSpec, check_job  # noqa: E402
 from search.stats import collect_stats  # noqa: E402
-from search.study import SearchContext, prepare, run_search  # noqa: E402
+from search.study import run_search  # noqa: E402
+from search.trials import job_proxy  # noqa: E402
 from search.verify import similarity_agreement  # noqa: E402
 
 REFERENCE = ROOT / "benchmarks" / "reference_models"
@@ -264,18 +266,18 @@ def run_method_search(
     seconds = time.perf_counter() - started
     best = result.best
     assert best is not None
-    selection = context.selection(ArchConfig.from_dict(best["arch"]))
+    selection = context.selection(ArchConfig.from_dict(best.arch))
     trials = [t for t in result.trials if t.state == "complete"]
     info: dict[str, Any] = {
         "seconds": seconds,
         "prepare_seconds": context.prepare_seconds,
         "trials": len(trials),
-        "best_origin": best["origin"],
-        "best_trial": best["trial_number"],
-        "verified": {k: v for k, v in (best["verified"] or {}).items() if k != "primary"},
+        "best_origin": best.origin,
+        "best_trial": best.trial_number,
+        "verified": {k: v for k, v in (best.verified or {}).items() if k != "primary"},
         "verified_candidates": len(result.verified),
     }
-    state = getattr(context.proxy, "state", None)
+    state = getattr(job_proxy(context), "state", None)
     if isinstance(state, dict) and "ready" in state:  # the meta-network: trained, or its fallback
         info["metanet"] = {
             "ready": bool(state.get("ready")),
@@ -283,8 +285,8 @@ def run_method_search(
             "note": state.get("note"),
         }
     if result.trust:
-        proxy = result.trust.get("proxies", {}).get(spec.proxy_label, {})
-        info["trust_spearman"] = proxy.get("spearman") if isinstance(proxy, dict) else None
+        agreement = result.trust.proxies.get(spec.proxy_label)
+        info["trust_spearman"] = agreement.spearman if agreement is not None else None
     return context, selection, info
 
 

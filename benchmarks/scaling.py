@@ -2,7 +2,7 @@
 
 Each worker is a separate process that loads the model, prepares the search (dense statistics,
 the proxy's dense reference) and then runs trials of one shared Optuna study through
-``search.study.search_chunk``, the function behind the service's ``evaluate_chunk`` task; the first
+``search.coordination.search_chunk``, the function behind the service's ``evaluate_chunk`` task; the first
 worker opens the study (seeds, provenance) as the job's coordinator does. The study lives in one
 SQLite file in WAL mode (the embedded default; PostgreSQL behaves the same for this purpose).
 Measured after every worker is ready, so model loading is reported separately.
@@ -46,8 +46,11 @@ def worker(args: argparse.Namespace) -> None:
     import torch
     from throughput import build, random_tokens
 
+    from search.candidates import prepare
+    from search.coordination import search_chunk
     from search.spec import JobSpec
-    from search.study import make_storage, open_study, prepare, search_chunk
+    from search.storage import make_storage
+    from search.trials import job_proxy, open_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     run = Path(args.run_dir)
@@ -70,6 +73,7 @@ def worker(args: argparse.Namespace) -> None:
         calibration={"n_samples": len(tokens.calibration), "seq_len": args.seq_len, "heldout_samples": 1},
     )
     context = prepare(loaded, spec, tokens=tokens)
+    job_proxy(context)  # the proxy's dense reference, before the timed trials (search_chunk reuses it)
     storage = make_storage(args.storage)
     if args.rank == 0:
         open_study(context, study_name=STUDY, storage=storage)  # the coordinator's part

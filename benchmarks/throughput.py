@@ -35,12 +35,14 @@ sys.path.insert(0, str(ROOT))
 
 from search.adapters import adapter_for  # noqa: E402
 from search.calibration import TokenSet  # noqa: E402
+from search.candidates import prepare  # noqa: E402
 from search.export import materialize  # noqa: E402
 from search.loading import LoadedModel, load_model  # noqa: E402
 from search.names import PROXIES  # noqa: E402
 from search.repair import Proposal  # noqa: E402
 from search.spec import JobSpec  # noqa: E402
-from search.study import make_storage, open_study, prepare, search_trials  # noqa: E402
+from search.storage import make_storage  # noqa: E402
+from search.trials import job_proxy, open_study, search_trials  # noqa: E402
 
 SHAPES: dict[str, dict[str, int]] = {
     # hidden, layers, heads, kv heads, intermediate, vocab
@@ -201,15 +203,16 @@ def measure(
     )
     started = _now()
     context = prepare(loaded, spec, tokens=tokens)
+    scorer = job_proxy(context)  # the proxy's dense reference is part of the preparation timed here
     prepare_s = _now() - started
 
-    # The service's own trial loop (search.study.search_trials): sampler, repair, selection, proxy and
+    # The service's own trial loop (search.trials.search_trials): sampler, repair, selection, proxy and
     # every write a trial makes, on the embedded SQLite storage.
     storage = make_storage(f"sqlite:///{workdir}/{name.replace('/', '_')}-{proxy}-{parameterization}.sqlite3")
     study = open_study(context, study_name="throughput", storage=storage)
-    search_trials(context, study, max_trials=1)  # warm-up: kernels, allocator, storage tables
+    search_trials(context, scorer, study, max_trials=1)  # warm-up: kernels, allocator, storage tables
     began = _now()
-    search_trials(context, study, max_trials=trials)
+    search_trials(context, scorer, study, max_trials=trials)
     wall = _now() - began
     measured = [t for t in study.get_trials(deepcopy=False) if t.number >= 1 and t.state == TrialState.COMPLETE]
     wall /= len(measured)
@@ -263,7 +266,7 @@ def render(rows: list[Row], meta: dict[str, Any], command: str) -> str:
         "SQLite writes (wall time per trial minus the candidate's own work); *realise* = repair to the budget",
         "and selection of heads and channels; *apply* = swapping in the candidate (dropped sub-blocks, gathers",
         "of the kept heads / channels, sparse zeroing). *space*: `per_layer` samples 2 parameters per layer,",
-        "`compact` 5. Trials run through the service's own loop (`search.study.search_trials`, the job's",
+        "`compact` 5. Trials run through the service's own loop (`search.trials.search_trials`, the job's",
         "default TPE sampler) on the embedded SQLite storage (WAL).",
         "",
         "| model | params | proxy | space | tokens | trial s | realise | apply | forward | backward | correlation"

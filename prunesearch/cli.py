@@ -20,8 +20,9 @@ from prunesearch.database import CommandLine
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from search.candidates import SearchContext
+    from search.results import SearchResult
     from search.spec import JobSpec
-    from search.study import SearchContext, SearchResult
 
 
 @click.group(cls=CommandLine)
@@ -152,22 +153,23 @@ def _run_local(
         TimeRemainingColumn,
     )
 
-    from search.loading import load_model
+    from search.candidates import prepare_job
+    from search.loading import ModelCache
+    from search.storage import make_storage
+    from search.study import run_search
+    from search.trials import SearchHooks, job_proxy
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar replaces per-trial log lines
     # Heartbeats and stale-trial retry are "experimental" to Optuna; we rely on them on purpose.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    from search.study import make_storage, prepare, run_search
-
     if storage.startswith("sqlite:///"):
         Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     from workers.settings import get_worker_settings
 
     with console.status(f"Loading {spec.model} and computing dense statistics..."):
         # The same artifact store as the service's workers: a rerun on the same model skips the dense passes.
-        artifacts = get_worker_settings().artifact_cache_dir
-        loaded = load_model(spec.model, spec.revision, device=device, artifacts=artifacts)
-        context = prepare(loaded, spec)
+        context = prepare_job(spec, models=ModelCache(get_worker_settings().artifact_cache_dir), device=device)
+        job_proxy(context)  # the proxy's dense reference (TraceNAS's sketch), before the progress bar
     console.print(
         f"Loaded {spec.model}: {context.shape.dense_params():,} parameters, "
         f"{context.shape.num_layers} layers; prepared in {context.prepare_seconds:.1f}s "
@@ -201,8 +203,7 @@ def _run_local(
             context,
             study_name=study_name,
             storage=make_storage(storage),
-            callbacks=[on_trial],
-            on_verify=on_verify,
+            hooks=SearchHooks(on_trial=[on_trial], on_verify=on_verify),
         )
     return result, context
 
@@ -223,8 +224,8 @@ def _print_result(console: Console, spec: JobSpec, context: SearchContext, resul
         console.print("[red]No trial completed.[/]")
         return
     shape = context.shape
-    arch = ArchConfig.from_dict(best["arch"])
-    table = Table(title=f"Best architecture (trial {best['trial_number']}, {best['origin']})")
+    arch = ArchConfig.from_dict(best.arch)
+    table = Table(title=f"Best architecture (trial {best.trial_number}, {best.origin})")
     columns = ["layer", "attention heads", "KV heads", "FFN channels"] + (["sparsity"] if arch.sparse else [])
     for column in columns:
         table.add_column(column, justify="right")
@@ -237,13 +238,13 @@ def _print_result(console: Console, spec: JobSpec, context: SearchContext, resul
     dense = shape.dense_params()
     target = spec.target.param_ratio * dense
     console.print(
-        f"Parameters: {best['param_count']:,} = {best['param_ratio']:.4f} of {dense:,} "
-        f"(target {spec.target.param_ratio} = {target:,.0f}; off by {best['param_count'] / target - 1:+.2%})"
+        f"Parameters: {best.param_count:,} = {best.param_ratio:.4f} of {dense:,} "
+        f"(target {spec.target.param_ratio} = {target:,.0f}; off by {best.param_count / target - 1:+.2%})"
     )
-    scores = ", ".join(f"{name}={value:.4f}" for name, value in best["scores"].items())
+    scores = ", ".join(f"{name}={value:.4f}" for name, value in best.scores.items())
     console.print(f"Proxy scores: {scores}")
-    if best["verified"] is not None and result.dense is not None:
-        verified = best["verified"]
+    if best.verified is not None and result.dense is not None:
+        verified = best.verified
         primary = verified["primary"]
         figures = ", ".join(
             f"{name} {value:.4f} (dense {result.dense.metrics[name]:.4f})"
@@ -288,11 +289,10 @@ def export(job_id: str, number: int | None, out: Path, device: str) -> None:
     """Export a job's best (or any) trial as a physically smaller model in OUT."""
     from prunesearch.database import open_sessions, shown_url
     from search.arch import ArchConfig
+    from search.candidates import prepare_job
     from search.errors import SearchError
     from search.export import export_model
-    from search.loading import load_model
     from search.spec import JobSpec
-    from search.study import prepare
     from service import repository
     from service.db import session_scope
     from service.settings import get_settings
@@ -311,7 +311,7 @@ def export(job_id: str, number: int | None, out: Path, device: str) -> None:
             raise click.ClickException(f"job {job_id} has no completed trial {number}")
         spec, arch, scores = JobSpec.model_validate(job.spec), ArchConfig.from_dict(trial.arch), trial.scores
     try:
-        context = prepare(load_model(spec.model, spec.revision, device=device), spec)
+        context = prepare_job(spec, device=device)
         info = export_model(
             context.loaded,
             context.selection(arch),

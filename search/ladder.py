@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,8 +23,9 @@ import torch.nn.functional as F
 from search.adapters import Adapter, Batch
 from search.calibration import TokenSet
 from search.masking import apply_arch
+from search.results import LadderCandidate, LadderKey, LadderRung, Verification
 from search.selection import Selection
-from search.verify import Verification, decoder_figures, encoder_figures
+from search.verify import decoder_figures, encoder_figures
 
 # Fewest held-out sequences a figure is computed on: encoders need pairs of sentences.
 MIN_SEQUENCES_DECODER = 1
@@ -171,13 +171,13 @@ def rung_sizes(available: int, finalists: int, minimum: int, *, last_survivors: 
 class LadderResult:
     dense: Verification
     final: dict[Hashable, Verification]  # everything verified on the last rung (survivors and seeds)
-    rungs: list[dict[str, Any]]  # per rung: sequences, tokens, every candidate's figure, survivors
+    rungs: list[LadderRung]  # per rung: sequences, tokens, every candidate's figure, survivors
 
 
 def successive_halving(
     verifier: Verifier,
-    finalists: Sequence[tuple[Hashable, Selection]],
-    baselines: Sequence[tuple[Hashable, Selection]],
+    finalists: Sequence[tuple[LadderKey, Selection]],
+    baselines: Sequence[tuple[LadderKey, Selection]],
     *,
     last_survivors: int = 2,
     on_batch: Callable[[int, int], None] | None = None,
@@ -190,42 +190,57 @@ def successive_halving(
     )
     survivors = list(finalists)
     order = {key: index for index, (key, _) in enumerate(finalists)}
-    total = _planned_batches(sizes, verifier.batch_size)
-    progress = {"done": 0}
-
-    def tick() -> None:
-        progress["done"] += 1
-        if on_batch is not None:
-            on_batch(min(progress["done"], total), total)
-
-    rungs: list[dict[str, Any]] = []
+    progress = _Progress(_planned_batches(sizes, verifier.batch_size), on_batch)
+    rungs: list[LadderRung] = []
     figures: dict[Hashable, Verification] = {}
     for index, sequences in enumerate(sizes):
         candidates: dict[Hashable, Selection | None] = {key: s for key, s in survivors} | dict(baselines)
         candidates["dense"] = None
-        figures = verifier.evaluate(candidates, sequences, on_batch=tick)
+        figures = verifier.evaluate(candidates, sequences, on_batch=progress.tick)
         dense = figures.pop("dense")
         last = index == len(sizes) - 1
         keep = len(survivors) if last else max(last_survivors, math.ceil(len(survivors) / 2))
-        ranked = sorted(survivors, key=lambda item: (figures[item[0]].value, order[item[0]]))
-        survivors = ranked[:keep]
-        baseline_keys = {key for key, _ in baselines}
-        rungs.append(
-            {
-                "rung": index,
-                "sequences": sequences,
-                "tokens": dense.tokens,
-                "primary": dense.primary,
-                "candidates": [
-                    {"key": key, "value": figures[key].value, "baseline": key in baseline_keys}
-                    for key in sorted(figures, key=lambda k: figures[k].value)
-                ],
-                "survivors": [key for key, _ in survivors],
-            }
-        )
-    if on_batch is not None and progress["done"] < total:
-        on_batch(total, total)
+        survivors = sorted(survivors, key=lambda item: (figures[item[0]].value, order[item[0]]))[:keep]
+        rungs.append(_rung(index, sequences, dense, figures, {key for key, _ in baselines}, survivors))
+    progress.finish()
     return LadderResult(dense, figures, rungs)
+
+
+class _Progress:
+    """Reports the ladder's batches as (done, planned) to ``on_batch``; ends on (planned, planned)."""
+
+    def __init__(self, total: int, on_batch: Callable[[int, int], None] | None) -> None:
+        self.total, self.done, self.on_batch = total, 0, on_batch
+
+    def tick(self) -> None:
+        self.done += 1
+        if self.on_batch is not None:
+            self.on_batch(min(self.done, self.total), self.total)
+
+    def finish(self) -> None:
+        if self.on_batch is not None and self.done < self.total:
+            self.on_batch(self.total, self.total)
+
+
+def _rung(
+    index: int,
+    sequences: int,
+    dense: Verification,
+    figures: dict[Hashable, Verification],
+    baselines: set[LadderKey],
+    survivors: Sequence[tuple[LadderKey, Selection]],
+) -> LadderRung:
+    return LadderRung(
+        rung=index,
+        sequences=sequences,
+        tokens=dense.tokens,
+        primary=dense.primary,
+        candidates=[
+            LadderCandidate(key=key, value=figures[key].value, baseline=key in baselines)
+            for key in sorted(figures, key=lambda k: figures[k].value)
+        ],
+        survivors=[key for key, _ in survivors],
+    )
 
 
 def _planned_batches(sizes: list[int], batch_size: int) -> int:

@@ -34,7 +34,7 @@ class LayerSignals:
     outlier_ratio: torch.Tensor  # (L,) OWL: share of weights with outlying Wanda scores
 
 
-# The dense model's layer signals per calibration digest (computed by ``search.study.prepare``).
+# The dense model's layer signals per calibration digest (computed by ``search.candidates.prepare``).
 LAYER_SIGNALS: Artifact[str, LayerSignals] = Artifact("layer-signals")
 
 

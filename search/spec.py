@@ -265,10 +265,7 @@ def check_job(spec: JobSpec) -> ModelShape | None:
         check_hub_model(spec.model, spec.revision)
         return None
     shape = read_shape(read_local_config(spec.model))
-    lowest = spec.target.min_param_ratio if spec.multi_objective and spec.target.min_param_ratio else None
-    for ratio in (spec.target.param_ratio, lowest):
-        if ratio is not None:
-            check_budget(shape, spec.target.total_ratio(shape, ratio), ffn_alignment=spec.search_space.ffn_alignment)
+    check_budgets(spec, shape)
     calibration = spec.calibration
     check_calibration_size(
         iter_texts(calibration.source, calibration.texts),
@@ -279,6 +276,14 @@ def check_job(spec: JobSpec) -> ModelShape | None:
         n_heldout=calibration.heldout_samples,
     )
     return shape
+
+
+def check_budgets(spec: JobSpec, shape: ModelShape) -> None:
+    """Refuse a job whose budget (or lowest budget, for a Pareto search) repair cannot meet on ``shape``."""
+    lowest = spec.target.min_param_ratio if spec.multi_objective and spec.target.min_param_ratio else None
+    for ratio in (spec.target.param_ratio, lowest):
+        if ratio is not None:
+            check_budget(shape, spec.target.total_ratio(shape, ratio), ffn_alignment=spec.search_space.ffn_alignment)
 
 
 def check_budget(shape: ModelShape, param_ratio: float, *, ffn_alignment: int) -> None:

@@ -14,13 +14,15 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import repository
+from service.admission import check_local_paths
 from service.artifacts import PARTIAL_SUFFIX, job_artifacts_dir, trial_export_name
 from service.db import session_scope
 from workers.settings import WorkerSettings
 
 if TYPE_CHECKING:
+    from search.candidates import SearchContext
     from search.loading import ModelCache
-    from search.study import SearchContext, SearchResult
+    from search.results import SearchResult
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +67,17 @@ def report(job_id: str, context: SearchContext, result: SearchResult, *, setting
                 | check.to_dict()
                 for number, check in sorted(result.verified.items(), key=lambda item: item[1].value)
             ],
-            "ladder": result.ladder,  # successive halving: per rung, held-out sequences, figures, survivors
+            # successive halving: per rung, held-out sequences, figures, survivors
+            "ladder": [rung.model_dump() for rung in result.ladder],
         }
     export = None
     if result.best is not None:
         target = job_artifacts_dir(settings.artifacts_dir, job_id) / BEST
-        export = write_export(context, result.best["arch"], target, _provenance(context, result.best))
+        best = result.best.model_dump()
+        export = write_export(context, best["arch"], target, _provenance(context, best))
     # Proxy trust (issue 4): rank correlation of every proxy used with the verified metric on a
     # stratified audit sample, biases towards size and depth, and a flag when the job's proxy is poor.
-    trust = result.trust
+    trust = result.trust.model_dump() if result.trust is not None else None
     return {"verification": verification, "export": export, "pareto": result.pareto, "trust": trust}
 
 
@@ -81,8 +85,8 @@ def export_trial(
     job_id: str, number: int, *, settings: WorkerSettings, sessions: sessionmaker[Session], models: ModelCache
 ) -> str:
     """Export trial ``number`` of a job on request (``POST /v1/jobs/{id}/trials/{n}/export``)."""
+    from search.candidates import prepare_job
     from search.spec import JobSpec
-    from search.study import prepare
 
     target = job_artifacts_dir(settings.artifacts_dir, job_id) / trial_export_name(number)
     if target.is_dir():
@@ -91,6 +95,7 @@ def export_trial(
         job = repository.get_job(session, job_id)
         trial = repository.get_trial(session, job_id, number)
         spec_data = job.spec if job is not None else None
+        owner = job.owner if job is not None else None
         entry = (
             None
             if trial is None
@@ -106,7 +111,8 @@ def export_trial(
         log.warning("export of job %s trial %s: no such trial", job_id, number)
         return "missing"
     spec = JobSpec.model_validate(spec_data)
-    context = prepare(models.get(spec.model, spec.revision, device=settings.device), spec)
+    check_local_paths(spec, settings, owner)  # as the job did: the paths may have been refused since
+    context = prepare_job(spec, models=models, device=settings.device)
     write_export(context, entry["arch"], target, _provenance(context, entry))
     return "exported"
 

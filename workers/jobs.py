@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
     from search.loading import ModelCache
-    from search.study import TrialInfo
+    from search.results import TrialInfo
 
 log = logging.getLogger(__name__)
 
@@ -89,16 +89,13 @@ def _search(
     sessions: sessionmaker[Session],
     models: ModelCache,
 ) -> tuple[JobStatus, dict[str, Any] | None]:
-    from search.proxies import MetaNetStore
-    from search.spec import JobSpec
-    from search.study import prepare, run_search
+    from search import JobSpec, MetaNetStore, SearchHooks, prepare_job, run_search
 
     spec = JobSpec.model_validate(spec_data)
     # Checked again where the files are opened: a hub-style id can name a folder relative to the
     # worker's working directory, which the API could not see.
     check_local_paths(spec, settings, owner)
-    loaded = models.get(spec.model, spec.revision, device=settings.device)
-    context = prepare(loaded, spec)
+    context = prepare_job(spec, models=models, device=settings.device)
     storage = _storage(settings)
     # Recovery (issue 7): a resumed job first fails and retries the trials its dead worker left running.
     reaper.fail_orphaned_trials(storage, study_name(job_id), grace_s=settings.trial_grace_s)
@@ -106,11 +103,13 @@ def _search(
         context,
         study_name=study_name(job_id),
         storage=storage,
-        callbacks=[_TrialRecorder(sessions, job_id)],
-        should_stop=lambda: _cancel_requested(sessions, job_id),
+        hooks=SearchHooks(
+            on_trial=[_TrialRecorder(sessions, job_id)],
+            should_stop=lambda: _cancel_requested(sessions, job_id),
+            on_primed=lambda remaining: _offer_chunks(job_id, remaining, settings),
+        ),
         # The meta-network proxy learns from every job's audited candidates, kept with the service's data.
         metanet_store=MetaNetStore(settings.data_dir / "metanet"),
-        on_primed=lambda remaining: _offer_chunks(job_id, remaining, settings),
     )
     with session_scope(sessions) as session:
         # Trials finished by an earlier attempt of this job are in the study; make sure they are here too.
@@ -126,16 +125,16 @@ def _search(
         job_report = report(job_id, context, result, settings=settings)
         with session_scope(sessions) as session:
             repository.set_report(session, job_id, job_report)
-    return (JobStatus.CANCELLED if result.stopped else JobStatus.SUCCEEDED), result.best
+    best = result.best.model_dump() if result.best is not None else None
+    return (JobStatus.CANCELLED if result.stopped else JobStatus.SUCCEEDED), best
 
 
 def evaluate_chunk(
     job_id: str, *, settings: WorkerSettings, sessions: sessionmaker[Session], models: ModelCache
 ) -> str:
     """Help a running job with up to ``chunk_trials`` trials; returns what happened, for the log."""
-    from search.proxies import MetaNetStore
-    from search.spec import JobSpec
-    from search.study import prepare, search_chunk
+    from search import JobSpec, MetaNetStore, SearchHooks, prepare_job
+    from search.coordination import search_chunk
 
     with session_scope(sessions) as session:
         job = repository.get_job(session, job_id)
@@ -144,14 +143,15 @@ def evaluate_chunk(
         spec_data, owner = job.spec, job.owner
     spec = JobSpec.model_validate(spec_data)
     check_local_paths(spec, settings, owner)
-    context = prepare(models.get(spec.model, spec.revision, device=settings.device), spec)
+    context = prepare_job(spec, models=models, device=settings.device)
     ran = search_chunk(
         context,
         study_name=study_name(job_id),
         storage=_storage(settings),
         max_trials=max(settings.chunk_trials, 1),
-        callbacks=[_TrialRecorder(sessions, job_id)],
-        should_stop=lambda: not _still_running(sessions, job_id),
+        hooks=SearchHooks(
+            on_trial=[_TrialRecorder(sessions, job_id)], should_stop=lambda: not _still_running(sessions, job_id)
+        ),
         metanet_store=MetaNetStore(settings.data_dir / "metanet"),
     )
     log.info("job %s: this worker ran %d trials of a chunk", job_id, ran)
@@ -170,7 +170,7 @@ def _offer_chunks(job_id: str, remaining: int, settings: WorkerSettings) -> None
 
 
 def _storage(settings: WorkerSettings) -> optuna.storages.BaseStorage:
-    from search.study import make_storage
+    from search.storage import make_storage
 
     return make_storage(
         settings.optuna_storage_url,
@@ -199,7 +199,7 @@ class _TrialRecorder:
         self.job_id = job_id
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        from search.study import best_entry, describe_trial
+        from search.results import best_entry, describe_trial
 
         info = describe_trial(trial)
         with session_scope(self.sessions) as session:
@@ -208,7 +208,7 @@ class _TrialRecorder:
             # Other workers of the job record their trials too: compare with the job's best, not ours.
             best = (job.best or {}).get("score") if job is not None else None
             if info.value is not None and (best is None or info.value > best):
-                repository.set_best(session, self.job_id, best_entry(info, verified=None))
+                repository.set_best(session, self.job_id, best_entry(info, verified=None).model_dump())
 
 
 def _record(trial: TrialInfo) -> TrialRecord:

@@ -9,9 +9,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from search.candidates import prepare
 from search.loading import LoadedModel, load_model
 from search.spec import JobSpec
-from search.study import make_storage, prepare, run_search
+from search.storage import make_storage
+from search.study import run_search
 from tests.e2e.processes import Process, base_env, free_port, wait_until
 
 pytestmark = pytest.mark.e2e

@@ -14,12 +14,12 @@ import torch
 from search.arch import ArchConfig, LayerArch
 from search.audit import population
 from search.calibration import TokenSet
+from search.candidates import SearchContext, prepare
 from search.ladder import Verifier
 from search.loading import LoadedModel
 from search.proxies import MetaNetStore, Priming, create_proxy
 from search.selection import Selection
 from search.spec import JobSpec
-from search.study import SearchContext, prepare
 
 # "ensemble" is prunenet + tracenas (the expensive member gated by the cheap one); the list form
 # also puts the meta-network inside an ensemble.

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from search.candidates import prepare
 from search.criteria.prunenet import policy_for
 from search.loading import LoadedModel
 from search.proxies import MetaNetStore
 from search.spec import JobSpec
-from search.study import prepare, run_search
+from search.study import run_search
 from tests.conftest import tiny_job_spec
 
 
@@ -35,18 +36,21 @@ def test_ensemble_job_reports_trust_ladder_and_feeds_the_metanet_store(
     assert all("tracenas" not in t.scores for t in gated)  # the prefilter skipped the backward pass
 
     trust = result.trust
-    assert trust is not None and trust["objective"] == "ensemble" and trust["metric"] == "kl"
-    assert {"ensemble", "prunenet", "tracenas", "tracenas_sum"} <= set(trust["proxies"])
-    assert trust["audit"]["size"] == 10 and trust["audit"]["stratified_by"] == "ensemble"
-    for entry in trust["proxies"].values():
-        assert entry["n"] == 10 and {"spearman_ci", "kendall", "depth_spearman", "params_spearman"} <= set(entry)
-    assert trust["proxy_state"]["members"] == ["prunenet", "tracenas"]
+    assert trust is not None and trust.objective == "ensemble" and trust.metric == "kl"
+    assert {"ensemble", "prunenet", "tracenas", "tracenas_sum"} <= set(trust.proxies)
+    assert trust.audit.size == 10 and trust.audit.stratified_by == "ensemble" and trust.audit.stored
+    for entry in trust.proxies.values():
+        assert entry.n == 10 and {"spearman_ci", "kendall", "depth_spearman", "params_spearman"} <= set(
+            entry.model_dump()
+        )
+    assert trust.proxy_state is not None and trust.proxy_state["members"] == ["prunenet", "tracenas"]
 
-    assert result.ladder and result.ladder[-1]["sequences"] == 8
-    assert [r["sequences"] for r in result.ladder] == sorted(r["sequences"] for r in result.ladder)
+    assert result.ladder and result.ladder[-1].sequences == 8
+    assert [r.sequences for r in result.ladder] == sorted(r.sequences for r in result.ladder)
     seeds = {t.number for t in result.trials if t.origin.startswith("seed:")}
     assert seeds <= set(result.verified)
-    assert result.best is not None and result.best["verified"]["kl"] == min(v.value for v in result.verified.values())
+    assert result.best is not None and result.best.verified is not None
+    assert result.best.verified["kl"] == min(v.value for v in result.verified.values())
 
     records = store.records("llama")
     assert len(records) == 10 and {r["job"] for r in records} == {"ensemble-job"}
@@ -62,21 +66,23 @@ def test_metanet_says_it_has_no_data_then_learns_from_earlier_jobs(
         study_name="metanet-1",
         metanet_store=store,
     )
-    state = first.trust["proxy_state"]  # type: ignore[index]
+    assert first.trust is not None and first.trust.proxy_state is not None
+    state = first.trust.proxy_state
     assert state["ready"] is False and "not enough data" in state["note"]
     scored = [t for t in first.trials if t.state == "complete"]
     assert all(t.scores["metanet_ready"] == 0.0 and t.scores["ensemble"] == t.value for t in scored)
-    assert len(store.records("llama")) == 16 + first.trust["audit"]["size"]  # type: ignore[index]
+    assert len(store.records("llama")) == 16 + first.trust.audit.size
 
     second = run_search(
         prepare(tiny_loaded, _spec(tiny_llama_dir, proxy="metanet", n_trials=6, verify_top_k=1, seed=9)),
         study_name="metanet-2",
         metanet_store=store,
     )
-    state = second.trust["proxy_state"]  # type: ignore[index]
+    assert second.trust is not None and second.trust.proxy_state is not None
+    state = second.trust.proxy_state
     assert state["ready"] is True and state["jobs"] == 2 and state["parameters"] < 10_000
     assert all(t.scores["metanet_ready"] == 1.0 for t in second.trials if t.state == "complete")
-    assert set(second.trust["proxies"]) == {"metanet"}  # type: ignore[index]
+    assert set(second.trust.proxies) == {"metanet"}
 
 
 def test_prunenet_policy_as_the_selection_criterion(tiny_loaded: LoadedModel, tiny_llama_dir: Path) -> None:
@@ -100,19 +106,26 @@ def test_a_worker_primes_a_jobs_proxy_once(
 ) -> None:
     """A worker taking several chunks of one job audits the reference population once; another job
     on the same (shared) proxy object primes it again."""
+    from search.coordination import PrimedProxies, prime_proxy
     from search.ladder import Verifier
     from search.proxies import Ensemble
-    from search.study import make_storage, open_study, prime_proxy
+    from search.storage import make_storage
+    from search.trials import job_proxy, open_study
 
     context = prepare(tiny_loaded, _spec(tiny_llama_dir, proxy=["tracenas", "prunenet"]))
+    proxy = job_proxy(context)
     storage = make_storage(f"sqlite:///{tmp_path}/optuna.sqlite3")
     auditor = Verifier(context.loaded.adapter, context.tokens)
+    primed = PrimedProxies()  # this worker process's record of what its proxies were primed for
     study = open_study(context, study_name="chunked", storage=storage)
-    assert prime_proxy(context, study, auditor, metanet_store=None) is not None
+    assert prime_proxy(context, proxy, study, auditor, metanet_store=None, primed=primed) is not None
     calls: list[str] = []
     monkeypatch.setattr(Ensemble, "prime", lambda _self, priming: calls.append(priming.job) or {"weights": {}})
-    assert prime_proxy(context, study, auditor, metanet_store=None) == study.user_attrs["proxy_prime"]
+    again = prime_proxy(context, proxy, study, auditor, metanet_store=None, primed=primed)
+    assert again == study.user_attrs["proxy_prime"]
     assert calls == []
     other = open_study(context, study_name="another-job", storage=storage)
-    prime_proxy(context, other, auditor, metanet_store=None)
+    prime_proxy(context, proxy, other, auditor, metanet_store=None, primed=primed)
     assert calls == ["another-job"]
+    prime_proxy(context, proxy, study, auditor, metanet_store=None, primed=primed)
+    assert calls == ["another-job", "chunked"]  # primed for another job since: the first job's chunk primes again

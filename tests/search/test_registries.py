@@ -15,12 +15,13 @@ from search import names
 from search.adapters import Adapter
 from search.arch import ArchConfig
 from search.artifacts import ModelArtifacts
+from search.candidates import prepare
 from search.criteria.base import Criterion
 from search.loading import LoadedModel
 from search.proxies.base import COST_LOOKUP, Proxy, ProxyScore
 from search.selection import Selection
 from search.stats import DenseStats
-from search.study import prepare, run_search
+from search.study import run_search
 from search.units import Importance
 from tests.conftest import tiny_job_spec
 

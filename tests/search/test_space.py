@@ -9,11 +9,14 @@ import optuna
 import pytest
 from transformers import LlamaConfig
 
+from search.candidates import prepare
 from search.families import read_shape
 from search.loading import LoadedModel
 from search.repair import Proposal, repair
 from search.spec import JobSpec
-from search.study import make_storage, prepare, run_search
+from search.storage import make_storage
+from search.study import run_search
+from search.trials import SearchHooks
 from tests.conftest import tiny_job_spec
 
 SHAPE = read_shape(
@@ -105,7 +108,8 @@ def test_pareto_job_explores_sizes_and_reports_a_front(
 def test_single_objective_trials_carry_the_budget_constraint(tiny_loaded: LoadedModel, tiny_llama_dir: Path) -> None:
     spec = _spec(tiny_llama_dir, n_trials=3, verify_top_k=0, search_space={"ffn_alignment": 8})
     study_trials = []
-    run_search(prepare(tiny_loaded, spec), study_name="constraint", callbacks=[lambda s, t: study_trials.append(t)])
+    hooks = SearchHooks(on_trial=[lambda s, t: study_trials.append(t)])
+    run_search(prepare(tiny_loaded, spec), study_name="constraint", hooks=hooks)
     for trial in study_trials:
         assert trial.system_attrs["constraints:budget"] <= 0
         assert trial.system_attrs["constraints"] == [trial.system_attrs["constraints:budget"]]

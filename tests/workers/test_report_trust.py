@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from search.candidates import prepare
 from search.loading import load_model
 from search.proxies import MetaNetStore
-from search.study import prepare, run_search
+from search.study import run_search
 from tests.conftest import tiny_job_spec
 from workers.exports import report
 from workers.settings import WorkerSettings

@@ -1,0 +1,239 @@
+"""What a search produces, as typed values: trials, verification figures, ladder rungs, the trust
+report, the best entry, and the result that holds them; plus the pure functions over trials
+(Pareto front, finalists, best).
+
+Torch-free and Optuna-free (pydantic only), so the service's API schema, the CLI and the page can
+reuse these models. Every model serialises (``model_dump(mode="json")``) to the JSON the service has
+always stored: the keys below are the REST contract.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+
+from search.arch import ArchConfig
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
+
+TrialStateName = Literal["complete", "failed", "pruned", "running", "waiting"]
+LadderKey = int | str  # a trial number, or a name ("dense", a test's label)
+Figures = dict[str, float | int | str]  # a verification's flat JSON form: metrics, "tokens", "primary"
+
+
+class _Frozen(BaseModel):
+    # Forbid unknown members: a new key in a report section must be added here, where the REST
+    # contract is defined, not slip through untyped.
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TrialInfo(_Frozen):
+    """A finished (or running) trial as the service and the CLI show it."""
+
+    number: int
+    state: TrialStateName
+    origin: str
+    value: float | None
+    values: list[float] | None
+    arch: dict[str, Any] | None  # ArchConfig.to_dict()
+    param_count: int | None
+    param_ratio: float | None
+    scores: dict[str, float]
+    timings: dict[str, float]
+    duration_s: float | None
+    error: str | None
+
+
+class Verification(_Frozen):
+    """Held-out figures of one candidate (or the dense model)."""
+
+    primary: str  # the metric finalists are ranked by (lower is better)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    tokens: int = 0
+
+    @property
+    def value(self) -> float:
+        return self.metrics[self.primary]
+
+    def to_dict(self) -> Figures:
+        """The flat form stored with trials, the best entry and the report."""
+        return {**self.metrics, "tokens": self.tokens, "primary": self.primary}
+
+
+class BestEntry(_Frozen):
+    """The job's best trial: the proxy's favourite, or after verification the verified best."""
+
+    trial_number: int
+    origin: str
+    arch: dict[str, Any] | None
+    param_count: int | None
+    param_ratio: float | None
+    score: float | None
+    scores: dict[str, float]
+    verified: Figures | None
+
+
+class LadderCandidate(_Frozen):
+    key: LadderKey
+    value: float
+    baseline: bool
+
+
+class LadderRung(_Frozen):
+    """One rung of successive halving: its held-out prefix, every candidate's figure, the survivors."""
+
+    rung: int
+    sequences: int
+    tokens: int
+    primary: str
+    candidates: list[LadderCandidate]
+    survivors: list[LadderKey]
+
+
+class ProxyAgreement(_Frozen):
+    """One proxy's rank agreement with the verified metric (+1 perfect), and its biases."""
+
+    spearman: float | None
+    spearman_ci: list[float] | None
+    kendall: float | None
+    kendall_ci: list[float] | None
+    n: int
+    params_spearman: float | None
+    depth_spearman: float | None
+    poor: bool
+
+
+class AuditSample(_Frozen):
+    size: int
+    sequences: int
+    tokens: int
+    stratified_by: str
+    trials: list[int]
+    verified: dict[str, float]  # trial number (as a JSON key) → verified metric
+    stored: bool | None = None  # present when the audited candidates went to the meta-network's store
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_store(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("stored") is None:
+            data.pop("stored", None)
+        return data
+
+
+class TrustReport(_Frozen):
+    """The report's ``trust`` section (search.trust.trust_report plus the audit that fed it)."""
+
+    metric: str
+    sign: str
+    objective: str
+    threshold: float
+    proxies: dict[str, ProxyAgreement]
+    flagged: bool
+    flags: list[str]
+    audit: AuditSample
+    proxy_state: dict[str, Any] | None = None  # what priming the proxy returned, when it needed priming
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_state(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("proxy_state") is None:
+            data.pop("proxy_state", None)
+        return data
+
+
+class SearchResult(BaseModel):
+    study_name: str
+    trials: list[TrialInfo]
+    dense: Verification | None
+    verified: dict[int, Verification] = Field(default_factory=dict)
+    pareto: list[int] = Field(default_factory=list)  # trial numbers of the non-dominated trials
+    best: BestEntry | None = None
+    stopped: bool = False
+    ladder: list[LadderRung] = Field(default_factory=list)  # verification rungs (search.ladder)
+    trust: TrustReport | None = None  # the proxy trust report (search.audit)
+
+
+# Optuna's TrialState by name, so this module needs no Optuna at import.
+_STATE_NAMES: dict[str, TrialStateName] = {
+    "COMPLETE": "complete",
+    "FAIL": "failed",
+    "PRUNED": "pruned",
+    "RUNNING": "running",
+    "WAITING": "waiting",
+}
+
+
+def describe_trial(trial: FrozenTrial) -> TrialInfo:
+    attrs = trial.user_attrs
+    state = _STATE_NAMES[trial.state.name]
+    duration = trial.duration.total_seconds() if trial.duration is not None else None
+    values = list(trial.values) if state == "complete" and trial.values is not None else None
+    value = values[0] if values else None
+    return TrialInfo(
+        number=trial.number,
+        state=state,
+        origin=str(attrs.get("origin", "sampler")),
+        value=value if value is None or math.isfinite(value) else None,
+        values=values if values is not None and len(values) > 1 else None,
+        arch=attrs.get("arch"),
+        param_count=attrs.get("param_count"),
+        param_ratio=attrs.get("param_ratio"),
+        scores=dict(attrs.get("scores", {})),
+        timings=dict(attrs.get("timings", {})),
+        duration_s=duration,
+        error=_failure(trial) if state == "failed" else None,
+    )
+
+
+def _failure(trial: FrozenTrial) -> str:
+    if "error" in trial.user_attrs:  # set by the objective for a candidate its proxy could not score
+        return str(trial.user_attrs["error"])
+    # Any other failure ends the job; a failed trial in a running job lost its worker's heartbeat.
+    return "the worker running this trial stopped; its configuration is retried"
+
+
+def proxy_score(trial: TrialInfo) -> float:
+    """The trial's objective for ranking: its proxy score, −∞ when it has none."""
+    return trial.value if trial.value is not None else -math.inf
+
+
+def pareto_front(trials: Sequence[TrialInfo]) -> list[int]:
+    """Numbers of the trials no other trial beats on both score (higher) and parameter ratio (lower)."""
+    points = [(t.number, proxy_score(t), t.param_ratio or 0.0) for t in trials]
+    front = []
+    for number, score, ratio in points:
+        dominated = any((s >= score and r <= ratio) and (s > score or r < ratio) for n, s, r in points if n != number)
+        if not dominated:
+            front.append(number)
+    return sorted(front)
+
+
+def finalists(complete: Sequence[TrialInfo], k: int) -> list[TrialInfo]:
+    """The k best distinct architectures by proxy score."""
+    chosen: list[TrialInfo] = []
+    seen: set[str] = set()
+    for trial in sorted(complete, key=lambda t: (-proxy_score(t), t.number)):
+        key = ArchConfig.from_dict(trial.arch).to_json()  # type: ignore[arg-type]
+        if key not in seen:
+            seen.add(key)
+            chosen.append(trial)
+        if len(chosen) == k:
+            break
+    return chosen
+
+
+def best_entry(trial: TrialInfo, *, verified: Verification | None) -> BestEntry:
+    return BestEntry(
+        trial_number=trial.number,
+        origin=trial.origin,
+        arch=trial.arch,
+        param_count=trial.param_count,
+        param_ratio=trial.param_ratio,
+        score=trial.value,
+        scores=trial.scores,
+        verified=verified.to_dict() if verified is not None else None,
+    )

@@ -1,0 +1,187 @@
+"""The single-process trial loop: the job's proxy, its study, and the objective every trial runs.
+
+A trial samples an allocation, repairs it to the budget, selects units and scores the candidate
+with the job's proxy. Single-objective jobs maximise the proxy score at the budget, which is also
+declared to Optuna as a constraint (``Trial.set_constraint``), so samplers and optuna-dashboard see
+feasibility. Multi-objective jobs (``objectives: ["score", "params"]``) sample the budget too,
+between ``min_param_ratio`` and ``param_ratio``, and search the Pareto front of score against
+parameter ratio.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import optuna
+from optuna.storages import BaseStorage
+from optuna.study import MaxTrialsCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from search.candidates import SearchContext
+from search.errors import ProxyError
+from search.proxies import Proxy, ProxyScore, create_proxy
+from search.repair import DEFAULT_TOLERANCE
+from search.samplers import create_sampler
+from search.selection import Selection
+from search.spec import JobSpec
+
+TrialCallback = Callable[[optuna.Study, FrozenTrial], None]
+
+
+@dataclass(frozen=True)
+class SearchHooks:
+    """What a caller (the service's worker, the CLI) hears from a search, and how it stops one.
+
+    ``on_trial``: Optuna callbacks, called after every trial of this process. ``should_stop``: asked
+    before the search and after every trial. ``on_primed(remaining)``: the study is ready for other
+    workers (``search.coordination.search_chunk``). ``on_verify(done, total)``: the finalists'
+    verification progresses.
+    """
+
+    on_trial: Sequence[TrialCallback] = ()
+    should_stop: Callable[[], bool] | None = None
+    on_primed: Callable[[int], None] | None = None
+    on_verify: Callable[[int, int], None] | None = None
+
+    def stop_requested(self) -> bool:
+        return self.should_stop is not None and self.should_stop()
+
+
+NO_HOOKS = SearchHooks()
+
+
+def job_proxy(context: SearchContext) -> Proxy:
+    """The job's proxy, built once per (model, proxy, calibration, seed) and kept with the model."""
+    spec = context.spec
+    return create_proxy(
+        spec.proxy if isinstance(spec.proxy, str) else tuple(spec.proxy),
+        context.loaded.adapter,
+        context.tokens,
+        seed=spec.seed or 0,
+        batch_size=context.batch_size,
+        stats=context.stats,
+        artifacts=context.loaded.artifacts,
+    )
+
+
+def open_study(context: SearchContext, *, study_name: str, storage: str | BaseStorage | None = None) -> optuna.Study:
+    """Create the job's study (metric names, provenance, baseline seeds) or load it as it is."""
+    spec = context.spec
+    multi = spec.multi_objective
+    study = optuna.create_study(
+        study_name=study_name,
+        storage=storage,
+        sampler=create_sampler(spec.sampler, spec.seed),
+        directions=["maximize", "minimize"] if multi else ["maximize"],
+        load_if_exists=True,
+    )
+    if not study.trials:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([spec.proxy_label, "param_ratio"] if multi else [spec.proxy_label])
+        study.set_user_attr("spec", spec.model_dump(mode="json"))
+        study.set_user_attr("dense_params", context.shape.dense_params())
+        study.set_user_attr("calibration_digest", context.tokens.digest)
+        _, high = context.ratio_range()
+        for origin, params in context.space.seeds(high).items():
+            if multi:
+                params = params | {"param_ratio": high}
+            study.enqueue_trial(params, user_attrs={"origin": origin}, skip_if_exists=True)
+    return study
+
+
+def remaining_trials(study: optuna.Study, spec: JobSpec) -> int:
+    """Trials still to complete, counted over every worker of the study."""
+    return spec.n_trials - len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+def search_trials(
+    context: SearchContext,
+    proxy: Proxy,
+    study: optuna.Study,
+    *,
+    max_trials: int | None = None,
+    hooks: SearchHooks = NO_HOOKS,
+) -> bool:
+    """Run trials until the study holds ``n_trials`` complete ones, counting every worker's (or this
+    call has run ``max_trials``). Several processes may do this on one study at once: the storage
+    hands each waiting seed to one of them and the sampler sees the others' running trials.
+    Returns whether ``hooks.should_stop`` stopped it (the caller asked before; this asks after every trial)."""
+    spec = context.spec
+    remaining = remaining_trials(study, spec)
+    if remaining <= 0:
+        return False
+    stopped = False
+
+    def check_stop(study: optuna.Study, _trial: FrozenTrial) -> None:
+        nonlocal stopped
+        if hooks.stop_requested():
+            stopped = True
+            study.stop()
+
+    # Failed trials (a non-finite score) do not count towards n_trials, but are bounded.
+    budget = remaining + max(3, spec.n_trials // 10)
+    study.optimize(
+        _Objective(context, proxy),
+        n_trials=budget if max_trials is None else min(budget, max_trials),
+        callbacks=[*hooks.on_trial, MaxTrialsCallback(spec.n_trials, states=(TrialState.COMPLETE,)), check_stop],
+        catch=(ProxyError,),
+        gc_after_trial=False,
+    )
+    return stopped
+
+
+class _Objective:
+    """One trial: sample, repair to the budget, select, score; the trial's attributes say what happened."""
+
+    def __init__(self, context: SearchContext, proxy: Proxy) -> None:
+        self.context, self.proxy = context, proxy
+        self.multi = context.spec.multi_objective
+        self.dense_params = context.shape.dense_params()
+        self.low, self.high = context.ratio_range()
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        started = time.perf_counter()
+        proposal = self.context.space.suggest(trial)
+        budget = trial.suggest_float("param_ratio", self.low, self.high) if self.multi else self.high
+        sampled = time.perf_counter()
+        selection = self.context.candidate(proposal, budget)
+        param_count = self.context.shape.count_params(selection.arch)
+        realised = time.perf_counter()
+        param_ratio = self._record_candidate(trial, selection, param_count, budget)
+        scoring = time.perf_counter()
+        score = self._score(trial, selection)
+        scored = time.perf_counter()
+        trial.set_user_attr("scores", {self.proxy.name: score.value, **score.extras})
+        timings = {"sample_s": sampled - started, "realise_s": realised - sampled, "score_s": scored - scoring}
+        trial.set_user_attr("timings", timings | score.timings)
+        return (score.value, param_ratio) if self.multi else score.value
+
+    def _record_candidate(self, trial: optuna.Trial, selection: Selection, param_count: int, budget: float) -> float:
+        """Write the candidate's architecture and size, and how far it is from the budget; returns its ratio."""
+        param_ratio = param_count / self.dense_params
+        trial.set_user_attr("arch", selection.arch.to_dict())
+        trial.set_user_attr("param_count", param_count)
+        trial.set_user_attr("param_ratio", param_ratio)
+        # Feasible (≤ 0) within the tolerance of the budget.
+        violation = abs(param_ratio - budget) / budget - DEFAULT_TOLERANCE
+        trial.set_constraint("budget", violation)
+        _write_dashboard_constraint(trial, violation)
+        return param_ratio
+
+    def _score(self, trial: optuna.Trial, selection: Selection) -> ProxyScore:
+        try:
+            return self.proxy.score(selection)
+        except ProxyError as error:
+            trial.set_user_attr("error", str(error))  # Optuna 5 keeps no failure reason of its own
+            raise
+
+
+def _write_dashboard_constraint(trial: optuna.Trial, violation: float) -> None:
+    """Samplers read Optuna 5's named constraint; optuna-dashboard (0.21) still reads the plain
+    "constraints" system attribute, which Optuna 5 no longer writes and has no public setter for:
+    this is the one place that uses the trial's private id."""
+    trial.storage.set_trial_system_attr(trial._trial_id, "constraints", [violation])
