@@ -632,3 +632,16 @@ def test_the_target_label_never_covers_a_point_at_phone_width(browser: Any, serv
     )
     assert overlaps == 0
     page.context.close()
+
+
+def test_the_form_offers_exactly_the_names_a_spec_accepts(browser: Any, server: str) -> None:
+    from search import names
+
+    page = new_page(browser, viewport=LAPTOP)
+    page.goto(f"{server}/")
+    page.wait_for_selector(f"#f-sampler option[value='{names.SAMPLERS[-1]}']", state="attached")
+    proxies = page.eval_on_selector_all("#proxy-names option", "options => options.map(o => o.value)")
+    samplers = page.eval_on_selector_all("#f-sampler option", "options => options.map(o => o.value)")
+    assert proxies == list(names.proxy_names())
+    assert samplers == ["", *names.SAMPLERS]
+    page.context.close()

@@ -230,6 +230,27 @@ async function discoverSpecFields() {
   }
 }
 
+async function discoverOptions() {
+  // The names a spec accepts come from the server (GET /v1/options reads search.names), so the
+  // form never offers a proxy or sampler the server would refuse, nor misses a new one.
+  let options;
+  try {
+    options = await getOptional(`${API}/options`);
+  } catch {
+    return; // without a key the form still submits "default"; the API names what it accepts
+  }
+  if (!options) return;
+  const proxies = byId("proxy-names");
+  replace(proxies, ...options.proxies.map((name) => h("option", { value: name })));
+  byId("f-proxy").placeholder = options.defaults.proxy;
+  const samplers = byId("f-sampler");
+  replace(
+    samplers,
+    h("option", { value: "" }, `default (${options.defaults.sampler})`),
+    ...options.samplers.map((name) => h("option", { value: name }, name)),
+  );
+}
+
 // --- start ---------------------------------------------------------------------------------------
 
 setupApiKey();
@@ -248,6 +269,10 @@ byId("status-filter").addEventListener("change", (event) => {
 
 const polling = poller(refresh, ACTIVE_POLL_MS);
 polling.now();
-window.addEventListener(KEY_EVENT, () => polling.restart());
+window.addEventListener(KEY_EVENT, () => {
+  polling.restart();
+  discoverOptions();
+});
 discoverSpecFields();
+discoverOptions();
 
