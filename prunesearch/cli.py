@@ -133,13 +133,12 @@ def _search_and_report(
 def _print_hints(console: Console, storage: str, study_name: str) -> None:
     from prunesearch.local_export import export_command
 
-    console.print(f"\nStudy [bold]{study_name}[/] in {storage}", highlight=False)
-    console.print(f"Export any of its trials: {export_command(study_name, storage)}", highlight=False, soft_wrap=True)
-    console.print(
+    console.print(f"\nStudy {study_name} in {storage}", markup=False, highlight=False)
+    for line in (
+        f"Export any of its trials: {export_command(study_name, storage)}",
         f"Browse every trial: optuna-dashboard {storage}  (install it with: pip install -e '.[dashboard]')",
-        highlight=False,
-        soft_wrap=True,
-    )
+    ):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 # --- models -------------------------------------------------------------------------------------
