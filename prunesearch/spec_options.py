@@ -27,8 +27,8 @@ FieldPath = tuple[str, ...]  # a field's place in the spec: ("search_space", "de
 Kind = Literal["value", "flag", "names", "list"]
 F = TypeVar("F", bound=Callable[..., Any])
 
-# Flag names the CLI used before it was generated; every other field is named after itself.
-_LEGACY_FLAGS: dict[FieldPath, str] = {
+# Flags not named after their field: the names the CLI has always used, and one text per --text.
+_FLAG_NAMES: dict[FieldPath, str] = {
     ("n_trials",): "--trials",
     ("calibration", "source"): "--calibration",
     ("calibration", "n_samples"): "--samples",
@@ -117,7 +117,7 @@ def spec_options(model: type[BaseModel] = JobSpec, prefix: FieldPath = ()) -> It
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             yield from spec_options(annotation, path)
             continue
-        flag = _LEGACY_FLAGS.get(path, "--" + name.replace("_", "-"))
+        flag = _FLAG_NAMES.get(path, "--" + name.replace("_", "-"))
         yield SpecOption(path, flag, _kind(path, annotation), field, annotation)
 
 
@@ -227,5 +227,5 @@ def _deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, An
 
 OPTIONS: tuple[SpecOption, ...] = tuple(spec_options())
 _FLAGS = [option.flag for option in OPTIONS]
-if len(set(_FLAGS)) != len(_FLAGS):  # two nested fields of the same name: name one in _LEGACY_FLAGS
+if len(set(_FLAGS)) != len(_FLAGS):  # two nested fields of the same name: name one in _FLAG_NAMES
     raise RuntimeError(f"JobSpec fields give duplicate flags: {sorted(f for f in _FLAGS if _FLAGS.count(f) > 1)}")
