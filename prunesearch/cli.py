@@ -9,19 +9,17 @@ from __future__ import annotations
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from prunesearch.database import CommandLine
+from prunesearch.database import CommandLine, open_sessions, shown_url
+from prunesearch.spec_options import build_spec, with_spec_options
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from search.candidates import SearchContext
-    from search.results import SearchResult
     from search.spec import JobSpec
 
 
@@ -35,235 +33,111 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--model", required=True, help="Local Hugging Face model directory (or hub id).")
-@click.option("--param-ratio", type=float, required=True, help="Fraction of the parameters to keep, in (0, 1].")
-@click.option("--trials", "n_trials", type=int, default=100, show_default=True)
 @click.option(
-    "--proxy",
-    default="tracenas",
-    show_default=True,
-    help="tracenas, prunenet, metanet, ensemble, or a comma-separated list whose ranks are aggregated.",
+    "--spec",
+    "spec_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A job spec (JSON, as POSTed to /v1/jobs); the options below override its fields.",
 )
-@click.option("--sampler", default="tpe", show_default=True, help="tpe, random, nsga2 or cmaes.")
-@click.option("--seed", type=int, default=None)
-@click.option("--calibration", "calibration_source", default=None, help="Text file or directory of text files.")
-@click.option("--samples", "n_samples", type=int, default=16, show_default=True, help="Calibration sequences.")
-@click.option("--seq-len", type=int, default=256, show_default=True)
-@click.option("--heldout", "heldout_samples", type=int, default=16, show_default=True, help="Held-out sequences.")
-@click.option("--verify-top-k", type=int, default=5, show_default=True)
-@click.option("--ffn-alignment", type=int, default=32, show_default=True)
-@click.option("--depth", type=click.Choice(["sublayer", "layer", "none"]), default="sublayer", show_default=True)
-@click.option("--no-width", "width", flag_value=False, default=True, help="Do not search heads and FFN channels.")
-@click.option("--sparsity", type=float, default=0.0, show_default=True, help="Largest per-layer sparsity; 0 = off.")
-@click.option("--parameterization", type=click.Choice(["per_layer", "compact"]), default="per_layer", show_default=True)
-@click.option("--selection", type=click.Choice(["wanda", "magnitude", "flap"]), default="wanda", show_default=True)
+@with_spec_options
 @click.option(
     "--pareto", is_flag=True, help="Search the score/size Pareto front between --min-param-ratio and --param-ratio."
 )
-@click.option("--min-param-ratio", type=float, default=None)
 @click.option("--storage", default=None, help="Optuna storage URL (default: the SQLite database in the data dir).")
 @click.option("--study-name", default=None, help="Resume or name the study (default: a new timestamped one).")
 @click.option("--device", default="auto", show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Export the verified best here, physically smaller, as a job's best is exported.",
+)
+@click.option("--print-spec", is_flag=True, help="Print the job spec (JSON for POST /v1/jobs) and exit.")
 def search(
-    model: str,
-    param_ratio: float,
-    n_trials: int,
-    proxy: str,
-    sampler: str,
-    seed: int | None,
-    calibration_source: str | None,
-    n_samples: int,
-    seq_len: int,
-    heldout_samples: int,
-    verify_top_k: int,
-    ffn_alignment: int,
-    depth: str,
-    width: bool,
-    sparsity: float,
-    parameterization: str,
-    selection: str,
+    spec_file: Path | None,
     pareto: bool,
-    min_param_ratio: float | None,
     storage: str | None,
     study_name: str | None,
     device: str,
+    out: Path | None,
+    print_spec: bool,
+    **fields: Any,
 ) -> None:
-    """Search locally, with no services: SQLite storage, a progress bar, the best architecture at the end."""
-    from pydantic import ValidationError
+    """Search locally, with no services: SQLite storage, a progress bar, the verified best at the end.
+
+    Every field of a job spec has an option; `--spec job.json` reads a whole spec, and the options
+    given beside it override its fields.
+    """
     from rich.console import Console
 
-    from search.errors import SearchError
-    from search.spec import JobSpec, check_job
+    from prunesearch.local_export import check_out_dir
 
+    spec = _local_job_spec(spec_file, fields, pareto)
+    if print_spec:
+        click.echo(spec.model_dump_json(indent=2))
+        return
+    if out is not None:
+        check_out_dir(out)
+    from service.settings import get_settings
+
+    settings = get_settings()
+    storage = storage or settings.optuna_storage_url
+    study_name = study_name or time.strftime("search-%Y%m%d-%H%M%S")
     console = Console()
+    console.print(_seed_line(spec.seed))
+    _search_and_report(spec, console, storage, study_name, device, settings.artifact_cache_dir, out)
+    _print_hints(console, storage, study_name)
+
+
+def _local_job_spec(spec_file: Path | None, fields: dict[str, Any], pareto: bool) -> JobSpec:
+    """The job the command line describes, checked as the API checks a submission."""
+    from search.errors import SearchError
+    from search.spec import check_job
+
+    spec = build_spec(spec_file, fields, {"objectives": ["score", "params"]} if pareto else None)
     try:
-        spec = JobSpec(
-            model=model,
-            target={"param_ratio": param_ratio, "min_param_ratio": min_param_ratio},
-            n_trials=n_trials,
-            proxy=[name.strip() for name in proxy.split(",")] if "," in proxy else proxy,
-            sampler=sampler,
-            seed=seed,
-            calibration={
-                "source": calibration_source,
-                "n_samples": n_samples,
-                "seq_len": seq_len,
-                "heldout_samples": heldout_samples,
-            },
-            search_space={
-                "ffn_alignment": ffn_alignment,
-                "depth": depth,
-                "width": width,
-                "sparsity": sparsity,
-                "parameterization": parameterization,
-                "selection": selection,
-            },
-            objectives=["score", "params"] if pareto else ["score"],
-            verify_top_k=verify_top_k,
-        )
         check_job(spec)
-    except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        raise click.UsageError(problems) from error
     except SearchError as error:
         raise click.UsageError(str(error)) from error
-    if storage is None:
-        from service.settings import get_settings
+    return spec
 
-        storage = get_settings().optuna_storage_url
-    study_name = study_name or time.strftime("search-%Y%m%d-%H%M%S")
+
+def _seed_line(seed: int | None) -> str:
+    if seed is None:
+        return "No seed (the spec sets it to null): results vary from run to run."
+    return f"Seed {seed}: a rerun gives the same result; vary it with --seed N."
+
+
+def _search_and_report(
+    spec: JobSpec, console: Console, storage: str, study_name: str, device: str, artifacts: Path, out: Path | None
+) -> None:
+    from prunesearch.local_export import describe_export, export_entry
+    from prunesearch.local_search import run_local
+    from prunesearch.summary import print_result
+    from search.errors import SearchError
+
     try:
-        result, context = _run_local(spec, storage, study_name, device, console)
+        result, context = run_local(
+            spec, storage=storage, study_name=study_name, device=device, artifacts=artifacts, console=console
+        )
+        print_result(console, spec, context, result)
+        if out is not None and result.best is not None:
+            info = export_entry(context, result.best, out, study_name=study_name)
+            console.print(describe_export(result.best.trial_number, info))
     except SearchError as error:
         raise click.ClickException(str(error)) from error
-    _print_result(console, spec, context, result)
-    console.print(f"\nStudy [bold]{study_name}[/] in {storage}  (open it with: optuna-dashboard {storage})")
 
 
-def _run_local(
-    spec: JobSpec, storage: str, study_name: str, device: str, console: Console
-) -> tuple[SearchResult, SearchContext]:
-    import optuna
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+def _print_hints(console: Console, storage: str, study_name: str) -> None:
+    from prunesearch.local_export import export_command
 
-    from search.candidates import prepare_job
-    from search.loading import ModelCache
-    from search.storage import make_storage
-    from search.study import run_search
-    from search.trials import SearchHooks, job_proxy
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar replaces per-trial log lines
-    # Heartbeats and stale-trial retry are "experimental" to Optuna; we rely on them on purpose.
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    if storage.startswith("sqlite:///"):
-        Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    from workers.settings import get_worker_settings
-
-    with console.status(f"Loading {spec.model} and computing dense statistics..."):
-        # The same artifact store as the service's workers: a rerun on the same model skips the dense passes.
-        context = prepare_job(spec, models=ModelCache(get_worker_settings().artifact_cache_dir), device=device)
-        job_proxy(context)  # the proxy's dense reference (TraceNAS's sketch), before the progress bar
-    console.print(
-        f"Loaded {spec.model}: {context.shape.dense_params():,} parameters, "
-        f"{context.shape.num_layers} layers; prepared in {context.prepare_seconds:.1f}s "
-        f"(calibration {tuple(context.tokens.calibration.shape)}, digest {context.tokens.digest})"
-    )
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[best]}"),
-    )
-    with Progress(*columns, console=console) as progress:
-        trials = progress.add_task("trials", total=spec.n_trials, best="")
-        verification = progress.add_task("verify", total=None, visible=False, best="")
-        best = [float("-inf")]
-
-        def on_trial(_study: Any, trial: Any) -> None:
-            score = trial.values[0] if trial.values else None  # the proxy score comes first
-            if score is not None and score > best[0]:
-                best[0] = score
-            progress.update(
-                trials, completed=min(spec.n_trials, _completed(_study)), best=f"best {spec.proxy_label}={best[0]:.4f}"
-            )
-
-        def on_verify(done: int, total: int) -> None:
-            progress.update(verification, visible=True, completed=done, total=total)
-
-        result = run_search(
-            context,
-            study_name=study_name,
-            storage=make_storage(storage),
-            hooks=SearchHooks(on_trial=[on_trial], on_verify=on_verify),
-        )
-    return result, context
-
-
-def _completed(study: Any) -> int:
-    from optuna.trial import TrialState
-
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-
-
-def _print_result(console: Console, spec: JobSpec, context: SearchContext, result: SearchResult) -> None:
-    from rich.table import Table
-
-    from search.arch import ArchConfig
-
-    best = result.best
-    if best is None:
-        console.print("[red]No trial completed.[/]")
-        return
-    shape = context.shape
-    arch = ArchConfig.from_dict(best.arch)
-    table = Table(title=f"Best architecture (trial {best.trial_number}, {best.origin})")
-    columns = ["layer", "attention heads", "KV heads", "FFN channels"] + (["sparsity"] if arch.sparse else [])
-    for column in columns:
-        table.add_column(column, justify="right")
-    for i, layer in enumerate(arch.layers):
-        heads = f"{layer.heads}/{shape.num_heads}" if layer.heads else "[dim]dropped[/]"
-        ffn = f"{layer.ffn_channels}/{shape.intermediate_size}" if layer.ffn_channels else "[dim]dropped[/]"
-        row = [str(i), heads, f"{layer.heads // shape.group_size}/{shape.num_kv_heads}", ffn]
-        table.add_row(*row, *([f"{layer.sparsity:.2f}"] if arch.sparse else []))
-    console.print(table)
-    dense = shape.dense_params()
-    target = spec.target.param_ratio * dense
-    console.print(
-        f"Parameters: {best.param_count:,} = {best.param_ratio:.4f} of {dense:,} "
-        f"(target {spec.target.param_ratio} = {target:,.0f}; off by {best.param_count / target - 1:+.2%})"
-    )
-    scores = ", ".join(f"{name}={value:.4f}" for name, value in best.scores.items())
-    console.print(f"Proxy scores: {scores}")
-    if best.verified is not None and result.dense is not None:
-        verified = best.verified
-        primary = verified["primary"]
-        figures = ", ".join(
-            f"{name} {value:.4f} (dense {result.dense.metrics[name]:.4f})"
-            for name, value in verified.items()
-            if name in result.dense.metrics
-        )
-        console.print(
-            f"Verified on {verified['tokens']:,} held-out tokens, best of {len(result.verified)} finalists "
-            f"by {primary}: {figures}"
-        )
-    if spec.multi_objective:
-        front = Table(title=f"Pareto front ({len(result.pareto)} trials)")
-        for column in ("trial", "param ratio", spec.proxy_label):
-            front.add_column(column, justify="right")
-        by_number = {t.number: t for t in result.trials}
-        for number in sorted(result.pareto, key=lambda n: by_number[n].param_ratio or 0.0):
-            trial = by_number[number]
-            front.add_row(str(number), f"{trial.param_ratio:.4f}", f"{trial.value:.4f}")
-        console.print(front)
+    console.print(f"\nStudy {study_name} in {storage}", markup=False, highlight=False)
+    for line in (
+        f"Export any of its trials: {export_command(study_name, storage)}",
+        f"Browse every trial: optuna-dashboard {storage}  (install it with: pip install -e '.[dashboard]')",
+    ):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 # --- models -------------------------------------------------------------------------------------
@@ -281,13 +155,21 @@ def demo_model(directory: Path, size: str) -> None:
 
 
 @main.command()
-@click.argument("job_id")
+@click.argument("job_id", required=False)
 @click.option("--trial", "number", type=int, default=None, help="Trial number (default: the job's best).")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--device", default="auto", show_default=True)
-def export(job_id: str, number: int | None, out: Path, device: str) -> None:
-    """Export a job's best (or any) trial as a physically smaller model in OUT."""
-    from prunesearch.database import open_sessions, shown_url
+@click.option("--study", default=None, help="Instead of a job: the Optuna study of a `prunesearch search`.")
+@click.option("--storage", default=None, help="With --study: its storage URL (default: the data dir's database).")
+def export(
+    job_id: str | None, number: int | None, out: Path, device: str, study: str | None, storage: str | None
+) -> None:
+    """Export a job's best (or any) trial, or a trial of a local search's study, as a smaller model in OUT."""
+    if study is not None:
+        _export_study_trial(study, storage, number, out, device)
+        return
+    if job_id is None:
+        raise click.UsageError("give a JOB_ID, or --study NAME --trial N for a trial of a local search")
     from search.arch import ArchConfig
     from search.candidates import prepare_job
     from search.errors import SearchError
@@ -325,6 +207,28 @@ def export(job_id: str, number: int | None, out: Path, device: str) -> None:
         f"Exported trial {number} ({info.kind}, {info.param_count:,} parameters, "
         f"{info.size_bytes / 1e6:.1f} MB) to {out}; load it with {loader}."
     )
+
+
+def _export_study_trial(study: str, storage: str | None, number: int | None, out: Path, device: str) -> None:
+    from prunesearch.local_export import export_study_trial
+    from search.errors import SearchError
+    from service.settings import get_settings
+
+    if number is None:
+        raise click.UsageError("--study needs --trial N (its trial numbers are in the search's output)")
+    settings = get_settings()
+    try:
+        message = export_study_trial(
+            study,
+            storage or settings.optuna_storage_url,
+            number,
+            out,
+            device=device,
+            artifacts=settings.artifact_cache_dir,
+        )
+    except SearchError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(message)
 
 
 # --- service processes --------------------------------------------------------------------------

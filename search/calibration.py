@@ -74,7 +74,9 @@ def tokenize_windows(
     separator = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     stream: list[int] = []
     for text in texts:
-        stream.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        # Whole documents are tokenised on purpose and cut into seq_len windows below, so the
+        # tokenizer's "longer than the specified maximum sequence length" warning does not apply.
+        stream.extend(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
         stream.extend(separator)
     windows = require_windows(len(stream), seq_len=seq_len, n_calibration=n_calibration, n_heldout=n_heldout)
     needed = n_calibration + n_heldout

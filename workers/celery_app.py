@@ -37,6 +37,16 @@ def _fresh_connections_after_fork(**_kwargs: Any) -> None:
         _reaper.forget_after_fork()
 
 
+@worker_process_init.connect
+def _optuna_logs_through_logging(**_kwargs: Any) -> None:
+    # Optuna's own handler writes to stderr, which Celery redirects to a logger at WARNING: every
+    # trial became a WARNING/ForkPoolWorker line. Through logging, its records keep their level (INFO).
+    import optuna
+
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+
+
 @worker_ready.connect
 def _start_reaper(**_kwargs: Any) -> None:
     # In the main process only: it outlives pool children killed mid-job, whose jobs it re-sends.

@@ -1,0 +1,83 @@
+"""Exports from a local search's Optuna study: the verified best after the search (``search --out``)
+and any trial later (``export --study``), written as a job's best is (``search.export.export_model``)."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    from search.candidates import SearchContext
+    from search.export import ExportInfo
+    from search.results import BestEntry
+
+
+def export_entry(context: SearchContext, entry: BestEntry, out: Path, *, study_name: str) -> ExportInfo:
+    """Export one trial (its best entry: verified figures when known) to ``out``."""
+    from search.arch import ArchConfig
+    from search.export import export_model
+
+    provenance = {
+        "study_name": study_name,
+        "trial_number": entry.trial_number,
+        "origin": entry.origin,
+        "scores": entry.scores,
+        "verified": entry.verified,
+        "calibration_digest": context.tokens.digest,
+        "job_spec": context.spec.model_dump(mode="json"),
+    }
+    selection = context.selection(ArchConfig.from_dict(entry.arch))  # type: ignore[arg-type]
+    return export_model(context.loaded, selection, out, provenance=provenance)
+
+
+def describe_export(number: int, info: ExportInfo) -> str:
+    loader = "prunesearch.load_pruned" if info.kind == "per_layer" else "AutoModel(ForCausalLM).from_pretrained"
+    return (
+        f"Exported trial {number} ({info.kind}, {info.param_count:,} parameters, "
+        f"{info.size_bytes / 1e6:.1f} MB) to {info.directory}; load it with {loader}."
+    )
+
+
+def export_command(study_name: str, storage: str) -> str:
+    """The command that exports trial N of this study later."""
+    return f"prunesearch export --study {shlex.quote(study_name)} --storage {shlex.quote(storage)} --trial N --out DIR"
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse before a search, not after it, a folder the export could not be written to."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise click.BadParameter(f"{out} exists and is not an empty directory", param_hint="--out")
+
+
+def export_study_trial(study_name: str, storage: str, number: int, out: Path, *, device: str, artifacts: Path) -> str:
+    """Export trial ``number`` of a local study; returns what to tell the user."""
+    from prunesearch.local_search import prepare_context
+    from search.results import best_entry, describe_trial
+    from search.spec import JobSpec
+
+    check_out_dir(out)
+    study = _load_study(study_name, storage)
+    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+    if trial is None or "arch" not in trial.user_attrs:
+        raise click.ClickException(f"study {study_name!r} has no completed trial {number}")
+    context = prepare_context(JobSpec.model_validate(study.user_attrs["spec"]), device, artifacts, with_proxy=False)
+    entry = best_entry(describe_trial(trial), verified=None)
+    return describe_export(number, export_entry(context, entry, out, study_name=study_name))
+
+
+def _load_study(study_name: str, storage: str) -> Any:
+    import optuna
+
+    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).is_file():
+        raise click.ClickException(f"no database at {storage}")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError as error:
+        raise click.ClickException(f"no study {study_name!r} in {storage}") from error
+    if "spec" not in study.user_attrs:
+        raise click.ClickException(f"study {study_name!r} was not made by prunesearch (it records no job spec)")
+    return study

@@ -1,0 +1,117 @@
+"""What ``prunesearch search`` prints at the end: the verified best beside the baselines.
+
+The best is the verified one (lowest held-out figure among the proxy's finalists and the baselines),
+which is not always the proxy's favourite shown on the progress bar; every label says which.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from search.arch import ModelShape
+    from search.candidates import SearchContext
+    from search.results import BestEntry, SearchResult, TrialInfo, Verification
+    from search.spec import JobSpec
+
+# The baselines enqueued as seeds (search.space), by origin.
+BASELINE_NAMES: dict[str, str] = {
+    "seed:uniform": "uniform width",
+    "seed:block_influence": "Block Influence depth",
+    "seed:owl": "OWL sparsity",
+}
+
+
+def print_result(console: Console, spec: JobSpec, context: SearchContext, result: SearchResult) -> None:
+    best = result.best
+    if best is None:
+        console.print("[red]No trial completed.[/]")
+        return
+    verified = best.verified is not None
+    which = "Verified best" if verified else "Proxy's best (not verified: verify_top_k is 0)"
+    console.print(_arch_table(f"{which} architecture (trial {best.trial_number}, {best.origin})", best, context))
+    dense = context.shape.dense_params()
+    target = spec.target.param_ratio * dense
+    console.print(
+        f"Parameters: {best.param_count:,} = {best.param_ratio:.4f} of {dense:,} "
+        f"(target {spec.target.param_ratio} = {target:,.0f}; off by {best.param_count / target - 1:+.2%})"
+    )
+    scores = ", ".join(f"{name}={value:.4f}" for name, value in best.scores.items())
+    console.print(f"Proxy scores: {scores}")
+    if verified and result.dense is not None:
+        console.print(comparison_table(result, result.dense, int(best.trial_number), spec.proxy_label))
+    if spec.multi_objective:
+        console.print(_pareto_table(result, spec.proxy_label))
+
+
+def comparison_table(result: SearchResult, dense: Verification, best_number: int, proxy_label: str) -> Table:
+    """The verified best, each verified baseline and the dense model on the same held-out tokens."""
+    from rich.table import Table
+
+    by_number = {t.number: t for t in result.trials}
+    table = Table(
+        title=f"Verified on {dense.tokens:,} held-out tokens (lower {dense.primary} is better; "
+        f"best of {len(result.verified)} verified candidates)"
+    )
+    for column in ("", "trial", "param ratio", f"proxy {proxy_label}", *dense.metrics):
+        table.add_column(column, justify="left" if not column else "right")
+    table.add_row("dense model", "", "1.0000", "", *(f"{value:.4f}" for value in dense.metrics.values()))
+    best = by_number[best_number]
+    best_label = "[bold]verified best[/]" + (f" = baseline {_baseline(best)}" if _is_baseline(best) else "")
+    baselines = [
+        (number, f"baseline: {_baseline(trial)}")
+        for number, trial in sorted(by_number.items())
+        if _is_baseline(trial) and number in result.verified and number != best_number
+    ]
+    for number, label in [(best_number, best_label), *baselines]:
+        table.add_row(label, *_figures(by_number[number], result.verified[number].metrics, dense.metrics))
+    return table
+
+
+def _is_baseline(trial: TrialInfo) -> bool:
+    return trial.origin.startswith("seed:")
+
+
+def _baseline(trial: TrialInfo) -> str:
+    return BASELINE_NAMES.get(trial.origin, trial.origin.removeprefix("seed:"))
+
+
+def _figures(trial: TrialInfo, metrics: dict[str, float], dense: dict[str, float]) -> list[str]:
+    ratio = f"{trial.param_ratio:.4f}" if trial.param_ratio is not None else ""
+    score = f"{trial.value:.4f}" if trial.value is not None else ""
+    return [str(trial.number), ratio, score, *(f"{metrics[name]:.4f}" for name in dense)]
+
+
+def _arch_table(title: str, best: BestEntry, context: SearchContext) -> Table:
+    from rich.table import Table
+
+    from search.arch import ArchConfig
+
+    shape: ModelShape = context.shape
+    arch = ArchConfig.from_dict(best.arch)
+    table = Table(title=title)
+    columns = ["layer", "attention heads", "KV heads", "FFN channels"] + (["sparsity"] if arch.sparse else [])
+    for column in columns:
+        table.add_column(column, justify="right")
+    for i, layer in enumerate(arch.layers):
+        heads = f"{layer.heads}/{shape.num_heads}" if layer.heads else "[dim]dropped[/]"
+        ffn = f"{layer.ffn_channels}/{shape.intermediate_size}" if layer.ffn_channels else "[dim]dropped[/]"
+        row = [str(i), heads, f"{layer.heads // shape.group_size}/{shape.num_kv_heads}", ffn]
+        table.add_row(*row, *([f"{layer.sparsity:.2f}"] if arch.sparse else []))
+    return table
+
+
+def _pareto_table(result: SearchResult, proxy_label: str) -> Table:
+    from rich.table import Table
+
+    front = Table(title=f"Pareto front ({len(result.pareto)} trials, by proxy score)")
+    for column in ("trial", "param ratio", proxy_label):
+        front.add_column(column, justify="right")
+    by_number = {t.number: t for t in result.trials}
+    for number in sorted(result.pareto, key=lambda n: by_number[n].param_ratio or 0.0):
+        trial = by_number[number]
+        front.add_row(str(number), f"{trial.param_ratio:.4f}", f"{trial.value:.4f}")
+    return front
