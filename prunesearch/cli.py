@@ -79,9 +79,9 @@ def search(
         return
     if out is not None:
         check_out_dir(out)
-    from service.settings import get_settings
+    from workers.settings import get_worker_settings
 
-    settings = get_settings()
+    settings = get_worker_settings()  # a local search is this machine's worker: the same artifact store
     storage = storage or settings.optuna_storage_url
     study_name = study_name or time.strftime("search-%Y%m%d-%H%M%S")
     console = Console()
@@ -212,11 +212,11 @@ def export(
 def _export_study_trial(study: str, storage: str | None, number: int | None, out: Path, device: str) -> None:
     from prunesearch.local_export import export_study_trial
     from search.errors import SearchError
-    from service.settings import get_settings
+    from workers.settings import get_worker_settings
 
     if number is None:
         raise click.UsageError("--study needs --trial N (its trial numbers are in the search's output)")
-    settings = get_settings()
+    settings = get_worker_settings()
     try:
         message = export_study_trial(
             study,
