@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from search.arch import ArchConfig
+from search.pareto import non_dominated
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
@@ -202,14 +203,12 @@ def proxy_score(trial: TrialInfo) -> float:
 
 
 def pareto_front(trials: Sequence[TrialInfo]) -> list[int]:
-    """Numbers of the trials no other trial beats on both score (higher) and parameter ratio (lower)."""
-    points = [(t.number, proxy_score(t), t.param_ratio or 0.0) for t in trials]
-    front = []
-    for number, score, ratio in points:
-        dominated = any((s >= score and r <= ratio) and (s > score or r < ratio) for n, s, r in points if n != number)
-        if not dominated:
-            front.append(number)
-    return sorted(front)
+    """Numbers of the trials no other trial beats on both score (higher) and parameter ratio (lower).
+
+    A trial without a score counts as scoring −∞, one without a ratio as ratio 0.
+    """
+    points = [(proxy_score(t), t.param_ratio or 0.0) for t in trials]
+    return sorted(trials[index].number for index in non_dominated(points, ("maximize", "minimize")))
 
 
 def finalists(complete: Sequence[TrialInfo], k: int) -> list[TrialInfo]:
