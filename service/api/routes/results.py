@@ -12,6 +12,7 @@ from search.arch import ModelShape
 from search.errors import SearchError
 from search.families import read_shape
 from search.pareto import job_front
+from search.results import JobReport
 from search.spec import model_kind, read_local_config
 from service import repository
 from service.api import exports
@@ -21,7 +22,6 @@ from service.api.schemas import (
     API_PREFIX,
     Artifact,
     ArtifactList,
-    JobReport,
     ModelWidths,
     Objective,
     ParetoFront,
