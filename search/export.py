@@ -32,14 +32,11 @@ from torch import nn
 from search.adapters import Adapter, Block, adapter_for
 from search.arch import ArchConfig, ModelShape
 from search.errors import InvalidArchConfig, ModelLoadError
+from search.export_format import CONFIG_KEY, FORMAT_VERSION, PROVENANCE_FILE
 from search.families import family_for, read_shape
 from search.loading import LoadedModel
 from search.masking import apply_arch
 from search.selection import Selection
-
-PROVENANCE_FILE = "provenance.json"
-CONFIG_KEY = "prunesearch"
-FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)

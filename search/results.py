@@ -13,16 +13,23 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import BaseModel, ConfigDict, Field
 
 from search.arch import ArchConfig
+from search.pareto import non_dominated
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
 TrialStateName = Literal["complete", "failed", "pruned", "running", "waiting"]
 LadderKey = int | str  # a trial number, or a name ("dense", a test's label)
-Figures = dict[str, float | int | str]  # a verification's flat JSON form: metrics, "tokens", "primary"
+# A verification's flat JSON form: metrics, "tokens", "primary". Stored, a figure that was not finite
+# reads back as null (JSON has no NaN), so the stored form admits None.
+Figures = dict[str, float | int | str | None]
+
+
+def _absent(value: object) -> bool:
+    return value is None
 
 
 class _Frozen(BaseModel):
@@ -31,14 +38,17 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+VALUES_DESCRIPTION = "All objective values of a multi-objective trial, in the order of the job's objectives."
+
+
 class TrialInfo(_Frozen):
     """A finished (or running) trial as the service and the CLI show it."""
 
     number: int
     state: TrialStateName
-    origin: str
-    value: float | None
-    values: list[float] | None
+    origin: str = Field(description="Where the candidate came from, e.g. 'sampler' or 'seed:uniform'.")
+    value: float | None = Field(description="The objective; null if the trial failed or its score was not finite.")
+    values: list[float] | None = Field(description=VALUES_DESCRIPTION)
     arch: dict[str, Any] | None  # ArchConfig.to_dict()
     param_count: int | None
     param_ratio: float | None
@@ -114,14 +124,8 @@ class AuditSample(_Frozen):
     stratified_by: str
     trials: list[int]
     verified: dict[str, float]  # trial number (as a JSON key) → verified metric
-    stored: bool | None = None  # present when the audited candidates went to the meta-network's store
-
-    @model_serializer(mode="wrap")
-    def _omit_unset_store(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data = handler(self)
-        if data.get("stored") is None:
-            data.pop("stored", None)
-        return data
+    # Present (in JSON too) only when the audited candidates went to the meta-network's store.
+    stored: bool | None = Field(default=None, exclude_if=_absent)
 
 
 class TrustReport(_Frozen):
@@ -135,14 +139,65 @@ class TrustReport(_Frozen):
     flagged: bool
     flags: list[str]
     audit: AuditSample
-    proxy_state: dict[str, Any] | None = None  # what priming the proxy returned, when it needed priming
+    # What priming the proxy returned; present only when the proxy needed priming.
+    proxy_state: dict[str, Any] | None = Field(default=None, exclude_if=_absent)
 
-    @model_serializer(mode="wrap")
-    def _omit_absent_state(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data = handler(self)
-        if data.get("proxy_state") is None:
-            data.pop("proxy_state", None)
-        return data
+
+class Finalist(BaseModel):
+    """A verified finalist in the report: its trial, its proxy score and its held-out figures, flat."""
+
+    # The metrics ("kl", "ppl", ...) are members named after themselves, as Verification.to_dict() has them.
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    trial_number: int
+    origin: str | None
+    proxy_score: float | None
+    primary: str
+    tokens: int
+
+
+class VerificationReport(_Frozen):
+    """The report's ``verification`` section: the dense model's figures, the finalists by verified
+    metric (best first) and the successive-halving ladder."""
+
+    primary: str
+    dense: Figures
+    finalists: list[Finalist]
+    ladder: list[LadderRung]
+
+
+class Latency(_Frozen):
+    """Median forward latency of the exported and the dense model, side by side (search.export.measure_latency)."""
+
+    device: str
+    tokens: int
+    pruned_latency_s: float
+    dense_latency_s: float
+    pruned_tokens_per_s: float
+    dense_tokens_per_s: float
+    speedup: float
+
+
+class ExportReport(_Frozen):
+    """The report's ``export`` section: the best architecture as written to the job's artifacts."""
+
+    name: str
+    kind: str  # "standard" | "per_layer"
+    param_count: int  # parameters stored
+    nonzero_params: int
+    dense_params: int
+    size_bytes: int
+    latency: Latency
+
+
+class JobReport(_Frozen):
+    """What a job reports when its search ends: the worker writes it, ``GET /v1/jobs/{id}/report``
+    serves it, the page shows it."""
+
+    verification: VerificationReport | None  # None without held-out verification
+    export: ExportReport | None  # None when no trial completed
+    pareto: list[int]  # trial numbers of the non-dominated trials
+    trust: TrustReport | None  # the proxy trust report, when an audit ran
 
 
 class SearchResult(BaseModel):
@@ -202,14 +257,12 @@ def proxy_score(trial: TrialInfo) -> float:
 
 
 def pareto_front(trials: Sequence[TrialInfo]) -> list[int]:
-    """Numbers of the trials no other trial beats on both score (higher) and parameter ratio (lower)."""
-    points = [(t.number, proxy_score(t), t.param_ratio or 0.0) for t in trials]
-    front = []
-    for number, score, ratio in points:
-        dominated = any((s >= score and r <= ratio) and (s > score or r < ratio) for n, s, r in points if n != number)
-        if not dominated:
-            front.append(number)
-    return sorted(front)
+    """Numbers of the trials no other trial beats on both score (higher) and parameter ratio (lower).
+
+    A trial without a score counts as scoring −∞, one without a ratio as ratio 0.
+    """
+    points = [(proxy_score(t), t.param_ratio or 0.0) for t in trials]
+    return sorted(trials[index].number for index in non_dominated(points, ("maximize", "minimize")))
 
 
 def finalists(complete: Sequence[TrialInfo], k: int) -> list[TrialInfo]:
@@ -236,4 +289,23 @@ def best_entry(trial: TrialInfo, *, verified: Verification | None) -> BestEntry:
         score=trial.value,
         scores=trial.scores,
         verified=verified.to_dict() if verified is not None else None,
+    )
+
+
+def verification_report(result: SearchResult) -> VerificationReport | None:
+    """The report's verification section of a search's result; None if nothing was verified."""
+    if result.dense is None:
+        return None
+    trials = {trial.number: trial for trial in result.trials}
+    finalists = [
+        Finalist(
+            trial_number=number,
+            origin=trials[number].origin if number in trials else None,
+            proxy_score=trials[number].value if number in trials else None,
+            **check.to_dict(),
+        )
+        for number, check in sorted(result.verified.items(), key=lambda item: item[1].value)
+    ]
+    return VerificationReport(
+        primary=result.dense.primary, dense=result.dense.to_dict(), finalists=finalists, ladder=result.ladder
     )

@@ -9,23 +9,22 @@ twice. Floats and JSON are scrubbed of NaN/inf on the way in (``service.jsonsafe
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
+from pydantic import BaseModel
 from sqlalchemy import CursorResult, Result, and_, func, inspect, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from search.results import BestEntry, JobReport, TrialInfo, Verification
 from service import cursors
 from service.errors import JobNotCancellable, NotFound
-from service.jsonsafe import finite_or_none, scrub
+from service.jsonsafe import scrub
 from service.models import Job, TrialResult, UTCDateTime, utcnow
 from service.states import COMPLETED_TRIAL_STATES, JobStatus, TrialState
 
 __all__ = [
-    "TrialRecord",
     "claim_job",
     "claim_orphans",
     "count_active_jobs",
@@ -48,26 +47,6 @@ __all__ = [
     "set_report",
     "submissions_since",
 ]
-
-
-@dataclass(frozen=True)
-class TrialRecord:
-    """What the worker knows about one trial; ``number`` is Optuna's trial number."""
-
-    number: int
-    state: str
-    origin: str
-    arch: Mapping[str, Any] | None = None
-    param_count: int | None = None
-    param_ratio: float | None = None
-    value: float | None = None
-    # All objective values of a multi-objective trial, in the job's objective order.
-    values: Sequence[float] | None = None
-    scores: Mapping[str, Any] | None = None
-    verified: Mapping[str, Any] | None = None
-    duration_s: float | None = None
-    timings: Mapping[str, Any] | None = None
-    error: str | None = None
 
 
 # --- reads ------------------------------------------------------------------------------------
@@ -299,8 +278,8 @@ def heartbeat(session: Session, job_id: str) -> None:
     _update_job(session, job_id, heartbeat_at=utcnow())
 
 
-def set_best(session: Session, job_id: str, best: Mapping[str, Any]) -> None:
-    _update_job(session, job_id, best=scrub(best), updated_at=utcnow())
+def set_best(session: Session, job_id: str, best: BestEntry) -> None:
+    _update_job(session, job_id, best=_stored(best), updated_at=utcnow())
 
 
 def finish_job(
@@ -309,7 +288,7 @@ def finish_job(
     status: JobStatus,
     *,
     error: str | None = None,
-    best: Mapping[str, Any] | None = None,
+    best: BestEntry | None = None,
 ) -> bool:
     """Move a running job (or a queued one, to ``failed``) to a terminal state. True if it moved."""
     status = JobStatus(status)
@@ -321,75 +300,51 @@ def finish_job(
     if error is not None:
         values["error"] = error
     if best is not None:
-        values["best"] = scrub(best)
+        values["best"] = _stored(best)
     return _guarded_update(session, job_id, from_statuses=from_statuses, **values)
 
 
 # --- trials --------------------------------------------------------------------------------------
 
-_TRIAL_UPSERT_COLUMNS = (
-    "state",
-    "origin",
-    "arch",
-    "param_count",
-    "param_ratio",
-    "value",
-    "values",
-    "scores",
-    "verified",
-    "duration_s",
-    "timings",
-    "error",
-    "finished_at",
-)
 
+def record_trial(session: Session, job_id: str, trial: TrialInfo) -> None:
+    """Insert or overwrite trial ``trial.number`` of a job, then recount the job's progress.
 
-def record_trial(session: Session, job_id: str, record: TrialRecord) -> None:
-    """Insert or overwrite trial ``record.number`` of a job, then recount the job's progress.
-
-    Idempotent: a retried or redelivered trial overwrites its row. Also touches the heartbeat,
-    since recording a trial proves the worker is alive.
+    Every member of ``TrialInfo`` is a column of ``trial_result``, so a new trial field is declared
+    there (and in a migration) only. Idempotent: a retried or redelivered trial overwrites its row,
+    verified figures included (the worker attaches them again with ``record_verification``). Also
+    touches the heartbeat, since recording a trial proves the worker is alive. ``ValueError`` for a
+    state the table does not keep (``waiting``).
     """
-    state = TrialState(record.state)
+    state = TrialState(trial.state)
     now = utcnow()
-    row: dict[str, Any] = {
+    row: dict[str, Any] = _stored(trial) | {
         "job_id": job_id,
-        "number": record.number,
         "state": state.value,
-        "origin": record.origin,
-        "arch": scrub(record.arch),
-        "param_count": record.param_count,
-        "param_ratio": finite_or_none(record.param_ratio),
-        "value": finite_or_none(record.value),
-        "values": None if record.values is None else scrub(list(record.values)),
-        "scores": scrub(record.scores),
-        "verified": scrub(record.verified),
-        "duration_s": finite_or_none(record.duration_s),
-        "timings": scrub(record.timings),
-        "error": record.error,
+        "verified": None,
         "created_at": now,
         "finished_at": None if state is TrialState.RUNNING else now,
     }
     session.execute(_upsert_trial(session, row), execution_options={"synchronize_session": False})
     _recount(session, job_id, now=now)
-    _forget_trial(session, job_id, record.number)
+    _forget_trial(session, job_id, trial.number)
 
 
-def record_verification(session: Session, job_id: str, number: int, verified: Mapping[str, Any]) -> None:
+def record_verification(session: Session, job_id: str, number: int, verification: Verification) -> None:
     """Attach verified metrics (KL, perplexity, ...) to a trial. ``NotFound`` if it is not recorded."""
     stmt = (
         update(TrialResult)
         .where(TrialResult.job_id == job_id, TrialResult.number == number)
-        .values(verified=scrub(verified))
+        .values(verified=scrub(verification.to_dict()))
     )
     if _rowcount(session.execute(stmt, execution_options={"synchronize_session": False})) == 0:
         raise NotFound(f"trial {number} of job {job_id!r} is not recorded")
     _forget_trial(session, job_id, number)
 
 
-def set_report(session: Session, job_id: str, report: Mapping[str, Any]) -> None:
+def set_report(session: Session, job_id: str, report: JobReport) -> None:
     """Store the job's report (verification, export figures); the worker writes it once, at the end."""
-    _update_job(session, job_id, report=scrub(report), updated_at=utcnow())
+    _update_job(session, job_id, report=_stored(report), updated_at=utcnow())
 
 
 def _upsert_trial(session: Session, row: dict[str, Any]) -> Any:
@@ -399,9 +354,10 @@ def _upsert_trial(session: Session, row: dict[str, Any]) -> Any:
     if insert is None:
         raise NotImplementedError(f"record_trial supports PostgreSQL and SQLite, not {dialect}")
     stmt = insert(TrialResult).values(**row)
+    key = {"job_id", "number", "created_at"}  # a redelivered trial keeps its row's identity and first write
     return stmt.on_conflict_do_update(
         index_elements=[TrialResult.job_id, TrialResult.number],
-        set_={name: stmt.excluded[name] for name in _TRIAL_UPSERT_COLUMNS},
+        set_={name: stmt.excluded[name] for name in row if name not in key},
     )
 
 
@@ -426,6 +382,12 @@ def _recount(session: Session, job_id: str, *, now: Any) -> None:
 
 
 # --- helpers --------------------------------------------------------------------------------------
+
+
+def _stored(value: BaseModel) -> dict[str, Any]:
+    # The JSON the REST contract defines (search.results), with NaN and infinity made null.
+    stored: dict[str, Any] = scrub(value.model_dump(mode="json"))
+    return stored
 
 
 def _owned_by(owner: str | None) -> Any:

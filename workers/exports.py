@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from search.results import ExportReport, JobReport, Latency, SearchResult, verification_report
 from service import repository
 from service.admission import check_local_paths
 from service.artifacts import PARTIAL_SUFFIX, job_artifacts_dir, trial_export_name
@@ -22,7 +23,6 @@ from workers.settings import WorkerSettings
 if TYPE_CHECKING:
     from search.candidates import SearchContext
     from search.loading import ModelCache
-    from search.results import SearchResult
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ BEST = "best"
 
 def write_export(
     context: SearchContext, arch: dict[str, Any], target: Path, provenance: dict[str, Any]
-) -> dict[str, Any]:
+) -> ExportReport:
     """Export one architecture to ``target`` atomically; returns its figures for the report."""
     from search.arch import ArchConfig
     from search.export import export_model, load_pruned, measure_latency
@@ -44,32 +44,19 @@ def write_export(
     latency = measure_latency(load_pruned(partial), context.loaded.adapter.model)
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)
-    return {
-        "name": target.name,
-        "kind": info.kind,
-        "param_count": info.param_count,
-        "nonzero_params": info.nonzero_params,
-        "dense_params": context.shape.dense_params(),
-        "size_bytes": info.size_bytes,
-        "latency": latency,
-    }
+    return ExportReport(
+        name=target.name,
+        kind=info.kind,
+        param_count=info.param_count,
+        nonzero_params=info.nonzero_params,
+        dense_params=context.shape.dense_params(),
+        size_bytes=info.size_bytes,
+        latency=Latency.model_validate(latency),
+    )
 
 
-def report(job_id: str, context: SearchContext, result: SearchResult, *, settings: WorkerSettings) -> dict[str, Any]:
-    """The job's report: the verification ladder's figures and the exported best model."""
-    verification = None
-    if result.dense is not None:
-        verification = {
-            "primary": result.dense.primary,
-            "dense": result.dense.to_dict(),
-            "finalists": [
-                {"trial_number": number, "origin": _origin(result, number), "proxy_score": _score(result, number)}
-                | check.to_dict()
-                for number, check in sorted(result.verified.items(), key=lambda item: item[1].value)
-            ],
-            # successive halving: per rung, held-out sequences, figures, survivors
-            "ladder": [rung.model_dump() for rung in result.ladder],
-        }
+def report(job_id: str, context: SearchContext, result: SearchResult, *, settings: WorkerSettings) -> JobReport:
+    """The job's report: the verification ladder's figures, the exported best model and the proxy trust."""
     export = None
     if result.best is not None:
         target = job_artifacts_dir(settings.artifacts_dir, job_id) / BEST
@@ -77,8 +64,7 @@ def report(job_id: str, context: SearchContext, result: SearchResult, *, setting
         export = write_export(context, best["arch"], target, _provenance(context, best))
     # Proxy trust (issue 4): rank correlation of every proxy used with the verified metric on a
     # stratified audit sample, biases towards size and depth, and a flag when the job's proxy is poor.
-    trust = result.trust.model_dump() if result.trust is not None else None
-    return {"verification": verification, "export": export, "pareto": result.pareto, "trust": trust}
+    return JobReport(verification=verification_report(result), export=export, pareto=result.pareto, trust=result.trust)
 
 
 def export_trial(
@@ -127,11 +113,3 @@ def _provenance(context: SearchContext, entry: dict[str, Any]) -> dict[str, Any]
         "calibration_digest": context.tokens.digest,
         "job_spec": spec.model_dump(mode="json"),
     }
-
-
-def _score(result: SearchResult, number: int) -> float | None:
-    return next((t.value for t in result.trials if t.number == number), None)
-
-
-def _origin(result: SearchResult, number: int) -> str | None:
-    return next((t.origin for t in result.trials if t.number == number), None)

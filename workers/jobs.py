@@ -28,7 +28,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from service import repository
 from service.admission import check_local_paths
 from service.db import session_scope
-from service.repository import TrialRecord
 from service.states import JobStatus
 from workers import reaper, runtime
 from workers.settings import WorkerSettings
@@ -38,7 +37,7 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
     from search.loading import ModelCache
-    from search.results import TrialInfo
+    from search.results import BestEntry
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +87,7 @@ def _search(
     settings: WorkerSettings,
     sessions: sessionmaker[Session],
     models: ModelCache,
-) -> tuple[JobStatus, dict[str, Any] | None]:
+) -> tuple[JobStatus, BestEntry | None]:
     from search import JobSpec, MetaNetStore, SearchHooks, prepare_job, run_search
 
     spec = JobSpec.model_validate(spec_data)
@@ -116,17 +115,16 @@ def _search(
         for trial in result.trials:
             if trial.state in ("running", "waiting"):
                 continue  # another worker's trial in flight, or a seed that never ran (cancelled)
-            repository.record_trial(session, job_id, _record(trial))
+            repository.record_trial(session, job_id, trial)
         for number, verification in result.verified.items():
-            repository.record_verification(session, job_id, number, verification.to_dict())
+            repository.record_verification(session, job_id, number, verification)
     if not result.stopped:
         from workers.exports import report
 
         job_report = report(job_id, context, result, settings=settings)
         with session_scope(sessions) as session:
             repository.set_report(session, job_id, job_report)
-    best = result.best.model_dump() if result.best is not None else None
-    return (JobStatus.CANCELLED if result.stopped else JobStatus.SUCCEEDED), best
+    return (JobStatus.CANCELLED if result.stopped else JobStatus.SUCCEEDED), result.best
 
 
 def evaluate_chunk(
@@ -203,29 +201,12 @@ class _TrialRecorder:
 
         info = describe_trial(trial)
         with session_scope(self.sessions) as session:
-            repository.record_trial(session, self.job_id, _record(info))
+            repository.record_trial(session, self.job_id, info)
             job = repository.get_job(session, self.job_id)
             # Other workers of the job record their trials too: compare with the job's best, not ours.
             best = (job.best or {}).get("score") if job is not None else None
             if info.value is not None and (best is None or info.value > best):
-                repository.set_best(session, self.job_id, best_entry(info, verified=None).model_dump())
-
-
-def _record(trial: TrialInfo) -> TrialRecord:
-    return TrialRecord(
-        number=trial.number,
-        state=trial.state,
-        origin=trial.origin,
-        arch=trial.arch,
-        param_count=trial.param_count,
-        param_ratio=trial.param_ratio,
-        value=trial.value,
-        values=trial.values,
-        scores=trial.scores,
-        duration_s=trial.duration_s,
-        timings=trial.timings,
-        error=trial.error,
-    )
+                repository.set_best(session, self.job_id, best_entry(info, verified=None))
 
 
 @contextmanager

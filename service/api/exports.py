@@ -19,6 +19,7 @@ from typing import Any, Literal
 from celery import Celery
 from sqlalchemy.orm import Session
 
+from search.export_format import PROVENANCE_FILE
 from service import repository
 from service.artifacts import PARTIAL_SUFFIX, job_artifacts_dir, trial_export_name
 from service.broker import enqueue_export
@@ -29,7 +30,6 @@ from service.states import TrialState
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "PROVENANCE_FILE",
     "Export",
     "ExportFile",
     "ExportPending",
@@ -43,7 +43,6 @@ __all__ = [
     "tar_export",
 ]
 
-PROVENANCE_FILE = "provenance.json"
 # Export names as the worker writes them ("best", "trial-17"); anything else is not served.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _CHUNK = 1 << 20

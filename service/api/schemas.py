@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from search import names
 from search.arch import ModelShape
+from search.results import VALUES_DESCRIPTION, BestEntry, Figures, TrialInfo
 from search.spec import JobSpec, SearchSpace
 from service.api.exports import Export
 from service.models import Job, TrialResult, utcnow
@@ -36,18 +37,11 @@ class Progress(BaseModel):
     )
 
 
-class Best(BaseModel):
-    """The best trial so far, as the worker reports it; extra members are passed through."""
+class BestOut(BestEntry):
+    """The job's best trial so far (``search.results.BestEntry``) as stored: a figure or score that was
+    not finite reads back as null."""
 
-    model_config = ConfigDict(extra="allow")
-
-    trial_number: int | None = None
-    arch: dict[str, Any] | None = None
-    param_count: int | None = None
-    param_ratio: float | None = None
-    score: float | None = None
-    scores: dict[str, Any] | None = None
-    verified: dict[str, Any] | None = None
+    scores: dict[str, float | None]  # type: ignore[assignment]
 
 
 class JobLinks(BaseModel):
@@ -64,7 +58,7 @@ class JobOut(BaseModel):
     model: str
     spec: dict[str, Any] = Field(description="The accepted job specification, with defaults filled in.")
     progress: Progress
-    best: Best | None
+    best: BestOut | None
     error: str | None
     cancel_requested: bool
     attempts: int
@@ -83,7 +77,7 @@ class JobOut(BaseModel):
             model=job.model,
             spec=job.spec,
             progress=_progress(job, now or utcnow()),
-            best=Best.model_validate(job.best) if job.best is not None else None,
+            best=BestOut.model_validate(job.best) if job.best is not None else None,
             error=job.error,
             cancel_requested=job.cancel_requested,
             attempts=job.attempts,
@@ -118,45 +112,24 @@ class JobPage(BaseModel):
     next: str | None = Field(description="Link to the next page; null on the last page.")
 
 
-class TrialOut(BaseModel):
-    number: int
-    state: TrialState
-    origin: str = Field(description="Where the candidate came from, e.g. 'sampler' or 'seed:uniform'.")
-    arch: dict[str, Any] | None
-    param_count: int | None
-    param_ratio: float | None
-    value: float | None = Field(description="The objective; null if the trial failed or its score was not finite.")
-    values: list[float | None] | None = Field(
-        default=None,
-        description="All objective values of a multi-objective trial, in the order of the job's objectives.",
-    )
-    scores: dict[str, Any] | None
-    verified: dict[str, Any] | None
-    duration_s: float | None
-    timings: dict[str, Any] | None
-    error: str | None
+class TrialOut(TrialInfo):
+    """A recorded trial: the search's ``TrialInfo`` with its verified figures and times.
+
+    Fields are declared once, in ``TrialInfo``; the ones re-declared here are read back as stored,
+    where a number that was not finite became null (``service.jsonsafe``).
+    """
+
+    state: TrialState  # type: ignore[assignment]  # the states the table keeps
+    values: list[float | None] | None = Field(default=None, description=VALUES_DESCRIPTION)  # type: ignore[assignment]
+    scores: dict[str, Any] | None  # type: ignore[assignment]
+    timings: dict[str, Any] | None  # type: ignore[assignment]
+    verified: Figures | None
     created_at: datetime
     finished_at: datetime | None
 
     @classmethod
     def from_row(cls, trial: TrialResult) -> TrialOut:
-        return cls(
-            number=trial.number,
-            state=TrialState(trial.state),
-            origin=trial.origin,
-            arch=trial.arch,
-            param_count=trial.param_count,
-            param_ratio=trial.param_ratio,
-            value=trial.value,
-            values=trial.values,
-            scores=trial.scores,
-            verified=trial.verified,
-            duration_s=trial.duration_s,
-            timings=trial.timings,
-            error=trial.error,
-            created_at=trial.created_at,
-            finished_at=trial.finished_at,
-        )
+        return cls.model_validate(trial, from_attributes=True)
 
 
 class TrialPage(BaseModel):
@@ -173,16 +146,6 @@ class Objective(BaseModel):
 class ParetoFront(BaseModel):
     objectives: list[Objective] = Field(description="What the front trades off, in the order of a trial's values.")
     items: list[TrialOut] = Field(description="The non-dominated complete trials, by param_ratio ascending.")
-
-
-class JobReport(BaseModel):
-    """What the worker wrote when the search ended; members other than these are passed through."""
-
-    model_config = ConfigDict(extra="allow")
-
-    verification: dict[str, Any] | None = None
-    export: dict[str, Any] | None = None
-    trust: dict[str, Any] | None = None
 
 
 class ModelWidths(BaseModel):

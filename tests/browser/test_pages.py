@@ -407,10 +407,10 @@ def test_cancel_a_running_job_from_its_page(
 
 
 def test_the_pages_pareto_front_matches_the_servers_on_random_points(browser: Any, server: str) -> None:
-    """pareto.js (used when GET /pareto is absent) agrees with service.pareto, ties and duplicates included."""
+    """pareto.js (used when GET /pareto is absent) agrees with search.pareto, ties and duplicates included."""
     import random
 
-    from service.pareto import non_dominated
+    from search.pareto import non_dominated
 
     page = new_page(browser)
     page.goto(f"{server}/static/favicon.svg")  # any same-origin page can import the modules

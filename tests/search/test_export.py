@@ -22,7 +22,8 @@ from transformers import (
 
 from search.adapters import adapter_for
 from search.arch import ArchConfig, LayerArch
-from search.export import PROVENANCE_FILE, export_model, load_pruned
+from search.export import export_model, load_pruned
+from search.export_format import PROVENANCE_FILE
 from search.loading import LoadedModel
 from search.masking import apply_arch
 from search.selection import SparsityScorer, select_units

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
+from search.results import BestEntry, TrialInfo
 from service.models import Job
 from service.settings import Settings
 
@@ -47,3 +48,33 @@ def assert_problem(response: Any, status: int, detail_contains: str = "") -> dic
     assert detail_contains in problem["detail"], problem
     assert "Traceback" not in response.text
     return problem
+
+
+def trial_info(number: int, state: str = "complete", *, origin: str = "sampler", **fields: Any) -> TrialInfo:
+    """A trial as the search describes it (``search.results.TrialInfo``), empty but for ``fields``."""
+    empty: dict[str, Any] = {
+        "value": None,
+        "values": None,
+        "arch": None,
+        "param_count": None,
+        "param_ratio": None,
+        "scores": {},
+        "timings": {},
+        "duration_s": None,
+        "error": None,
+    }
+    return TrialInfo(number=number, state=state, origin=origin, **(empty | fields))
+
+
+def best_entry(trial_number: int, **fields: Any) -> BestEntry:
+    """A job's best entry (``search.results.BestEntry``), empty but for ``fields``."""
+    empty: dict[str, Any] = {
+        "origin": "sampler",
+        "arch": None,
+        "param_count": None,
+        "param_ratio": None,
+        "score": None,
+        "scores": {},
+        "verified": None,
+    }
+    return BestEntry(trial_number=trial_number, **(empty | fields))

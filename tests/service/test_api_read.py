@@ -10,9 +10,8 @@ from sqlalchemy.orm import Session
 
 from service import repository
 from service.api.app import create_app
-from service.repository import TrialRecord
 from service.settings import Settings
-from tests.service.helpers import TEST_PAGE_MAX, assert_problem, job_spec
+from tests.service.helpers import TEST_PAGE_MAX, assert_problem, best_entry, job_spec, trial_info
 
 
 def _create_jobs(session: Session, model: Path, count: int) -> list[str]:
@@ -68,7 +67,7 @@ def test_list_rejects_bad_parameters(pg_client: TestClient) -> None:
 def test_trials_page_by_number(pg_client: TestClient, pg_session: Session, tiny_model_config_dir: Path) -> None:
     (job_id,) = _create_jobs(pg_session, tiny_model_config_dir, 1)
     for number in (3, 0, 4, 1, 2):  # recorded out of order, listed by number
-        record = TrialRecord(number=number, state="complete", origin="sampler", value=0.5 + number, param_ratio=0.6)
+        record = trial_info(number, "complete", value=0.5 + number, param_ratio=0.6)
         repository.record_trial(pg_session, job_id, record)
     pg_session.commit()
 
@@ -91,22 +90,26 @@ def test_nan_never_breaks_json_output(pg_client: TestClient, pg_session: Session
     repository.record_trial(
         pg_session,
         job_id,
-        TrialRecord(
-            number=0,
-            state="complete",
+        trial_info(
+            0,
+            "complete",
             origin="seed:uniform",
             value=nan,
+            values=[1.0, -inf],
             param_ratio=inf,
-            scores={"tracenas": nan, "nested": [1.0, -inf]},
+            scores={"tracenas": nan},
+            timings={"proxy_s": inf},
             duration_s=nan,
         ),
     )
-    repository.set_best(pg_session, job_id, {"trial_number": 0, "score": nan, "scores": {"tracenas": inf}})
+    repository.set_best(pg_session, job_id, best_entry(0, score=nan, scores={"tracenas": inf}))
     pg_session.commit()
 
     trial = pg_client.get(f"/v1/jobs/{job_id}/trials").json()["items"][0]
     assert trial["value"] is None and trial["param_ratio"] is None and trial["duration_s"] is None
-    assert trial["scores"] == {"tracenas": None, "nested": [1.0, None]}
+    # Nested too: inside the objective values, the scores and the timings.
+    assert trial["values"] == [1.0, None]
+    assert trial["scores"] == {"tracenas": None} and trial["timings"] == {"proxy_s": None}
     best = pg_client.get(f"/v1/jobs/{job_id}").json()["best"]
     assert best["trial_number"] == 0 and best["score"] is None and best["scores"] == {"tracenas": None}
 
@@ -139,8 +142,8 @@ def test_running_job_has_an_eta(pg_client: TestClient, pg_session: Session, tiny
     (job_id,) = _create_jobs(pg_session, tiny_model_config_dir, 1)  # 10 trials
     assert repository.claim_job(pg_session, job_id, worker="w1", stale_after_s=300)
     assert pg_client.get(f"/v1/jobs/{job_id}").json()["progress"]["eta_seconds"] is None
-    repository.record_trial(pg_session, job_id, TrialRecord(number=0, state="complete", origin="sampler", value=1.0))
-    repository.record_trial(pg_session, job_id, TrialRecord(number=1, state="failed", origin="sampler", error="oom"))
+    repository.record_trial(pg_session, job_id, trial_info(0, "complete", value=1.0))
+    repository.record_trial(pg_session, job_id, trial_info(1, "failed", error="oom"))
     pg_session.commit()
 
     progress = pg_client.get(f"/v1/jobs/{job_id}").json()["progress"]

@@ -9,12 +9,13 @@ import pytest
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 
+from search.results import Verification
 from service import migrate, repository
 from service.db import make_engine, make_sessionmaker
 from service.errors import JobNotCancellable, MalformedRequest, NotFound
 from service.models import Job, TrialResult, utcnow
-from service.repository import TrialRecord
 from service.states import JobStatus
+from tests.service.helpers import best_entry, trial_info
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -71,11 +72,11 @@ def test_terminal_and_cancelled_jobs_cannot_be_claimed(session: Session) -> None
 
 def test_record_trial_is_idempotent_and_recounts(session: Session) -> None:
     job_id = _job(session)
-    repository.record_trial(session, job_id, TrialRecord(number=0, state="running", origin="sampler"))
-    repository.record_trial(session, job_id, TrialRecord(number=0, state="complete", origin="sampler", value=0.9))
-    repository.record_trial(session, job_id, TrialRecord(number=0, state="complete", origin="sampler", value=0.9))
-    repository.record_trial(session, job_id, TrialRecord(number=1, state="failed", origin="seed:uniform", error="x"))
-    repository.record_trial(session, job_id, TrialRecord(number=2, state="pruned", origin="sampler"))
+    repository.record_trial(session, job_id, trial_info(0, "running"))
+    repository.record_trial(session, job_id, trial_info(0, "complete", value=0.9))
+    repository.record_trial(session, job_id, trial_info(0, "complete", value=0.9))
+    repository.record_trial(session, job_id, trial_info(1, "failed", origin="seed:uniform", error="x"))
+    repository.record_trial(session, job_id, trial_info(2, "pruned"))
     session.commit()
 
     rows = session.scalar(select(func.count()).select_from(TrialResult).where(TrialResult.job_id == job_id))
@@ -85,7 +86,7 @@ def test_record_trial_is_idempotent_and_recounts(session: Session) -> None:
     assert job.heartbeat_at is not None
 
     # A redelivered trial that now fails moves the counters the other way.
-    repository.record_trial(session, job_id, TrialRecord(number=0, state="failed", origin="sampler", error="oom"))
+    repository.record_trial(session, job_id, trial_info(0, "failed", error="oom"))
     session.commit()
     job = repository.require_job(session, job_id)
     assert (job.trials_completed, job.trials_failed) == (1, 2)
@@ -100,19 +101,22 @@ def test_record_trial_is_idempotent_and_recounts(session: Session) -> None:
 
 def test_record_trial_rejects_unknown_state(session: Session) -> None:
     job_id = _job(session)
-    with pytest.raises(ValueError, match="'done'"):
-        repository.record_trial(session, job_id, TrialRecord(number=0, state="done", origin="sampler"))
+    with pytest.raises(ValueError, match="'done'"):  # the search's trial type refuses it
+        repository.record_trial(session, job_id, trial_info(0, "done"))
+    with pytest.raises(ValueError, match="'waiting'"):  # a state the search has but the table does not keep
+        repository.record_trial(session, job_id, trial_info(0, "waiting"))
 
 
 def test_record_verification(session: Session) -> None:
     job_id = _job(session)
-    repository.record_trial(session, job_id, TrialRecord(number=4, state="complete", origin="sampler", value=1.0))
-    repository.record_verification(session, job_id, 4, {"kl": 0.12, "ppl": float("nan"), "tokens": 4096})
+    repository.record_trial(session, job_id, trial_info(4, "complete", value=1.0))
+    figures = Verification(primary="kl", metrics={"kl": 0.12, "ppl": float("nan")}, tokens=4096)
+    repository.record_verification(session, job_id, 4, figures)
     session.commit()
     trial = repository.list_trials(session, job_id, limit=1, cursor=None)[0][0]
-    assert trial.verified == {"kl": 0.12, "ppl": None, "tokens": 4096}
+    assert trial.verified == {"kl": 0.12, "ppl": None, "tokens": 4096, "primary": "kl"}
     with pytest.raises(NotFound):
-        repository.record_verification(session, job_id, 5, {"kl": 0.1})
+        repository.record_verification(session, job_id, 5, Verification(primary="kl", metrics={"kl": 0.1}))
 
 
 def test_finish_job_is_guarded(session: Session) -> None:
@@ -124,12 +128,12 @@ def test_finish_job_is_guarded(session: Session) -> None:
 
     running = _job(session)
     assert repository.claim_job(session, running, worker="a", stale_after_s=300)
-    best = {"trial_number": 3, "score": 0.8}
+    best = best_entry(3, score=0.8)
     assert repository.finish_job(session, running, JobStatus.SUCCEEDED, best=best) is True
     assert repository.finish_job(session, running, JobStatus.FAILED, error="late") is False
     session.commit()
     job = repository.require_job(session, running)
-    assert (job.status, job.best, job.error) == ("succeeded", best, None)
+    assert (job.status, job.best, job.error) == ("succeeded", best.model_dump(), None)
     assert job.finished_at is not None
     with pytest.raises(ValueError, match="terminal"):
         repository.finish_job(session, running, JobStatus.RUNNING)
@@ -156,10 +160,10 @@ def test_cancel_transitions(session: Session) -> None:
 def test_heartbeat_and_best(session: Session) -> None:
     job_id = _job(session)
     repository.heartbeat(session, job_id)
-    repository.set_best(session, job_id, {"trial_number": 1, "score": float("inf")})
+    repository.set_best(session, job_id, best_entry(1, score=float("inf")))
     session.commit()
     job = repository.require_job(session, job_id)
-    assert job.heartbeat_at is not None and job.best == {"trial_number": 1, "score": None}
+    assert job.heartbeat_at is not None and job.best == best_entry(1).model_dump() | {"score": None}
     with pytest.raises(NotFound):
         repository.heartbeat(session, "missing")
 

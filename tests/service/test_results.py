@@ -19,12 +19,12 @@ import redis
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
+from search.results import JobReport
 from service import repository
 from service.broker import EXPORT_TRIAL_TASK
 from service.models import Job
-from service.repository import TrialRecord
 from service.settings import Settings
-from tests.service.helpers import assert_problem, job_spec
+from tests.service.helpers import assert_problem, job_spec, trial_info
 
 PROVENANCE = {"base_model": "tiny-llama", "revision": "abc123", "kept_layers": [0, 2, 3]}
 
@@ -37,7 +37,7 @@ def _job(session: Session, model: Path, **spec_overrides: Any) -> str:
 
 
 def _trial(session: Session, job_id: str, number: int, state: str = "complete", **fields: Any) -> None:
-    repository.record_trial(session, job_id, TrialRecord(number=number, state=state, origin="sampler", **fields))
+    repository.record_trial(session, job_id, trial_info(number, state, **fields))
     session.commit()
 
 
@@ -153,14 +153,37 @@ def test_report_is_404_until_the_worker_writes_it(
     assert_problem(pg_client.get(f"/v1/jobs/{job_id}/report"), 404, "no report yet")
 
     report = {
-        "verification": {"kl": 0.12, "perplexity": 31.5},
-        "trust": {"spearman": 0.8},
-        "export": {"param_count": 1234, "cpu_latency_ms": {"dense": 10.0, "pruned": 6.5}},
-        "notes": ["extra members pass through"],
+        "verification": {
+            "primary": "kl",
+            "dense": {"kl": 0.0, "ppl": 25.0, "tokens": 252, "primary": "kl"},
+            "finalists": [
+                {"trial_number": 7, "origin": "sampler", "proxy_score": 0.8, "primary": "kl", "tokens": 252, "kl": 0.1},
+                # A figure that was not finite is stored as null.
+                {"trial_number": 2, "origin": None, "proxy_score": None, "primary": "kl", "tokens": 252, "ppl": None},
+            ],
+            "ladder": [],
+        },
+        "export": {
+            "name": "best",
+            "kind": "standard",
+            "param_count": 1234,
+            "nonzero_params": 1200,
+            "dense_params": 2000,
+            "size_bytes": 4936,
+            "latency": {
+                "device": "cpu",
+                "tokens": 128,
+                "pruned_latency_s": 0.0065,
+                "dense_latency_s": 0.01,
+                "pruned_tokens_per_s": 19692.3,
+                "dense_tokens_per_s": 12800.0,
+                "speedup": 1.54,
+            },
+        },
+        "pareto": [2, 7],
+        "trust": None,
     }
-    job = pg_session.get(Job, job_id)
-    assert job is not None
-    job.report = report
+    repository.set_report(pg_session, job_id, JobReport.model_validate(report))
     pg_session.commit()
 
     response = pg_client.get(f"/v1/jobs/{job_id}/report")

@@ -27,7 +27,8 @@ def test_report_has_trust_and_ladder(tiny_llama_dir: Path, tmp_path: Path) -> No
     settings = WorkerSettings(data_dir=tmp_path)
     context = prepare(load_model(str(tiny_llama_dir), device="cpu"), spec)
     result = run_search(context, study_name="report", metanet_store=MetaNetStore(settings.data_dir / "metanet"))
-    job_report = json.loads(json.dumps(report("job-1", context, result, settings=settings), allow_nan=False))
+    written = report("job-1", context, result, settings=settings)
+    job_report = json.loads(json.dumps(written.model_dump(mode="json"), allow_nan=False))
     trust = job_report["trust"]
     assert trust["objective"] == "ensemble" and {"tracenas", "tracenas_sum", "prunenet"} <= set(trust["proxies"])
     assert isinstance(trust["flagged"], bool) and trust["audit"]["size"] == 6

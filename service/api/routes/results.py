@@ -11,6 +11,8 @@ from fastapi.responses import FileResponse, StreamingResponse
 from search.arch import ModelShape
 from search.errors import SearchError
 from search.families import read_shape
+from search.pareto import job_front
+from search.results import JobReport
 from search.spec import model_kind, read_local_config
 from service import repository
 from service.api import exports
@@ -20,7 +22,6 @@ from service.api.schemas import (
     API_PREFIX,
     Artifact,
     ArtifactList,
-    JobReport,
     ModelWidths,
     Objective,
     ParetoFront,
@@ -28,7 +29,6 @@ from service.api.schemas import (
     artifacts_path,
 )
 from service.errors import NotFound
-from service.pareto import job_front
 
 router = APIRouter(prefix=f"{API_PREFIX}/jobs", tags=["results"])
 

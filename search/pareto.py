@@ -1,4 +1,7 @@
-"""Pareto fronts: which points no other point beats on every objective. Pure, no I/O.
+"""Pareto fronts: which points no other point beats on every objective. Pure, no I/O, torch-free.
+
+The one implementation: the search's result (``search.results.pareto_front``) and the service's
+``GET /v1/jobs/{id}/pareto`` (``job_front`` over the stored trials) both use it.
 
 A point dominates another when it is at least as good on every objective and strictly better on
 one. Equal points do not dominate each other, so duplicates on the front are all kept.
@@ -19,7 +22,7 @@ OBJECTIVE_DIRECTIONS: Mapping[str, Direction] = {"score": "maximize", "params": 
 
 
 def direction_of(name: str) -> Direction:
-    """The direction of a named objective; ``ValueError`` for a name the service does not know."""
+    """The direction of a named objective; ``ValueError`` for a name not in ``OBJECTIVE_DIRECTIONS``."""
     try:
         return OBJECTIVE_DIRECTIONS[name]
     except KeyError:
@@ -64,7 +67,7 @@ def _dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
 
 
 class TrialLike(Protocol):
-    """What ``job_front`` reads of a trial (``service.models.TrialResult`` has it)."""
+    """What ``job_front`` reads of a trial (``search.results.TrialInfo`` and the service's stored row have it)."""
 
     @property
     def number(self) -> int: ...

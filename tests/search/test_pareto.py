@@ -1,4 +1,4 @@
-"""service.pareto: dominance, the front (ties, duplicates, one point, none) and a job's front."""
+"""search.pareto: dominance, the front (ties, duplicates, one point, none), a job's front, the search result's front."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from service.pareto import dominates, job_front, non_dominated
+from search.pareto import dominates, job_front, non_dominated
+from search.results import TrialInfo, pareto_front, proxy_score
 
 MAX_MIN = ("maximize", "minimize")
 
@@ -100,3 +101,40 @@ def test_multi_objective_front_reads_values_in_spec_order() -> None:
     objectives, front = job_front(["score", "params", "latency"], trials)
     assert objectives == [("score", "maximize"), ("params", "minimize"), ("latency", "minimize")]
     assert [trial.number for trial in front] == [1, 0]
+
+
+def _quadratic_front(points: list[tuple[int, float, float]]) -> list[int]:
+    # The pairwise definition search.results.pareto_front used before it shared non_dominated.
+    return sorted(
+        number
+        for number, score, ratio in points
+        if not any(s >= score and r <= ratio and (s > score or r < ratio) for n, s, r in points if n != number)
+    )
+
+
+def test_search_result_front_matches_the_pairwise_definition() -> None:
+    rng = random.Random(13)
+    for size in (0, 1, 2, 9, 60):
+        trials = [
+            _trial_info(number, rng.choice([None, *(v / 10 for v in range(5))]), rng.choice([None, 0.3, 0.5, 0.7]))
+            for number in range(size)
+        ]
+        points = [(t.number, proxy_score(t), t.param_ratio or 0.0) for t in trials]
+        assert pareto_front(trials) == _quadratic_front(points), size
+
+
+def _trial_info(number: int, value: float | None, param_ratio: float | None) -> TrialInfo:
+    return TrialInfo(
+        number=number,
+        state="complete",
+        origin="sampler",
+        value=value,
+        values=None,
+        arch=None,
+        param_count=None,
+        param_ratio=param_ratio,
+        scores={},
+        timings={},
+        duration_s=None,
+        error=None,
+    )
