@@ -33,11 +33,14 @@ from optuna.trial import TrialState
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from search.adapters import adapter_for  # noqa: E402
 from search.calibration import TokenSet  # noqa: E402
 from search.candidates import prepare  # noqa: E402
 from search.export import materialize  # noqa: E402
-from search.loading import LoadedModel, load_model  # noqa: E402
+from search.loading import (  # noqa: E402
+    LoadedModel,
+    adapter_for,
+    load_model,
+)
 from search.names import PROXIES  # noqa: E402
 from search.repair import Proposal  # noqa: E402
 from search.spec import JobSpec  # noqa: E402

@@ -22,8 +22,6 @@ import torch
 from torch import nn
 
 from search.arch import ModelShape
-from search.families import family_for, read_shape
-from search.names import resolve
 from search.units import LayerSelection
 
 Batch = dict[str, torch.Tensor]  # input_ids (B, T), attention_mask (B, T)
@@ -84,7 +82,7 @@ class Adapter(ABC):
     """Base class; see the module docstring for the vocabulary."""
 
     def __init__(self, model: nn.Module, shape: ModelShape) -> None:
-        """``shape``: the model's, as its family reads it (``search.families.adapter_for``)."""
+        """``shape``: the model's, as its family reads it (``search.loading.adapter_for``)."""
         self.model = model
         self.shape = shape
 
@@ -160,10 +158,3 @@ def head_rows(shape: ModelShape, kv_groups: torch.Tensor) -> tuple[torch.Tensor,
     q_rows = (q_heads.unsqueeze(1) * d + torch.arange(d)).flatten()
     kv_rows = (kv_groups.unsqueeze(1) * d + torch.arange(d)).flatten()
     return q_rows, kv_rows
-
-
-def adapter_for(model: nn.Module) -> Adapter:
-    """The adapter of a loaded model's family (raises ``UnsupportedModel`` with the supported list)."""
-    shape = read_shape(model.config.to_dict())
-    adapter: type[Adapter] = resolve(family_for(shape.model_type).adapter)
-    return adapter(model, shape)

@@ -29,12 +29,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from search.adapters import Adapter, Block, adapter_for
+from search.adapters import Adapter, Block
 from search.arch import ArchConfig, ModelShape
 from search.errors import InvalidArchConfig, ModelLoadError
 from search.export_format import CONFIG_KEY, FORMAT_VERSION, PROVENANCE_FILE
 from search.families import family_for, read_shape
-from search.loading import LoadedModel
+from search.loading import LoadedModel, adapter_for
 from search.masking import apply_arch
 from search.selection import Selection
 

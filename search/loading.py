@@ -8,14 +8,15 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from search.adapters import Adapter, adapter_for
+from search.adapters import Adapter
 from search.arch import ModelShape
 from search.artifacts import ArtifactStore, ModelArtifacts
 from search.errors import ModelLoadError
-from search.families import read_shape
+from search.families import family_for, read_shape
+from search.names import resolve
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 @dataclass
@@ -92,3 +93,10 @@ class ModelCache:
             self._entry = None  # release the previous model before loading the next
             self._entry = load_model(model, revision, device=device, artifacts=self.artifacts)
         return self._entry
+
+
+def adapter_for(model: PreTrainedModel) -> Adapter:
+    """The adapter of a loaded model's family (raises ``UnsupportedModel`` with the supported list)."""
+    shape = read_shape(model.config.to_dict())
+    adapter: type[Adapter] = resolve(family_for(shape.model_type).adapter)
+    return adapter(model, shape)

@@ -2,7 +2,7 @@
 
 A family is one package: its ``__init__`` describes it as torch-free data (model types, shape
 reader, export keys; ``search.families.family.Family``) and its ``adapter`` module holds the torch
-code, named by its path and imported on first use (``search.adapters.adapter_for``), so the API
+code, named by its path and imported on first use (``search.loading.adapter_for``), so the API
 validates specs without torch. Adding a family is one
 package plus one line in ``FAMILIES``.
 """

@@ -18,7 +18,7 @@ class Family:
     model_types: tuple[str, ...]
     # ``config.json`` (a dict with ``model_type`` among ``model_types``) -> its shape
     read: Callable[[Mapping[str, Any]], ModelShape]
-    # "module:Class" of the family's torch adapter, imported on first use (``search.adapters.adapter_for``),
+    # "module:Class" of the family's torch adapter, imported on first use (``search.loading.adapter_for``),
     # so the description stays torch-free.
     adapter: str
     layer_count_key: str  # the config key of the number of layers

@@ -20,11 +20,10 @@ from transformers import (
     Qwen3Config,
 )
 
-from search.adapters import adapter_for
 from search.arch import ArchConfig, LayerArch
 from search.export import export_model, load_pruned
 from search.export_format import PROVENANCE_FILE
-from search.loading import LoadedModel
+from search.loading import LoadedModel, adapter_for
 from search.masking import apply_arch
 from search.selection import SparsityScorer, select_units
 from search.units import Importance
