@@ -22,6 +22,7 @@ from search.proxies.base import COST_LOOKUP, Proxy, ProxyScore
 from search.selection import Selection
 from search.stats import DenseStats
 from search.study import run_search
+from search.trials import job_proxy
 from search.units import Importance
 from tests.conftest import tiny_job_spec
 
@@ -68,7 +69,7 @@ def test_a_registered_criterion_and_proxy_run_a_search(
         search_space={"ffn_alignment": 8, "selection": _CRITERION},
     )
     context = prepare(tiny_loaded, spec)
-    assert isinstance(context.proxy, MinusKeptChannels)
+    assert isinstance(job_proxy(context), MinusKeptChannels)
     ranks = RandomRanks().importance(tiny_loaded.adapter, context.stats, seed=5, artifacts=ModelArtifacts())
     assert all(torch.equal(a, b) for a, b in zip(context.importance.channels, ranks.channels, strict=True))
 
@@ -83,7 +84,7 @@ def test_a_registered_criterion_and_proxy_run_a_search(
         for layer, scores in zip(selection.layers, ranks.channels, strict=True):
             # the kept channels are the random ranking's best ones
             assert torch.equal(layer.channels, torch.sort(torch.topk(scores, len(layer.channels)).indices).values)
-    assert result.trust is not None and _PROXY in result.trust["proxies"]
+    assert result.trust is not None and _PROXY in result.trust.proxies
 
 
 def test_a_name_is_refused_until_it_is_registered(monkeypatch: pytest.MonkeyPatch, tiny_llama_dir: Path) -> None:
