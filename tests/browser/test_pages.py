@@ -290,7 +290,18 @@ def test_report_and_downloads_appear_when_the_server_has_them(
                     "params_spearman": 0.9,
                     "depth_spearman": 0.4,
                     "poor": False,
-                }
+                },
+                # A good ρ on few candidates: its interval reaches below the threshold.
+                "prunenet": {
+                    "spearman": 0.75,
+                    "spearman_ci": [0.2, 0.98],
+                    "kendall": 0.6,
+                    "kendall_ci": [0.1, 0.9],
+                    "n": 12,
+                    "params_spearman": 0.1,
+                    "depth_spearman": 0.1,
+                    "poor": False,
+                },
             },
             "flagged": False,
             "flags": [],
@@ -315,7 +326,7 @@ def test_report_and_downloads_appear_when_the_server_has_them(
     page.wait_for_selector("#report-section:not([hidden])")
     text = page.inner_text("#report-section")
     assert "TraceNAS ordered 24 audited candidates with Spearman 0.31 [−0.20, 0.68]" in text
-    assert page.get_attribute("#report-trust p.verdict", "data-verdict") == "weak"
+    assert page.get_attribute("#report-trust p.verdict[data-proxy='tracenas']", "data-verdict") == "weak"
     assert "correlates with parameter count" in text
     assert page.locator("#verified-table tbody tr").count() == 3  # two finalists and the dense model
     assert "Uniform width" in page.inner_text("#verified-table tr[data-trial='0']")
@@ -331,6 +342,12 @@ def test_report_and_downloads_appear_when_the_server_has_them(
         page.click("#download-csv")
     lines = Path(download.value.path()).read_text().splitlines()
     assert lines[0].startswith("number,state,origin") and len(lines) == N_TRIALS + 1
+
+    # A good ρ whose interval reaches below the threshold reads "uncertain", not "weak".
+    report["trust"]["objective"] = "prunenet"
+    page.reload()
+    verdict = page.locator("#report-trust p.verdict[data-proxy='prunenet']")
+    assert verdict.get_attribute("data-verdict") == "uncertain"
     page.context.close()
 
 
@@ -529,7 +546,7 @@ def test_the_report_reads_as_sentences_and_one_table_at_laptop_and_phone_width(
     sentence = page.inner_text("#report-trust p.verdict")
     assert re.fullmatch(
         rf"TraceNAS ordered {objective['n']} audited candidates with Spearman [−\d.]+ \[[−\d.]+, [−\d.]+\] "
-        r"against their verified KL to dense: (poor|weak|moderate|strong)\.",
+        r"against their verified KL to dense: (poor|weak|uncertain|moderate|strong)\.",
         sentence,
     ), sentence
     assert page.get_attribute("#report-trust details", "open") is None

@@ -162,7 +162,9 @@ function verdict(entry, threshold) {
   const rho = entry.spearman;
   const interval = list(entry.spearman_ci);
   if (!isNumber(rho) || entry.poor || rho < threshold) return "poor";
-  if ((isNumber(interval[0]) && interval[0] < threshold) || rho < 0.5) return "weak";
+  if (rho < 0.5) return "weak";
+  // A good ρ whose interval reaches below the threshold: too few audited candidates to be sure.
+  if (isNumber(interval[0]) && interval[0] < threshold) return "uncertain";
   return rho < 0.7 ? "moderate" : "strong";
 }
 
