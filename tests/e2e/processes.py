@@ -37,7 +37,7 @@ class Process:
 
     def stop(self, timeout: float = 30) -> None:
         """SIGTERM, as ``docker stop`` and systemd send; then SIGKILL to whatever it left running
-        (tests/cli/test_processes.py checks that ``serve`` leaves nothing)."""
+        (tests/prunesearch/test_processes.py checks that ``serve`` leaves nothing)."""
         started = proctree.descendants(self.popen.pid) if proctree.supported() else []
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
