@@ -167,7 +167,7 @@ def metanet_scores(
         artifacts=loaded.artifacts,
         min_records=min_records,
     )
-    state = proxy.prime(Priming([], audit=None, store=merged, job=f"evaluation-{name}", model=context.spec.model))
+    state = proxy.prime(Priming(list, audit=None, store=merged, job=f"evaluation-{name}", model=context.spec.model))
     if not proxy.ready:
         raise SystemExit(f"metanet not ready with {state['records']} records: {state['note']}")
     values, seconds = timed(lambda: [proxy.score(s).value for s in selections])
@@ -248,11 +248,11 @@ def evaluate_model(model: str, args: argparse.Namespace, tmp: Path) -> dict[str,
     states = {}
     for name, weighting in (("ensemble_equal", "equal"), ("ensemble", "audit")):
         ensemble = Ensemble([prunenet, tracenas], weighting=weighting)
-        states[name] = ensemble.prime(Priming(reference, audit=audit))
+        states[name] = ensemble.prime(Priming(lambda: reference, audit=audit))
         scores[name] = [ensemble.score(s, gate=False).value for s in candidates]
         cost[name] = cost["tracenas"] + cost["prunenet"]
     gated_ensemble = Ensemble([prunenet, tracenas])
-    gated_ensemble.prime(Priming(reference, audit=audit))
+    gated_ensemble.prime(Priming(lambda: reference, audit=audit))
     gated = [gated_ensemble.score(s) for s in candidates]
     scores["ensemble_gated"] = [r.value for r in gated]
     skipped = sum(r.extras["ensemble_gated"] for r in gated) / len(gated)

@@ -93,7 +93,7 @@ def prime(
         return [figures[key].value for key in keys]
 
     priming = Priming(
-        population(context, seed=context.spec.seed or 0),
+        lambda: population(context, seed=context.spec.seed or 0),
         audit=verify,
         store=store,
         job=job,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any, ClassVar, TypeVar, cast
 
 from search.adapters import Adapter
@@ -37,17 +38,23 @@ class ProxyScore:
 class Priming:
     """What ``prime`` receives: a reference population at the job's budget, and the means to audit.
 
-    ``audit`` returns the cheap verified metric (lower is better) of each selection; ``store`` keeps
-    the meta-network's training data across jobs; ``previous`` is what ``prime`` returned the first
-    time this job ran (a resumed job primes the same way).
+    ``draw`` makes the population on first use of ``population``, so a proxy that needs none (the
+    default ``prime``) costs the job nothing. ``audit`` returns the cheap verified metric (lower is
+    better) of each selection; ``store`` keeps the meta-network's training data across jobs;
+    ``previous`` is what ``prime`` returned the first time this job ran (a resumed job primes the
+    same way).
     """
 
-    population: Sequence[Selection]
+    draw: Callable[[], Sequence[Selection]]
     audit: Callable[[Sequence[Selection]], list[float]] | None = None
     store: MetaNetStore | None = None
     job: str = ""
     model: str = ""
     previous: dict[str, Any] | None = None
+
+    @cached_property
+    def population(self) -> Sequence[Selection]:
+        return self.draw()
 
 
 class Proxy(ABC):

@@ -62,7 +62,9 @@ def _make(name: Any, context: SearchContext, tokens: TokenSet, seed: int, store:
             figures = verifier.evaluate(dict(enumerate(selections)), 2)
             return [figures[i].value for i in range(len(selections))]
 
-        proxy.prime(Priming(population(context, 6, seed=seed), audit=audit, store=store, job="contract", model="t"))
+        proxy.prime(
+            Priming(lambda: population(context, 6, seed=seed), audit=audit, store=store, job="contract", model="t")
+        )
     return proxy
 
 

@@ -129,3 +129,21 @@ def test_a_worker_primes_a_jobs_proxy_once(
     assert calls == ["another-job"]
     prime_proxy(context, proxy, study, auditor, metanet_store=None, primed=primed)
     assert calls == ["another-job", "chunked"]  # primed for another job since: the first job's chunk primes again
+
+
+def test_priming_draws_the_reference_population_only_for_proxies_that_use_it(
+    tiny_loaded: LoadedModel, tiny_llama_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from search import audit
+    from search.ladder import Verifier
+    from search.trials import job_proxy
+
+    drawn: list[int] = []
+    draw = audit.population
+    monkeypatch.setattr(audit, "population", lambda *a, **k: drawn.append(1) or draw(*a, **k))
+    for proxy_name, draws in (("tracenas", 0), (["tracenas", "prunenet"], 1)):
+        context = prepare(tiny_loaded, _spec(tiny_llama_dir, proxy=proxy_name))
+        verifier = Verifier(context.loaded.adapter, context.tokens)
+        drawn.clear()
+        audit.prime(context, job_proxy(context), verifier, store=None, job="priming", previous=None)
+        assert len(drawn) == draws, proxy_name
