@@ -88,7 +88,7 @@ def user_error(error: Exception) -> str | None:
         return f"database error: {_first_line(cause)}"
     if isinstance(error, CommandError):  # e.g. a database migrated by a newer prunesearch
         return f"database migration: {_first_line(error)}"
-    if isinstance(error, ValidationError) and error.title == "Settings":
+    if isinstance(error, ValidationError) and error.title in ("Settings", "WorkerSettings"):
         problems = "; ".join(f"PRUNESEARCH_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in error.errors())
         return f"invalid setting: {problems}"
     if isinstance(error, OSError):

@@ -14,6 +14,7 @@ from sqlalchemy.engine import make_url
 
 from prunesearch.cli import main
 from service.settings import get_settings
+from workers.settings import get_worker_settings
 from tests.e2e.processes import PRUNESEARCH, base_env
 
 
@@ -99,6 +100,13 @@ def test_user_errors_are_one_line(elsewhere: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("PRUNESEARCH_PORT", "eighty")
     get_settings.cache_clear()
     assert_one_line_error(run("keys", "list"), "PRUNESEARCH_PORT")
+    # A worker's setting, read by the local search (its artifact store is the workers').
+    monkeypatch.delenv("PRUNESEARCH_PORT")
+    monkeypatch.setenv("PRUNESEARCH_TRIAL_GRACE_S", "never")
+    get_worker_settings.cache_clear()
+    model = str(Path(__file__).resolve().parents[2] / "models" / "ref-llama-7m")
+    assert_one_line_error(run("search", "--model", model, "--param-ratio", "0.5"), "PRUNESEARCH_TRIAL_GRACE_S")
+    get_worker_settings.cache_clear()
 
 
 def test_keys_create_as_a_process_from_another_folder(tmp_path: Path) -> None:
