@@ -15,9 +15,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from search.results import ExportReport, JobReport, Latency, SearchResult, verification_report
 from service import repository
-from service.admission import check_local_paths
 from service.artifacts import PARTIAL_SUFFIX, job_artifacts_dir, trial_export_name
 from service.db import session_scope
+from workers import runtime
 from workers.settings import WorkerSettings
 
 if TYPE_CHECKING:
@@ -71,9 +71,6 @@ def export_trial(
     job_id: str, number: int, *, settings: WorkerSettings, sessions: sessionmaker[Session], models: ModelCache
 ) -> str:
     """Export trial ``number`` of a job on request (``POST /v1/jobs/{id}/trials/{n}/export``)."""
-    from search.candidates import prepare_job
-    from search.spec import JobSpec
-
     target = job_artifacts_dir(settings.artifacts_dir, job_id) / trial_export_name(number)
     if target.is_dir():
         return "exists"  # a repeated request; exports never change once written
@@ -96,9 +93,7 @@ def export_trial(
     if spec_data is None or entry is None or entry["arch"] is None:
         log.warning("export of job %s trial %s: no such trial", job_id, number)
         return "missing"
-    spec = JobSpec.model_validate(spec_data)
-    check_local_paths(spec, settings, owner)  # as the job did: the paths may have been refused since
-    context = prepare_job(spec, models=models, device=settings.device)
+    context = runtime.prepare_spec(spec_data, owner, settings=settings, models=models)
     write_export(context, entry["arch"], target, _provenance(context, entry))
     return "exported"
 

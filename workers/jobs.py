@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import repository
-from service.admission import check_local_paths
 from service.db import session_scope
 from service.states import JobStatus
 from workers import reaper, runtime
@@ -88,13 +87,9 @@ def _search(
     sessions: sessionmaker[Session],
     models: ModelCache,
 ) -> tuple[JobStatus, BestEntry | None]:
-    from search import JobSpec, MetaNetStore, SearchHooks, prepare_job, run_search
+    from search import MetaNetStore, SearchHooks, run_search
 
-    spec = JobSpec.model_validate(spec_data)
-    # Checked again where the files are opened: a hub-style id can name a folder relative to the
-    # worker's working directory, which the API could not see.
-    check_local_paths(spec, settings, owner)
-    context = prepare_job(spec, models=models, device=settings.device)
+    context = runtime.prepare_spec(spec_data, owner, settings=settings, models=models)
     storage = _storage(settings)
     # Recovery (issue 7): a resumed job first fails and retries the trials its dead worker left running.
     reaper.fail_orphaned_trials(storage, study_name(job_id), grace_s=settings.trial_grace_s)
@@ -131,7 +126,7 @@ def evaluate_chunk(
     job_id: str, *, settings: WorkerSettings, sessions: sessionmaker[Session], models: ModelCache
 ) -> str:
     """Help a running job with up to ``chunk_trials`` trials; returns what happened, for the log."""
-    from search import JobSpec, MetaNetStore, SearchHooks, prepare_job
+    from search import MetaNetStore, SearchHooks
     from search.coordination import search_chunk
 
     with session_scope(sessions) as session:
@@ -139,9 +134,7 @@ def evaluate_chunk(
         if job is None or job.status != JobStatus.RUNNING.value or job.cancel_requested:
             return "skipped"
         spec_data, owner = job.spec, job.owner
-    spec = JobSpec.model_validate(spec_data)
-    check_local_paths(spec, settings, owner)
-    context = prepare_job(spec, models=models, device=settings.device)
+    context = runtime.prepare_spec(spec_data, owner, settings=settings, models=models)
     ran = search_chunk(
         context,
         study_name=study_name(job_id),

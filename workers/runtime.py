@@ -6,15 +6,17 @@ import logging
 import time
 from collections.abc import Callable
 from functools import lru_cache
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.admission import check_local_paths
 from service.db import make_engine, make_sessionmaker
 from workers.settings import WorkerSettings, get_worker_settings
 
 if TYPE_CHECKING:
+    from search.candidates import SearchContext
     from search.loading import ModelCache
 
 log = logging.getLogger(__name__)
@@ -24,6 +26,20 @@ T = TypeVar("T")
 @lru_cache(maxsize=1)
 def sessions() -> sessionmaker[Session]:
     return make_sessionmaker(make_engine(get_worker_settings().database_url))
+
+
+def prepare_spec(
+    spec_data: dict[str, Any], owner: str | None, *, settings: WorkerSettings, models: ModelCache
+) -> SearchContext:
+    """A job's stored spec, ready to search or export: its paths checked again where the files are
+    opened (a hub-style id can name a folder relative to the worker's working directory, which the
+    API could not see, and roots may have changed since submission), then ``search.prepare_job``
+    on this process's model cache."""
+    from search import JobSpec, prepare_job
+
+    spec = JobSpec.model_validate(spec_data)
+    check_local_paths(spec, settings, owner)
+    return prepare_job(spec, models=models, device=settings.device)
 
 
 @lru_cache(maxsize=1)
