@@ -303,10 +303,9 @@ def test_report_and_downloads_appear_when_the_server_has_them(
                     "poor": False,
                 },
             },
-            "flagged": False,
-            "flags": [],
+            "flagged": True,
+            "flags": ["proxy tracenas correlates with parameter count"],
         },
-        "flags": ["proxy tracenas correlates with parameter count"],
     }
     artifacts = {
         "items": [

@@ -5,9 +5,6 @@
 import { h } from "./dom.js";
 import { compact, integer, isNumber, percent, plural, score } from "./format.js";
 
-// Members shown elsewhere on the page (the Pareto front is drawn in the scatter plot).
-const KNOWN = new Set(["verification", "trust", "export", "pareto"]);
-
 const METRICS = {
   kl: { label: "KL to dense", unit: "nats/token" },
   ppl: { label: "Perplexity" },
@@ -235,7 +232,7 @@ function trustPart(trust) {
 }
 
 function flagsPart(report) {
-  const flags = [...list(report.flags), ...list(isRecord(report.trust) ? report.trust.flags : [])];
+  const flags = list(isRecord(report.trust) ? report.trust.flags : []);
   if (!flags.length) return null;
   return h(
     "div",
@@ -261,12 +258,6 @@ function exportPart(exported) {
   return h("section", { class: "report-part", id: "report-export" }, h("h3", {}, "The exported model"), h("p", {}, text));
 }
 
-function otherPart(report) {
-  const rest = Object.fromEntries(Object.entries(report).filter(([key]) => !KNOWN.has(key) && key !== "flags"));
-  if (!Object.keys(rest).length) return null;
-  return h("details", { class: "numbers" }, h("summary", {}, "Everything else the worker reported"), h("pre", { class: "raw" }, JSON.stringify(rest, null, 2)));
-}
-
 /**
  * The report's sections. context: { trials: Map number → trial (for parameter ratios),
  * bestNumber: the job's best trial }.
@@ -280,6 +271,5 @@ export function renderReport(report, context) {
     ladderPart(verification),
     isRecord(report.trust) ? trustPart(report.trust) : null,
     exportPart(report.export),
-    otherPart(report),
   ];
 }
