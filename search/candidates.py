@@ -21,7 +21,7 @@ from search.loading import LoadedModel, ModelCache
 from search.repair import Proposal, repair
 from search.selection import Selection, SparsityScorer, select_units
 from search.space import LAYER_SIGNALS, LayerSignals, Space
-from search.spec import JobSpec, check_budgets, check_job
+from search.spec import JobSpec, check_budgets, check_job, check_recovery
 from search.stats import DenseStats, cached_stats
 from search.units import Importance
 
@@ -88,6 +88,7 @@ def prepare_job(
     models = models if models is not None else ModelCache()
     loaded = models.get(spec.model, spec.revision, device=device)
     check_budgets(spec, loaded.adapter.shape)  # a hub model is only known once loaded
+    check_recovery(spec, loaded.adapter.shape)
     return prepare(loaded, spec, batch_size=batch_size)
 
 

@@ -14,6 +14,11 @@ class SearchError(Exception):
 class InvalidJobSpec(SearchError):
     """The job specification cannot be run (unknown model path, unsupported family, ...)."""
 
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        # The spec field at fault, dotted ("recovery.lora_rank"), so the API's 422 can name it.
+        self.field = field
+
 
 class UnsupportedModel(InvalidJobSpec):
     """The model's architecture has no adapter."""

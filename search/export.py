@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -54,14 +55,20 @@ def export_model(
     directory: str | Path,
     *,
     provenance: dict[str, Any] | None = None,
+    weights: Mapping[str, torch.Tensor] | None = None,
 ) -> ExportInfo:
-    """Write ``selection`` as a model directory; returns what was written."""
+    """Write ``selection`` as a model directory; returns what was written.
+
+    ``weights``: trained weights of the sliced model (``search.recovery``), under the exported
+    model's parameter names, written instead of the dense model's slices (cast to the export's dtype)."""
     shape = loaded.adapter.shape
     arch = selection.arch
     target = Path(directory)
     if target.exists() and any(target.iterdir()):
         raise InvalidArchConfig(f"export directory {target} exists and is not empty")
     model, kind, config = materialize(loaded.adapter, selection)
+    if weights is not None:
+        _load_weights(model, weights)
     stored = sum(p.numel() for p in model.parameters())
     nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())
     expected = shape.count_params(arch)
@@ -76,6 +83,20 @@ def export_model(
     (target / PROVENANCE_FILE).write_text(json.dumps(record, indent=2, default=str))
     size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
     return ExportInfo(target, kind, stored, nonzero, size)
+
+
+def _load_weights(model: nn.Module, weights: Mapping[str, torch.Tensor]) -> None:
+    """Replace the sliced weights with ``weights``, each cast to the dtype its parameter has."""
+    own = model.state_dict()
+    if set(weights) != set(own):
+        raise InvalidArchConfig(
+            f"recovered weights do not match the exported model: missing {sorted(set(own) - set(weights))[:5]}, "
+            f"unexpected {sorted(set(weights) - set(own))[:5]}"
+        )
+    for name, tensor in own.items():
+        if tuple(weights[name].shape) != tuple(tensor.shape):
+            raise InvalidArchConfig(f"{name}: recovered {tuple(weights[name].shape)}, exported {tuple(tensor.shape)}")
+    model.load_state_dict({name: weights[name].to(own[name].dtype) for name in own}, strict=True)
 
 
 def _provenance(

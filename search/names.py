@@ -37,6 +37,8 @@ SINGLE_OBJECTIVE_SAMPLERS: tuple[str, ...] = ("cmaes",)
 OBJECTIVES: tuple[str, ...] = ("score", "params")
 DEPTH_MODES: tuple[str, ...] = ("sublayer", "layer", "none")
 PARAMETERIZATIONS: tuple[str, ...] = ("per_layer", "compact")
+# How a job recovers its finalists after the search (search.recovery): distillation from the dense model.
+RECOVERY_METHODS: tuple[str, ...] = ("distill",)
 
 # Model families and the ``model_type`` values they read (registered in ``search.families``).
 FAMILY_NAMES: tuple[str, ...] = tuple(family.name for family in FAMILIES)

@@ -190,6 +190,37 @@ class ExportReport(_Frozen):
     latency: Latency
 
 
+class RecoveredFinalist(_Frozen):
+    """One finalist of the recovery: its held-out figures before and after distillation."""
+
+    trial_number: int
+    origin: str | None
+    param_count: int | None
+    before: Figures  # as Verification.to_dict(): the same figures, tokens and primary as verification
+    after: Figures | None  # None when the job was cancelled before this finalist finished
+    steps: int  # optimizer steps run
+    seconds: float  # training and both verifications
+    loss_first: float | None = None  # the distillation loss of the first and the last step
+    loss_last: float | None = None
+
+
+class RecoveryReport(_Frozen):
+    """The report's ``recovery`` section (search.recovery): every finalist before and after, the winner."""
+
+    method: str
+    steps: int  # asked per finalist
+    lora_rank: int | None
+    learning_rate: float
+    batch_size: int
+    training_sequences: int  # sequences trained on (held-out ones excluded)
+    device: str
+    precision: str  # how the student was trained, e.g. "float32 weights, bfloat16 autocast"
+    primary: str  # the metric the winner is chosen by, lower is better
+    finalists: list[RecoveredFinalist]  # in order of their figure before recovery
+    winner: int | None  # trial number of the exported model; None if cancelled before one finished
+    seconds: float
+
+
 class JobReport(_Frozen):
     """What a job reports when its search ends: the worker writes it, ``GET /v1/jobs/{id}/report``
     serves it, the page shows it."""
@@ -198,6 +229,8 @@ class JobReport(_Frozen):
     export: ExportReport | None  # None when no trial completed
     pareto: list[int]  # trial numbers of the non-dominated trials
     trust: TrustReport | None  # the proxy trust report, when an audit ran
+    # Present (in JSON too) only for a job that asked for recovery (JobSpec.recovery).
+    recovery: RecoveryReport | None = Field(default=None, exclude_if=_absent)
 
 
 class SearchResult(BaseModel):

@@ -12,7 +12,15 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from search import names
 from search.arch import ModelShape
@@ -24,6 +32,11 @@ from search.hub import check_hub_model
 from search.repair import DEFAULT_TOLERANCE as REPAIR_TOLERANCE
 
 MAX_TRIALS_HARD_LIMIT = 100_000
+MAX_RECOVERY_STEPS_HARD_LIMIT = 1_000_000  # the server's own limit (max_recovery_steps) is usually far lower
+# Defaults of the learning rate: full fine-tuning moves every weight, LoRA only small adapters, which
+# need a larger step to move as far in a short run (the usual LoRA rates are 10x full fine-tuning's).
+FULL_LEARNING_RATE = 1e-4
+LORA_LEARNING_RATE = 1e-3
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$")
 
@@ -48,6 +61,7 @@ Parameterization = _name_of("parameterization", lambda: names.PARAMETERIZATIONS)
 SelectionCriterion = _name_of("selection criterion", lambda: names.CRITERIA)
 SparsityCriterion = _name_of("sparsity criterion", lambda: names.SPARSITY_CRITERIA)
 SamplerName = _name_of("sampler", lambda: names.SAMPLERS)
+RecoveryMethod = _name_of("recovery method", lambda: names.RECOVERY_METHODS)
 
 
 class _Strict(BaseModel):
@@ -136,6 +150,59 @@ class SearchSpace(_Strict):
     ffn_alignment: Annotated[int, Field(ge=1, le=4096, description="FFN channels are kept in multiples of this.")] = 32
 
 
+class Recovery(_Strict):
+    """A short distillation from the dense model into the best verified candidates, after the search.
+
+    The winner is chosen after recovery (lowest verified metric on the held-out tokens); the exported
+    model is the recovered one. Training texts come from ``source`` (default: the calibration texts);
+    the held-out sequences are never trained on.
+    """
+
+    method: RecoveryMethod = Field(
+        default="distill",
+        description="'distill': KL(dense ‖ student) on the logits for decoders (temperature 1); for encoders "
+        "the dense embeddings' cosine and pairwise similarities.",
+    )
+    steps: Annotated[
+        int, Field(ge=1, le=MAX_RECOVERY_STEPS_HARD_LIMIT, description="Optimizer steps per finalist.")
+    ] = 200
+    finalists: Annotated[
+        int,
+        Field(ge=1, le=100, description="Best verified candidates recovered; the winner is picked after recovery."),
+    ] = 2
+    lora_rank: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            description="Train LoRA adapters of this rank (merged into the weights before export) instead of "
+            "every weight; at most the model's head size.",
+        ),
+    ] = None
+    source: str | None = Field(
+        default=None,
+        description="Text file or directory to distil on (default: the calibration texts); held-out text is "
+        "never trained on.",
+    )
+    learning_rate: Annotated[
+        float | None,
+        Field(
+            gt=0.0,
+            le=1.0,
+            allow_inf_nan=False,
+            description=f"AdamW's peak rate, cosine-decayed (default {FULL_LEARNING_RATE} full, "
+            f"{LORA_LEARNING_RATE} with LoRA).",
+        ),
+    ] = None
+    batch_size: Annotated[int, Field(ge=1, le=1024, description="Sequences per optimizer step.")] = 8
+
+    @property
+    def rate(self) -> float:
+        """The learning rate used: the given one, else the default of full or LoRA training."""
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return LORA_LEARNING_RATE if self.lora_rank is not None else FULL_LEARNING_RATE
+
+
 class JobSpec(_Strict):
     """A compression job. Every field except ``model`` and ``target`` has a default."""
 
@@ -167,6 +234,23 @@ class JobSpec(_Strict):
         description="['score'] keeps the budget as a constraint; ['score', 'params'] searches the Pareto front "
         "between min_param_ratio and param_ratio.",
     )
+    recovery: Recovery | None = Field(
+        default=None,
+        description="Distil the dense model into the best verified candidates after the search, pick the "
+        "winner after recovery and export it recovered; null: export the verified best as sliced.",
+    )
+
+    @field_validator("recovery")
+    @classmethod
+    def _enough_finalists(cls, value: Recovery | None, info: ValidationInfo) -> Recovery | None:
+        # verify_top_k is declared above, so it is validated first (absent from info.data if it was invalid).
+        top_k = info.data.get("verify_top_k")
+        if value is not None and top_k is not None and top_k < value.finalists:
+            raise ValueError(
+                f"recovery.finalists={value.finalists} needs at least as many verified candidates; "
+                f"verify_top_k is {top_k} (raise it, or lower finalists)"
+            )
+        return value
 
     @field_validator("objectives")
     @classmethod
@@ -260,12 +344,16 @@ def check_job(spec: JobSpec) -> ModelShape | None:
     """
     source = spec.calibration.source
     if source is not None and not Path(source).expanduser().exists():
-        raise InvalidJobSpec(f"calibration source {source!r} does not exist")
+        raise InvalidJobSpec(f"calibration source {source!r} does not exist", field="calibration.source")
+    recovery_source = spec.recovery.source if spec.recovery is not None else None
+    if recovery_source is not None and not Path(recovery_source).expanduser().exists():
+        raise InvalidJobSpec(f"recovery source {recovery_source!r} does not exist", field="recovery.source")
     if model_kind(spec.model) == "hub":
         check_hub_model(spec.model, spec.revision)
         return None
     shape = read_shape(read_local_config(spec.model))
     check_budgets(spec, shape)
+    check_recovery(spec, shape)
     calibration = spec.calibration
     check_calibration_size(
         iter_texts(calibration.source, calibration.texts),
@@ -276,6 +364,22 @@ def check_job(spec: JobSpec) -> ModelShape | None:
         n_heldout=calibration.heldout_samples,
     )
     return shape
+
+
+def check_recovery(spec: JobSpec, shape: ModelShape) -> None:
+    """Refuse a LoRA rank above the model's head size: the smallest width a kept matrix can have is
+    one head (a key or value projection of one KV group, or a head's slice of GPT-2's fused matrix),
+    and a rank above a matrix's smaller side adds parameters that cannot add rank."""
+    recovery = spec.recovery
+    if recovery is None or recovery.lora_rank is None:
+        return
+    limit = min(shape.head_dim, shape.hidden_size)
+    if recovery.lora_rank > limit:
+        raise InvalidJobSpec(
+            f"recovery.lora_rank={recovery.lora_rank} is larger than this model allows: at most {limit}, "
+            "its head size (the smallest width a kept matrix can have)",
+            field="recovery.lora_rank",
+        )
 
 
 def check_budgets(spec: JobSpec, shape: ModelShape) -> None:

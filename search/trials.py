@@ -38,13 +38,15 @@ class SearchHooks:
     ``on_trial``: Optuna callbacks, called after every trial of this process. ``should_stop``: asked
     before the search and after every trial. ``on_primed(remaining)``: the study is ready for other
     workers (``search.coordination.search_chunk``). ``on_verify(done, total)``: the finalists'
-    verification progresses.
+    verification progresses. ``on_recover(done, total)``: recovery's optimizer steps, over all
+    finalists (``search.recovery``), which also asks ``should_stop`` while it trains.
     """
 
     on_trial: Sequence[TrialCallback] = ()
     should_stop: Callable[[], bool] | None = None
     on_primed: Callable[[int], None] | None = None
     on_verify: Callable[[int, int], None] | None = None
+    on_recover: Callable[[int, int], None] | None = None
 
     def stop_requested(self) -> bool:
         return self.should_stop is not None and self.should_stop()

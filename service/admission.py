@@ -42,7 +42,7 @@ _MAX_ENTRIES_CHECKED = 10_000
 
 
 def check_spec_limits(spec: JobSpec, settings: Settings) -> None:
-    """``n_trials`` and calibration size within the settings; text fields storable as text."""
+    """``n_trials``, calibration size and recovery steps within the settings; text fields storable as text."""
     calibration = spec.calibration
     breaches = [
         ("n_trials", spec.n_trials, settings.max_trials, "max_trials"),
@@ -55,6 +55,8 @@ def check_spec_limits(spec: JobSpec, settings: Settings) -> None:
         ),
         ("calibration.seq_len", calibration.seq_len, settings.max_seq_len, "max_seq_len"),
     ]
+    if spec.recovery is not None:
+        breaches.append(("recovery.steps", spec.recovery.steps, settings.max_recovery_steps, "max_recovery_steps"))
     errors = [
         {"loc": ["body", *field.split(".")], "msg": f"above {setting} = {limit}", "type": setting}
         for field, value, limit, setting in breaches
@@ -67,7 +69,10 @@ def check_spec_limits(spec: JobSpec, settings: Settings) -> None:
             + (f", and {len(errors) - 1} more" if len(errors) > 1 else ""),
             extensions={"errors": errors},
         )
-    for field, text in (("model", spec.model), ("revision", spec.revision), ("calibration.source", calibration.source)):
+    texts = [("model", spec.model), ("revision", spec.revision), ("calibration.source", calibration.source)]
+    if spec.recovery is not None:
+        texts.append(("recovery.source", spec.recovery.source))
+    for field, text in texts:
         if text is not None and not _storable(text):
             raise InvalidRequest(
                 f"{field} contains a NUL character or an unpaired surrogate",
@@ -127,6 +132,8 @@ def check_local_paths(spec: JobSpec, settings: Settings, owner: str | None) -> N
     if not roots and owner is None:
         return
     named = [("calibration.source", spec.calibration.source)]
+    if spec.recovery is not None:
+        named.append(("recovery.source", spec.recovery.source))
     if model_kind(spec.model) == "local":
         named.insert(0, ("model", spec.model))
     for field, raw in named:

@@ -97,6 +97,8 @@ class Job(Base):
     best: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # Verification, proxy trust and export figures, written by the worker when the search ends.
     report: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # What the job does after its trials, while it does it: {"name": "recovery", "done": 3, "total": 400}.
+    phase: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)

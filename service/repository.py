@@ -282,6 +282,11 @@ def set_best(session: Session, job_id: str, best: BestEntry) -> None:
     _update_job(session, job_id, best=_stored(best), updated_at=utcnow())
 
 
+def set_phase(session: Session, job_id: str, name: str, done: int, total: int) -> None:
+    """Record the job's phase after its trials (``recovery``) and how far it is, for the progress shown."""
+    _update_job(session, job_id, phase={"name": name, "done": done, "total": total}, updated_at=utcnow())
+
+
 def finish_job(
     session: Session,
     job_id: str,

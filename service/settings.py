@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     max_trials: int = Field(default=5000, ge=1)
+    # Optimizer steps per finalist a job's recovery may ask for (JobSpec.recovery.steps).
+    max_recovery_steps: int = Field(default=5000, ge=1)
     visibility_timeout_s: int = Field(default=172800, ge=1)
     api_page_max: int = Field(default=200, ge=1)
 

@@ -21,8 +21,11 @@ from workers import runtime
 from workers.settings import WorkerSettings
 
 if TYPE_CHECKING:
+    import torch
+
     from search.candidates import SearchContext
     from search.loading import ModelCache
+    from search.recovery import RecoveryOutcome
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +33,23 @@ BEST = "best"
 
 
 def write_export(
-    context: SearchContext, arch: dict[str, Any], target: Path, provenance: dict[str, Any]
+    context: SearchContext,
+    arch: dict[str, Any],
+    target: Path,
+    provenance: dict[str, Any],
+    *,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> ExportReport:
-    """Export one architecture to ``target`` atomically; returns its figures for the report."""
+    """Export one architecture to ``target`` atomically (with ``weights``: its recovered weights);
+    returns its figures for the report."""
     from search.arch import ArchConfig
     from search.export import export_model, load_pruned, measure_latency
 
     partial = target.with_name(target.name + PARTIAL_SUFFIX)
     shutil.rmtree(partial, ignore_errors=True)
     partial.parent.mkdir(parents=True, exist_ok=True)
-    info = export_model(context.loaded, context.selection(ArchConfig.from_dict(arch)), partial, provenance=provenance)
+    selection = context.selection(ArchConfig.from_dict(arch))
+    info = export_model(context.loaded, selection, partial, provenance=provenance, weights=weights)
     # Measured on the worker's device, exported and dense model side by side.
     latency = measure_latency(load_pruned(partial), context.loaded.adapter.model)
     shutil.rmtree(target, ignore_errors=True)
@@ -55,16 +65,44 @@ def write_export(
     )
 
 
-def report(job_id: str, context: SearchContext, result: SearchResult, *, settings: WorkerSettings) -> JobReport:
-    """The job's report: the verification ladder's figures, the exported best model and the proxy trust."""
+def report(
+    job_id: str,
+    context: SearchContext,
+    result: SearchResult,
+    *,
+    settings: WorkerSettings,
+    recovery: RecoveryOutcome | None = None,
+) -> JobReport:
+    """The job's report: the verification ladder's figures, the exported best model (the recovered
+    winner when the job recovered its finalists) and the proxy trust."""
     export = None
-    if result.best is not None:
-        target = job_artifacts_dir(settings.artifacts_dir, job_id) / BEST
+    target = job_artifacts_dir(settings.artifacts_dir, job_id) / BEST
+    if recovery is not None and recovery.winner is not None:
+        winner = recovery.winner
+        entry = next(t for t in result.trials if t.number == winner.trial_number).model_dump()
+        entry["trial_number"] = winner.trial_number
+        entry["verified"] = result.verified[winner.trial_number].to_dict()  # before recovery; after: below
+        provenance = _provenance(context, entry) | {"recovery": _recovery_provenance(recovery, winner.trial_number)}
+        export = write_export(context, entry["arch"], target, provenance, weights=winner.state)
+    elif result.best is not None:
         best = result.best.model_dump()
         export = write_export(context, best["arch"], target, _provenance(context, best))
     # Proxy trust (issue 4): rank correlation of every proxy used with the verified metric on a
     # stratified audit sample, biases towards size and depth, and a flag when the job's proxy is poor.
-    return JobReport(verification=verification_report(result), export=export, pareto=result.pareto, trust=result.trust)
+    return JobReport(
+        verification=verification_report(result),
+        export=export,
+        pareto=result.pareto,
+        trust=result.trust,
+        recovery=recovery.report if recovery is not None else None,
+    )
+
+
+def _recovery_provenance(recovery: RecoveryOutcome, number: int) -> dict[str, Any]:
+    """What the export's provenance records of the recovery that trained its weights."""
+    section = recovery.report.model_dump(mode="json", exclude={"finalists"})
+    finalist = next(f for f in recovery.report.finalists if f.trial_number == number)
+    return section | {"before": finalist.before, "after": finalist.after}
 
 
 def export_trial(

@@ -19,7 +19,8 @@ import math
 import os
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -35,8 +36,10 @@ if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
+    from search.candidates import SearchContext
     from search.loading import ModelCache
-    from search.results import BestEntry
+    from search.recovery import RecoveryOutcome
+    from search.results import BestEntry, SearchResult
 
 log = logging.getLogger(__name__)
 
@@ -113,13 +116,55 @@ def _search(
             repository.record_trial(session, job_id, trial)
         for number, verification in result.verified.items():
             repository.record_verification(session, job_id, number, verification)
-    if not result.stopped:
-        from workers.exports import report
+    if result.stopped:
+        return JobStatus.CANCELLED, result.best
+    return _finish(job_id, context, result, settings=settings, sessions=sessions)
 
-        job_report = report(job_id, context, result, settings=settings)
-        with session_scope(sessions) as session:
-            repository.set_report(session, job_id, job_report)
-    return (JobStatus.CANCELLED if result.stopped else JobStatus.SUCCEEDED), result.best
+
+def _finish(
+    job_id: str,
+    context: SearchContext,
+    result: SearchResult,
+    *,
+    settings: WorkerSettings,
+    sessions: sessionmaker[Session],
+) -> tuple[JobStatus, BestEntry | None]:
+    """Recover the finalists if the job asks (a resumed job restarts recovery from the verified
+    finalists), export the best (the recovered winner), write the report."""
+    from workers.exports import report
+
+    recovery = _recover(job_id, context, result, sessions) if context.spec.recovery is not None else None
+    if recovery is not None and recovery.stopped:
+        return JobStatus.CANCELLED, result.best
+    best = result.best
+    if recovery is not None and recovery.winner is not None:
+        from search.results import best_entry
+
+        winner = next(t for t in result.trials if t.number == recovery.winner.trial_number)
+        after = next(f.after for f in recovery.report.finalists if f.trial_number == winner.number)
+        # The exported model is the recovered winner: its figures are the ones after recovery.
+        best = best_entry(winner, verified=None).model_copy(update={"verified": after})
+    job_report = report(job_id, context, result, settings=settings, recovery=recovery)
+    with session_scope(sessions) as session:
+        repository.set_report(session, job_id, job_report)
+    return JobStatus.SUCCEEDED, best
+
+
+def _recover(
+    job_id: str, context: SearchContext, result: SearchResult, sessions: sessionmaker[Session]
+) -> RecoveryOutcome:
+    from search import SearchHooks
+    from search.recovery import recover
+
+    return recover(
+        context,
+        result,
+        hooks=SearchHooks(
+            # Asked every optimizer step: read the cancel flag at most once a second.
+            should_stop=_Throttled(lambda: _cancel_requested(sessions, job_id), every_s=1.0),
+            on_recover=_PhaseRecorder(sessions, job_id, "recovery"),
+        ),
+    )
 
 
 def evaluate_chunk(
@@ -180,6 +225,36 @@ def _still_running(sessions: sessionmaker[Session], job_id: str) -> bool:
     with session_scope(sessions) as session:
         job = repository.get_job(session, job_id)
         return job is not None and job.status == JobStatus.RUNNING.value and not job.cancel_requested
+
+
+class _Throttled:
+    """A yes/no question asked at most every ``every_s`` seconds; between asks, the last answer."""
+
+    def __init__(self, ask: Callable[[], bool], *, every_s: float) -> None:
+        self.ask, self.every_s = ask, every_s
+        self.answer, self.asked_at = False, -math.inf
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now - self.asked_at >= self.every_s:
+            self.answer, self.asked_at = self.ask(), now
+        return self.answer
+
+
+class _PhaseRecorder:
+    """``on_recover(done, total)``: the job's phase in its row, written at most once a second and at the end."""
+
+    def __init__(self, sessions: sessionmaker[Session], job_id: str, name: str, *, every_s: float = 1.0) -> None:
+        self.sessions, self.job_id, self.name, self.every_s = sessions, job_id, name, every_s
+        self.written_at = -math.inf
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - self.written_at < self.every_s:
+            return
+        self.written_at = now
+        with session_scope(self.sessions) as session:
+            repository.set_phase(session, self.job_id, self.name, done, total)
 
 
 class _TrialRecorder:

@@ -75,7 +75,11 @@ async def _service_error(request: Request, exc: Exception) -> ProblemResponse:
 
 async def _search_error(request: Request, exc: Exception) -> ProblemResponse:
     # The library's messages are written for the person who submitted the job.
-    error = InvalidRequest(str(exc), extensions={"error_class": type(exc).__name__})
+    extensions: dict[str, Any] = {"error_class": type(exc).__name__}
+    field = getattr(exc, "field", None)  # InvalidJobSpec names the spec field at fault, when one is
+    if field:
+        extensions["errors"] = [{"loc": ["body", *field.split(".")], "msg": str(exc), "type": "invalid_job"}]
+    error = InvalidRequest(str(exc), extensions=extensions)
     return _from_service_error(request, error)
 
 

@@ -27,6 +27,14 @@ def artifacts_path(job_id: str) -> str:
     return f"{job_path(job_id)}/artifacts"
 
 
+class Phase(BaseModel):
+    """What a running job does after its trials, and how far it is."""
+
+    name: Literal["recovery"] = Field(description="'recovery': distilling the dense model into the finalists.")
+    done: int = Field(description="Optimizer steps done, over all finalists.")
+    total: int
+
+
 class Progress(BaseModel):
     trials_completed: int = Field(description="Trials finished without error (complete or pruned).")
     trials_failed: int
@@ -34,6 +42,9 @@ class Progress(BaseModel):
     fraction: float = Field(description="Finished trials (completed + failed) over the total, in [0, 1].")
     eta_seconds: float | None = Field(
         description="Estimated seconds left; null unless the job is running and has finished a trial."
+    )
+    phase: Phase | None = Field(
+        default=None, description="The job's phase after its trials (recovery), once it has reached one."
     )
 
 
@@ -103,6 +114,7 @@ def _progress(job: Job, now: datetime) -> Progress:
         trials_total=total,
         fraction=min(finished / total, 1.0) if total > 0 else 0.0,
         eta_seconds=eta,
+        phase=Phase.model_validate(job.phase) if job.phase else None,
     )
 
 
