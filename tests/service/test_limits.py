@@ -72,6 +72,7 @@ def limited(client_for: Callable[[Settings], TestClient], pg_settings: Settings,
                 "max_seq_len": 512,
                 "max_active_jobs_per_key": 3,
                 "max_submissions_per_minute": 5,
+                "max_recovery_steps": 100,
             }
         )
     )
@@ -146,6 +147,30 @@ def test_spec_limits_come_from_settings(
     assert problem["type"] == "urn:prunesearch:problem:limit-exceeded"
     if loc is not None:
         assert loc in [error["loc"] for error in problem["errors"]]
+    _no_trace(clean_postgres, redis_client)
+
+
+@pytest.mark.parametrize(
+    ("recovery", "detail", "loc"),
+    [
+        ({"steps": 101}, "recovery.steps 101 is above this server's limit of 100", ["body", "recovery", "steps"]),
+        ({"learning_rate": -0.001}, "greater than 0", ["body", "recovery", "learning_rate"]),
+        ({"learning_rate": 0}, "greater than 0", ["body", "recovery", "learning_rate"]),
+        ({"lora_rank": 17, "steps": 10}, "at most 16, its head size", ["body", "recovery", "lora_rank"]),
+        ({"finalists": 6, "steps": 10}, "verify_top_k is 5", ["body", "recovery"]),
+    ],
+)
+def test_recovery_beyond_the_server_or_the_model_is_refused_naming_the_field(
+    limited: TestClient,
+    clean_postgres: Engine,
+    redis_client: redis.Redis,
+    roots: Path,
+    recovery: dict[str, Any],
+    detail: str,
+    loc: list[str],
+) -> None:
+    problem = assert_problem(limited.post("/v1/jobs", json=job_spec(roots / "tiny", recovery=recovery)), 422, detail)
+    assert loc in [error["loc"] for error in problem["errors"]], problem
     _no_trace(clean_postgres, redis_client)
 
 
