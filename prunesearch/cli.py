@@ -118,13 +118,13 @@ def _search_and_report(
     from search.errors import SearchError
 
     try:
-        result, context = run_local(
+        result, context, recovery = run_local(
             spec, storage=storage, study_name=study_name, device=device, artifacts=artifacts, console=console
         )
-        print_result(console, spec, context, result)
-        if out is not None and result.best is not None:
-            info = export_entry(context, result.best, out, study_name=study_name)
-            console.print(describe_export(result.best.trial_number, info))
+        best = print_result(console, spec, context, result, recovery)
+        if out is not None and best is not None:
+            info = export_entry(context, best, out, study_name=study_name, recovery=recovery)
+            console.print(describe_export(best.trial_number, info))
     except SearchError as error:
         raise click.ClickException(str(error)) from error
 

@@ -12,11 +12,20 @@ import click
 if TYPE_CHECKING:
     from search.candidates import SearchContext
     from search.export import ExportInfo
+    from search.recovery import RecoveryOutcome
     from search.results import BestEntry
 
 
-def export_entry(context: SearchContext, entry: BestEntry, out: Path, *, study_name: str) -> ExportInfo:
-    """Export one trial (its best entry: verified figures when known) to ``out``."""
+def export_entry(
+    context: SearchContext,
+    entry: BestEntry,
+    out: Path,
+    *,
+    study_name: str,
+    recovery: RecoveryOutcome | None = None,
+) -> ExportInfo:
+    """Export one trial (its best entry: verified figures when known) to ``out``; with ``recovery``,
+    its winner's recovered weights (``entry`` is then the winner's)."""
     from search.arch import ArchConfig
     from search.export import export_model
 
@@ -29,8 +38,12 @@ def export_entry(context: SearchContext, entry: BestEntry, out: Path, *, study_n
         "calibration_digest": context.tokens.digest,
         "job_spec": context.spec.model_dump(mode="json"),
     }
+    winner = recovery.winner if recovery is not None else None
+    if recovery is not None and winner is not None:
+        provenance["recovery"] = recovery.report.model_dump(mode="json")
     selection = context.selection(ArchConfig.from_dict(entry.arch))  # type: ignore[arg-type]
-    return export_model(context.loaded, selection, out, provenance=provenance)
+    weights = winner.state if winner is not None else None
+    return export_model(context.loaded, selection, out, provenance=provenance, weights=weights)
 
 
 def describe_export(number: int, info: ExportInfo) -> str:

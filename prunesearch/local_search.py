@@ -17,14 +17,16 @@ if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
     from search.candidates import SearchContext
+    from search.recovery import RecoveryOutcome
     from search.results import SearchResult
     from search.spec import JobSpec
 
 
 def run_local(
     spec: JobSpec, *, storage: str, study_name: str, device: str, artifacts: Path, console: Console
-) -> tuple[SearchResult, SearchContext]:
-    """Run ``spec`` as study ``study_name`` in ``storage``; ``artifacts`` caches dense statistics."""
+) -> tuple[SearchResult, SearchContext, RecoveryOutcome | None]:
+    """Run ``spec`` as study ``study_name`` in ``storage``, then its recovery if it asks for one;
+    ``artifacts`` caches dense statistics."""
     _quiet_optuna()
     if storage.startswith("sqlite:///"):
         Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -37,7 +39,21 @@ def run_local(
     )
     with _progress(console) as progress:
         result = _run_study(context, storage, study_name, *_progress_hooks(progress, spec))
-    return result, context
+        recovery = _recover(context, result, progress) if spec.recovery is not None and not result.stopped else None
+    return result, context, recovery
+
+
+def _recover(context: SearchContext, result: SearchResult, progress: Progress) -> RecoveryOutcome:
+    """Distil into the verified finalists (``search.recovery``) under a progress bar of optimizer steps."""
+    from search.recovery import recover
+    from search.trials import SearchHooks
+
+    task: TaskID = progress.add_task("recover", total=None, best="")
+
+    def on_recover(done: int, total: int) -> None:
+        progress.update(task, completed=done, total=total)
+
+    return recover(context, result, hooks=SearchHooks(on_recover=on_recover))
 
 
 def _quiet_optuna() -> None:

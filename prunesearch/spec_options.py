@@ -2,7 +2,8 @@
 
 Every leaf field of the spec becomes one option; nested models are walked (``target.param_ratio``
 gives ``--param-ratio``, ``search_space.depth`` gives ``--depth``). A few fields keep the names the
-CLI has always used (``--trials`` for ``n_trials``). Choices come from the field's ``Literal`` type,
+CLI has always used (``--trials`` for ``n_trials``); recovery's read ``--recovery-*`` (``recovery.steps``
+gives ``--recovery-steps``, and any of them asks for recovery). Choices come from the field's ``Literal`` type,
 or for plain strings checked by a validator, from the spec's name lists; list fields are
 repeatable and take comma-separated values; booleans get ``--x/--no-x``. An option left out is not
 an override, so the ``--spec`` file's values and then the spec's defaults apply.
@@ -35,6 +36,11 @@ _FLAG_NAMES: dict[FieldPath, str] = {
     ("calibration", "n_samples"): "--samples",
     ("calibration", "heldout_samples"): "--heldout",
     ("calibration", "texts"): "--text",
+    # Recovery's fields share names with others (source, batch_size): all of them read --recovery-*.
+    **{
+        ("recovery", name): "--recovery-" + name.replace("_", "-")
+        for name in ("method", "steps", "finalists", "lora_rank", "source", "learning_rate", "batch_size")
+    },
 }
 # Strings whose names a validator checks against search.names (no Literal type to read them from).
 _NAMES: dict[FieldPath, tuple[str, ...]] = {
@@ -45,6 +51,7 @@ _NAMES: dict[FieldPath, tuple[str, ...]] = {
     ("search_space", "parameterization"): names.PARAMETERIZATIONS,
     ("search_space", "selection"): tuple(names.CRITERIA),
     ("search_space", "sparsity_selection"): names.SPARSITY_CRITERIA,
+    ("recovery", "method"): names.RECOVERY_METHODS,
 }
 # Help for fields the spec does not describe.
 _HELP: dict[FieldPath, str] = {

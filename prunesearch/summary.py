@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from search.results import best_entry
+
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
     from search.arch import ModelShape
     from search.candidates import SearchContext
-    from search.results import BestEntry, SearchResult, TrialInfo, Verification
+    from search.recovery import RecoveryOutcome
+    from search.results import BestEntry, RecoveryReport, SearchResult, TrialInfo, Verification
     from search.spec import JobSpec
 
 # The baselines enqueued as seeds (search.space), by origin.
@@ -25,11 +28,63 @@ BASELINE_NAMES: dict[str, str] = {
 }
 
 
-def print_result(console: Console, spec: JobSpec, context: SearchContext, result: SearchResult) -> None:
+def print_result(
+    console: Console,
+    spec: JobSpec,
+    context: SearchContext,
+    result: SearchResult,
+    recovery: RecoveryOutcome | None = None,
+) -> BestEntry | None:
+    """Print the verified best and, after a recovery, each finalist before and after it; returns the
+    entry to export (the recovered winner when there is one)."""
     best = result.best
     if best is None:
         console.print("[red]No trial completed.[/]")
-        return
+        return None
+    _print_best(console, spec, context, result, best)
+    if recovery is None:
+        return best
+    console.print(recovery_table(recovery.report))
+    if recovery.winner is None:
+        console.print("[yellow]Recovery stopped before a finalist finished; the best is exported as sliced.[/]")
+        return best
+    winner = next(t for t in result.trials if t.number == recovery.winner.trial_number)
+    after = next(f.after for f in recovery.report.finalists if f.trial_number == winner.number)
+    return best_entry(winner, verified=None).model_copy(update={"verified": after})
+
+
+def recovery_table(report: RecoveryReport) -> Table:
+    """Each recovered finalist's held-out figures before and after distillation, its steps and time."""
+    from rich.table import Table
+
+    lora = f", LoRA rank {report.lora_rank}" if report.lora_rank else ""
+    table = Table(
+        title=f"Recovery ({report.method}{lora}, {report.steps} steps, lr {report.learning_rate:g}, "
+        f"{report.training_sequences:,} training sequences, {report.device}): lower {report.primary} is better"
+    )
+    metrics = [k for k in (report.finalists[0].before if report.finalists else {}) if k not in ("tokens", "primary")]
+    columns = ["", "trial", *(f"{m} before" for m in metrics), *(f"{m} after" for m in metrics), "steps", "time"]
+    for column in columns:
+        table.add_column(column, justify="left" if not column else "right")
+    for finalist in report.finalists:
+        label = "[bold]winner[/]" if finalist.trial_number == report.winner else "finalist"
+        after = finalist.after or {}
+        table.add_row(
+            label,
+            str(finalist.trial_number),
+            *(_number(finalist.before.get(m)) for m in metrics),
+            *(_number(after.get(m)) for m in metrics),
+            str(finalist.steps),
+            f"{finalist.seconds:.1f}s",
+        )
+    return table
+
+
+def _number(value: object) -> str:
+    return f"{value:.4f}" if isinstance(value, int | float) else ""
+
+
+def _print_best(console: Console, spec: JobSpec, context: SearchContext, result: SearchResult, best: BestEntry) -> None:
     verified = best.verified is not None
     which = "Verified best" if verified else "Proxy's best (not verified: verify_top_k is 0)"
     console.print(_arch_table(f"{which} architecture (trial {best.trial_number}, {best.origin})", best, context))

@@ -56,6 +56,13 @@ def samples(model_dir: Path, text_file: Path) -> dict[FieldPath, tuple[list[str]
         ("verify_top_k",): (["--verify-top-k", "1"], 1),
         ("audit_size",): (["--audit-size", "0"], 0),
         ("objectives",): (["--objectives", "score,params"], ["score", "params"]),
+        ("recovery", "method"): (["--recovery-method", "distill", "--recovery-steps", "5"], "distill"),
+        ("recovery", "steps"): (["--recovery-steps", "5"], 5),
+        ("recovery", "finalists"): (["--recovery-finalists", "1"], 1),
+        ("recovery", "lora_rank"): (["--recovery-lora-rank", "4"], 4),
+        ("recovery", "source"): (["--recovery-source", str(text_file)], str(text_file)),
+        ("recovery", "learning_rate"): (["--recovery-learning-rate", "0.01"], 0.01),
+        ("recovery", "batch_size"): (["--recovery-batch-size", "2"], 2),
     }
 
 
@@ -65,8 +72,10 @@ def print_spec(*args: str) -> dict[str, Any]:
     return json.loads(result.stdout)
 
 
-def at(data: dict[str, Any], path: FieldPath) -> Any:
+def at(data: dict[str, Any] | None, path: FieldPath) -> Any:
     for name in path:
+        if data is None:  # an optional section left out (recovery): none of its fields is set
+            return None
         data = data[name]
     return data
 
