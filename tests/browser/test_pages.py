@@ -306,6 +306,39 @@ def test_report_and_downloads_appear_when_the_server_has_them(
             "flagged": True,
             "flags": ["proxy tracenas correlates with parameter count"],
         },
+        "recovery": {
+            "method": "distill",
+            "steps": 200,
+            "lora_rank": None,
+            "learning_rate": 1e-4,
+            "batch_size": 8,
+            "training_sequences": 1968,
+            "device": "cuda:0",
+            "precision": "float32 weights, bfloat16 autocast",
+            "primary": "kl",
+            "finalists": [
+                {
+                    "trial_number": 7,
+                    "origin": "sampler",
+                    "param_count": 1000,
+                    "before": {"kl": 0.0123, "ppl": 30.5, "tokens": 252, "primary": "kl"},
+                    "after": {"kl": 0.0061, "ppl": 27.0, "tokens": 252, "primary": "kl"},
+                    "steps": 200,
+                    "seconds": 75.0,
+                },
+                {
+                    "trial_number": 0,
+                    "origin": "seed:uniform",
+                    "param_count": 1000,
+                    "before": {"kl": 0.05, "ppl": 41.0, "tokens": 252, "primary": "kl"},
+                    "after": {"kl": 0.0042, "ppl": 26.1, "tokens": 252, "primary": "kl"},
+                    "steps": 200,
+                    "seconds": 70.0,
+                },
+            ],
+            "winner": 0,
+            "seconds": 150.0,
+        },
     }
     artifacts = {
         "items": [
@@ -329,6 +362,11 @@ def test_report_and_downloads_appear_when_the_server_has_them(
     assert "correlates with parameter count" in text
     assert page.locator("#verified-table tbody tr").count() == 3  # two finalists and the dense model
     assert "Uniform width" in page.inner_text("#verified-table tr[data-trial='0']")
+    # Recovery: each finalist before and after; the winner (chosen after recovery) is the exported one.
+    assert page.locator("#recovery-table tbody tr").count() == 2
+    winner = page.inner_text("#recovery-table tr[data-trial='0']")
+    assert "exported" in winner and "0.0500" in winner and "0.00420" in winner
+    assert "chosen after recovery: trial 0" in page.inner_text("#report-recovery")
     link = page.locator("#artifacts-list a", has_text="Download best")
     assert link.get_attribute("href") == f"/v1/jobs/{job_id}/artifacts/best.tar"
 

@@ -204,6 +204,8 @@ function renderProgress(job) {
   bar.value = isNumber(p.fraction) ? p.fraction : 0;
   const parts = [`${p.trials_completed} of ${p.trials_total} trials done (${percent(p.fraction, 0)})`];
   if (p.trials_failed) parts.push(`${p.trials_failed} failed`);
+  const phase = p.phase;
+  if (phase && phase.name === "recovery" && job.status === "running") parts.push(`recovery: ${phase.done} of ${phase.total} steps`);
   if (job.status === "running" && isNumber(p.eta_seconds)) parts.push(`about ${duration(p.eta_seconds)} left`);
   if (job.status === "queued") parts.push("waiting for a worker");
   if (job.status === "running" && job.cancel_requested) parts.push("cancel requested: stopping after the current trial");

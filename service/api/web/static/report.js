@@ -3,7 +3,7 @@
 // far the proxy can be trusted as a sentence (its numbers behind a disclosure), the exported model.
 
 import { h } from "./dom.js";
-import { compact, integer, isNumber, percent, plural, score } from "./format.js";
+import { compact, duration, integer, isNumber, percent, plural, score } from "./format.js";
 
 const METRICS = {
   kl: { label: "KL to dense", unit: "nats/token" },
@@ -242,6 +242,47 @@ function flagsPart(report) {
   );
 }
 
+// --- recovery ------------------------------------------------------------------------------------
+
+function recoveryRow(finalist, metric, winner) {
+  const before = isRecord(finalist.before) ? finalist.before : {};
+  const after = isRecord(finalist.after) ? finalist.after : {};
+  const chosen = finalist.trial_number === winner;
+  return h(
+    "tr",
+    { class: [chosen && "chosen"], dataset: { trial: String(finalist.trial_number) } },
+    h("th", { scope: "row" }, `Trial ${finalist.trial_number}`, chosen ? h("span", { class: "tag" }, "exported") : null),
+    cell(`${metricLabel(metric)} before`, figure(before[metric])),
+    cell(`${metricLabel(metric)} after`, figure(after[metric])),
+    cell("Steps", integer(finalist.steps)),
+    cell("Time", isNumber(finalist.seconds) ? duration(finalist.seconds) : "—"),
+  );
+}
+
+function recoveryPart(recovery) {
+  const finalists = list(recovery.finalists).filter(isRecord);
+  const metric = recovery.primary || "kl";
+  const lora = isNumber(recovery.lora_rank) ? ` LoRA adapters of rank ${recovery.lora_rank}, merged into the weights,` : " every weight";
+  const how =
+    `The dense model was distilled into the ${plural(finalists.length, "best verified candidate")}:${lora} trained for ` +
+    `${integer(recovery.steps)} steps on ${integer(recovery.training_sequences)} sequences (none held out), then verified again. ` +
+    (isNumber(recovery.winner) ? `The winner is chosen after recovery: trial ${recovery.winner}, the exported model.` : "Recovery did not finish.");
+  const head = ["Finalist", `${metricLabel(metric)} before`, `${metricLabel(metric)} after`, "Steps", "Time"];
+  return h(
+    "section",
+    { class: "report-part", id: "report-recovery" },
+    h("h3", {}, "Recovery"),
+    h("p", {}, how),
+    h(
+      "table",
+      { class: "data stacked", id: "recovery-table" },
+      h("caption", { class: "visually-hidden" }, "Each finalist before and after recovery"),
+      h("thead", {}, h("tr", {}, head.map((label, i) => h("th", { scope: "col", class: i ? "num" : null }, label)))),
+      h("tbody", {}, finalists.map((finalist) => recoveryRow(finalist, metric, recovery.winner))),
+    ),
+  );
+}
+
 // --- export --------------------------------------------------------------------------------------
 
 function latencySentence(latency) {
@@ -270,6 +311,7 @@ export function renderReport(report, context) {
     verificationPart(verification, context),
     ladderPart(verification),
     isRecord(report.trust) ? trustPart(report.trust) : null,
+    isRecord(report.recovery) ? recoveryPart(report.recovery) : null,
     exportPart(report.export),
   ];
 }
