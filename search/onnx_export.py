@@ -20,6 +20,7 @@ import inspect
 import json
 import logging
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,12 +36,13 @@ from search.onnx_runtime import CacheSlot, OnnxLayout, onnx_session
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OnnxExportInfo", "export_onnx"]
+__all__ = ["DTYPES", "OnnxExportInfo", "export_onnx"]
 
 # Example sizes for tracing: above 1 so that torch.export keeps the axes symbolic (0 and 1 specialise).
 _BATCH, _NEW, _PAST = 2, 3, 4
 # Weights files of the PyTorch export, not copied next to the graph (it holds its own weights).
 _WEIGHTS_SUFFIXES = (".safetensors", ".bin", ".pt")
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -92,39 +94,60 @@ class _Encoder(nn.Module):
 
 
 def export_onnx(
-    export_dir: str | Path, out: str | Path, *, external_data: bool | None = None, check: bool = True
+    export_dir: str | Path,
+    out: str | Path,
+    *,
+    dtype: str = "auto",
+    external_data: bool | None = None,
+    check: bool = True,
 ) -> OnnxExportInfo:
     """Write the ONNX graph of the export in ``export_dir`` (standard or per-layer) into ``out``.
 
     ``out`` receives ``model.onnx`` (and ``model.onnx.data`` when the weights are external),
-    ``onnx_layout.json`` and the export's tokenizer, config and provenance. ``check`` runs the graph
-    once with onnxruntime on the tracing inputs and refuses a graph that disagrees with PyTorch.
+    ``onnx_layout.json`` and the export's tokenizer, config and provenance. ``dtype``: "auto" keeps
+    float32 and float16 and writes a bfloat16 export as float32 (lossless; onnxruntime's CPU provider
+    has no bfloat16 kernels), or one of ``DTYPES`` to cast. ``check`` runs the graph once with
+    onnxruntime on the CPU on the tracing inputs and refuses a graph that disagrees with PyTorch
+    (skipped for a bfloat16 graph, which that provider cannot run).
     """
     source, target = Path(export_dir), Path(out)
     if target.exists() and any(target.iterdir()):
         raise InvalidArchConfig(f"ONNX output directory {target} exists and is not empty")
     config = _read_config(source)
     model = load_pruned(source)
+    model = model.to(_graph_dtype(dtype, next(model.parameters()).dtype))
+    check = check and next(model.parameters()).dtype != torch.bfloat16
     layout = _layout(model, config)
     wrapper, example, dynamic = _decoder_inputs(model, layout) if layout.kind == "decoder" else _encoder_inputs(model)
     target.mkdir(parents=True, exist_ok=True)
-    program = torch.onnx.export(
-        wrapper.eval(),
-        example,
-        dynamo=True,
-        dynamic_shapes=dynamic,
-        input_names=list(layout.inputs),
-        output_names=list(layout.outputs),
-        verbose=False,
-    )
-    program.save(str(target / ONNX_GRAPH_FILE), external_data=external_data)
-    for file in sorted(source.iterdir()):
+    with warnings.catch_warnings():
+        # The exporter says so for every axis it names after our Dims; nothing to act on.
+        warnings.filterwarnings("ignore", message=".*axis name.*will not be used", category=UserWarning)
+        program = torch.onnx.export(
+            wrapper.eval(),
+            example,
+            dynamo=True,
+            dynamic_shapes=dynamic,
+            input_names=list(layout.inputs),
+            output_names=list(layout.outputs),
+            verbose=False,
+        )
+        program.save(str(target / ONNX_GRAPH_FILE), external_data=external_data)
+    for file in sorted(source.iterdir()):  # tokenizer, config, provenance: what a runtime reads beside the graph
         if file.is_file() and not file.name.endswith(_WEIGHTS_SUFFIXES):
             shutil.copy2(file, target / file.name)
     (target / ONNX_LAYOUT_FILE).write_text(json.dumps(layout.to_dict(), indent=2))
     error = _check(wrapper, example, target, layout) if check else float("nan")
     size = sum(file.stat().st_size for file in target.rglob("*") if file.is_file())
     return OnnxExportInfo(target, layout, size, error)
+
+
+def _graph_dtype(requested: str, stored: torch.dtype) -> torch.dtype:
+    if requested == "auto":
+        return torch.float32 if stored == torch.bfloat16 else stored
+    if requested not in DTYPES:
+        raise InvalidArchConfig(f"dtype {requested!r} is not one of auto, {', '.join(DTYPES)}")
+    return DTYPES[requested]
 
 
 def _read_config(source: Path) -> dict[str, Any]:
