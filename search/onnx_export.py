@@ -16,6 +16,7 @@ beside the graph (the protobuf limit); smaller ones are one file unless asked ot
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import json
 import logging
@@ -28,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from search.errors import InvalidArchConfig, ModelLoadError
+from search.errors import InvalidArchConfig, MissingDependency, ModelLoadError
 from search.export import load_pruned
 from search.export_format import CONFIG_KEY, ONNX_GRAPH_FILE, ONNX_LAYOUT_FILE
 from search.families import read_shape
@@ -36,7 +37,7 @@ from search.onnx_runtime import CacheSlot, OnnxLayout, onnx_session
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DTYPES", "OnnxExportInfo", "export_onnx"]
+__all__ = ["DTYPES", "OnnxExportInfo", "export_onnx", "require_onnx"]
 
 # Example sizes for tracing: above 1 so that torch.export keeps the axes symbolic (0 and 1 specialise).
 _BATCH, _NEW, _PAST = 2, 3, 4
@@ -110,6 +111,7 @@ def export_onnx(
     onnxruntime on the CPU on the tracing inputs and refuses a graph that disagrees with PyTorch
     (skipped for a bfloat16 graph, which that provider cannot run).
     """
+    require_onnx()
     source, target = Path(export_dir), Path(out)
     if target.exists() and any(target.iterdir()):
         raise InvalidArchConfig(f"ONNX output directory {target} exists and is not empty")
@@ -140,6 +142,15 @@ def export_onnx(
     error = _check(wrapper, example, target, layout) if check else float("nan")
     size = sum(file.stat().st_size for file in target.rglob("*") if file.is_file())
     return OnnxExportInfo(target, layout, size, error)
+
+
+def require_onnx() -> None:
+    """Fail before any work, naming the extra, when the exporter's or the runtime's packages are missing."""
+    missing = [name for name in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise MissingDependency(
+            f"ONNX export needs {', '.join(missing)}: pip install 'prunesearch[onnx]' (or pip install {' '.join(missing)})"
+        )
 
 
 def _graph_dtype(requested: str, stored: torch.dtype) -> torch.dtype:
