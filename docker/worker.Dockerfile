@@ -32,7 +32,7 @@ WORKDIR /app
 COPY pyproject.toml README.md constraints.txt ./
 RUN uv pip install --python /opt/venv/bin/python \
       ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
-      -r pyproject.toml --extra onnx -c constraints.txt \
+      -r pyproject.toml -c constraints.txt --extra onnx \
  && python -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda)"
 
 COPY search ./search
