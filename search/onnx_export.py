@@ -65,7 +65,11 @@ class _CachedDecoder(nn.Module):
         self.cache_argument = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, past: list[torch.Tensor]
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        past: list[torch.Tensor],
     ) -> tuple[torch.Tensor, ...]:
         from transformers import DynamicCache
 
@@ -149,7 +153,8 @@ def require_onnx() -> None:
     missing = [name for name in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(name) is None]
     if missing:
         raise MissingDependency(
-            f"ONNX export needs {', '.join(missing)}: pip install 'prunesearch[onnx]' (or pip install {' '.join(missing)})"
+            f"ONNX export needs {', '.join(missing)}: pip install 'prunesearch[onnx]' "
+            f"(or pip install {' '.join(missing)})"
         )
 
 

@@ -44,7 +44,7 @@ def test_export_job_as_onnx_writes_a_graph_that_generates(job_id: str, tmp_path:
     result = CliRunner().invoke(main, ["export", job_id, "--format", "onnx", "--out", str(out), "--device", "cpu"])
 
     assert result.exit_code == 0, result.output
-    assert f"Wrote an ONNX graph (decoder, float32, 3 KV-cache slots" in result.stdout
+    assert "Wrote an ONNX graph (decoder, float32, 3 KV-cache slots" in result.stdout
     layout = read_layout(out)
     assert [(slot.layer, slot.kv_heads) for slot in layout.cache] == [(1, 1), (2, 2), (3, 1)]
     assert {"model.onnx", "onnx_layout.json", "provenance.json", "tokenizer.json"} <= {p.name for p in out.iterdir()}

@@ -34,7 +34,9 @@ CONFIGS = {
         tie_word_embeddings=False,
         initializer_range=0.2,
     ),
-    "gpt2": GPT2Config(n_embd=64, n_layer=4, n_head=4, n_inner=128, vocab_size=512, n_positions=128, initializer_range=0.2),
+    "gpt2": GPT2Config(
+        n_embd=64, n_layer=4, n_head=4, n_inner=128, vocab_size=512, n_positions=128, initializer_range=0.2
+    ),
 }
 # (heads, FFN channels) per layer: layer 0 without attention, differing head counts, layer 1 without MLP.
 ARCHS = {

@@ -37,7 +37,9 @@ def test_onnx_conversion_is_requested_written_by_the_worker_and_served(
         with session_scope(sessionmaker(cluster.engine)) as session:
             spec = tiny_job_spec(tiny_llama_dir).model_dump(mode="json")
             job_id = repository.create_job(session, spec=spec, model=str(tiny_llama_dir), trials_total=1).id
-        best = _export("llama", AutoTokenizer.from_pretrained(tiny_llama_dir), tmp_path / "data/artifacts" / job_id / "best")
+        best = _export(
+            "llama", AutoTokenizer.from_pretrained(tiny_llama_dir), tmp_path / "data/artifacts" / job_id / "best"
+        )
         cluster.start_api()
         client = cluster.client
 
