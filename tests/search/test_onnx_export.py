@@ -108,3 +108,18 @@ def test_onnx_export_refusals(tokenizer: object, tmp_path: Path) -> None:
         export_onnx(tmp_path, tmp_path / "busy")
     with pytest.raises(ModelLoadError, match="not an ONNX export"):
         generate_onnx(tmp_path, np.zeros((1, 2), dtype=np.int64), max_new_tokens=1)
+
+
+def test_per_layer_export_generates_with_the_cache_as_without(tokenizer: object, tmp_path: Path) -> None:
+    """Layer 0 has no attention: the cache slots are numbered from the first kept attention
+    (``build_skeleton``), so transformers' cache length, positions and masks are right on a padded batch."""
+    model = load_pruned(_export("llama", tokenizer, tmp_path / "export"))
+    model.generation_config.eos_token_id = None
+    prompt = torch.randint(3, 512, (2, 7), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(prompt)
+    prompt[1, :3], mask[1, :3] = 0, 0
+    settings = dict(attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        cached = model.generate(prompt, use_cache=True, **settings)
+        uncached = model.generate(prompt, use_cache=False, **settings)
+    torch.testing.assert_close(cached, uncached, rtol=0, atol=0)
