@@ -27,11 +27,12 @@ COPY --from=uv /uv /usr/local/bin/uv
 RUN uv venv --python 3.11 /opt/venv
 WORKDIR /app
 
-# Dependencies first (torch is most of the image): rebuilt only when pyproject.toml changes.
+# Dependencies first (torch is most of the image): rebuilt only when pyproject.toml changes. The onnx
+# extra: the worker converts exports to ONNX on request (POST /v1/jobs/{id}/artifacts/{name}/onnx).
 COPY pyproject.toml README.md constraints.txt ./
 RUN uv pip install --python /opt/venv/bin/python \
       ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
-      -r pyproject.toml -c constraints.txt \
+      -r pyproject.toml -c constraints.txt --extra onnx \
  && python -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda)"
 
 COPY search ./search

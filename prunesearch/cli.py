@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -161,15 +162,39 @@ def demo_model(directory: Path, size: str) -> None:
 @click.option("--device", default="auto", show_default=True)
 @click.option("--study", default=None, help="Instead of a job: the Optuna study of a `prunesearch search`.")
 @click.option("--storage", default=None, help="With --study: its storage URL (default: the data dir's database).")
+@click.option(
+    "--format",
+    "export_format",
+    type=click.Choice(["model", "onnx"]),
+    default="model",
+    show_default=True,
+    help="model: safetensors and config (transformers, prunesearch.load_pruned); "
+    "onnx: an ONNX graph with the KV cache as inputs and outputs (onnxruntime; pip install 'prunesearch[onnx]').",
+)
 def export(
-    job_id: str | None, number: int | None, out: Path, device: str, study: str | None, storage: str | None
+    job_id: str | None,
+    number: int | None,
+    out: Path,
+    device: str,
+    study: str | None,
+    storage: str | None,
+    export_format: str,
 ) -> None:
     """Export a job's best (or any) trial, or a trial of a local search's study, as a smaller model in OUT."""
-    if study is not None:
-        _export_study_trial(study, storage, number, out, device)
-        return
-    if job_id is None:
+    from prunesearch.local_export import in_format
+
+    if study is None and job_id is None:
         raise click.UsageError("give a JOB_ID, or --study NAME --trial N for a trial of a local search")
+    if study is not None and number is None:
+        raise click.UsageError("--study needs --trial N (its trial numbers are in the search's output)")
+    if study is not None:
+        write = partial(_export_study_trial, study, storage, number, device=device)
+    else:
+        write = partial(_export_job_trial, job_id, number, device=device)
+    click.echo(in_format(export_format, out, write))
+
+
+def _export_job_trial(job_id: str, number: int | None, out: Path, *, device: str) -> str:
     from search.arch import ArchConfig
     from search.candidates import prepare_job
     from search.errors import SearchError
@@ -203,19 +228,17 @@ def export(
     except SearchError as error:
         raise click.ClickException(str(error)) from error
     loader = "prunesearch.load_pruned" if info.kind == "per_layer" else "AutoModel(ForCausalLM).from_pretrained"
-    click.echo(
+    return (
         f"Exported trial {number} ({info.kind}, {info.param_count:,} parameters, "
         f"{info.size_bytes / 1e6:.1f} MB) to {out}; load it with {loader}."
     )
 
 
-def _export_study_trial(study: str, storage: str | None, number: int | None, out: Path, device: str) -> None:
+def _export_study_trial(study: str, storage: str | None, number: int, out: Path, *, device: str) -> str:
     from prunesearch.local_export import export_study_trial
     from search.errors import SearchError
     from workers.settings import get_worker_settings
 
-    if number is None:
-        raise click.UsageError("--study needs --trial N (its trial numbers are in the search's output)")
     settings = get_worker_settings()
     try:
         message = export_study_trial(
@@ -228,7 +251,7 @@ def _export_study_trial(study: str, storage: str | None, number: int | None, out
         )
     except SearchError as error:
         raise click.ClickException(str(error)) from error
-    click.echo(message)
+    return message
 
 
 # --- service processes --------------------------------------------------------------------------

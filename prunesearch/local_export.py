@@ -4,6 +4,8 @@ and any trial later (``export --study``), written as a job's best is (``search.e
 from __future__ import annotations
 
 import shlex
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +15,7 @@ if TYPE_CHECKING:
     from search.candidates import SearchContext
     from search.export import ExportInfo
     from search.recovery import RecoveryOutcome
+    from search.onnx_export import OnnxExportInfo
     from search.results import BestEntry
 
 
@@ -94,3 +97,40 @@ def _load_study(study_name: str, storage: str) -> Any:
     if "spec" not in study.user_attrs:
         raise click.ClickException(f"study {study_name!r} was not made by prunesearch (it records no job spec)")
     return study
+
+
+def in_format(export_format: str, out: Path, write: Callable[[Path], str]) -> str:
+    """Run ``write`` (exports a model into a folder, returns what to tell the user) for ``--format``.
+
+    ``model`` writes into ``out``. ``onnx`` writes the model into a scratch folder beside ``out``
+    (large models do not fit every /tmp) and converts it into ``out``.
+    """
+    if export_format == "model":
+        return write(out)
+    from search.errors import SearchError
+    from search.onnx_export import export_onnx, require_onnx
+
+    check_out_dir(out)
+    try:
+        require_onnx()  # before the model is loaded, not after
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as scratch:
+            write(Path(scratch) / "model")
+            info = export_onnx(Path(scratch) / "model", out)
+    except SearchError as error:
+        raise click.ClickException(str(error)) from error
+    return describe_onnx(info)
+
+
+def describe_onnx(info: OnnxExportInfo) -> str:
+    layout = info.layout
+    cache = f", {len(layout.cache)} KV-cache slots" if layout.kind == "decoder" else ""
+    run = (
+        f"search.onnx_runtime.generate_onnx({str(info.directory)!r}, input_ids, max_new_tokens=N)"
+        if layout.kind == "decoder"
+        else f"onnxruntime.InferenceSession({str(info.directory / layout.graph)!r})"
+    )
+    return (
+        f"Wrote an ONNX graph ({layout.kind}, {layout.dtype}{cache}, {info.size_bytes / 1e6:.1f} MB) to "
+        f"{info.directory}; its inputs and cache layout are in onnx_layout.json. Run it with {run}."
+    )

@@ -42,3 +42,7 @@ class ProxyError(SearchError):
 
 class ModelLoadError(SearchError):
     """The model or its tokenizer could not be loaded."""
+
+
+class MissingDependency(SearchError):
+    """An optional capability needs packages that are not installed (the message names the extra)."""

@@ -211,6 +211,8 @@ def build_skeleton(
                 _swap_in(adapter.drop_attention(index))
             if not layer["ffn_channels"]:
                 _swap_in(adapter.drop_mlp(index))
+        if shape.causal:
+            _number_caches(adapter, [index for index, layer in enumerate(layers) if layer["heads"]])
     return model.to(dtype=dtype).eval() if dtype is not None else model.eval()
 
 
@@ -358,6 +360,22 @@ def _source_name(name: str, prefix: str, old_for_new: dict[int, int]) -> str:
         return name
     index, _, rest = name[len(prefix) :].partition(".")
     return f"{prefix}{old_for_new[int(index)]}.{rest}"
+
+
+def _number_caches(adapter: Adapter, kept_attention: list[int]) -> None:
+    """Give the kept attentions the KV-cache slots 0..K-1, in order.
+
+    transformers reads the cache's length (positions, mask sizes) from slot 0. A dropped attention
+    never writes its slot, so with the layer's own index a model whose layer 0 has no attention
+    decodes with a wrong mask (a padded batch gets wrong tokens from ``generate``); numbered
+    compactly, slot 0 is always a written one. The ONNX graph's cache inputs follow the same order.
+    """
+    for slot, index in enumerate(kept_attention):
+        output = adapter.attention_output(index)
+        for module in adapter.layers[index].modules():
+            # The attention module is the one holding the output projection and a cache index.
+            if hasattr(module, "layer_idx") and any(child is output for child in module.children()):
+                module.layer_idx = slot
 
 
 def _swap_in(swaps: list[tuple[nn.Module, str, nn.Module]]) -> None:

@@ -6,3 +6,6 @@ from __future__ import annotations
 PROVENANCE_FILE = "provenance.json"  # where an export records its source, counts and kept units
 CONFIG_KEY = "prunesearch"  # the config.json member holding per-layer shapes
 FORMAT_VERSION = 1
+ONNX_GRAPH_FILE = "model.onnx"  # an ONNX export's graph (weights beside it in model.onnx.data when large)
+ONNX_LAYOUT_FILE = "onnx_layout.json"  # its inputs, outputs and KV-cache layout (search.onnx_runtime)
+ONNX_LAYOUT_VERSION = 1

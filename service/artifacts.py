@@ -11,13 +11,19 @@ from pathlib import Path
 
 from service.paths import resolve_inside
 
-__all__ = ["PARTIAL_SUFFIX", "job_artifacts_dir", "trial_export_name"]
+__all__ = ["ONNX_SUFFIX", "PARTIAL_SUFFIX", "job_artifacts_dir", "onnx_export_name", "trial_export_name"]
 
 PARTIAL_SUFFIX = ".partial"
+# The ONNX graph of export ``{name}`` is the export ``{name}.onnx`` (so ``best.onnx.tar`` downloads it).
+ONNX_SUFFIX = ".onnx"
 
 
 def trial_export_name(number: int) -> str:
     return f"trial-{number}"
+
+
+def onnx_export_name(name: str) -> str:
+    return name + ONNX_SUFFIX
 
 
 def job_artifacts_dir(artifacts_dir: Path, job_id: str) -> Path:

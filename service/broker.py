@@ -1,7 +1,8 @@
 """The Celery client side: how the API enqueues work, and the config the worker shares.
 
 The API never imports the worker's tasks; it sends them by name with ids: ``RUN_JOB_TASK`` with the
-job id, ``EXPORT_TRIAL_TASK`` with the job id and a trial number.
+job id, ``EXPORT_TRIAL_TASK`` with the job id and a trial number, ``EXPORT_ONNX_TASK`` with the job
+id and an export's name.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from service.settings import Settings
 RUN_JOB_TASK = "prunesearch.run_job"
 # args [job_id, trial_number]: export that trial into {artifacts_dir}/{job_id}/trial-{number}/.
 EXPORT_TRIAL_TASK = "prunesearch.export_trial"
+# args [job_id, name]: convert the export {name} into an ONNX graph at {artifacts_dir}/{job_id}/{name}.onnx/.
+EXPORT_ONNX_TASK = "prunesearch.export_onnx"
 # args [job_id]: run up to ``chunk_trials`` trials of a job another worker is running (idle workers help).
 EVALUATE_CHUNK_TASK = "prunesearch.evaluate_chunk"
 
@@ -85,6 +88,11 @@ def enqueue_job(celery_app: Celery, job_id: str) -> None:
 def enqueue_export(celery_app: Celery, job_id: str, number: int) -> None:
     """Send the export-trial task; raises (kombu / redis errors) if the broker cannot take it."""
     celery_app.send_task(EXPORT_TRIAL_TASK, args=[job_id, number])
+
+
+def enqueue_onnx_export(celery_app: Celery, job_id: str, name: str) -> None:
+    """Send the ONNX conversion task; raises (kombu / redis errors) if the broker cannot take it."""
+    celery_app.send_task(EXPORT_ONNX_TASK, args=[job_id, name])
 
 
 def broker_reachable(celery_app: Celery, timeout: float = 2.0) -> bool:

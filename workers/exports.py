@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from search.results import ExportReport, JobReport, Latency, SearchResult, verification_report
 from service import repository
-from service.artifacts import PARTIAL_SUFFIX, job_artifacts_dir, trial_export_name
+from service.artifacts import PARTIAL_SUFFIX, job_artifacts_dir, onnx_export_name, trial_export_name
 from service.db import session_scope
 from workers import runtime
 from workers.settings import WorkerSettings
@@ -133,6 +133,30 @@ def export_trial(
         return "missing"
     context = runtime.prepare_spec(spec_data, owner, settings=settings, models=models)
     write_export(context, entry["arch"], target, _provenance(context, entry))
+    return "exported"
+
+
+def export_onnx(job_id: str, name: str, *, settings: WorkerSettings) -> str:
+    """Convert export ``name`` of a job into its ONNX graph ``{name}.onnx`` on request
+    (``POST /v1/jobs/{id}/artifacts/{name}/onnx``); written into ``.partial`` and renamed, like a model."""
+    from search.onnx_export import export_onnx as write_onnx
+
+    root = job_artifacts_dir(settings.artifacts_dir, job_id)
+    source, target = root / name, root / onnx_export_name(name)
+    if target.is_dir():
+        return "exists"  # a repeated request; exports never change once written
+    if not source.is_dir():
+        log.warning("ONNX conversion of job %s export %s: no such export", job_id, name)
+        return "missing"
+    partial = target.with_name(target.name + PARTIAL_SUFFIX)
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        write_onnx(source, partial)
+    except BaseException:
+        # Not left as a ".partial" that the API would list as pending forever: a new request retries.
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    partial.rename(target)
     return "exported"
 
 

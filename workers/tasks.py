@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from service.broker import EVALUATE_CHUNK_TASK, EXPORT_TRIAL_TASK, RUN_JOB_TASK
+from service.broker import EVALUATE_CHUNK_TASK, EXPORT_ONNX_TASK, EXPORT_TRIAL_TASK, RUN_JOB_TASK
 from workers import runtime
 from workers.celery_app import app
+from workers.exports import export_onnx as _export_onnx
 from workers.exports import export_trial as _export_trial
 from workers.jobs import evaluate_chunk as _evaluate_chunk
 from workers.jobs import run_job as _run_job
@@ -21,6 +22,11 @@ def export_trial(job_id: str, number: int) -> str:
     return _export_trial(
         job_id, number, settings=get_worker_settings(), sessions=runtime.sessions(), models=runtime.models()
     )
+
+
+@app.task(name=EXPORT_ONNX_TASK, acks_late=True, ignore_result=True)
+def export_onnx(job_id: str, name: str) -> str:
+    return _export_onnx(job_id, name, settings=get_worker_settings())
 
 
 @app.task(name=EVALUATE_CHUNK_TASK, acks_late=True, ignore_result=True)

@@ -1,4 +1,5 @@
-"""Serving a job's exports: listing them, finding one file, streaming one as a tar, requesting one.
+"""Serving a job's exports: listing them, finding one file, streaming one as a tar, requesting one
+(a trial's model, or the ONNX graph of an export).
 
 The layout on disk (``{name}.partial/`` renamed to ``{name}/`` when whole) is ``service.artifacts``.
 Names and paths come from URLs; every lookup goes through ``service.paths.resolve_inside``.
@@ -21,8 +22,8 @@ from sqlalchemy.orm import Session
 
 from search.export_format import PROVENANCE_FILE
 from service import repository
-from service.artifacts import PARTIAL_SUFFIX, job_artifacts_dir, trial_export_name
-from service.broker import enqueue_export
+from service.artifacts import ONNX_SUFFIX, PARTIAL_SUFFIX, job_artifacts_dir, onnx_export_name, trial_export_name
+from service.broker import enqueue_export, enqueue_onnx_export
 from service.errors import Conflict, NotFound, Unavailable
 from service.paths import resolve_inside
 from service.states import TrialState
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "Export",
     "ExportFile",
+    "ExportNotConvertible",
     "ExportPending",
     "TarStream",
     "TrialNotExportable",
@@ -39,6 +41,7 @@ __all__ = [
     "export_file",
     "find_export",
     "list_exports",
+    "request_onnx_export",
     "request_trial_export",
     "tar_export",
 ]
@@ -51,6 +54,11 @@ _CHUNK = 1 << 20
 class ExportPending(Conflict):
     title = "Export not ready"
     type = "export-pending"
+
+
+class ExportNotConvertible(Conflict):
+    title = "Export cannot be converted"
+    type = "export-not-convertible"
 
 
 class TrialNotExportable(Conflict):
@@ -105,6 +113,12 @@ def export_dir(artifacts_dir: Path, job_id: str, name: str) -> Path:
     """The directory of a ready export: ``NotFound`` if there is none, ``ExportPending`` if still written."""
     export = find_export(artifacts_dir, job_id, name)
     if export is None:
+        base = name.removesuffix(ONNX_SUFFIX)
+        if base != name and find_export(artifacts_dir, job_id, base) is not None:
+            raise NotFound(
+                f"job {job_id!r} has no export named {name!r} yet: "
+                f"POST /v1/jobs/{job_id}/artifacts/{base}/onnx converts {base!r} into it"
+            )
         raise NotFound(f"job {job_id!r} has no export named {name!r}")
     if export.status == "pending":
         raise ExportPending(
@@ -151,6 +165,35 @@ def request_trial_export(
         logger.warning("enqueue of export %s of job %s failed: %s", name, job_id, error)
         raise Unavailable("the task queue is unreachable; the export was not requested, retry later") from error
     return Export(name=name, status="pending"), True
+
+
+def request_onnx_export(
+    session: Session, celery_app: Celery, artifacts_dir: Path, job_id: str, name: str
+) -> tuple[Export, bool]:
+    """Ask the worker to convert export ``name`` into the ONNX graph ``{name}.onnx``.
+
+    Returns that export and whether a task was sent. ``NotFound`` for an unknown job or export,
+    ``ExportPending`` while ``name`` is still written, ``ExportNotConvertible`` for an ONNX export,
+    ``Unavailable`` if the broker refuses the task. Nothing is sent when the graph is ready or being
+    written.
+    """
+    repository.require_job(session, job_id)
+    source = find_export(artifacts_dir, job_id, name)
+    if source is None:
+        raise NotFound(f"job {job_id!r} has no export named {name!r}")
+    if name.endswith(ONNX_SUFFIX):
+        raise ExportNotConvertible(f"export {name!r} is an ONNX graph already")
+    export_dir(artifacts_dir, job_id, name)  # ExportPending while it is written
+    target = onnx_export_name(name)
+    existing = find_export(artifacts_dir, job_id, target)
+    if existing is not None:
+        return existing, False
+    try:
+        enqueue_onnx_export(celery_app, job_id, name)
+    except Exception as error:
+        logger.warning("enqueue of ONNX conversion %s of job %s failed: %s", name, job_id, error)
+        raise Unavailable("the task queue is unreachable; the conversion was not requested, retry later") from error
+    return Export(name=target, status="pending"), True
 
 
 @dataclass(frozen=True)

@@ -189,7 +189,7 @@ class ArtifactFile(BaseModel):
 
 
 class Artifact(BaseModel):
-    name: str = Field(description="'best' or 'trial-<number>'.")
+    name: str = Field(description="'best', 'trial-<number>', or '<name>.onnx' for the ONNX graph of an export.")
     status: Literal["ready", "pending"] = Field(description="'pending' while the worker is still writing it.")
     files: list[ArtifactFile] = Field(description="Empty while pending.")
     size: int = Field(description="Total bytes of the files; for a pending export, bytes written so far.")

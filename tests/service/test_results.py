@@ -405,6 +405,7 @@ def test_openapi_documents_result_endpoints(pg_client: TestClient) -> None:
         ("/v1/jobs/{job_id}/artifacts/{name}.tar", "get"): {"200", "404", "409"},
         ("/v1/jobs/{job_id}/artifacts/{name}/{path}", "get"): {"200", "404", "409"},
         ("/v1/jobs/{job_id}/trials/{number}/export", "post"): {"202", "200", "404", "409", "503"},
+        ("/v1/jobs/{job_id}/artifacts/{name}/onnx", "post"): {"202", "200", "404", "409", "503"},
     }
     for (path, method), statuses in expected.items():
         responses = paths[path][method]["responses"]

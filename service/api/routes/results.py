@@ -1,4 +1,5 @@
-"""A job's results: Pareto front, report, exported models (list, files, tar) and export requests."""
+"""A job's results: Pareto front, report, exported models (list, files, tar) and export requests
+(a trial's model, an export's ONNX graph)."""
 
 from __future__ import annotations
 
@@ -115,6 +116,8 @@ def list_artifacts(job_id: str, session: SessionDep, settings: SettingsDep) -> A
     responses=_binary(TAR_MEDIA_TYPE, "The export as an uncompressed tar, members under '<name>/'")
     | problem_responses(404, 409),
     summary="Download a whole export as a tar (curl ... | tar x)",
+    description="`best.tar` is the best model; `best.onnx.tar` its ONNX graph once converted "
+    "(POST /v1/jobs/{job_id}/artifacts/best/onnx).",
 )
 def download_archive(job_id: str, name: str, session: SessionDep, settings: SettingsDep) -> StreamingResponse:
     repository.require_job(session, job_id)
@@ -154,6 +157,32 @@ def export_trial(
     settings: SettingsDep,
 ) -> Artifact:
     export, _sent = exports.request_trial_export(session, celery_app, settings.artifacts_dir, job_id, number)
+    response.headers["Location"] = artifacts_path(job_id)
+    if export.status == "ready":
+        response.status_code = 200
+    return Artifact.from_export(job_id, export)
+
+
+@router.post(
+    "/{job_id}/artifacts/{name}/onnx",
+    status_code=202,
+    response_model=Artifact,
+    responses={200: {"description": "Already converted", "model": Artifact}} | problem_responses(404, 409, 503),
+    summary="Convert an export into an ONNX graph (appears under /artifacts as <name>.onnx)",
+    description=(
+        "The worker writes the ONNX graph of export `name` (per-layer exports included) as the export "
+        "`<name>.onnx`: `model.onnx`, `onnx_layout.json` (inputs, outputs, and for decoders the KV cache: "
+        "one `past.{j}.key`/`past.{j}.value` pair per kept attention, with its layer, KV heads and head "
+        "size), tokenizer and config. Decoders take and return the cache, so they generate "
+        "(`search.onnx_runtime.generate_onnx`). 202 while it is written (Location: the artifacts list, "
+        "where its status shows); then `GET /v1/jobs/{job_id}/artifacts/<name>.onnx.tar` downloads it. "
+        "200 if it is ready; 409 while `name` itself is still written."
+    ),
+)
+def export_onnx(
+    job_id: str, name: str, response: Response, session: SessionDep, celery_app: CeleryDep, settings: SettingsDep
+) -> Artifact:
+    export, _sent = exports.request_onnx_export(session, celery_app, settings.artifacts_dir, job_id, name)
     response.headers["Location"] = artifacts_path(job_id)
     if export.status == "ready":
         response.status_code = 200
