@@ -37,6 +37,10 @@ SINGLE_OBJECTIVE_SAMPLERS: tuple[str, ...] = ("cmaes",)
 OBJECTIVES: tuple[str, ...] = ("score", "params")
 DEPTH_MODES: tuple[str, ...] = ("sublayer", "layer", "none")
 PARAMETERIZATIONS: tuple[str, ...] = ("per_layer", "compact")
+# What the search may propose: any per-layer architecture, or only what the family's own config
+# expresses (search.standard), so the export loads with plain from_pretrained.
+EXPORT_FORMATS: tuple[str, ...] = ("per_layer", "standard")
+STANDARD = "standard"
 
 # Model families and the ``model_type`` values they read (registered in ``search.families``).
 FAMILY_NAMES: tuple[str, ...] = tuple(family.name for family in FAMILIES)
