@@ -124,11 +124,11 @@ def test_a_standard_job_proposes_only_standard_candidates_and_exports_one(tmp_pa
     spec = JobSpec(
         model=str(REFERENCE_MODEL),
         target={"param_ratio": 0.5},
-        n_trials=5,
+        n_trials=4,
         seed=1,
         verify_top_k=1,
         audit_size=0,
-        calibration={"n_samples": 4, "seq_len": 64, "heldout_samples": 4},
+        calibration={"n_samples": 2, "seq_len": 32, "heldout_samples": 2},
         search_space={"export_format": "standard"},
     )
     context = prepare_job(spec, device="cpu")
@@ -140,7 +140,7 @@ def test_a_standard_job_proposes_only_standard_candidates_and_exports_one(tmp_pa
         "seed:block_influence",
     }
     complete = [t for t in result.trials if t.state == "complete"]
-    assert len(complete) == 5
+    assert len(complete) == 4
     for trial in complete:
         assert is_standard(shape, ArchConfig.from_dict(trial.arch)), trial.arch
         assert abs(trial.param_ratio - 0.5) <= 0.005
