@@ -94,6 +94,7 @@ MODELS = ("ref-llama-7m", "ref-llama-13m", "minilm")
 SEARCH_PROXIES = ("tracenas", "prunenet", "ensemble", "metanet")
 METHODS = (
     *(f"search:{p}" for p in SEARCH_PROXIES),
+    "search:standard",
     "random",
     "uniform",
     "block_influence",
@@ -105,6 +106,7 @@ LABELS = {
     "search:prunenet": "search, prunenet",
     "search:ensemble": "search, ensemble",
     "search:metanet": "search, metanet",
+    "search:standard": "search, standard format (tracenas)",
     "random": "random search (tracenas)",
     "uniform": "uniform width (Wanda)",
     "block_influence": "ShortGPT BI depth",
@@ -297,21 +299,27 @@ def model_methods(
     encoder = not loaded.adapter.shape.causal
     out: dict[float, dict[str, tuple[Selection, dict[str, Any]]]] = {r: {} for r in args.ratios}
     # Searches first (all budgets), the meta-network last: it trains on the other jobs' audits.
-    jobs = [(r, p, "tpe") for p in SEARCH_PROXIES if p != "metanet" for r in args.ratios]
-    jobs += [(r, "tracenas", "random") for r in args.ratios]
-    jobs += [(r, "metanet", "tpe") for r in args.ratios if "metanet" in SEARCH_PROXIES]
-    for ratio, proxy, sampler in jobs:
-        method = "random" if sampler == "random" else f"search:{proxy}"
+    searches: list[tuple[str, dict[str, Any]]] = [
+        (f"search:{p}", {"proxy": p}) for p in SEARCH_PROXIES if p != "metanet"
+    ]
+    searches.append(("random", {"proxy": "tracenas", "sampler": "random"}))
+    # Only what plain from_pretrained loads: per-layer freedom traded for any runtime of the family.
+    standard = {"export_format": "standard", "depth": "layer"}
+    searches.append(("search:standard", {"proxy": "tracenas", "search_space": standard}))
+    if "metanet" in SEARCH_PROXIES:
+        searches.append(("search:metanet", {"proxy": "metanet"}))
+    for method, overrides in searches:
         if method not in args.methods:
             continue
-        spec = spec_for(model, args, ratio, encoder=encoder, proxy=proxy, sampler=sampler)
-        _, selection, info = run_method_search(loaded, spec, f"{Path(model).name}-{method}-{ratio}", store)
-        out[ratio][method] = (selection, info)
-        print(
-            f"  {ratio} {method}: {info['seconds']:.1f}s, best {info['best_origin']} "
-            f"(verified {json.dumps(info['verified'])})",
-            flush=True,
-        )
+        for ratio in args.ratios:
+            spec = spec_for(model, args, ratio, encoder=encoder, **overrides)
+            _, selection, info = run_method_search(loaded, spec, f"{Path(model).name}-{method}-{ratio}", store)
+            out[ratio][method] = (selection, info)
+            print(
+                f"  {ratio} {method}: {info['seconds']:.1f}s, best {info['best_origin']} "
+                f"(verified {json.dumps(info['verified'])})",
+                flush=True,
+            )
     for ratio in args.ratios:
         spec = spec_for(model, args, ratio, encoder=encoder)
         context = prepare(loaded, spec)

@@ -14,8 +14,8 @@ import click
 if TYPE_CHECKING:
     from search.candidates import SearchContext
     from search.export import ExportInfo
-    from search.recovery import RecoveryOutcome
     from search.onnx_export import OnnxExportInfo
+    from search.recovery import RecoveryOutcome
     from search.results import BestEntry
 
 

@@ -49,6 +49,7 @@ _NAMES: dict[FieldPath, tuple[str, ...]] = {
     ("objectives",): names.OBJECTIVES,
     ("search_space", "depth"): names.DEPTH_MODES,
     ("search_space", "parameterization"): names.PARAMETERIZATIONS,
+    ("search_space", "export_format"): names.EXPORT_FORMATS,
     ("search_space", "selection"): tuple(names.CRITERIA),
     ("search_space", "sparsity_selection"): names.SPARSITY_CRITERIA,
     ("recovery", "method"): names.RECOVERY_METHODS,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from search import names
 from search.adapters import Block
 from search.arch import ArchConfig, ModelShape
 from search.calibration import TokenSet, build_token_set
@@ -22,6 +23,7 @@ from search.repair import Proposal, repair
 from search.selection import Selection, SparsityScorer, select_units
 from search.space import LAYER_SIGNALS, LayerSignals, Space
 from search.spec import JobSpec, check_budgets, check_job, check_recovery
+from search.standard import repair_standard
 from search.stats import DenseStats, cached_stats
 from search.units import Importance
 
@@ -48,17 +50,13 @@ class SearchContext:
 
     def ratio_range(self) -> tuple[float, float]:
         """The budgets trials are repaired to, as fractions of all parameters."""
-        target = self.spec.target
-        high = target.total_ratio(self.shape, target.param_ratio)
-        if not self.spec.multi_objective:
-            return high, high
-        if target.min_param_ratio is not None:
-            return target.total_ratio(self.shape, target.min_param_ratio), high
-        return max(high / 2, self.shape.min_param_ratio() * 1.05), high
+        return self.spec.ratio_range(self.shape)
 
     def candidate(self, proposal: Proposal, param_ratio: float) -> Selection:
         space = self.spec.search_space
-        arch = repair(
+        # A standard job repairs onto the standard grid: per-layer repair would break uniformity.
+        snap = repair_standard if space.export_format == names.STANDARD else repair
+        arch = snap(
             self.shape,
             proposal,
             param_ratio,

@@ -31,13 +31,14 @@ import torch
 from torch import nn
 
 from search.adapters import Adapter, Block
-from search.arch import ArchConfig, ModelShape
+from search.arch import ArchConfig
 from search.errors import InvalidArchConfig, ModelLoadError
 from search.export_format import CONFIG_KEY, FORMAT_VERSION, PROVENANCE_FILE
 from search.families import family_for, read_shape
 from search.loading import LoadedModel, adapter_for
 from search.masking import apply_arch
 from search.selection import Selection
+from search.standard import is_standard
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,7 @@ def materialize(
     kept_layers = _kept_layers(arch)
     if not kept_layers:
         raise InvalidArchConfig("the architecture keeps no layer; there is nothing to export")
-    kind = "standard" if _standard(shape, arch) else "per_layer"
+    kind = "standard" if is_standard(shape, arch) else "per_layer"
     config = _config_for(adapter, arch, kept_layers, kind)
     dtype = next(adapter.model.parameters()).dtype
     model = build_skeleton(config, device=device, dtype=dtype)
@@ -258,18 +259,6 @@ def measure_latency(
 
 def _kept_layers(arch: ArchConfig) -> list[int]:
     return [i for i, layer in enumerate(arch.layers) if layer.attention_kept or layer.mlp_kept]
-
-
-def _standard(shape: ModelShape, arch: ArchConfig) -> bool:
-    if not arch.is_uniform():
-        return False
-    kept = next(layer for layer in arch.layers if layer.attention_kept)
-    if kept.heads == shape.num_heads:
-        return True
-    # Families that derive the head size from hidden / heads (no ``head_keys``) cannot write fewer
-    # heads. Llama-style configs store head_dim, but transformers still refuses a hidden size that is
-    # not a multiple of the head count (e.g. 24 heads of 4096): those exports are per-layer.
-    return family_for(shape.model_type).head_keys is not None and shape.hidden_size % kept.heads == 0
 
 
 def _config_for(adapter: Adapter, arch: ArchConfig, kept_layers: list[int], kind: str) -> dict[str, Any]:

@@ -39,6 +39,10 @@ DEPTH_MODES: tuple[str, ...] = ("sublayer", "layer", "none")
 PARAMETERIZATIONS: tuple[str, ...] = ("per_layer", "compact")
 # How a job recovers its finalists after the search (search.recovery): distillation from the dense model.
 RECOVERY_METHODS: tuple[str, ...] = ("distill",)
+# What the search may propose: any per-layer architecture, or only what the family's own config
+# expresses (search.standard), so the export loads with plain from_pretrained.
+EXPORT_FORMATS: tuple[str, ...] = ("per_layer", "standard")
+STANDARD = "standard"
 
 # Model families and the ``model_type`` values they read (registered in ``search.families``).
 FAMILY_NAMES: tuple[str, ...] = tuple(family.name for family in FAMILIES)

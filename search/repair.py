@@ -32,10 +32,25 @@ class Proposal:
     attention: tuple[float, ...]
     mlp: tuple[float, ...]
     sparsity: tuple[float, ...] = ()  # per layer; empty means dense weights
+    # Per layer, how much the sampler wants to keep it (standard format: the order layers are
+    # dropped in); empty means by its attention + MLP fractions.
+    keep: tuple[float, ...] = ()
 
     @classmethod
     def uniform(cls, num_layers: int, value: float = 1.0) -> Proposal:
         return cls((value,) * num_layers, (value,) * num_layers)
+
+    @classmethod
+    def standard(cls, keep: Sequence[float], drop: int, attention: float, mlp: float) -> Proposal:
+        """Drop the ``drop`` layers of lowest ``keep``; every other layer keeps these fractions."""
+        kept = set(layer_order(keep)[: len(keep) - drop])
+        fractions = [(attention, mlp) if i in kept else (0.0, 0.0) for i in range(len(keep))]
+        return cls(tuple(a for a, _ in fractions), tuple(m for _, m in fractions), keep=tuple(keep))
+
+
+def layer_order(keep: Sequence[float]) -> list[int]:
+    """Layers from the most wanted to the least (ties: the earlier layer first)."""
+    return sorted(range(len(keep)), key=lambda i: (-keep[i], i))
 
 
 @dataclass(frozen=True)

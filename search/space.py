@@ -8,6 +8,10 @@ Two parameterisations:
   dropped), ``drop_attention`` (then the attention sub-blocks of lowest importance) and a global
   ``sparsity``. Fewer parameters make each trial cheaper to sample and store, at some loss of
   expressiveness.
+- ``export_format: "standard"``: what a family's own config expresses (``search.standard``): a
+  keep score per layer (``keep.i``; with ``compact``, Block Influence instead), ``drop_layers``,
+  and one ``attention`` and one ``mlp`` fraction for every kept layer; ``repair_standard`` lands it
+  on the budget with one head count and one FFN width.
 Seeds are expressed in the same parameters, so they are ordinary (enqueued) trials.
 """
 
@@ -19,6 +23,7 @@ from typing import Any
 import optuna
 import torch
 
+from search import names
 from search.arch import ModelShape
 from search.artifacts import Artifact
 from search.repair import DEFAULT_TOLERANCE, Proposal
@@ -44,7 +49,13 @@ class Space:
         self.space = space
         self.signals = signals
 
+    @property
+    def standard(self) -> bool:
+        return self.space.export_format == names.STANDARD
+
     def suggest(self, trial: optuna.Trial) -> Proposal:
+        if self.standard:
+            return self._standard(trial)
         if self.space.parameterization == "compact":
             return self._compact(trial)
         layers = range(self.shape.num_layers)
@@ -67,6 +78,21 @@ class Space:
         sparsity = trial.suggest_float("sparsity", 0.0, self.space.sparsity) if self.space.sparsity > 0 else 0.0
         return self.compact_proposal(slope, balance, drop_layers, drop_attention, sparsity)
 
+    def _standard(self, trial: optuna.Trial) -> Proposal:
+        """Which layers stay (a keep score per layer, or Block Influence when compact), how many are
+        dropped, and one attention and one MLP fraction for all kept layers; repair lands on the budget."""
+        layers = range(self.shape.num_layers)
+        if self.space.parameterization == "compact":
+            keep = tuple(self.signals.block_influence.tolist())
+        else:
+            keep = tuple(trial.suggest_float(f"keep.{i}", 0.0, 1.0) for i in layers)
+        if not self.space.width:
+            return Proposal.standard(keep, 0, 1.0, 1.0)  # repair drops what the budget needs, by keep
+        drop = trial.suggest_int("drop_layers", 0, len(layers) - 1) if self.space.depth != "none" else 0
+        attention = trial.suggest_float("attention", 0.0, 1.0)
+        mlp = trial.suggest_float("mlp", 0.0, 1.0)
+        return Proposal.standard(keep, drop, attention, mlp)
+
     def compact_proposal(
         self, slope: float, balance: float, drop_layers: int, drop_attention: int, sparsity: float
     ) -> Proposal:
@@ -88,6 +114,8 @@ class Space:
     def seeds(self, param_ratio: float) -> dict[str, dict[str, Any]]:
         """Baselines at the same budget, as trial parameters: uniform width, ShortGPT Block-Influence
         depth removal, and (with sparsity) OWL's outlier-weighted layerwise sparsity."""
+        if self.standard:
+            return self._standard_seeds(param_ratio)
         seeds = {"seed:uniform": self._params(Proposal.uniform(self.shape.num_layers), 0, 0.0)}
         if self.space.depth != "none":
             dropped = block_influence_drop_count(self.shape, param_ratio)
@@ -99,6 +127,29 @@ class Space:
             full = Proposal.uniform(self.shape.num_layers)
             seeds["seed:owl"] = self._params(Proposal(full.attention, full.mlp, ratios), 0, sum(ratios) / len(ratios))
         return seeds
+
+    def _standard_seeds(self, param_ratio: float) -> dict[str, dict[str, Any]]:
+        """The baselines a standard config expresses: uniform width, and ShortGPT's Block-Influence
+        depth removal (the per-layer allocations and OWL are not standard)."""
+        layers = self.shape.num_layers
+        seeds = {"seed:uniform": self._standard_params((1.0,) * layers, 0)}
+        if self.space.depth != "none":
+            dropped = block_influence_drop_count(self.shape, param_ratio)
+            lowest = set(torch.argsort(self.signals.block_influence, stable=True)[:dropped].tolist())
+            seeds["seed:block_influence"] = self._standard_params(
+                tuple(0.0 if i in lowest else 1.0 for i in range(layers)), dropped
+            )
+        return seeds
+
+    def _standard_params(self, keep: tuple[float, ...], drop_layers: int) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        if self.space.parameterization != "compact":
+            params |= {f"keep.{i}": v for i, v in enumerate(keep)}
+        if self.space.width:
+            if self.space.depth != "none":
+                params["drop_layers"] = drop_layers
+            params |= {"attention": 1.0, "mlp": 1.0}
+        return params
 
     def _params(self, proposal: Proposal, drop_layers: int, sparsity: float) -> dict[str, Any]:
         if self.space.parameterization == "compact":

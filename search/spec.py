@@ -12,15 +12,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from search import names
 from search.arch import ModelShape
@@ -30,6 +22,7 @@ from search.errors import BudgetInfeasible, InvalidJobSpec
 from search.families import read_shape
 from search.hub import check_hub_model
 from search.repair import DEFAULT_TOLERANCE as REPAIR_TOLERANCE
+from search.standard import check_standard_budget
 
 MAX_TRIALS_HARD_LIMIT = 100_000
 MAX_RECOVERY_STEPS_HARD_LIMIT = 1_000_000  # the server's own limit (max_recovery_steps) is usually far lower
@@ -62,6 +55,7 @@ SelectionCriterion = _name_of("selection criterion", lambda: names.CRITERIA)
 SparsityCriterion = _name_of("sparsity criterion", lambda: names.SPARSITY_CRITERIA)
 SamplerName = _name_of("sampler", lambda: names.SAMPLERS)
 RecoveryMethod = _name_of("recovery method", lambda: names.RECOVERY_METHODS)
+ExportFormat = _name_of("export format", lambda: names.EXPORT_FORMATS)
 
 
 class _Strict(BaseModel):
@@ -148,6 +142,39 @@ class SearchSpace(_Strict):
     )
     sparsity_selection: SparsityCriterion = "wanda"
     ffn_alignment: Annotated[int, Field(ge=1, le=4096, description="FFN channels are kept in multiples of this.")] = 32
+    export_format: ExportFormat = Field(
+        default="per_layer",
+        description="'per_layer': any architecture (loaded with prunesearch.load_pruned when layers differ); "
+        "'standard': only what the family's own config expresses (whole layers dropped, one head count and one "
+        "FFN width for all kept layers), so the export loads with plain from_pretrained; depth defaults to 'layer'.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _standard_depth(cls, data: Any) -> Any:
+        # The standard format cannot drop sub-blocks, so a standard search that leaves depth out
+        # drops whole layers; one that asks for 'sublayer' is refused below.
+        if isinstance(data, dict) and data.get("export_format") == names.STANDARD and "depth" not in data:
+            return data | {"depth": "layer"}
+        return data
+
+    @field_validator("export_format")
+    @classmethod
+    def _expressible(cls, value: str, info: ValidationInfo) -> str:
+        # Declared after depth and sparsity, so both are validated (and in info.data) by now.
+        if value != names.STANDARD:
+            return value
+        if info.data.get("depth") == "sublayer":
+            raise ValueError(
+                "'standard' cannot be searched with depth 'sublayer': no standard config drops attention or MLP "
+                "alone; use depth 'layer' (the default with 'standard') or 'none'"
+            )
+        if info.data.get("sparsity", 0.0) > 0:
+            raise ValueError(
+                "'standard' cannot be searched with sparsity: a standard config holds no unstructured sparsity "
+                "(zeros in dense tensors save neither size nor time); set sparsity 0 or use 'per_layer'"
+            )
+        return value
 
 
 class Recovery(_Strict):
@@ -274,6 +301,16 @@ class JobSpec(_Strict):
     def multi_objective(self) -> bool:
         return len(self.objectives) > 1
 
+    def ratio_range(self, shape: ModelShape) -> tuple[float, float]:
+        """The budgets trials are repaired to, as fractions of all parameters."""
+        target = self.target
+        high = target.total_ratio(shape, target.param_ratio)
+        if not self.multi_objective:
+            return high, high
+        if target.min_param_ratio is not None:
+            return target.total_ratio(shape, target.min_param_ratio), high
+        return max(high / 2, shape.min_param_ratio() * 1.05), high
+
     @field_validator("proxy")
     @classmethod
     def _known_proxy(cls, value: str | list[str]) -> str | list[str]:
@@ -385,6 +422,12 @@ def check_recovery(spec: JobSpec, shape: ModelShape) -> None:
 def check_budgets(spec: JobSpec, shape: ModelShape) -> None:
     """Refuse a job whose budget (or lowest budget, for a Pareto search) repair cannot meet on ``shape``."""
     lowest = spec.target.min_param_ratio if spec.multi_objective and spec.target.min_param_ratio else None
+    space = spec.search_space
+    if space.export_format == names.STANDARD:
+        # Standard sizes leave gaps: a Pareto search samples every budget in between, so check them all.
+        low, high = spec.ratio_range(shape)
+        check_standard_budget(shape, low, high, ffn_alignment=space.ffn_alignment, depth=space.depth, width=space.width)
+        return
     for ratio in (spec.target.param_ratio, lowest):
         if ratio is not None:
             check_budget(shape, spec.target.total_ratio(shape, ratio), ffn_alignment=spec.search_space.ffn_alignment)

@@ -248,6 +248,7 @@ class SpecDefaults(BaseModel):
     proxy: str
     sampler: str
     selection: str
+    export_format: str
 
 
 class SpecOptions(BaseModel):
@@ -258,6 +259,9 @@ class SpecOptions(BaseModel):
     samplers: list[str] = Field(description="Values of 'sampler'.")
     selections: list[str] = Field(description="Values of 'search_space.selection'.")
     objectives: list[str] = Field(description="Names 'objectives' may list ('score' first).")
+    export_formats: list[str] = Field(
+        description="Values of 'search_space.export_format': 'standard' searches only what plain from_pretrained loads."
+    )
     defaults: SpecDefaults = Field(description="What a spec that leaves the field out gets.")
 
     @classmethod
@@ -269,9 +273,11 @@ class SpecOptions(BaseModel):
             samplers=list(names.SAMPLERS),
             selections=list(names.CRITERIA),
             objectives=list(names.OBJECTIVES),
+            export_formats=list(names.EXPORT_FORMATS),
             defaults=SpecDefaults(
                 proxy=JobSpec.model_fields["proxy"].default,
                 sampler=JobSpec.model_fields["sampler"].default,
                 selection=selection.default,
+                export_format=SearchSpace.model_fields["export_format"].default,
             ),
         )

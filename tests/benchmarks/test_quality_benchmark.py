@@ -30,6 +30,7 @@ METHODS = {
     "search:prunenet",
     "search:ensemble",
     "search:metanet",
+    "search:standard",
     "random",
     "uniform",
     "block_influence",

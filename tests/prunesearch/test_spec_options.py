@@ -53,6 +53,7 @@ def samples(model_dir: Path, text_file: Path) -> dict[FieldPath, tuple[list[str]
         ("search_space", "selection"): (["--selection", "prunenet"], "prunenet"),
         ("search_space", "sparsity_selection"): (["--sparsity-selection", "magnitude"], "magnitude"),
         ("search_space", "ffn_alignment"): (["--ffn-alignment", "4"], 4),
+        ("search_space", "export_format"): (["--export-format", "standard"], "standard"),
         ("verify_top_k",): (["--verify-top-k", "1"], 1),
         ("audit_size",): (["--audit-size", "0"], 0),
         ("objectives",): (["--objectives", "score,params"], ["score", "params"]),
@@ -117,6 +118,15 @@ def test_spec_file_plus_overrides_is_the_spec_the_api_builds(tiny_model_config_d
     )
     assert JobSpec.model_validate(printed) == expected
     assert expected.search_space.depth == "layer" and expected.target.scope == "blocks"  # siblings kept
+
+
+def test_a_standard_search_left_without_depth_drops_whole_layers(tiny_model_config_dir: Path) -> None:
+    printed = print_spec(*base_args(tiny_model_config_dir), "--export-format", "standard")
+    assert (printed["search_space"]["export_format"], printed["search_space"]["depth"]) == ("standard", "layer")
+    result = CliRunner().invoke(
+        main, ["search", *base_args(tiny_model_config_dir), "--export-format", "standard", "--depth", "sublayer"]
+    )
+    assert result.exit_code != 0 and "search_space.export_format" in result.output and "Traceback" not in result.output
 
 
 def test_the_flags_the_cli_always_had_still_work(tiny_model_config_dir: Path) -> None:

@@ -88,3 +88,36 @@ def test_a_job_sent_without_the_json_content_type_is_told_what_to_add(
     problem = assert_problem(response, 422, "send the job as JSON with the header Content-Type: application/json")
     assert "valid dictionary" not in problem["detail"]
     assert_nothing_created(clean_postgres, redis_client)
+
+
+@pytest.mark.parametrize(
+    ("search_space", "loc", "detail"),
+    [
+        ({"export_format": "standard", "depth": "sublayer"}, ["body", "search_space", "export_format"], "'sublayer'"),
+        ({"export_format": "standard", "depth": "none", "width": False}, None, "cannot be reached in the standard"),
+    ],
+    ids=["sublayer", "unreachable budget"],
+)
+def test_a_standard_search_it_cannot_run_is_refused(
+    search_space: dict[str, object],
+    loc: list[str] | None,
+    detail: str,
+    pg_client: TestClient,
+    redis_client: redis.Redis,
+    clean_postgres: Engine,
+) -> None:
+    body = job_spec(REFERENCE_MODEL, target={"param_ratio": 0.4}, search_space=search_space)
+
+    problem = assert_problem(pg_client.post("/v1/jobs", json=body), 422, detail)
+
+    if loc is not None:
+        assert [error["loc"] for error in problem["errors"]] == [loc]
+    assert_nothing_created(clean_postgres, redis_client)
+
+
+def test_a_standard_search_is_accepted(pg_client: TestClient) -> None:
+    body = job_spec(REFERENCE_MODEL, target={"param_ratio": 0.5}, search_space={"export_format": "standard"})
+    response = pg_client.post("/v1/jobs", json=body)
+    assert response.status_code == 202, response.text
+    space = response.json()["spec"]["search_space"]
+    assert (space["export_format"], space["depth"]) == ("standard", "layer")  # whole layers when left out

@@ -23,12 +23,14 @@ def test_options_list_what_a_spec_accepts(
     assert options["proxies"] == list(names.proxy_names())
     assert options["samplers"] == list(names.SAMPLERS)
     assert options["objectives"] == list(names.OBJECTIVES)
+    assert options["export_formats"] == list(names.EXPORT_FORMATS)
     assert {"wanda", "prunenet"} <= set(options["selections"])
     defaults = JobSpec.model_validate(job_spec(tiny_model_config_dir))
     assert options["defaults"] == {
         "proxy": defaults.proxy,
         "sampler": defaults.sampler,
         "selection": defaults.search_space.selection,
+        "export_format": defaults.search_space.export_format,
     }
     for proxy in options["proxies"]:
         JobSpec.model_validate(job_spec(tiny_model_config_dir, proxy=proxy))
@@ -37,4 +39,7 @@ def test_options_list_what_a_spec_accepts(
         JobSpec.model_validate(job_spec(tiny_model_config_dir, sampler=sampler))
     for selection in options["selections"]:
         space = {"ffn_alignment": 8, "selection": selection}
+        JobSpec.model_validate(job_spec(tiny_model_config_dir, search_space=space))
+    for export_format in options["export_formats"]:
+        space = {"ffn_alignment": 8, "export_format": export_format}
         JobSpec.model_validate(job_spec(tiny_model_config_dir, search_space=space))

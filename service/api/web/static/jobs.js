@@ -249,6 +249,13 @@ async function discoverOptions() {
     h("option", { value: "" }, `default (${options.defaults.sampler})`),
     ...options.samplers.map((name) => h("option", { value: name }, name)),
   );
+  if (options.export_formats) {
+    replace(
+      byId("f-export-format"),
+      h("option", { value: "" }, `default (${options.defaults.export_format})`),
+      ...options.export_formats.map((name) => h("option", { value: name }, name)),
+    );
+  }
 }
 
 // --- start ---------------------------------------------------------------------------------------
