@@ -56,13 +56,25 @@ class Matrix:
 
 
 class Zero(nn.Module):
-    """A dropped pre-norm sub-block: contributes nothing to the residual stream."""
+    """A dropped pre-norm sub-block: contributes nothing to the residual stream.
 
-    def __init__(self, returns_tuple: bool) -> None:
+    A dropped attention (``cache_layer`` set) still counts its tokens in a KV cache: transformers
+    reads the cached length from layer 0 to place new tokens, so a model whose first attention is
+    dropped would otherwise decode every token at position 0. It caches one zero per token, (B, 1, T, 1).
+    """
+
+    def __init__(self, returns_tuple: bool, cache_layer: int | None = None) -> None:
         super().__init__()
         self.returns_tuple = returns_tuple
+        self.cache_layer = cache_layer
 
     def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if self.cache_layer is not None and cache is not None:
+            batch, tokens = hidden_states.shape[:2]
+            marker = hidden_states.new_zeros(batch, 1, tokens, 1)
+            # An encoder-decoder cache (GPT-2's) keeps self-attention in a cache of its own.
+            getattr(cache, "self_attention_cache", cache).update(marker, marker, self.cache_layer)
         zeros = torch.zeros_like(hidden_states)
         return (zeros, None) if self.returns_tuple else zeros
 

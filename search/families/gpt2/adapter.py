@@ -54,7 +54,7 @@ class GPT2Adapter(Adapter):
 
     def drop_attention(self, layer: int) -> list[Swap]:
         module = self.layers[layer]
-        return [(module, "attn", Zero(returns_tuple=True)), (module, "ln_1", nn.Identity())]
+        return [(module, "attn", Zero(returns_tuple=True, cache_layer=layer)), (module, "ln_1", nn.Identity())]
 
     def drop_mlp(self, layer: int) -> list[Swap]:
         module = self.layers[layer]
