@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -217,46 +216,6 @@ def build_skeleton(
             if not layer["ffn_channels"]:
                 _swap_in(adapter.drop_mlp(index))
     return model.to(dtype=dtype).eval() if dtype is not None else model.eval()
-
-
-def measure_latency(
-    model: nn.Module, adapter_model: nn.Module, *, seq_len: int = 128, batch: int = 1, repeats: int = 5
-) -> dict[str, float]:
-    """Median forward latency of the exported and the dense model, measured side by side."""
-    device = next(adapter_model.parameters()).device
-    vocab = getattr(adapter_model.config, "vocab_size", 1000)
-    inputs = torch.randint(0, vocab, (batch, seq_len), generator=torch.Generator().manual_seed(0)).to(device)
-    model = model.to(device)
-
-    def median(network: nn.Module) -> float:
-        times = []
-        with torch.no_grad():
-            network(input_ids=inputs)  # warm-up
-            for _ in range(repeats):
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                started = time.perf_counter()
-                network(input_ids=inputs)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                times.append(time.perf_counter() - started)
-        return sorted(times)[len(times) // 2]
-
-    pruned, dense = [], []
-    for _ in range(2):  # interleave, so drift on a shared machine hits both alike
-        pruned.append(median(model))
-        dense.append(median(adapter_model))
-    pruned_s, dense_s = min(pruned), min(dense)
-    tokens = batch * seq_len
-    return {
-        "device": str(device),
-        "tokens": tokens,
-        "pruned_latency_s": pruned_s,
-        "dense_latency_s": dense_s,
-        "pruned_tokens_per_s": tokens / pruned_s,
-        "dense_tokens_per_s": tokens / dense_s,
-        "speedup": dense_s / pruned_s,
-    }
 
 
 def _kept_layers(arch: ArchConfig) -> list[int]:

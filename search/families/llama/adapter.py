@@ -54,7 +54,10 @@ class DecoderAdapter(Adapter):
 
     def drop_attention(self, layer: int) -> list[Swap]:
         module = self.layers[layer]
-        return [(module, "self_attn", Zero(returns_tuple=True, cache_layer=layer)), (module, "input_layernorm", nn.Identity())]
+        return [
+            (module, "self_attn", Zero(returns_tuple=True, cache_layer=layer)),
+            (module, "input_layernorm", nn.Identity()),
+        ]
 
     def drop_mlp(self, layer: int) -> list[Swap]:
         module = self.layers[layer]
