@@ -7,9 +7,10 @@ number of new tokens (no early stop at an end-of-sequence token). Every figure i
 so drift on a shared machine hits both alike. Sizes are clamped to the model's maximum positions and
 the report holds the sizes used.
 
-Peak memory: on a GPU, CUDA's allocator peak while the model runs, less what was allocated before
-(the other model), plus the model's own weights; on a CPU there is no allocator peak to read, so it
-is the weights' bytes plus the KV cache's bytes at the largest decode, both counted from the tensors.
+Peak memory, over the timed runs: on a GPU, CUDA's allocator peak while the model runs, less what
+was allocated before (the other model), plus the model's own weights; on a CPU there is no allocator
+peak to read, so it is the weights' bytes plus the largest KV cache a decode left, both counted from
+the tensors (activations are not counted there).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from search.results import DecodeSpeed, PrefillSpeed, SpeedReport, SpeedWorkload
 if TYPE_CHECKING:
     from search.loading import LoadedModel
 
-CPU_PEAK = "weights + KV cache at the largest decode, counted from the tensors (no allocator peak on a CPU)"
+CPU_PEAK = "weights + the largest KV cache, counted from the tensors (a CPU has no allocator peak to read)"
 GPU_PEAK = "CUDA max allocated while the model ran, less the other model, plus its weights"
 
 
@@ -43,18 +44,18 @@ def speed_report(
     causal = loaded.adapter.shape.causal
     used = clamp(workload, _max_positions(pruned), causal=causal)
     with dense_in(loaded, dtype) as dense, torch.no_grad():
-        inputs = _Inputs(getattr(dense.config, "vocab_size", 2), device)
-        prefill = [_prefill(dense, pruned, inputs, batch, used) for batch in used.prefill_batches]
-        decode = [_decode(dense, pruned, inputs, batch, used) for batch in used.decode_batches]
-        peaks = _peaks(dense, pruned, inputs, used)
+        inputs, peaks = _Inputs(getattr(dense.config, "vocab_size", 2), device), _Peaks(device)
+        prefill = [_prefill(dense, pruned, inputs, batch, used, peaks) for batch in used.prefill_batches]
+        decode = [_decode(dense, pruned, inputs, batch, used, peaks) for batch in used.decode_batches]
+        peak_bytes = peaks.bytes(dense), peaks.bytes(pruned)
     return SpeedReport(
         device=str(device),
         dtype=dtype_name(dtype),
         workload=used,
         prefill=prefill,
         decode=decode,
-        dense_peak_bytes=peaks[0],
-        pruned_peak_bytes=peaks[1],
+        dense_peak_bytes=peak_bytes[0],
+        pruned_peak_bytes=peak_bytes[1],
         peak_memory=GPU_PEAK if device.type == "cuda" else CPU_PEAK,
         dense_size_bytes=dense_size,
         pruned_size_bytes=pruned_size,
@@ -124,17 +125,21 @@ class _Inputs:
         return torch.randint(0, self.vocab, (batch, tokens), generator=generator).to(self.device)
 
 
-def _prefill(dense: nn.Module, pruned: nn.Module, inputs: _Inputs, batch: int, used: SpeedWorkload) -> PrefillSpeed:
+def _prefill(
+    dense: nn.Module, pruned: nn.Module, inputs: _Inputs, batch: int, used: SpeedWorkload, peaks: _Peaks
+) -> PrefillSpeed:
     ids = inputs.ids(batch, used.prefill_tokens)
-    dense_s, pruned_s = _interleaved(lambda m: m(input_ids=ids, use_cache=False), dense, pruned, used, ids.device)
+    dense_s, pruned_s = _interleaved(lambda m: m(input_ids=ids, use_cache=False), dense, pruned, used, peaks)
     return PrefillSpeed(
         batch=batch, tokens=used.prefill_tokens, dense_s=dense_s, pruned_s=pruned_s, speedup=dense_s / pruned_s
     )
 
 
-def _decode(dense: nn.Module, pruned: nn.Module, inputs: _Inputs, batch: int, used: SpeedWorkload) -> DecodeSpeed:
+def _decode(
+    dense: nn.Module, pruned: nn.Module, inputs: _Inputs, batch: int, used: SpeedWorkload, peaks: _Peaks
+) -> DecodeSpeed:
     ids = inputs.ids(batch, used.prompt_tokens)
-    dense_s, pruned_s = _interleaved(lambda m: _generate(m, ids, used.new_tokens), dense, pruned, used, ids.device)
+    dense_s, pruned_s = _interleaved(lambda m: _generate(m, ids, used.new_tokens), dense, pruned, used, peaks)
     tokens = batch * used.new_tokens
     return DecodeSpeed(
         batch=batch,
@@ -160,8 +165,36 @@ def _generate(model: nn.Module, ids: torch.Tensor, new_tokens: int) -> Any:
     )
 
 
+class _Peaks:
+    """Each model's memory beyond its weights over its timed runs (see the module's docstring)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._extra: dict[int, int] = {}
+
+    def run(self, model: nn.Module, run: Callable[[nn.Module], Any]) -> float:
+        """Seconds ``run(model)`` takes; its memory is noted outside the timing."""
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize(self.device)
+            before = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        started = time.perf_counter()
+        output = run(model)
+        if cuda:
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - started
+        extra = torch.cuda.max_memory_allocated(self.device) - before if cuda else _cache_bytes(output)
+        self._extra[id(model)] = max(self._extra.get(id(model), 0), extra)
+        return seconds
+
+    def bytes(self, model: nn.Module) -> int:
+        weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+        return weights + self._extra.get(id(model), 0)
+
+
 def _interleaved(
-    run: Callable[[nn.Module], Any], dense: nn.Module, pruned: nn.Module, used: SpeedWorkload, device: torch.device
+    run: Callable[[nn.Module], Any], dense: nn.Module, pruned: nn.Module, used: SpeedWorkload, peaks: _Peaks
 ) -> tuple[float, float]:
     """Median seconds of ``run`` on each model, after warm-up, the two taking turns."""
     for _ in range(used.warmup):
@@ -170,36 +203,8 @@ def _interleaved(
     times: dict[int, list[float]] = {id(dense): [], id(pruned): []}
     for repeat in range(used.repeats):
         for model in (dense, pruned) if repeat % 2 == 0 else (pruned, dense):
-            _synchronize(device)
-            started = time.perf_counter()
-            run(model)
-            _synchronize(device)
-            times[id(model)].append(time.perf_counter() - started)
+            times[id(model)].append(peaks.run(model, run))
     return statistics.median(times[id(dense)]), statistics.median(times[id(pruned)])
-
-
-def _peaks(dense: nn.Module, pruned: nn.Module, inputs: _Inputs, used: SpeedWorkload) -> tuple[int, int]:
-    """Each model's peak memory over its largest run (see the module's docstring)."""
-    if used.decode_batches:
-        ids = inputs.ids(max(used.decode_batches), used.prompt_tokens)
-        run: Callable[[nn.Module], Any] = lambda m: _generate(m, ids, used.new_tokens)  # noqa: E731
-    else:
-        ids = inputs.ids(max(used.prefill_batches), used.prefill_tokens)
-        run = lambda m: m(input_ids=ids, use_cache=False)  # noqa: E731
-    return _peak(dense, run, ids.device), _peak(pruned, run, ids.device)
-
-
-def _peak(model: nn.Module, run: Callable[[nn.Module], Any], device: torch.device) -> int:
-    weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        output = run(model)
-        torch.cuda.synchronize(device)
-        del output
-        return weights + torch.cuda.max_memory_allocated(device) - before
-    return weights + _cache_bytes(run(model))
 
 
 def _cache_bytes(output: Any) -> int:
@@ -218,11 +223,6 @@ def _max_positions(model: nn.Module) -> int | None:
     config = model.config
     value = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     return int(value) if value else None
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _empty_cache() -> None:

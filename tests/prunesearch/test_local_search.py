@@ -79,6 +79,7 @@ def test_out_saves_the_verified_best_and_the_printed_command_exports_any_trial(r
     assert provenance["trial_number"] == best and provenance["study_name"] == "first"
     assert provenance["verified"]["primary"] == "kl" and provenance["job_spec"]["seed"] == 0
     assert load_pruned(run.out) is not None
+    assert "Speed on cpu in float32" in run.output and "decode batch 1" in run.output  # the speed table
 
     (command,) = [line.split(": ", 1)[1] for line in run.output.splitlines() if line.startswith("Export any of")]
     other = 1 if best != 1 else 2
