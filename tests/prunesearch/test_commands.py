@@ -14,8 +14,8 @@ from sqlalchemy.engine import make_url
 
 from prunesearch.cli import main
 from service.settings import get_settings
-from workers.settings import get_worker_settings
 from tests.e2e.processes import PRUNESEARCH, base_env
+from workers.settings import get_worker_settings
 
 
 @pytest.fixture
