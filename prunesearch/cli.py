@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from search.spec import JobSpec
+    from workers.settings import WorkerSettings
 
 
 @click.group(cls=CommandLine)
@@ -87,7 +88,7 @@ def search(
     study_name = study_name or time.strftime("search-%Y%m%d-%H%M%S")
     console = Console()
     console.print(_seed_line(spec.seed))
-    _search_and_report(spec, console, storage, study_name, device, settings.artifact_cache_dir, out)
+    _search_and_report(spec, console, storage, study_name, device, settings, out)
     _print_hints(console, storage, study_name)
 
 
@@ -111,13 +112,20 @@ def _seed_line(seed: int | None) -> str:
 
 
 def _search_and_report(
-    spec: JobSpec, console: Console, storage: str, study_name: str, device: str, artifacts: Path, out: Path | None
+    spec: JobSpec,
+    console: Console,
+    storage: str,
+    study_name: str,
+    device: str,
+    settings: WorkerSettings,
+    out: Path | None,
 ) -> None:
-    from prunesearch.local_export import describe_export, export_entry
+    from prunesearch.local_export import describe_export, export_entry, measure_export
     from prunesearch.local_search import run_local
-    from prunesearch.summary import print_result
+    from prunesearch.summary import print_result, speed_table
     from search.errors import SearchError
 
+    artifacts = settings.artifact_cache_dir
     try:
         result, context, recovery = run_local(
             spec, storage=storage, study_name=study_name, device=device, artifacts=artifacts, console=console
@@ -126,6 +134,9 @@ def _search_and_report(
         if out is not None and best is not None:
             info = export_entry(context, best, out, study_name=study_name, recovery=recovery)
             console.print(describe_export(best.trial_number, info))
+            with console.status("Measuring the exported model's speed beside the dense model..."):
+                speed = measure_export(context, info, settings.speed_workload())
+            console.print(speed_table(speed))
     except SearchError as error:
         raise click.ClickException(str(error)) from error
 

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from search.export import ExportInfo
     from search.onnx_export import OnnxExportInfo
     from search.recovery import RecoveryOutcome
-    from search.results import BestEntry
+    from search.results import BestEntry, SpeedReport, SpeedWorkload
 
 
 def export_entry(
@@ -51,9 +51,22 @@ def export_entry(
 
 def describe_export(number: int, info: ExportInfo) -> str:
     loader = "prunesearch.load_pruned" if info.kind == "per_layer" else "AutoModel(ForCausalLM).from_pretrained"
+    share = info.weights_bytes / info.dense_weights_bytes
     return (
-        f"Exported trial {number} ({info.kind}, {info.param_count:,} parameters, "
-        f"{info.size_bytes / 1e6:.1f} MB) to {info.directory}; load it with {loader}."
+        f"Exported trial {number} ({info.kind}, {info.param_count:,} parameters, {info.dtype} weights of "
+        f"{info.weights_bytes / 1e6:.1f} MB = {share:.0%} of the dense model's) to {info.directory}; "
+        f"load it with {loader}."
+    )
+
+
+def measure_export(context: SearchContext, info: ExportInfo, workload: SpeedWorkload) -> SpeedReport:
+    """The export's speed report beside the dense model, as a worker measures a job's best."""
+    from search.export import load_pruned
+    from search.speed import speed_report
+
+    pruned = load_pruned(info.directory)
+    return speed_report(
+        pruned, context.loaded, workload, pruned_size=info.weights_bytes, dense_size=info.dense_weights_bytes
     )
 
 

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from search.arch import ModelShape
     from search.candidates import SearchContext
     from search.recovery import RecoveryOutcome
-    from search.results import BestEntry, RecoveryReport, SearchResult, TrialInfo, Verification
+    from search.results import BestEntry, RecoveryReport, SearchResult, SpeedReport, TrialInfo, Verification
     from search.spec import JobSpec
 
 # The baselines enqueued as seeds (search.space), by origin.
@@ -170,3 +170,35 @@ def _pareto_table(result: SearchResult, proxy_label: str) -> Table:
         trial = by_number[number]
         front.add_row(str(number), f"{trial.param_ratio:.4f}", f"{trial.value:.4f}")
     return front
+
+
+def speed_table(speed: SpeedReport) -> Table:
+    """The exported model beside the dense one (search.speed): prefill, decode, memory, weights on disk."""
+    from rich.table import Table
+
+    used = speed.workload
+    table = Table(
+        title=f"Speed on {speed.device} in {speed.dtype} (medians of {used.repeats} runs after {used.warmup} "
+        f"warm-up; decode: greedy with the KV cache after a {used.prompt_tokens}-token prompt)"
+    )
+    for column in ("", "dense", "exported", "speed-up"):
+        table.add_column(column, justify="left" if not column else "right")
+    for prefill in speed.prefill:
+        label = f"prefill {prefill.batch} × {prefill.tokens} tokens"
+        table.add_row(label, _ms(prefill.dense_s), _ms(prefill.pruned_s), f"{prefill.speedup:.2f}×")
+    for decode in speed.decode:
+        label = f"decode batch {decode.batch}, {decode.new_tokens} tokens (tokens/s)"
+        dense, pruned = f"{decode.dense_tokens_per_s:,.0f}", f"{decode.pruned_tokens_per_s:,.0f}"
+        table.add_row(label, dense, pruned, f"{decode.speedup:.2f}×")
+    table.add_row("peak memory", _mb(speed.dense_peak_bytes), _mb(speed.pruned_peak_bytes), "")
+    table.add_row("weights on disk", _mb(speed.dense_size_bytes), _mb(speed.pruned_size_bytes), "")
+    table.caption = f"Peak memory: {speed.peak_memory}."
+    return table
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+def _mb(size: int | None) -> str:
+    return "n/a" if size is None else f"{size / 1e6:.1f} MB"

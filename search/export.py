@@ -10,6 +10,9 @@ Two kinds of export:
   entry with every layer's shape; ``load_pruned(directory)`` builds the model from it. Plain
   ``from_pretrained`` refuses such a directory with a size-mismatch error rather than loading
   something wrong.
+Weights are written in the checkpoint's own precision (float16 stays float16, bfloat16 stays
+bfloat16), whatever dtype the search held them in, so a GPU worker's export and a CPU's are the same
+bytes (``search.precision``).
 Unstructured sparsity is stored as zeros in dense tensors: it counts in the non-zero parameter
 figures but saves neither disk nor time without sparse kernels, and the provenance says so.
 
@@ -21,7 +24,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,6 +39,7 @@ from search.export_format import CONFIG_KEY, FORMAT_VERSION, PROVENANCE_FILE
 from search.families import family_for, read_shape
 from search.loading import LoadedModel, adapter_for
 from search.masking import apply_arch
+from search.precision import CheckpointTensors, WeightSource, dtype_name, export_dtype, stored_dtype
 from search.selection import Selection
 from search.standard import is_standard
 
@@ -47,7 +50,10 @@ class ExportInfo:
     kind: str  # "standard" | "per_layer"
     param_count: int  # parameters stored
     nonzero_params: int  # what the search counted
-    size_bytes: int
+    size_bytes: int  # every file of the directory (weights, config, tokenizer, provenance)
+    dtype: str  # the weights' precision: the checkpoint's
+    weights_bytes: int  # the safetensors files alone
+    dense_weights_bytes: int  # the dense checkpoint's weights on disk (or its parameters × bytes per parameter)
 
 
 def export_model(
@@ -67,7 +73,7 @@ def export_model(
     target = Path(directory)
     if target.exists() and any(target.iterdir()):
         raise InvalidArchConfig(f"export directory {target} exists and is not empty")
-    model, kind, config = materialize(loaded.adapter, selection)
+    model, kind, config = materialize(loaded.adapter, selection, source=loaded.source)
     if weights is not None:
         _load_weights(model, weights)
     stored = sum(p.numel() for p in model.parameters())
@@ -80,10 +86,22 @@ def export_model(
         saved = json.loads((target / "config.json").read_text())
         (target / "config.json").write_text(json.dumps(saved | {CONFIG_KEY: config[CONFIG_KEY]}, indent=2))
     loaded.tokenizer.save_pretrained(target)
-    record = _provenance(loaded, selection, kind, stored, nonzero, expected) | (provenance or {})
+    dtype = next(model.parameters()).dtype
+    weights_bytes = sum(f.stat().st_size for f in target.glob("*.safetensors"))
+    dense_weights = _dense_weights_bytes(loaded, dtype)
+    sizes = {"dtype": dtype_name(dtype), "weights_bytes": weights_bytes, "dense_weights_bytes": dense_weights}
+    record = _provenance(loaded, selection, kind, stored, nonzero, expected) | sizes | (provenance or {})
     (target / PROVENANCE_FILE).write_text(json.dumps(record, indent=2, default=str))
     size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
-    return ExportInfo(target, kind, stored, nonzero, size)
+    return ExportInfo(target, kind, stored, nonzero, size, dtype_name(dtype), weights_bytes, dense_weights)
+
+
+def _dense_weights_bytes(loaded: LoadedModel, dtype: torch.dtype) -> int:
+    """The dense checkpoint's weights on disk; for a model without files, what they would take."""
+    on_disk = loaded.source.weights_bytes if loaded.source is not None else None
+    if on_disk is not None:
+        return on_disk
+    return sum(p.numel() for p in loaded.adapter.model.parameters()) * dtype.itemsize
 
 
 def _load_weights(model: nn.Module, weights: Mapping[str, torch.Tensor]) -> None:
@@ -116,6 +134,7 @@ def _provenance(
         "param_count": stored,
         "nonzero_params": nonzero,
         "searched_param_count": expected,
+        "dtype_from": loaded.source.dtype_from if loaded.source is not None else "model",
         "arch": arch.to_dict(),
         "kept": {"layers": _kept_layers(arch), "units": selection.to_dict()["layers"]},
         "load_with": (
@@ -134,11 +153,16 @@ def _provenance(
 
 
 def materialize(
-    adapter: Adapter, selection: Selection, *, device: str | torch.device = "cpu"
+    adapter: Adapter,
+    selection: Selection,
+    *,
+    device: str | torch.device = "cpu",
+    source: WeightSource | None = None,
 ) -> tuple[nn.Module, str, dict[str, Any]]:
     """The physically smaller model of ``selection``, in memory: (model, kind, config).
 
-    Checks that the model holds exactly the parameters the architecture counts.
+    In the precision of ``source``, the checkpoint the adapter's model was loaded from (its own dtype
+    when None). Checks that the model holds exactly the parameters the architecture counts.
     """
     shape = adapter.shape
     arch = selection.arch
@@ -147,11 +171,12 @@ def materialize(
         raise InvalidArchConfig("the architecture keeps no layer; there is nothing to export")
     kind = "standard" if is_standard(shape, arch) else "per_layer"
     config = _config_for(adapter, arch, kept_layers, kind)
-    dtype = next(adapter.model.parameters()).dtype
+    dtype = export_dtype(adapter.model, source)
     model = build_skeleton(config, device=device, dtype=dtype)
+    weights = _DenseWeights(adapter.model, source, sparse=arch.sparse)
     # Zeroes sparse weights in place, so the slices carry the zeros; full-width modules, sliced below.
     with apply_arch(adapter, selection, physical=False):
-        state = _sliced_state(adapter, selection, kept_layers, model)
+        state = _sliced_state(adapter, selection, kept_layers, model, weights)
     model.load_state_dict(state, strict=True)
     stored = sum(p.numel() for p in model.parameters())
     structured = shape.count_params(ArchConfig(tuple(replace(layer, sparsity=0.0) for layer in arch.layers)))
@@ -161,7 +186,8 @@ def materialize(
 
 
 def load_pruned(directory: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
-    """Load an export of any kind. Standard exports load exactly as ``from_pretrained`` would."""
+    """Load an export of any kind, in the precision it is stored in. Standard exports load exactly
+    as ``from_pretrained`` would."""
     from safetensors.torch import load_file
 
     path = Path(directory)
@@ -173,11 +199,11 @@ def load_pruned(directory: str | Path, *, device: str | torch.device = "cpu") ->
         from transformers import AutoModel, AutoModelForCausalLM
 
         auto = AutoModelForCausalLM if read_shape(config).causal else AutoModel
-        return auto.from_pretrained(path, trust_remote_code=False).to(device).eval()
-    model = build_skeleton(config)
-    files = sorted(path.glob("*.safetensors"))
+        return auto.from_pretrained(path, dtype="auto", trust_remote_code=False).to(device).eval()
+    files = tuple(sorted(path.glob("*.safetensors")))
     if not files:
         raise ModelLoadError(f"{path} has no safetensors weights")
+    model = build_skeleton(config, dtype=stored_dtype(files))  # built in its precision: no float32 copy
     state: dict[str, torch.Tensor] = {}
     for file in files:
         state.update(load_file(file))
@@ -187,8 +213,7 @@ def load_pruned(directory: str | Path, *, device: str | torch.device = "cpu") ->
     if unexpected or set(missing) - tied:
         raise ModelLoadError(f"{path}: weights do not match the config (missing {missing}, unexpected {unexpected})")
     model.tie_weights()
-    dtype = next(iter(state.values())).dtype
-    return model.to(device=device, dtype=dtype).eval()
+    return model.to(device=device).eval()
 
 
 def build_skeleton(
@@ -215,46 +240,6 @@ def build_skeleton(
         if shape.causal:
             _number_caches(adapter, [index for index, layer in enumerate(layers) if layer["heads"]])
     return model.to(dtype=dtype).eval() if dtype is not None else model.eval()
-
-
-def measure_latency(
-    model: nn.Module, adapter_model: nn.Module, *, seq_len: int = 128, batch: int = 1, repeats: int = 5
-) -> dict[str, float]:
-    """Median forward latency of the exported and the dense model, measured side by side."""
-    device = next(adapter_model.parameters()).device
-    vocab = getattr(adapter_model.config, "vocab_size", 1000)
-    inputs = torch.randint(0, vocab, (batch, seq_len), generator=torch.Generator().manual_seed(0)).to(device)
-    model = model.to(device)
-
-    def median(network: nn.Module) -> float:
-        times = []
-        with torch.no_grad():
-            network(input_ids=inputs)  # warm-up
-            for _ in range(repeats):
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                started = time.perf_counter()
-                network(input_ids=inputs)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                times.append(time.perf_counter() - started)
-        return sorted(times)[len(times) // 2]
-
-    pruned, dense = [], []
-    for _ in range(2):  # interleave, so drift on a shared machine hits both alike
-        pruned.append(median(model))
-        dense.append(median(adapter_model))
-    pruned_s, dense_s = min(pruned), min(dense)
-    tokens = batch * seq_len
-    return {
-        "device": str(device),
-        "tokens": tokens,
-        "pruned_latency_s": pruned_s,
-        "dense_latency_s": dense_s,
-        "pruned_tokens_per_s": tokens / pruned_s,
-        "dense_tokens_per_s": tokens / dense_s,
-        "speedup": dense_s / pruned_s,
-    }
 
 
 def _kept_layers(arch: ArchConfig) -> list[int]:
@@ -285,17 +270,64 @@ def _config_for(adapter: Adapter, arch: ArchConfig, kept_layers: list[int], kind
     return config
 
 
+class _DenseWeights:
+    """The dense model's tensors as an export takes them, in the checkpoint's precision.
+
+    Where the searched weights hold the stored values exactly, they are used (sliced, then cast back:
+    exact); otherwise each tensor comes from the checkpoint (``CheckpointTensors``), with the zeros
+    unstructured sparsity put in the searched weights carried over.
+    """
+
+    def __init__(self, model: nn.Module, source: WeightSource | None, *, sparse: bool) -> None:
+        searched = next(model.parameters()).dtype
+        exact = source is None or source.exact_in(searched)
+        self._checkpoint = None if exact else CheckpointTensors(source, model)  # type: ignore[arg-type]
+        self._parameters = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+        self._sparse = sparse
+
+    def get(self, name: str, live: torch.Tensor) -> torch.Tensor:
+        """Parameter or buffer ``name``, whose searched value is ``live`` (as the model stores it)."""
+        live = live.detach()
+        if self._checkpoint is None or name not in self._parameters or not live.is_floating_point():
+            return live
+        stored = self._checkpoint.get(name)
+        if tuple(stored.shape) != tuple(live.shape):
+            raise ModelLoadError(f"{name}: the checkpoint stores {tuple(stored.shape)}, the model {tuple(live.shape)}")
+        if self._sparse:
+            stored = stored.masked_fill(live.to(stored.device) == 0, 0)
+        return stored
+
+
 def _sliced_state(
-    adapter: Adapter, selection: Selection, kept_layers: list[int], skeleton: nn.Module
+    adapter: Adapter, selection: Selection, kept_layers: list[int], skeleton: nn.Module, weights: _DenseWeights
 ) -> dict[str, torch.Tensor]:
-    """The dense weights cut to the candidate, under the skeleton's parameter names."""
-    dense = adapter.model
-    target_names = dict(skeleton.state_dict())
+    """The dense weights cut to the candidate, under the skeleton's parameter names, in its dtype."""
     prefix = _layers_prefix(adapter)
+    sliced = _sliced_matrices(adapter, selection, kept_layers, prefix, weights)
+    dense_state = adapter.model.state_dict()
+    old_for_new = {new: old for new, old in enumerate(kept_layers)}
     state: dict[str, torch.Tensor] = {}
-    # Sliced matrices first, by their module names in the dense model.
+    for name, tensor in skeleton.state_dict().items():
+        if name in sliced:
+            value = sliced[name]
+        else:
+            source = _source_name(name, prefix, old_for_new)
+            if source not in dense_state:
+                raise InvalidArchConfig(f"no dense weight for exported parameter {name}")
+            value = weights.get(source, dense_state[source])
+        if tuple(value.shape) != tuple(tensor.shape):
+            raise InvalidArchConfig(f"{name}: sliced {tuple(value.shape)} but the config says {tuple(tensor.shape)}")
+        # A cast to the export's dtype: exact, as _DenseWeights guarantees.
+        state[name] = value.clone().to(tensor.dtype if tensor.is_floating_point() else value.dtype)
+    return state
+
+
+def _sliced_matrices(
+    adapter: Adapter, selection: Selection, kept_layers: list[int], prefix: str, weights: _DenseWeights
+) -> dict[str, torch.Tensor]:
+    """The kept rows / columns of every sliced projection, by their exported names."""
+    module_names = {module: name for name, module in adapter.model.named_modules()}
     sliced: dict[str, torch.Tensor] = {}
-    module_names = {module: name for name, module in dense.named_modules()}
     for new_index, old_index in enumerate(kept_layers):
         layer = selection.arch.layers[old_index]
         kept = selection.layers[old_index]
@@ -303,8 +335,10 @@ def _sliced_state(
             if not on:
                 continue
             for matrix in adapter.matrices(Block(old_index, kind), kept):
-                name = _renumber(module_names[matrix.module], prefix, old_index, new_index)
-                weight = matrix.weight().detach()
+                dense_name = module_names[matrix.module]
+                name = _renumber(dense_name, prefix, old_index, new_index)
+                weight = weights.get(f"{dense_name}.weight", matrix.module.weight)
+                weight = weight.t() if matrix.transposed else weight  # (out, in)
                 if matrix.rows is not None:
                     weight = weight[matrix.rows.to(weight.device)]
                 if matrix.cols is not None:
@@ -312,22 +346,10 @@ def _sliced_state(
                 sliced[f"{name}.weight"] = (weight.t() if matrix.transposed else weight).contiguous()
                 bias = getattr(matrix.module, "bias", None)
                 if bias is not None:
+                    bias = weights.get(f"{dense_name}.bias", bias)
                     rows = matrix.rows.to(bias.device) if matrix.rows is not None else slice(None)
-                    sliced[f"{name}.bias"] = bias.detach()[rows].contiguous()
-    dense_state = dense.state_dict()
-    old_for_new = {new: old for new, old in enumerate(kept_layers)}
-    for name, tensor in target_names.items():
-        if name in sliced:
-            value = sliced[name]
-        else:
-            source = _source_name(name, prefix, old_for_new)
-            if source not in dense_state:
-                raise InvalidArchConfig(f"no dense weight for exported parameter {name}")
-            value = dense_state[source].detach()
-        if tuple(value.shape) != tuple(tensor.shape):
-            raise InvalidArchConfig(f"{name}: sliced {tuple(value.shape)} but the config says {tuple(tensor.shape)}")
-        state[name] = value.clone().to(tensor.dtype if tensor.is_floating_point() else value.dtype)
-    return state
+                    sliced[f"{name}.bias"] = bias[rows].contiguous()
+    return sliced
 
 
 def _layers_prefix(adapter: Adapter) -> str:

@@ -14,6 +14,7 @@ from search.artifacts import ArtifactStore, ModelArtifacts
 from search.errors import ModelLoadError
 from search.families import family_for, read_shape
 from search.names import resolve
+from search.precision import WeightSource, read_source
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -26,6 +27,9 @@ class LoadedModel:
     key: tuple[str, str | None, str]
     # What is computed once for this model and reused by every trial and later jobs on it.
     artifacts: ModelArtifacts = field(default_factory=ModelArtifacts)
+    # The checkpoint's precision and files: exports are written in it, whatever dtype the search uses.
+    # None for a model built in memory, whose own dtype is its precision.
+    source: WeightSource | None = None
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -37,7 +41,8 @@ def resolve_device(device: str | None) -> torch.device:
 def load_model(
     model: str, revision: str | None = None, *, device: str | None = None, artifacts: Path | None = None
 ) -> LoadedModel:
-    """Decoders load as ``AutoModelForCausalLM``, encoders as ``AutoModel`` (no task head).
+    """Decoders load as ``AutoModelForCausalLM``, encoders as ``AutoModel`` (no task head), searched in
+    float32 on a CPU and bfloat16 on a GPU; the checkpoint's own precision is recorded for exports.
     ``artifacts``: a folder where what is computed from the weights is kept across processes."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
@@ -52,12 +57,14 @@ def load_model(
         network = auto.from_pretrained(
             model, revision=revision, dtype=dtype, trust_remote_code=False, attn_implementation="sdpa"
         )
+        source = read_source(model, revision, config.to_dict())
     except (OSError, ValueError, KeyError) as error:
         raise ModelLoadError(f"cannot load model {model!r}: {error}") from error
     network.to(target).eval()
     network.config.use_cache = False
     store = ArtifactStore(artifacts, model, revision) if artifacts is not None else None
-    return LoadedModel(adapter_for(network), tokenizer, (model, revision, str(target)), ModelArtifacts(store))
+    key = (model, revision, str(target))
+    return LoadedModel(adapter_for(network), tokenizer, key, ModelArtifacts(store), source)
 
 
 def _check_fits(shape: ModelShape, device: torch.device, dtype: torch.dtype) -> None:

@@ -13,7 +13,7 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from search.arch import ArchConfig
 from search.pareto import non_dominated
@@ -167,7 +167,8 @@ class VerificationReport(_Frozen):
 
 
 class Latency(_Frozen):
-    """Median forward latency of the exported and the dense model, side by side (search.export.measure_latency)."""
+    """One forward of batch 1 × 128 tokens, exported beside dense: what reports written before the
+    speed report hold (read back from stored jobs only; new exports have ``speed``)."""
 
     device: str
     tokens: int
@@ -178,6 +179,57 @@ class Latency(_Frozen):
     speedup: float
 
 
+class SpeedWorkload(_Frozen):
+    """What the speed report runs (the worker's settings; the report holds the sizes actually used,
+    clamped to the model's context)."""
+
+    prefill_batches: list[PositiveInt] = Field(default=[1, 8], min_length=1)
+    prefill_tokens: int = Field(default=512, ge=1)
+    decode_batches: list[PositiveInt] = Field(default=[1, 16])  # empty: no decode figures
+    prompt_tokens: int = Field(default=32, ge=1, description="Prompt before the decoded tokens.")
+    new_tokens: int = Field(default=128, ge=1, description="Tokens each decode generates (greedy, fixed length).")
+    warmup: int = Field(default=1, ge=0, description="Untimed runs of each model before the timed ones.")
+    repeats: int = Field(default=5, ge=1, description="Timed runs of each model; the report gives medians.")
+
+
+class PrefillSpeed(_Frozen):
+    """Median latency of one forward over ``batch`` × ``tokens``, dense and exported."""
+
+    batch: int
+    tokens: int
+    dense_s: float
+    pruned_s: float
+    speedup: float  # dense_s / pruned_s
+
+
+class DecodeSpeed(_Frozen):
+    """Greedy ``generate`` with the KV cache: ``batch`` sequences × ``new_tokens`` after a prompt of
+    ``prompt_tokens``; tokens/s counts generated tokens over the whole call (prompt included)."""
+
+    batch: int
+    prompt_tokens: int
+    new_tokens: int
+    dense_tokens_per_s: float
+    pruned_tokens_per_s: float
+    speedup: float
+
+
+class SpeedReport(_Frozen):
+    """The exported model beside the dense one on the worker's device, both in the export's
+    precision: medians of interleaved runs after warm-up (search.speed)."""
+
+    device: str
+    dtype: str
+    workload: SpeedWorkload  # as run: context clamped to the model's maximum positions
+    prefill: list[PrefillSpeed]
+    decode: list[DecodeSpeed]  # empty for an encoder
+    dense_peak_bytes: int | None
+    pruned_peak_bytes: int | None
+    peak_memory: str = Field(description="How the peak memory figures were obtained.")
+    dense_size_bytes: int  # the dense checkpoint's weights on disk
+    pruned_size_bytes: int  # the export's weights on disk
+
+
 class ExportReport(_Frozen):
     """The report's ``export`` section: the best architecture as written to the job's artifacts."""
 
@@ -186,8 +238,13 @@ class ExportReport(_Frozen):
     param_count: int  # parameters stored
     nonzero_params: int
     dense_params: int
-    size_bytes: int
-    latency: Latency
+    size_bytes: int  # every file of the export
+    # Absent (None) in reports stored before exports kept the checkpoint's precision.
+    dtype: str | None = Field(default=None, exclude_if=_absent, description="The weights' precision.")
+    weights_bytes: int | None = Field(default=None, exclude_if=_absent)
+    dense_weights_bytes: int | None = Field(default=None, exclude_if=_absent)
+    speed: SpeedReport | None = Field(default=None, exclude_if=_absent)
+    latency: Latency | None = Field(default=None, exclude_if=_absent)  # reports stored before ``speed``
 
 
 class RecoveredFinalist(_Frozen):

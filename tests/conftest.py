@@ -53,6 +53,19 @@ TINY_LLAMA_CONFIG: dict[str, object] = {
     "mlp_bias": False,
 }
 
+# The speed report's workload in tests (WorkerSettings' speed_* fields): one tiny prefill and decode,
+# timed once, so the many exports of the suite stay cheap on two cores. The shipped default (batch 1
+# and 8 × 512 prefill, batch 1 and 16 × 128 decoded tokens, 5 repeats) runs once, in tests/search/test_speed.py.
+SMALL_SPEED_WORKLOAD: dict[str, str] = {
+    "PRUNESEARCH_SPEED_PREFILL_BATCHES": "[1]",
+    "PRUNESEARCH_SPEED_PREFILL_TOKENS": "16",
+    "PRUNESEARCH_SPEED_DECODE_BATCHES": "[1]",
+    "PRUNESEARCH_SPEED_PROMPT_TOKENS": "4",
+    "PRUNESEARCH_SPEED_NEW_TOKENS": "4",
+    "PRUNESEARCH_SPEED_WARMUP": "0",
+    "PRUNESEARCH_SPEED_REPEATS": "1",
+}
+
 
 def tiny_job_spec(model: Path, **overrides: object) -> JobSpec:
     """A job on the tiny Llama that runs in seconds; ``overrides`` replace whole top-level fields."""
@@ -156,6 +169,9 @@ def pytest_configure(config: pytest.Config) -> None:
     # What the tests' own process writes under the default data folder (a filesystem broker's
     # folders, say) goes to a folder of the session's, never to the user's per-user data folder.
     os.environ["PRUNESEARCH_DATA_DIR"] = tempfile.mkdtemp(prefix="prunesearch-tests-")
+    # Workers and CLI commands the tests run in this process, or start with its environment.
+    for name, value in SMALL_SPEED_WORKLOAD.items():
+        os.environ.setdefault(name, value)
     if proctree.supported():
         # Orphans (a worker whose parent died) are adopted by pytest, so the check below sees them.
         proctree.become_subreaper()

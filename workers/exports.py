@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from search.results import ExportReport, JobReport, Latency, SearchResult, verification_report
+from search.results import ExportReport, JobReport, SearchResult, verification_report
 from service import repository
 from service.artifacts import PARTIAL_SUFFIX, job_artifacts_dir, onnx_export_name, trial_export_name
 from service.db import session_scope
@@ -38,20 +38,28 @@ def write_export(
     target: Path,
     provenance: dict[str, Any],
     *,
+    settings: WorkerSettings,
     weights: dict[str, torch.Tensor] | None = None,
 ) -> ExportReport:
     """Export one architecture to ``target`` atomically (with ``weights``: its recovered weights);
     returns its figures for the report."""
     from search.arch import ArchConfig
-    from search.export import export_model, load_pruned, measure_latency
+    from search.export import export_model, load_pruned
+    from search.speed import speed_report
 
     partial = target.with_name(target.name + PARTIAL_SUFFIX)
     shutil.rmtree(partial, ignore_errors=True)
     partial.parent.mkdir(parents=True, exist_ok=True)
     selection = context.selection(ArchConfig.from_dict(arch))
     info = export_model(context.loaded, selection, partial, provenance=provenance, weights=weights)
-    # Measured on the worker's device, exported and dense model side by side.
-    latency = measure_latency(load_pruned(partial), context.loaded.adapter.model)
+    # On the worker's device, exported and dense model side by side, in the export's precision.
+    speed = speed_report(
+        load_pruned(partial),
+        context.loaded,
+        settings.speed_workload(),
+        pruned_size=info.weights_bytes,
+        dense_size=info.dense_weights_bytes,
+    )
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)
     return ExportReport(
@@ -61,7 +69,10 @@ def write_export(
         nonzero_params=info.nonzero_params,
         dense_params=context.shape.dense_params(),
         size_bytes=info.size_bytes,
-        latency=Latency.model_validate(latency),
+        dtype=info.dtype,
+        weights_bytes=info.weights_bytes,
+        dense_weights_bytes=info.dense_weights_bytes,
+        speed=speed,
     )
 
 
@@ -83,10 +94,10 @@ def report(
         entry["trial_number"] = winner.trial_number
         entry["verified"] = result.verified[winner.trial_number].to_dict()  # before recovery; after: below
         provenance = _provenance(context, entry) | {"recovery": _recovery_provenance(recovery, winner.trial_number)}
-        export = write_export(context, entry["arch"], target, provenance, weights=winner.state)
+        export = write_export(context, entry["arch"], target, provenance, settings=settings, weights=winner.state)
     elif result.best is not None:
         best = result.best.model_dump()
-        export = write_export(context, best["arch"], target, _provenance(context, best))
+        export = write_export(context, best["arch"], target, _provenance(context, best), settings=settings)
     # Proxy trust (issue 4): rank correlation of every proxy used with the verified metric on a
     # stratified audit sample, biases towards size and depth, and a flag when the job's proxy is poor.
     return JobReport(
@@ -132,7 +143,7 @@ def export_trial(
         log.warning("export of job %s trial %s: no such trial", job_id, number)
         return "missing"
     context = runtime.prepare_spec(spec_data, owner, settings=settings, models=models)
-    write_export(context, entry["arch"], target, _provenance(context, entry))
+    write_export(context, entry["arch"], target, _provenance(context, entry), settings=settings)
     return "exported"
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, PositiveInt, model_validator
 
+from search.results import SpeedWorkload
 from service.settings import Settings
 
 __all__ = ["WorkerSettings", "get_worker_settings"]
@@ -43,6 +44,15 @@ class WorkerSettings(Settings):
         default=5, ge=1, description="Times a worker resumes a job after losing the database, before failing it."
     )
 
+    # --- the speed report of every export (search.speed); the defaults are the report's workload ---
+    speed_prefill_batches: list[PositiveInt] = Field(default=[1, 8], min_length=1, description="Prefill batch sizes.")
+    speed_prefill_tokens: int = Field(default=512, ge=1, description="Tokens per sequence of a prefill.")
+    speed_decode_batches: list[PositiveInt] = Field(default=[1, 16], description="Decode batch sizes ([] for none).")
+    speed_prompt_tokens: int = Field(default=32, ge=1, description="Prompt tokens before each decode.")
+    speed_new_tokens: int = Field(default=128, ge=1, description="Tokens each decode generates (greedy).")
+    speed_warmup: int = Field(default=1, ge=0, description="Untimed runs of each model before the timed ones.")
+    speed_repeats: int = Field(default=5, ge=1, description="Timed runs of each model (medians are reported).")
+
     @model_validator(mode="after")
     def _consistent_timing(self) -> WorkerSettings:
         if self.job_stale_after_s < 2 * self.job_heartbeat_s:
@@ -55,6 +65,18 @@ class WorkerSettings(Settings):
                 f"trial_grace_s ({self.trial_grace_s}) must exceed trial_heartbeat_s ({self.trial_heartbeat_s})"
             )
         return self
+
+    def speed_workload(self) -> SpeedWorkload:
+        """What the speed report of an export runs."""
+        return SpeedWorkload(
+            prefill_batches=self.speed_prefill_batches,
+            prefill_tokens=self.speed_prefill_tokens,
+            decode_batches=self.speed_decode_batches,
+            prompt_tokens=self.speed_prompt_tokens,
+            new_tokens=self.speed_new_tokens,
+            warmup=self.speed_warmup,
+            repeats=self.speed_repeats,
+        )
 
     @property
     def artifact_cache_dir(self) -> Path:

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from tests import proctree
+from tests.conftest import SMALL_SPEED_WORKLOAD
 
 PRUNESEARCH = [sys.executable, "-m", "prunesearch"]
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -88,5 +89,6 @@ def base_env(data_dir: Path, **settings: str) -> dict[str, str]:
     env["PRUNESEARCH_DATA_DIR"] = str(data_dir)
     env["HF_HUB_OFFLINE"] = "1"
     env["OMP_NUM_THREADS"] = "1"  # the API, the worker and pytest share two cores
+    env.update(SMALL_SPEED_WORKLOAD)  # each export's speed report: a tiny workload
     env.update({f"PRUNESEARCH_{key.upper()}": value for key, value in settings.items()})
     return env

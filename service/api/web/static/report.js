@@ -285,18 +285,65 @@ function recoveryPart(recovery) {
 
 // --- export --------------------------------------------------------------------------------------
 
+// Reports stored before the speed report hold one forward's latency instead.
 function latencySentence(latency) {
   if (!isRecord(latency) || !isNumber(latency.pruned_tokens_per_s) || !isNumber(latency.dense_tokens_per_s)) return "";
   const speedup = isNumber(latency.speedup) ? `: ${latency.speedup.toFixed(2)}× ${latency.speedup >= 1 ? "faster" : "the speed"}` : "";
   return ` On ${latency.device || "the worker"} it processes ${integer(latency.pruned_tokens_per_s)} tokens/s against ${integer(latency.dense_tokens_per_s)} for the dense model${speedup}.`;
 }
 
+function times(speedup) {
+  return isNumber(speedup) ? `${speedup.toFixed(2)}×` : "";
+}
+
+function millis(seconds) {
+  return isNumber(seconds) ? `${(seconds * 1000).toFixed(1)} ms` : "";
+}
+
+function bytes(value) {
+  return isNumber(value) ? `${compact(value)}B` : "";
+}
+
+// One row per measurement: [what, dense, exported, speedup].
+function speedRows(speed) {
+  const rows = list(speed.prefill).filter(isRecord).map((p) => [`Prefill, batch ${p.batch} × ${integer(p.tokens)} tokens`, millis(p.dense_s), millis(p.pruned_s), times(p.speedup)]);
+  for (const d of list(speed.decode).filter(isRecord)) {
+    rows.push([`Decode, batch ${d.batch}, ${integer(d.new_tokens)} new tokens (tokens/s)`, integer(d.dense_tokens_per_s), integer(d.pruned_tokens_per_s), times(d.speedup)]);
+  }
+  rows.push(["Peak memory", bytes(speed.dense_peak_bytes), bytes(speed.pruned_peak_bytes), ""]);
+  rows.push(["Weights on disk", bytes(speed.dense_size_bytes), bytes(speed.pruned_size_bytes), ""]);
+  return rows;
+}
+
+function speedTable(speed) {
+  const head = ["", "Dense", "Exported", "Speed-up"];
+  return h(
+    "table",
+    { class: "data stacked speed-table", id: "speed-table" },
+    h("thead", {}, h("tr", {}, head.map((label, i) => h("th", { scope: "col", class: i ? "num" : null }, label)))),
+    h("tbody", {}, speedRows(speed).map(([label, ...values]) => h("tr", {}, [h("th", { scope: "row" }, label), ...values.map((value, i) => cell(head[i + 1], value, true))]))),
+  );
+}
+
+function speedNote(speed) {
+  const workload = isRecord(speed.workload) ? speed.workload : {};
+  return (
+    `Measured on ${speed.device || "the worker"}, both models in ${speed.dtype || "the export's precision"}: medians of ${integer(workload.repeats)} runs after ${plural(workload.warmup || 0, "warm-up run")}, the two models taking turns. ` +
+    `Decoding is greedy generation with the KV cache after a ${plural(workload.prompt_tokens || 0, "token")} prompt; its tokens/s include that prompt. Peak memory: ${speed.peak_memory || "not measured"}.`
+  );
+}
+
 function exportPart(exported) {
   if (!isRecord(exported) || !isNumber(exported.param_count)) return null;
   const ratio = isNumber(exported.dense_params) ? ` (${percent(exported.param_count / exported.dense_params, 1)} of ${integer(exported.dense_params)})` : "";
-  const size = isNumber(exported.size_bytes) ? `, ${compact(exported.size_bytes)}B on disk` : "";
-  const text = `The exported model has ${integer(exported.param_count)} parameters${ratio}${size}.${latencySentence(exported.latency)}`;
-  return h("section", { class: "report-part", id: "report-export" }, h("h3", {}, "The exported model"), h("p", {}, text));
+  const weights = isNumber(exported.weights_bytes) && isNumber(exported.dense_weights_bytes)
+    ? `; its weights take ${bytes(exported.weights_bytes)} on disk in ${exported.dtype || "the checkpoint's precision"}, ${percent(exported.weights_bytes / exported.dense_weights_bytes, 1)} of the dense model's ${bytes(exported.dense_weights_bytes)}`
+    : isNumber(exported.size_bytes) ? `, ${bytes(exported.size_bytes)} on disk` : "";
+  const speed = isRecord(exported.speed) ? exported.speed : null;
+  const text = `The exported model has ${integer(exported.param_count)} parameters${ratio}${weights}.${speed ? "" : latencySentence(exported.latency)}`;
+  const parts = [h("h3", {}, "The exported model"), h("p", {}, text)];
+  if (speed) parts.push(h("div", { class: "table-scroll" }, speedTable(speed)), h("p", { class: "muted" }, speedNote(speed)));
+  return h("section", { class: "report-part", id: "report-export" }, ...parts);
 }
 
 /**
