@@ -75,12 +75,15 @@ from search.arch import ArchConfig  # noqa: E402
 from search.calibration import tokenize_paragraphs  # noqa: E402
 from search.candidates import SearchContext, prepare  # noqa: E402
 from search.criteria import compute_importance  # noqa: E402
-from search.export import materialize  # noqa: E402
+from search.export import export_model, load_pruned, materialize  # noqa: E402
 from search.loading import LoadedModel, load_model  # noqa: E402
 from search.proxies import MetaNetStore  # noqa: E402
+from search.recovery import recover  # noqa: E402
 from search.repair import Proposal  # noqa: E402
+from search.results import SpeedWorkload  # noqa: E402
 from search.selection import Selection, select_units  # noqa: E402
 from search.spec import JobSpec, check_job  # noqa: E402
+from search.speed import speed_report  # noqa: E402
 from search.stats import collect_stats  # noqa: E402
 from search.study import run_search  # noqa: E402
 from search.trials import job_proxy  # noqa: E402
@@ -95,6 +98,7 @@ SEARCH_PROXIES = ("tracenas", "prunenet", "ensemble", "metanet")
 METHODS = (
     *(f"search:{p}" for p in SEARCH_PROXIES),
     "search:standard",
+    "search:recovery",
     "random",
     "uniform",
     "block_influence",
@@ -107,6 +111,7 @@ LABELS = {
     "search:ensemble": "search, ensemble",
     "search:metanet": "search, metanet",
     "search:standard": "search, standard format (tracenas)",
+    "search:recovery": "search + in-job recovery (tracenas)",
     "random": "random search (tracenas)",
     "uniform": "uniform width (Wanda)",
     "block_influence": "ShortGPT BI depth",
@@ -115,6 +120,9 @@ LABELS = {
     "dense": "dense",
 }
 BASELINES = ("uniform", "block_influence", "flap", "owl")
+# Methods whose exported model is timed beside the dense one (the other proxies' searches give
+# architectures of the same kind; timing them too would double the benchmark's GPU time).
+TIMED = ("search:tracenas", "search:standard", "search:recovery", *BASELINES)
 QUICK = dict(
     models="ref-llama-7m",
     ratios="0.5",
@@ -130,6 +138,8 @@ QUICK = dict(
     finetune_batch=4,
     finetune_seq=128,
 )
+SPEED = SpeedWorkload(prefill_batches=[8], prefill_tokens=512, decode_batches=[1, 16], repeats=3)
+QUICK_SPEED = SpeedWorkload(prefill_batches=[2], prefill_tokens=64, decode_batches=[1, 4], new_tokens=16, repeats=1)
 
 
 def _reference_common() -> Any:
@@ -265,10 +275,14 @@ def run_method_search(
     started = time.perf_counter()
     context = prepare(loaded, spec)
     result = run_search(context, study_name=name, metanet_store=store)
+    recovered = recover(context, result) if spec.recovery is not None else None
     seconds = time.perf_counter() - started
     best = result.best
     assert best is not None
     selection = context.selection(ArchConfig.from_dict(best.arch))
+    if recovered is not None:  # the job's way: the winner is chosen after distilling the finalists
+        assert recovered.winner is not None
+        selection = recovered.winner.selection
     trials = [t for t in result.trials if t.state == "complete"]
     info: dict[str, Any] = {
         "seconds": seconds,
@@ -279,6 +293,9 @@ def run_method_search(
         "verified": {k: v for k, v in (best.verified or {}).items() if k != "primary"},
         "verified_candidates": len(result.verified),
     }
+    if recovered is not None:
+        info["recovery"] = recovered.report.model_dump(mode="json")
+        info["recovered_state"] = recovered.winner.state  # popped before the JSON is written
     state = getattr(job_proxy(context), "state", None)
     if isinstance(state, dict) and "ready" in state:  # the meta-network: trained, or its fallback
         info["metanet"] = {
@@ -306,6 +323,7 @@ def model_methods(
     # Only what plain from_pretrained loads: per-layer freedom traded for any runtime of the family.
     standard = {"export_format": "standard", "depth": "layer"}
     searches.append(("search:standard", {"proxy": "tracenas", "search_space": standard}))
+    searches.append(("search:recovery", {"proxy": "tracenas", "recovery": in_job_recovery(args, encoder=encoder)}))
     if "metanet" in SEARCH_PROXIES:
         searches.append(("search:metanet", {"proxy": "metanet"}))
     for method, overrides in searches:
@@ -337,6 +355,36 @@ def model_methods(
                 selection, seconds = timed(lambda context=context, m=method: seed_selection(context, f"seed:{m}"))
             out[ratio][method] = (selection, {"seconds": stats_s + seconds})
     return out
+
+
+def in_job_recovery(args: argparse.Namespace, *, encoder: bool) -> dict[str, Any]:
+    """The job spec's ``recovery``, on the same training texts, steps, batch and peak rate as the
+    fixed recipe every method gets below: distillation into the 2 best verified finalists."""
+    return {
+        "steps": args.finetune_steps,
+        "batch_size": args.finetune_batch,
+        "learning_rate": args.finetune_lr_encoder if encoder else args.finetune_lr,
+        "finalists": 2,
+        "source": str(args.train_plain),
+    }
+
+
+# --- speed --------------------------------------------------------------------------------------
+
+
+def speed_figures(loaded: LoadedModel, selection: Selection, workload: SpeedWorkload) -> dict[str, Any]:
+    """The architecture exported as a job exports it (the checkpoint's precision), timed beside the
+    dense model on the search's device (``search.speed``); weights on disk of both."""
+    with tempfile.TemporaryDirectory() as tmp:
+        info = export_model(loaded, selection, Path(tmp) / "export")
+        report = speed_report(
+            load_pruned(info.directory),
+            loaded,
+            workload,
+            pruned_size=info.weights_bytes,
+            dense_size=info.dense_weights_bytes,
+        )
+    return report.model_dump(mode="json")
 
 
 # --- recovery fine-tune -------------------------------------------------------------------------
@@ -570,7 +618,15 @@ def benchmark_model(name: str, args: argparse.Namespace, store: MetaNetStore) ->
             network, kind, _ = materialize(evaluation.adapter, selection, device=device)
             count = shape.count_params(selection.arch)
             stored = sum(p.numel() for p in network.parameters())
-            tuned, tune_s, losses = finetune(network, batches, args, dense if encoder else None)
+            recovered = info.pop("recovered_state", None)
+            if recovered is None:
+                tuned, tune_s, losses = finetune(network, batches, args, dense if encoder else None)
+            else:  # the job's own recovery replaces the fixed recipe for this row
+                tuned = copy.deepcopy(network)
+                tuned.load_state_dict({k: v.to(device, next(tuned.parameters()).dtype) for k, v in recovered.items()})
+                tune_s, losses = info["recovery"]["seconds"], []
+            if method in TIMED:
+                info["speed"] = speed_figures(loaded, selection, args.speed_workload)
             pruned[method], pruned[f"{method}+ft"] = network, tuned
             budget = (
                 spec_for(path, args, ratio, encoder=encoder).target.total_ratio(shape, ratio) * shape.dense_params()
@@ -733,6 +789,44 @@ def table(result: dict[str, Any], budget: dict[str, Any]) -> list[str]:
     return lines
 
 
+def speed_lines(budget: dict[str, Any]) -> list[str]:
+    """The exported models' speed and size beside the dense model's, measured side by side."""
+    timed = [(m, budget["methods"][m]["speed"]) for m in METHODS if "speed" in budget["methods"].get(m, {})]
+    if not timed:
+        return []
+    first = timed[0][1]
+    workload = first["workload"]
+    lines = [
+        f"Exported models on {first['device']} in {first['dtype']} (medians of {workload['repeats']} runs after "
+        f"{workload['warmup']} warm-up, each beside the dense model; decode: greedy with the KV cache, "
+        f"{workload['new_tokens']} new tokens after a {workload['prompt_tokens']}-token prompt):",
+        "",
+    ]
+    prefill = [f"prefill {p['batch']} × {p['tokens']}, ms" for p in first["prefill"]]
+    decode = [f"decode batch {d['batch']}, tokens/s" for d in first["decode"]]
+    lines += [
+        "| method | weights on disk | " + " | ".join(prefill + decode) + " |",
+        "|---|---:|" + "---:|" * (len(prefill) + len(decode)),
+    ]
+    # The dense model's figures: the median over every side-by-side measurement of this budget.
+    dense_p = [_median([s["prefill"][i]["dense_s"] for _, s in timed]) for i in range(len(prefill))]
+    dense_d = [_median([s["decode"][i]["dense_tokens_per_s"] for _, s in timed]) for i in range(len(decode))]
+    cells = [f"{1000 * v:.2f}" for v in dense_p] + [f"{v:,.0f}" for v in dense_d]
+    lines.append(f"| dense | {first['dense_size_bytes'] / 1e6:.1f} MB | " + " | ".join(cells) + " |")
+    for method, speed in timed:
+        stored, dense = speed["pruned_size_bytes"], speed["dense_size_bytes"]
+        size = f"{stored / 1e6:.1f} MB ({stored / dense:.0%})"
+        cells = [f"{1000 * p['pruned_s']:.2f} ({p['speedup']:.2f}×)" for p in speed["prefill"]]
+        cells += [f"{d['pruned_tokens_per_s']:,.0f} ({d['speedup']:.2f}×)" for d in speed["decode"]]
+        lines.append(f"| {LABELS[method]} | {size} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
+
+
 def render(saved: dict[str, Any], plot_name: str | None) -> str:
     meta, results, settings = saved["meta"], saved["results"], saved["settings"]
     lines = [
@@ -801,6 +895,7 @@ def render(saved: dict[str, Any], plot_name: str | None) -> str:
         ]
         for budget in result["budgets"]:
             lines += [f"### {budget['ratio']:.0%} of the blocks' parameters", "", *table(result, budget), ""]
+            lines += speed_lines(budget)
             searches = {m: r for m, r in budget["methods"].items() if "best_origin" in r}
             if searches:
                 lines += ["Searches: " + "; ".join(_search_note(m, r) for m, r in searches.items()) + ".", ""]
@@ -972,6 +1067,11 @@ def main() -> None:
         plain = Path(tempfile.mkdtemp()) / "valid.txt"
         plain.write_text(read_text(args.calibration_text), encoding="utf-8")
         args.calibration_text = plain
+    args.train_plain = args.train_text  # the in-job recovery's source, also a plain text file
+    if args.train_text.suffix == ".gz":
+        args.train_plain = Path(tempfile.mkdtemp()) / "train.txt"
+        args.train_plain.write_text(read_text(args.train_text), encoding="utf-8")
+    args.speed_workload = QUICK_SPEED if args.quick else SPEED
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     torch.manual_seed(args.seed)
     started = time.perf_counter()
@@ -985,8 +1085,9 @@ def main() -> None:
     settings = {
         k: v
         for k, v in vars(args).items()
-        if k not in ("write", "render", "append", "train_text", "calibration_text", "methods", "minilm")
-    } | {"texts_match_manifest": {"train": train_ok, "valid": valid_ok}}
+        if k not in ("write", "render", "append", "train_text", "train_plain", "calibration_text", "methods", "minilm")
+        and k != "speed_workload"
+    } | {"texts_match_manifest": {"train": train_ok, "valid": valid_ok}, "speed": args.speed_workload.model_dump()}
     results: list[dict[str, Any]] = []
     earlier_s, commands = 0.0, [command]
     if args.append and args.write is not None and args.write.with_suffix(".json").is_file():
@@ -1033,7 +1134,15 @@ NOTES = """## How to read this
   per token on the same windows. For MiniLM: *sim. gap* = 1 − Spearman agreement of pairwise cosine
   similarities with the dense model, *cos. dist.* = mean 1 − cosine to the dense embedding.
 - **ft** = after the fixed recovery fine-tune of the physically pruned model (the same batches and
-  recipe for every method; the dense row shows what the same fine-tune does to the unpruned model).
+  recipe for every method; the dense row shows what the same fine-tune does to the unpruned model),
+  except for *search + in-job recovery*: its ft columns are the job's own recovery (`recovery` in the
+  job spec: distillation from the dense model into the 2 best verified finalists, on the same
+  training texts with the same steps, batch and peak rate, the winner chosen after recovery), and
+  its as-pruned columns are that winner before it.
+- **Speed** (the table under each budget): each architecture exported as a job exports it, in the
+  checkpoint's precision, and timed beside the dense model on the benchmark's device
+  (`search.speed`, the job report's speed section): prefill latency and greedy decode throughput
+  with the KV cache; *weights on disk* is the export's safetensors (OWL's zeros take full space).
 - **wall s**: searches: preparation, every trial, verification and the trust audit (in-memory Optuna
   storage); baselines: one calibration forward for the statistics plus building the seed.
 - The search verifies the baseline seeds (uniform width, Block Influence) beside its own favourites
