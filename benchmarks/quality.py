@@ -364,7 +364,7 @@ def in_job_recovery(args: argparse.Namespace, *, encoder: bool) -> dict[str, Any
         "steps": args.finetune_steps,
         "batch_size": args.finetune_batch,
         "learning_rate": args.finetune_lr_encoder if encoder else args.finetune_lr,
-        "finalists": 2,
+        "finalists": min(2, args.verify_top_k),
         "source": str(args.train_plain),
     }
 

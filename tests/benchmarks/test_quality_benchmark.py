@@ -31,6 +31,7 @@ METHODS = {
     "search:ensemble",
     "search:metanet",
     "search:standard",
+    "search:recovery",
     "random",
     "uniform",
     "block_influence",
@@ -100,7 +101,19 @@ def test_every_method_is_measured_at_the_same_budget(tmp_path: Path) -> None:
     assert rows["owl"]["param_count"] < rows["owl"]["stored_params"] <= figures["params"]
     assert all(rows[m]["stored_params"] == rows[m]["param_count"] for m in METHODS - {"owl"})
 
+    # The in-job recovery row: the job's own distillation, its winner's figures before and after.
+    recovery = rows["search:recovery"]["recovery"]
+    winner = next(f for f in recovery["finalists"] if f["trial_number"] == recovery["winner"])
+    assert recovery["steps"] == 2 and winner["steps"] == 2 and winner["after"]["kl"] > 0
+    # Each timed method's export beside the dense model: the structured ones are smaller on disk.
+    for method in ("search:tracenas", "search:standard", "search:recovery", "uniform", "block_influence", "owl"):
+        speed = rows[method]["speed"]
+        assert speed["decode"] and all(d["pruned_tokens_per_s"] > 0 for d in speed["decode"]), method
+        smaller = speed["pruned_size_bytes"] < 0.8 * speed["dense_size_bytes"]
+        assert smaller is (method != "owl"), (method, speed["pruned_size_bytes"], speed["dense_size_bytes"])
+
     text = out.read_text()
+    assert "decode batch 1, tokens/s" in text
     assert "## Reading" in text and "| search, tracenas |" in text and "| OWL sparsity (Wanda) |" in text
     assert out.with_suffix(".png").stat().st_size > 10_000
     # --render reproduces the document from the JSON alone.

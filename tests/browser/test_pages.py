@@ -571,7 +571,12 @@ def test_the_report_reads_as_sentences_and_one_table_at_laptop_and_phone_width(
     rows = page.locator("#verified-table tbody tr")
     numbers = [f["trial_number"] for f in verification["finalists"]]
     assert rows.evaluate_all("rs => rs.map(r => r.dataset.trial)") == [*map(str, numbers), "dense"]
-    assert page.locator("#report-section table").count() == 2  # the verified table and the trust numbers
+    # The verified table, the trust numbers and the exported model's speed beside the dense model's.
+    assert page.locator("#report-section table").count() == 3
+    speed = report["export"]["speed"]
+    speed_rows = page.locator("#speed-table tbody tr")
+    assert speed_rows.count() == len(speed["prefill"]) + len(speed["decode"]) + 2  # + peak memory, weights
+    assert "Prefill, batch" in speed_rows.first.inner_text()
     first = verification["finalists"][0]
     assert f"{first['ppl']:.1f}" in page.inner_text(f"#verified-table tr[data-trial='{first['trial_number']}']")
     assert "best" in page.inner_text(

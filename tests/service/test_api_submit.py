@@ -47,6 +47,7 @@ def test_submit_answers_202_with_location_and_enqueues_by_id(
         "trials_total": 20,
         "fraction": 0.0,
         "eta_seconds": None,
+        "phase": None,
     }
     assert job["best"] is None and job["error"] is None and job["cancel_requested"] is False
     assert job["links"] == {
