@@ -29,10 +29,12 @@ def slow_body(model: Path, **overrides: Any) -> dict[str, Any]:
     # More calibration tokens than flow.job_body: trials of ~0.3 s, so a kill lands mid-trial.
     return flow.job_body(
         model,
-        n_trials=N_TRIALS,
-        verify_top_k=1,
-        calibration={"n_samples": 16, "seq_len": 128, "heldout_samples": 4},
-        **overrides,
+        **{
+            "n_trials": N_TRIALS,
+            "verify_top_k": 1,
+            "calibration": {"n_samples": 16, "seq_len": 128, "heldout_samples": 4},
+        }
+        | overrides,
     )
 
 
@@ -125,3 +127,31 @@ def test_a_worker_killed_mid_trial_is_resumed_by_a_new_worker(cluster: Cluster, 
     assert cluster.job_row(job_id)["status"] == "running"  # nobody told the database
     cluster.start_worker()
     check_recovered(cluster, job_id, killed)
+
+
+def test_a_worker_killed_during_recovery_is_resumed_and_exports_one_recovered_model(
+    cluster: Cluster, tiny_llama_dir: Path
+) -> None:
+    # The search's trials are kept; recovery restarts from the verified finalists on the new worker.
+    recovery = {"steps": 600, "finalists": 2, "batch_size": 4}
+    job_id = flow.submit(cluster.client, slow_body(tiny_llama_dir, verify_top_k=2, recovery=recovery))
+    (worker,) = [p for p in cluster.processes if p.name.startswith("worker") and p.alive]
+
+    def recovering() -> bool:
+        phase = cluster.job_row(job_id)["phase"]
+        return phase is not None and phase["name"] == "recovery" and 0 < phase["done"] < phase["total"]
+
+    wait_until(recovering, timeout=180, interval=0.1, what="the recovery phase")
+    worker.kill_group()
+    cluster.start_worker()
+    job = cluster.wait_for(job_id, timeout=300)
+    assert job["status"] == "succeeded" and job["attempts"] == 2, job
+    check_exactly_n_trials(cluster, job_id, N_TRIALS)  # no trial ran twice
+    assert job["progress"]["phase"] == {"name": "recovery", "done": 1200, "total": 1200}
+
+    report = cluster.client.get(f"/v1/jobs/{job_id}/report").json()["recovery"]
+    assert [f["steps"] for f in report["finalists"]] == [600, 600]
+    assert job["best"]["trial_number"] == report["winner"]
+    items = cluster.client.get(f"/v1/jobs/{job_id}/artifacts").json()["items"]
+    assert [item["name"] for item in items] == ["best"]  # one export, no half-written one left
+    assert items[0]["provenance"]["recovery"]["after"] == job["best"]["verified"]
