@@ -18,7 +18,7 @@ from tests.e2e.processes import TERMINAL, wait_until
 
 pytestmark = pytest.mark.e2e
 
-N_TRIALS = 20  # enough trials that a 2 s poll sees the bar move before the end
+N_TRIALS = 20  # with 16 × 128 calibration tokens (~0.3 s a trial), a 2 s poll sees the bar move before the end
 
 
 def _same_origin_only(page: Any, base_url: str) -> list[str]:
@@ -41,8 +41,8 @@ def _fill_job_form(page: Any, model: Path) -> None:
     page.fill("#f-seed", "1")
     page.fill("#f-verify", "3")
     page.fill("#f-align", "8")
-    page.fill("#f-cal-n", "4")
-    page.fill("#f-cal-len", "64")
+    page.fill("#f-cal-n", "16")
+    page.fill("#f-cal-len", "128")
     page.fill("#f-cal-heldout", "4")
 
 
