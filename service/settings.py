@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from platformdirs import user_data_path
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -63,6 +63,11 @@ class Settings(BaseSettings):
         default=False,
         description="Serve requests without an API key on a non-loopback address while no key exists. "
         "Only for a network you trust completely.",
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="A bearer token that opens GET /metrics (for Prometheus) on a server with API keys or off "
+        "loopback; any active API key opens it too. Unset: /metrics follows the anonymous rules of /v1.",
     )
     model_roots: Annotated[tuple[Path, ...], NoDecode] = Field(
         default=(),
@@ -136,6 +141,12 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute_artifacts_dir(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("metrics_token", mode="before")
+    @classmethod
+    def _empty_metrics_token(cls, value: Any) -> Any:
+        # Compose passes an unset variable as "": that is no token, not an empty one anyone could send.
+        return None if value == "" else value
 
     @field_validator("model_roots", mode="before")
     @classmethod

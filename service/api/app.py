@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from service.api.auth import API_GUARDS, GUARDED_RESPONSES, install_auth
+from service.api.metrics import install_metrics
 from service.api.middleware import install_limits
 from service.api.openapi import install_openapi
 from service.api.problems import install_problem_handlers
@@ -51,6 +52,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_openapi(app)
     install_auth(app)
     install_limits(app, settings)
+    # After the limits: added last, its middleware is outermost and times every answer, 413s too.
+    install_metrics(app)
     # Every /v1 router: authenticated, and a {job_id} in the path must be the caller's job.
     app.include_router(jobs.router, dependencies=API_GUARDS, responses=GUARDED_RESPONSES)
     app.include_router(results.router, dependencies=API_GUARDS, responses=GUARDED_RESPONSES)

@@ -12,6 +12,7 @@ address without keys refuses to start (``check_bind``).
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import logging
 import re
@@ -40,6 +41,7 @@ __all__ = [
     "GUARDED_RESPONSES",
     "Principal",
     "PrincipalDep",
+    "authorize_metrics",
     "check_bind",
     "install_auth",
     "is_loopback",
@@ -156,6 +158,31 @@ def _principal(
             headers={"WWW-Authenticate": _CHALLENGE},
         )
     return ANONYMOUS
+
+
+def authorize_metrics(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+) -> None:
+    """``GET /metrics``: the metrics token or any active API key; without either, the anonymous rule.
+
+    The anonymous rule is /v1's: no active key, and a loopback connection (or ``allow_anonymous``).
+    A separate token lets Prometheus scrape without holding a key that can submit and read jobs.
+    """
+    try:
+        token = settings.metrics_token
+        presented = credentials.credentials.encode() if credentials is not None else None
+        if (
+            presented is not None
+            and token is not None
+            and hmac.compare_digest(presented, token.get_secret_value().encode())
+        ):
+            return
+        _principal(request, session, settings, credentials)
+    finally:
+        _release_connection(session)
 
 
 # The caller, as ``API_GUARDS`` (which run first: router dependencies precede the route's) found it.
