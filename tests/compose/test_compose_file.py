@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.compose.compose import (
     COMPOSE_FILE,
@@ -37,7 +38,7 @@ def config(env_file: Path) -> Any:
 
 def test_compose_files_are_valid(env_file: Path) -> None:
     for files in ((COMPOSE_FILE,), (COMPOSE_FILE, GPUS_FILE)):
-        for profile in ((), ("--profile", "dashboard")):
+        for profile in ((), ("--profile", "dashboard"), ("--profile", "monitoring")):
             result = compose(*profile, "config", "-q", env_file=env_file, files=files)
             assert result.returncode == 0, result.stderr
 
@@ -90,6 +91,24 @@ def test_services_wait_for_what_they_need(config: Any) -> None:
 
 def test_the_dashboard_is_not_started_by_default(env_file: Path) -> None:
     assert "dashboard" not in resolved(env_file)["services"]
+
+
+def test_the_monitoring_profile_scrapes_the_api_with_the_metrics_token(tmp_path: Path) -> None:
+    env_file = write_env(tmp_path / ".env", **SECRETS, PRUNESEARCH_METRICS_TOKEN="scrape-token-789")
+    assert "prometheus" not in resolved(env_file)["services"]
+    services = resolved(env_file, profiles=("monitoring",))["services"]
+    prometheus, api = services["prometheus"], services["api"]
+    assert prometheus["environment"]["PRUNESEARCH_METRICS_TOKEN"] == "scrape-token-789"
+    assert api["environment"]["PRUNESEARCH_METRICS_TOKEN"] == "scrape-token-789"
+    assert prometheus["depends_on"]["api"]["condition"] == "service_healthy"
+    assert prometheus["ports"][0]["host_ip"] == "127.0.0.1"
+    mounts = {volume["target"]: volume["source"] for volume in prometheus["volumes"]}
+    config = yaml.safe_load(Path(mounts["/etc/prometheus/prometheus.yml"]).read_text())
+    (scrape,) = config["scrape_configs"]
+    assert scrape["metrics_path"] == "/metrics"
+    assert scrape["static_configs"] == [{"targets": ["api:8000"]}]
+    # The command writes the token where the config reads it.
+    assert scrape["authorization"]["credentials_file"] in " ".join(prometheus["command"])
 
 
 def test_each_worker_reserves_its_own_gpu(env_file: Path) -> None:
