@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import optuna
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
 
 from tests.e2e import flow
@@ -64,6 +65,27 @@ def test_job_runs_to_completion_and_every_trial_is_stored(
     engine.dispose()
     assert [(t.number, t.value) for t in study.trials] == [(r.number, r.value) for r in rows]
     assert all(r.state == "complete" for r in rows)
+    _check_metrics(client, job_id, len(rows))
+
+
+def _check_metrics(client: httpx.Client, job_id: str, trials: int) -> None:
+    """The worker's rows show in the API's /metrics (read from the database at scrape time)."""
+    response = client.get("/metrics")
+    assert response.status_code == 200, response.text
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+    assert samples[("prunesearch_jobs", (("status", "succeeded"),))] >= 1
+    assert samples[("prunesearch_trials", (("state", "complete"),))] >= trials
+    assert samples[("prunesearch_trial_duration_seconds_count", (("proxy", "tracenas"),))] >= trials
+    polls = (
+        "prunesearch_http_request_duration_seconds_count",
+        (("method", "GET"), ("route", "/v1/jobs/{job_id}"), ("status", "200")),
+    )
+    assert samples[polls] >= 1
+    assert job_id not in response.text
 
 
 def test_cancel_stops_a_running_job_and_keeps_its_trials(
