@@ -25,14 +25,19 @@ class WorkerSettings(Settings):
         default=None, description="Worker's torch device (cuda, cuda:1, cpu); unset or 'auto' picks CUDA if present."
     )
     # --- reliability: how fast a dead worker's job is noticed and resumed ---
-    job_stale_after_s: int = Field(default=300, ge=1, description="A running job silent this long is reclaimed.")
-    job_heartbeat_s: float = Field(default=15.0, gt=0, description="How often a worker marks its job alive.")
-    reaper_interval_s: float = Field(default=60.0, gt=0, description="How often each worker looks for orphans.")
+    # A SIGKILLed worker's job runs again within job_stale_after_s + reaper_interval_s (~35 s) of
+    # the kill. The heartbeats are single-row UPDATEs from their own threads; the widest gap measured
+    # under a CPU-bound search on a loaded 2-core machine is in docs/reliability.md, and the stale
+    # limits leave many times that. trial_grace_s stays below job_stale_after_s - job_heartbeat_s so
+    # a resumed job always finds its dead trial already stale, and fails and retries it at once.
+    job_stale_after_s: int = Field(default=30, ge=1, description="A running job silent this long is reclaimed.")
+    job_heartbeat_s: float = Field(default=3.0, gt=0, description="How often a worker marks its job alive.")
+    reaper_interval_s: float = Field(default=5.0, gt=0, description="How often each worker looks for orphans.")
     requeue_queued_after_s: int = Field(
         default=900, ge=1, description="Re-send the task of a job queued this long (its message may be lost)."
     )
-    trial_heartbeat_s: int = Field(default=30, ge=1, description="Optuna heartbeat of a running trial.")
-    trial_grace_s: int = Field(default=120, ge=1, description="A trial silent this long is failed and retried.")
+    trial_heartbeat_s: int = Field(default=3, ge=1, description="Optuna heartbeat of a running trial.")
+    trial_grace_s: int = Field(default=20, ge=1, description="A trial silent this long is failed and retried.")
     trial_max_retry: int = Field(default=2, ge=0, description="Retries of a trial whose worker died.")
     chunk_trials: int = Field(
         default=25,

@@ -26,7 +26,8 @@ from tests.e2e import flow
 from tests.e2e.processes import PRUNESEARCH, TERMINAL, base_env, free_port, wait_until
 
 # Fast failure detection: a job silent for 4 s is an orphan; each worker looks every second; a
-# trial silent for 3 s is failed and retried. Production defaults are 15 s / 300 s / 60 s / 120 s.
+# trial silent for 3 s is failed and retried. The shipped defaults are 3 s / 30 s / 5 s / 20 s; a
+# cluster made with ``fast_recovery=False`` runs on them (tests/reliability/test_default_recovery.py).
 FAST_RECOVERY: dict[str, str] = {
     "job_heartbeat_s": "1",
     "job_stale_after_s": "4",
@@ -74,7 +75,9 @@ class Proc:
 class Cluster:
     """API and workers sharing one database and broker; ``client`` talks to the API."""
 
-    def __init__(self, database_url: str, broker_url: str, work_dir: Path, **settings: str) -> None:
+    def __init__(
+        self, database_url: str, broker_url: str, work_dir: Path, *, fast_recovery: bool = True, **settings: str
+    ) -> None:
         self.database_url = database_url
         self.port = free_port()
         self.logs = work_dir / "logs"
@@ -84,7 +87,7 @@ class Cluster:
             database_url=database_url,
             broker_url=broker_url,
             port=str(self.port),
-            **(FAST_RECOVERY | settings),
+            **((FAST_RECOVERY if fast_recovery else {}) | settings),
         )
         self.processes: list[Proc] = []
         self.api: Proc | None = None
@@ -195,9 +198,11 @@ def check_exactly_n_trials(cluster: Cluster, job_id: str, n_trials: int) -> list
 
 
 @contextmanager
-def cluster_on(database_url: str, broker_url: str, work_dir: Path, **settings: str) -> Iterator[Cluster]:
+def cluster_on(
+    database_url: str, broker_url: str, work_dir: Path, *, fast_recovery: bool = True, **settings: str
+) -> Iterator[Cluster]:
     migrate.upgrade(database_url)
-    cluster = Cluster(database_url, broker_url, work_dir, **settings)
+    cluster = Cluster(database_url, broker_url, work_dir, fast_recovery=fast_recovery, **settings)
     try:
         yield cluster
     except BaseException:
