@@ -135,7 +135,7 @@ def _search_and_report(
             info = export_entry(context, best, out, study_name=study_name, recovery=recovery)
             console.print(describe_export(best.trial_number, info))
             with console.status("Measuring the exported model's speed beside the dense model..."):
-                speed = measure_export(context, info, settings.speed_workload())
+                speed = measure_export(context, info, settings.speed)
             console.print(speed_table(speed))
     except SearchError as error:
         raise click.ClickException(str(error)) from error

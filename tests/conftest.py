@@ -53,7 +53,7 @@ TINY_LLAMA_CONFIG: dict[str, object] = {
     "mlp_bias": False,
 }
 
-# The speed report's workload in tests (WorkerSettings' speed_* fields): one tiny prefill and decode,
+# The speed report's workload in tests (WorkerSettings.speed, from PRUNESEARCH_SPEED_*): one tiny prefill and decode,
 # timed once, so the many exports of the suite stay cheap on two cores. The shipped default (batch 1
 # and 8 × 512 prefill, batch 1 and 16 × 128 decoded tokens, 5 repeats) runs once, in tests/search/test_speed.py.
 SMALL_SPEED_WORKLOAD: dict[str, str] = {

@@ -56,7 +56,7 @@ def write_export(
     speed = speed_report(
         load_pruned(partial),
         context.loaded,
-        settings.speed_workload(),
+        settings.speed,
         pruned_size=info.weights_bytes,
         dense_size=info.dense_weights_bytes,
     )

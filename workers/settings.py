@@ -10,7 +10,8 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field, model_validator
+from pydantic_settings import SettingsConfigDict
 
 from search.results import SpeedWorkload
 from service.settings import Settings
@@ -20,6 +21,9 @@ __all__ = ["WorkerSettings", "get_worker_settings"]
 
 class WorkerSettings(Settings):
     """A worker's settings: the shared ones plus the worker's own."""
+
+    # One level of nesting, split at the first "_" after a nested field's name (``speed``).
+    model_config = SettingsConfigDict(env_nested_delimiter="_", env_nested_max_split=1)
 
     device: str | None = Field(
         default=None, description="Worker's torch device (cuda, cuda:1, cpu); unset or 'auto' picks CUDA if present."
@@ -49,14 +53,9 @@ class WorkerSettings(Settings):
         default=5, ge=1, description="Times a worker resumes a job after losing the database, before failing it."
     )
 
-    # --- the speed report of every export (search.speed); the defaults are the report's workload ---
-    speed_prefill_batches: list[PositiveInt] = Field(default=[1, 8], min_length=1, description="Prefill batch sizes.")
-    speed_prefill_tokens: int = Field(default=512, ge=1, description="Tokens per sequence of a prefill.")
-    speed_decode_batches: list[PositiveInt] = Field(default=[1, 16], description="Decode batch sizes ([] for none).")
-    speed_prompt_tokens: int = Field(default=32, ge=1, description="Prompt tokens before each decode.")
-    speed_new_tokens: int = Field(default=128, ge=1, description="Tokens each decode generates (greedy).")
-    speed_warmup: int = Field(default=1, ge=0, description="Untimed runs of each model before the timed ones.")
-    speed_repeats: int = Field(default=5, ge=1, description="Timed runs of each model (medians are reported).")
+    # The speed report of every export (search.speed); its defaults are the report's workload. Each
+    # field is read from PRUNESEARCH_SPEED_<FIELD> (PRUNESEARCH_SPEED_REPEATS=3: speed.repeats).
+    speed: SpeedWorkload = Field(default_factory=SpeedWorkload, description="The speed report's workload.")
 
     @model_validator(mode="after")
     def _consistent_timing(self) -> WorkerSettings:
@@ -70,18 +69,6 @@ class WorkerSettings(Settings):
                 f"trial_grace_s ({self.trial_grace_s}) must exceed trial_heartbeat_s ({self.trial_heartbeat_s})"
             )
         return self
-
-    def speed_workload(self) -> SpeedWorkload:
-        """What the speed report of an export runs."""
-        return SpeedWorkload(
-            prefill_batches=self.speed_prefill_batches,
-            prefill_tokens=self.speed_prefill_tokens,
-            decode_batches=self.speed_decode_batches,
-            prompt_tokens=self.speed_prompt_tokens,
-            new_tokens=self.speed_new_tokens,
-            warmup=self.speed_warmup,
-            repeats=self.speed_repeats,
-        )
 
     @property
     def artifact_cache_dir(self) -> Path:

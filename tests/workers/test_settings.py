@@ -32,8 +32,8 @@ def test_worker_fields_come_from_the_shared_environment(tmp_path: Path, monkeypa
         ({"job_heartbeat_s": 10, "job_stale_after_s": 15}, "at least twice job_heartbeat_s"),
         ({"trial_heartbeat_s": 30, "trial_grace_s": 30}, "must exceed trial_heartbeat_s"),
         ({"chunk_trials": -1}, "greater than or equal to 0"),
-        ({"speed_prefill_batches": [1, 0]}, "greater than 0"),
-        ({"speed_prefill_batches": []}, "at least 1 item"),
+        ({"speed": {"prefill_batches": [1, 0]}}, "greater than 0"),
+        ({"speed": {"prefill_batches": []}}, "at least 1 item"),
     ],
 )
 def test_inconsistent_timing_fails_at_start_up(values: dict[str, float], message: str) -> None:
@@ -52,10 +52,10 @@ def test_speed_workload_defaults_are_the_reports_and_the_environment_changes_the
 
     for name in [key for key in os.environ if key.startswith("PRUNESEARCH_SPEED_")]:
         monkeypatch.delenv(name)  # tests/conftest.py sets a tiny workload for the suite
-    assert WorkerSettings().speed_workload() == SpeedWorkload(
+    assert WorkerSettings().speed == SpeedWorkload(
         prefill_batches=[1, 8], prefill_tokens=512, decode_batches=[1, 16], new_tokens=128, repeats=5
     )
     monkeypatch.setenv("PRUNESEARCH_SPEED_DECODE_BATCHES", "[]")
     monkeypatch.setenv("PRUNESEARCH_SPEED_REPEATS", "3")
-    workload = WorkerSettings().speed_workload()
+    workload = WorkerSettings().speed
     assert (workload.decode_batches, workload.repeats) == ([], 3)
