@@ -25,8 +25,7 @@ from search.export import export_model, load_pruned
 from search.export_format import PROVENANCE_FILE
 from search.loading import LoadedModel, adapter_for
 from search.masking import apply_arch
-from search.selection import SparsityScorer, select_units
-from search.units import Importance
+from tests.search.selections import random_selection
 
 _LLAMA = dict(
     hidden_size=64,
@@ -90,17 +89,6 @@ def _loaded(family: str, tokenizer) -> LoadedModel:
     return LoadedModel(adapter_for(model), tokenizer, (f"tiny-{family}", None, "cpu"))
 
 
-def _selection(loaded: LoadedModel, arch: ArchConfig):
-    shape = loaded.adapter.shape
-    g = torch.Generator().manual_seed(1)
-    importance = Importance(
-        tuple(torch.rand(shape.num_kv_heads, generator=g) for _ in range(shape.num_layers)),
-        tuple(torch.rand(shape.intermediate_size, generator=g) for _ in range(shape.num_layers)),
-    )
-    scorer = SparsityScorer("magnitude", None) if arch.sparse else None
-    return select_units(importance, arch, shape.group_size, scorer)
-
-
 def _outputs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     with torch.no_grad():
         output = model(**batch)
@@ -113,7 +101,7 @@ def test_export_equals_masked_evaluation(family: str, arch_name: str, tokenizer,
     loaded = _loaded(family, tokenizer)
     shape = loaded.adapter.shape
     arch = ARCHS[arch_name](shape.num_heads, shape.group_size)
-    selection = _selection(loaded, arch)
+    selection = random_selection(loaded, arch)
     batch = {
         "input_ids": torch.randint(0, 512, (2, 24), generator=torch.Generator().manual_seed(2)),
         "attention_mask": torch.ones(2, 24, dtype=torch.long),
@@ -169,7 +157,7 @@ def test_head_counts_transformers_refuses_are_exported_per_layer(tokenizer, tmp_
     model = AutoModelForCausalLM.from_config(config).eval()
     loaded = LoadedModel(adapter_for(model), tokenizer, ("tiny-heads", None, "cpu"))
     arch = ArchConfig((LayerArch(12, 64), LayerArch(12, 64)))
-    selection = _selection(loaded, arch)
+    selection = random_selection(loaded, arch)
     info = export_model(loaded, selection, tmp_path / "export")
     assert info.kind == "per_layer"
     batch = {"input_ids": torch.randint(0, 512, (1, 8)), "attention_mask": torch.ones(1, 8, dtype=torch.long)}

@@ -10,15 +10,7 @@ from search.calibration import TokenSet
 from search.loading import LoadedModel
 from search.masking import apply_arch
 from search.selection import select_units
-from search.units import Importance
-
-
-def _random_importance(shape, seed: int) -> Importance:
-    g = torch.Generator().manual_seed(seed)
-    return Importance(
-        tuple(torch.rand(shape.num_kv_heads, generator=g) for _ in range(shape.num_layers)),
-        tuple(torch.rand(shape.intermediate_size, generator=g) for _ in range(shape.num_layers)),
-    )
+from tests.search.selections import random_importance
 
 
 def _loss(model: torch.nn.Module, batch: torch.Tensor) -> float:
@@ -30,7 +22,7 @@ def test_unpruned_config_equals_the_dense_model(tiny_loaded: LoadedModel, tiny_t
     adapter = tiny_loaded.adapter
     batch = tiny_tokens.calibration[:4]
     dense = _loss(adapter.model, batch)
-    selection = select_units(_random_importance(adapter.shape, 0), adapter.shape.dense_arch(), adapter.shape.group_size)
+    selection = select_units(random_importance(adapter.shape, 0), adapter.shape.dense_arch(), adapter.shape.group_size)
     with apply_arch(adapter, selection):
         assert _loss(adapter.model, batch) == dense
 
@@ -41,7 +33,7 @@ def test_masks_equal_physical_slicing(tiny_loaded: LoadedModel, tiny_tokens: Tok
     adapter = tiny_loaded.adapter
     shape = adapter.shape
     arch = ArchConfig((LayerArch(2, 96), LayerArch(0, 0), LayerArch(2, 96), LayerArch(0, 0)))
-    selection = select_units(_random_importance(shape, 1), arch, shape.group_size)
+    selection = select_units(random_importance(shape, 1), arch, shape.group_size)
 
     config = LlamaConfig(
         **{
@@ -87,7 +79,7 @@ def test_model_is_restored_after_the_context(tiny_loaded: LoadedModel, tiny_toke
     adapter = tiny_loaded.adapter
     modules_before = list(adapter.model.modules())
     arch = ArchConfig((LayerArch(0, 64), LayerArch(2, 0), LayerArch(0, 0), LayerArch(4, 256)))
-    selection = select_units(_random_importance(adapter.shape, 2), arch, adapter.shape.group_size)
+    selection = select_units(random_importance(adapter.shape, 2), arch, adapter.shape.group_size)
     try:
         with apply_arch(adapter, selection):
             raise RuntimeError("boom")

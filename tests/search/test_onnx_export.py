@@ -19,8 +19,7 @@ from search.export_format import ONNX_LAYOUT_FILE
 from search.loading import LoadedModel, adapter_for
 from search.onnx_export import export_onnx
 from search.onnx_runtime import generate_onnx, read_layout
-from search.selection import select_units
-from search.units import Importance
+from tests.search.selections import random_selection
 
 # initializer_range 0.2: random weights whose greedy continuations vary (0.02 repeats one token).
 CONFIGS = {
@@ -50,13 +49,7 @@ def _export(family: str, tokenizer: object, directory: Path) -> Path:
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(CONFIGS[family]).eval()
     loaded = LoadedModel(adapter_for(model), tokenizer, (f"tiny-{family}", None, "cpu"))
-    shape = loaded.adapter.shape
-    generator = torch.Generator().manual_seed(1)
-    importance = Importance(
-        tuple(torch.rand(shape.num_kv_heads, generator=generator) for _ in range(shape.num_layers)),
-        tuple(torch.rand(shape.intermediate_size, generator=generator) for _ in range(shape.num_layers)),
-    )
-    selection = select_units(importance, ARCHS[family], shape.group_size, None)
+    selection = random_selection(loaded, ARCHS[family])
     assert export_model(loaded, selection, directory).kind == "per_layer"
     return directory
 

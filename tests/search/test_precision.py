@@ -16,8 +16,7 @@ from search.export import export_model, load_pruned
 from search.export_format import PROVENANCE_FILE
 from search.loading import LoadedModel, load_model
 from search.precision import read_source
-from search.selection import Selection, select_units
-from search.units import Importance
+from tests.search.selections import random_selection
 
 REFERENCE = Path(__file__).resolve().parents[2] / "models" / "ref-llama-7m"
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -47,16 +46,6 @@ def _checkpoint(root: Path, tokenizer_dir: Path, dtype: torch.dtype, *, gpt2: bo
     return target
 
 
-def _selection(loaded: LoadedModel, arch: ArchConfig) -> Selection:
-    shape = loaded.adapter.shape
-    g = torch.Generator().manual_seed(1)
-    importance = Importance(
-        tuple(torch.rand(shape.num_kv_heads, generator=g) for _ in range(shape.num_layers)),
-        tuple(torch.rand(shape.intermediate_size, generator=g) for _ in range(shape.num_layers)),
-    )
-    return select_units(importance, arch, shape.group_size, None)
-
-
 def _per_layer(loaded: LoadedModel) -> ArchConfig:
     """Per-layer widths with a dropped attention and a dropped MLP: a per-layer export."""
     shape = loaded.adapter.shape
@@ -76,7 +65,7 @@ def test_export_keeps_the_checkpoint_precision(name: str, tiny_llama_dir: Path, 
     assert loaded.source is not None and loaded.source.dtype == dtype and loaded.source.dtype_from == "weights"
     assert next(loaded.adapter.model.parameters()).dtype == torch.float32  # searched in float32 on a CPU
 
-    selection = _selection(loaded, _per_layer(loaded))
+    selection = random_selection(loaded, _per_layer(loaded))
     info = export_model(loaded, selection, tmp_path / "export")
 
     stored = _weights(info.directory)
@@ -106,7 +95,7 @@ def test_a_bfloat16_search_exports_the_checkpoint_bits(
     """A GPU worker holds float16 / float32 weights in bfloat16, which rounds them: the slices come
     from the checkpoint, so its export equals a float32 search's bit for bit."""
     loaded = load_model(str(_checkpoint(tmp_path, tiny_llama_dir, DTYPES[name], gpt2=gpt2)), device="cpu")
-    selection = _selection(loaded, _per_layer(loaded))
+    selection = random_selection(loaded, _per_layer(loaded))
     exact = _weights(export_model(loaded, selection, tmp_path / "float32-search").directory)
 
     loaded.adapter.model.to(torch.bfloat16)  # what a GPU worker searches in
@@ -130,7 +119,7 @@ def test_reference_model_half_export_is_half_the_size(tmp_path: Path) -> None:
     loaded = load_model(str(REFERENCE), device="cpu")
     shape = loaded.adapter.shape
     half = ArchConfig(tuple(LayerArch(shape.num_heads // 2, shape.intermediate_size // 2) for _ in range(6)))
-    info = export_model(loaded, _selection(loaded, half), tmp_path / "export")
+    info = export_model(loaded, random_selection(loaded, half), tmp_path / "export")
     assert info.dtype == "float16"
     ratio = info.weights_bytes / info.dense_weights_bytes
     assert abs(ratio - info.param_count / shape.dense_params()) < 0.01
@@ -156,7 +145,7 @@ def _gpu_equals_cpu(checkpoint: Path, tmp_path: Path) -> None:
     on_cpu = load_model(str(checkpoint), device="cpu")
     on_gpu = load_model(str(checkpoint), device="cuda")
     assert next(on_gpu.adapter.model.parameters()).dtype == torch.bfloat16
-    selection = _selection(on_cpu, _per_layer(on_cpu))
+    selection = random_selection(on_cpu, _per_layer(on_cpu))
     cpu = _weights(export_model(on_cpu, selection, tmp_path / "cpu").directory)
     gpu_weights = _weights(export_model(on_gpu, selection, tmp_path / "gpu").directory)
     assert cpu.keys() == gpu_weights.keys()

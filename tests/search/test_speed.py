@@ -11,24 +11,13 @@ from search.arch import ArchConfig, LayerArch
 from search.export import ExportInfo, export_model, load_pruned
 from search.loading import LoadedModel, load_model
 from search.results import SpeedReport, SpeedWorkload
-from search.selection import Selection, select_units
 from search.speed import CPU_PEAK, GPU_PEAK, clamp, speed_report
-from search.units import Importance
+from tests.search.selections import random_selection
 
 REFERENCE = Path(__file__).resolve().parents[2] / "models" / "ref-llama-7m"
 SMALL = SpeedWorkload(
     prefill_batches=[1, 2], prefill_tokens=16, decode_batches=[2], prompt_tokens=4, new_tokens=4, warmup=0, repeats=1
 )
-
-
-def _selection(loaded: LoadedModel, arch: ArchConfig) -> Selection:
-    shape = loaded.adapter.shape
-    g = torch.Generator().manual_seed(1)
-    importance = Importance(
-        tuple(torch.rand(shape.num_kv_heads, generator=g) for _ in range(shape.num_layers)),
-        tuple(torch.rand(shape.intermediate_size, generator=g) for _ in range(shape.num_layers)),
-    )
-    return select_units(importance, arch, shape.group_size, None)
 
 
 def _first_attention_dropped(loaded: LoadedModel) -> ArchConfig:
@@ -46,7 +35,9 @@ def reference() -> LoadedModel:
 
 
 def test_export_without_first_attention_decodes_the_same_with_the_cache(reference: LoadedModel, tmp_path: Path) -> None:
-    info = export_model(reference, _selection(reference, _first_attention_dropped(reference)), tmp_path / "export")
+    info = export_model(
+        reference, random_selection(reference, _first_attention_dropped(reference)), tmp_path / "export"
+    )
     assert info.kind == "per_layer"
     model = load_pruned(info.directory).float()
     prompt = reference.tokenizer("The history of the city begins", return_tensors="pt").input_ids
@@ -64,7 +55,9 @@ def test_export_without_first_attention_decodes_the_same_with_the_cache(referenc
 
 
 def test_speed_report_in_the_export_precision(reference: LoadedModel, tmp_path: Path) -> None:
-    info = export_model(reference, _selection(reference, _first_attention_dropped(reference)), tmp_path / "export")
+    info = export_model(
+        reference, random_selection(reference, _first_attention_dropped(reference)), tmp_path / "export"
+    )
     dense = reference.adapter.model
     before = {name: value.clone() for name, value in dense.state_dict().items()}
 
@@ -102,7 +95,7 @@ def test_default_workload_shape(tiny_loaded: LoadedModel, tmp_path: Path) -> Non
     run once here, timed once, on the tiny Llama (float16 matmuls on a CPU would take minutes)."""
     shape = tiny_loaded.adapter.shape
     half = ArchConfig(tuple(LayerArch(shape.num_heads // 2, shape.intermediate_size // 2) for _ in range(4)))
-    info = export_model(tiny_loaded, _selection(tiny_loaded, half), tmp_path / "export")
+    info = export_model(tiny_loaded, random_selection(tiny_loaded, half), tmp_path / "export")
     once = SpeedWorkload().model_copy(update={"warmup": 0, "repeats": 1})
     report = _report(info, tiny_loaded, once)
     assert report.workload == once  # 512 + 128 tokens fit its 1024 positions: nothing clamped
@@ -120,7 +113,7 @@ def test_default_workload_on_the_gpu(tmp_path: Path) -> None:
     loaded = load_model(str(REFERENCE), device="cuda")
     shape = loaded.adapter.shape
     half = ArchConfig(tuple(LayerArch(shape.num_heads // 2, shape.intermediate_size // 2) for _ in range(6)))
-    info = export_model(loaded, _selection(loaded, half), tmp_path / "export")
+    info = export_model(loaded, random_selection(loaded, half), tmp_path / "export")
     report = _report(info, loaded, SpeedWorkload())
     assert report.device.startswith("cuda") and report.dtype == "float16"
     assert report.peak_memory == GPU_PEAK and report.pruned_peak_bytes < report.dense_peak_bytes  # type: ignore[operator]
