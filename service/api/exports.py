@@ -12,7 +12,7 @@ import logging
 import os
 import re
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -159,11 +159,7 @@ def request_trial_export(
     existing = find_export(artifacts_dir, job_id, name)
     if existing is not None:
         return existing, False
-    try:
-        enqueue_export(celery_app, job_id, number)
-    except Exception as error:
-        logger.warning("enqueue of export %s of job %s failed: %s", name, job_id, error)
-        raise Unavailable("the task queue is unreachable; the export was not requested, retry later") from error
+    _enqueue(lambda: enqueue_export(celery_app, job_id, number), "export", name, job_id)
     return Export(name=name, status="pending"), True
 
 
@@ -188,12 +184,17 @@ def request_onnx_export(
     existing = find_export(artifacts_dir, job_id, target)
     if existing is not None:
         return existing, False
-    try:
-        enqueue_onnx_export(celery_app, job_id, name)
-    except Exception as error:
-        logger.warning("enqueue of ONNX conversion %s of job %s failed: %s", name, job_id, error)
-        raise Unavailable("the task queue is unreachable; the conversion was not requested, retry later") from error
+    _enqueue(lambda: enqueue_onnx_export(celery_app, job_id, name), "conversion", target, job_id)
     return Export(name=target, status="pending"), True
+
+
+def _enqueue(send: Callable[[], object], what: str, name: str, job_id: str) -> None:
+    """Send a task, or ``Unavailable`` (nothing requested) if the broker refuses it."""
+    try:
+        send()
+    except Exception as error:
+        logger.warning("enqueue of %s %s of job %s failed: %s", what, name, job_id, error)
+        raise Unavailable(f"the task queue is unreachable; the {what} was not requested, retry later") from error
 
 
 @dataclass(frozen=True)
