@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     import torch
 
     from search.candidates import SearchContext
+    from search.export import ExportInfo
     from search.loading import ModelCache
     from search.recovery import RecoveryOutcome
 
@@ -38,32 +40,37 @@ def write_export(
     target: Path,
     provenance: dict[str, Any],
     *,
-    settings: WorkerSettings,
     weights: dict[str, torch.Tensor] | None = None,
-) -> ExportReport:
-    """Export one architecture to ``target`` atomically (with ``weights``: its recovered weights);
-    returns its figures for the report."""
+) -> ExportInfo:
+    """Export one architecture to ``target`` atomically (with ``weights``: its recovered weights)."""
     from search.arch import ArchConfig
-    from search.export import export_model, load_pruned
-    from search.speed import speed_report
+    from search.export import export_model
 
     partial = target.with_name(target.name + PARTIAL_SUFFIX)
     shutil.rmtree(partial, ignore_errors=True)
     partial.parent.mkdir(parents=True, exist_ok=True)
     selection = context.selection(ArchConfig.from_dict(arch))
     info = export_model(context.loaded, selection, partial, provenance=provenance, weights=weights)
-    # On the worker's device, exported and dense model side by side, in the export's precision.
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    return replace(info, directory=target)
+
+
+def export_report(context: SearchContext, info: ExportInfo, *, settings: WorkerSettings) -> ExportReport:
+    """The report's figures of the exported best model, its speed measured beside the dense model on
+    the worker's device in the export's precision (only for the best: trial exports on request skip it)."""
+    from search.export import load_pruned
+    from search.speed import speed_report
+
     speed = speed_report(
-        load_pruned(partial),
+        load_pruned(info.directory),
         context.loaded,
         settings.speed,
         pruned_size=info.weights_bytes,
         dense_size=info.dense_weights_bytes,
     )
-    shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)
     return ExportReport(
-        name=target.name,
+        name=info.directory.name,
         kind=info.kind,
         param_count=info.param_count,
         nonzero_params=info.nonzero_params,
@@ -86,7 +93,7 @@ def report(
 ) -> JobReport:
     """The job's report: the verification ladder's figures, the exported best model (the recovered
     winner when the job recovered its finalists) and the proxy trust."""
-    export = None
+    info = None
     target = job_artifacts_dir(settings.artifacts_dir, job_id) / BEST
     if recovery is not None and recovery.winner is not None:
         winner = recovery.winner
@@ -94,15 +101,15 @@ def report(
         entry["trial_number"] = winner.trial_number
         entry["verified"] = result.verified[winner.trial_number].to_dict()  # before recovery; after: below
         provenance = _provenance(context, entry) | {"recovery": _recovery_provenance(recovery, winner.trial_number)}
-        export = write_export(context, entry["arch"], target, provenance, settings=settings, weights=winner.state)
+        info = write_export(context, entry["arch"], target, provenance, weights=winner.state)
     elif result.best is not None:
         best = result.best.model_dump()
-        export = write_export(context, best["arch"], target, _provenance(context, best), settings=settings)
+        info = write_export(context, best["arch"], target, _provenance(context, best))
     # Proxy trust (issue 4): rank correlation of every proxy used with the verified metric on a
     # stratified audit sample, biases towards size and depth, and a flag when the job's proxy is poor.
     return JobReport(
         verification=verification_report(result),
-        export=export,
+        export=export_report(context, info, settings=settings) if info is not None else None,
         pareto=result.pareto,
         trust=result.trust,
         recovery=recovery.report if recovery is not None else None,
@@ -143,7 +150,7 @@ def export_trial(
         log.warning("export of job %s trial %s: no such trial", job_id, number)
         return "missing"
     context = runtime.prepare_spec(spec_data, owner, settings=settings, models=models)
-    write_export(context, entry["arch"], target, _provenance(context, entry), settings=settings)
+    write_export(context, entry["arch"], target, _provenance(context, entry))
     return "exported"
 
 
