@@ -32,6 +32,7 @@ class ProxyScore:
     value: float
     extras: dict[str, float] = field(default_factory=dict)  # other views of the same score, for reports
     timings: dict[str, float] = field(default_factory=dict)  # seconds spent per stage, for the breakdown
+    tokens: int | None = None  # calibration tokens that scored it (multi-fidelity proxies); None: all of them
 
 
 @dataclass
@@ -79,6 +80,17 @@ class Proxy(ABC):
     def ready(self) -> bool:
         """Whether it can score; one that cannot sits out of an ensemble."""
         return True
+
+    @property
+    def rungs(self) -> tuple[int, ...]:
+        """A multi-fidelity proxy's token schedule: the calibration sequences each rung scores on,
+        increasing, the last being all of them; ``()`` for a proxy with one fidelity."""
+        return ()
+
+    def score_on(self, selection: Selection, sequences: int) -> ProxyScore:
+        """The score on the first ``sequences`` calibration sequences (one of ``rungs``); a later rung
+        for the same selection extends the earlier one's work instead of repeating it."""
+        raise NotImplementedError(f"the {self.name} proxy has a single fidelity")
 
     @property
     def members(self) -> list[Proxy]:

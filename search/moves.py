@@ -1,0 +1,83 @@
+"""Budget-preserving moves between sub-blocks, and how far apart two architectures are (torch-free).
+
+EvoPress's mutation (Sieberling et al., 2024) lowers one unit's compression level and raises
+another's by the same amount, so an offspring stays on its parent's budget. Here a move takes a
+share of one sub-block's parameters and gives the same number of parameters to another sub-block,
+in the trial parameters' own terms (keep fractions, each with the parameters a whole sub-block
+costs); repair then snaps the result onto the grid. The ``evo`` sampler mutates with it, and the
+trust audit perturbs the search's best with it to look where the search looked.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+
+from search.arch import ArchConfig, ModelShape
+
+# A move shifts at most this share of the blocks' parameters (one head group or a few FFN channels
+# on small models; EvoPress moves one level of a ten-level grid).
+DEFAULT_STEP = 0.02
+
+
+def fraction_costs(shape: ModelShape, names: Mapping[str, object]) -> dict[str, float]:
+    """The parameters a whole sub-block costs, for every per-layer keep fraction among ``names``
+    (``attention.i`` and ``mlp.i``); other parameters (sparsity, compact shape numbers) have none."""
+    attention = float(shape.attention_params(shape.num_heads))
+    mlp = float(shape.mlp_params(shape.intermediate_size))
+    costs: dict[str, float] = {}
+    for name in names:
+        kind, _, index = name.partition(".")
+        if index.isdigit() and kind in ("attention", "mlp"):
+            costs[name] = attention if kind == "attention" else mlp
+    return costs
+
+
+def move_budget(
+    values: Mapping[str, float],
+    costs: Mapping[str, float],
+    rng: random.Random,
+    *,
+    moves: int = 1,
+    step: float = DEFAULT_STEP,
+) -> dict[str, float]:
+    """``values`` after ``moves`` transfers of parameters from one sub-block to another.
+
+    Each transfer picks a donor with something left and a receiver with room, and moves up to
+    ``step`` of the costed parameters' total (less when the donor has less or the receiver less
+    room), so Σ value·cost is unchanged and every value stays in [0, 1]. A donor emptied by a move
+    is a dropped sub-block; a receiver raised from 0 is a revived one."""
+    result = dict(values)
+    names = sorted(costs)
+    total = sum(costs[n] for n in names)
+    if len(names) < 2 or total <= 0:
+        return result
+    for _ in range(moves):
+        donors = [n for n in names if result[n] > 0]
+        receivers = [n for n in names if result[n] < 1]
+        if not donors or not receivers:
+            break
+        donor = rng.choice(donors)
+        receiver = rng.choice([n for n in receivers if n != donor] or receivers)
+        if receiver == donor:
+            break
+        amount = min(
+            step * total * rng.uniform(0.5, 1.0),
+            result[donor] * costs[donor],
+            (1 - result[receiver]) * costs[receiver],
+        )
+        result[donor] = max(0.0, result[donor] - amount / costs[donor])
+        result[receiver] = min(1.0, result[receiver] + amount / costs[receiver])
+    return result
+
+
+def arch_distance(shape: ModelShape, a: ArchConfig, b: ArchConfig) -> float:
+    """The share of the blocks' parameters that differs between two candidates: half the sum over
+    sub-blocks of |kept parameters of a − of b|, over the dense blocks' parameters (0: the same
+    widths everywhere; a move of ``step`` changes it by about ``step``)."""
+    moved = 0
+    for x, y in zip(a.layers, b.layers, strict=True):
+        moved += abs(shape.attention_params(x.heads, x.sparsity) - shape.attention_params(y.heads, y.sparsity))
+        moved += abs(shape.mlp_params(x.ffn_channels, x.sparsity) - shape.mlp_params(y.ffn_channels, y.sparsity))
+    blocks = shape.dense_params() - shape.fixed
+    return moved / 2 / blocks if blocks else 0.0
