@@ -6,12 +6,16 @@ sentence encoder all-MiniLM-L6-v2) and each budget (share of the transformer blo
 are 52% of the model), every method produces one architecture at the same parameter count:
 
 - ``search:<proxy>``: the service's own search (``search.candidates.prepare`` + ``run_search``, the code
-  path of ``prunesearch search``), one per proxy (tracenas, prunenet, ensemble, metanet), the same
-  trial budget, verification of the top candidates and the seeds, the verified best returned. The
+  path of ``prunesearch search``), one per proxy (tracenas, kl, prunenet, ensemble, metanet) with TPE, and
+  tracenas and kl again with the EvoPress-style ``evo`` sampler: the same trial budget, verification of
+  the top candidates and the seeds, the verified best returned. The
   meta-network jobs run last and train on the audits of the earlier jobs of the same model family
   (one store per run), as a service that has been used would;
-- ``random``: the same search with Optuna's RandomSampler (TraceNAS scores, same budget, same
-  verification);
+- ``random``: the default search with Optuna's RandomSampler (the default proxy's scores, same
+  budget, same verification);
+- ``oracle``: the same space searched with a large evaluation budget (``--oracle-trials``, 2,000 by
+  default), the ``evo`` sampler, every candidate scored by KL on all calibration tokens (no token
+  schedule): how good an architecture this space holds, to measure the default search against;
 - ``uniform``: uniform width (Wanda |W|·‖X‖ selection), the search's ``seed:uniform``;
 - ``block_influence``: ShortGPT's Block-Influence depth removal (``seed:block_influence``);
 - ``flap``: FLAP-style global width allocation: FLAP fluctuation scores (``selection.flap``),
@@ -94,39 +98,51 @@ HELDOUT = REFERENCE / "heldout"
 CORPUS = REFERENCE / "build" / "corpus"
 DOMAINS = ("docs", "stdlib")
 MODELS = ("ref-llama-7m", "ref-llama-13m", "minilm")
-SEARCH_PROXIES = ("tracenas", "prunenet", "ensemble", "metanet")
+SEARCH_PROXIES = ("tracenas", "kl", "prunenet", "ensemble", "metanet")
+EVO_PROXIES = ("tracenas", "kl")  # also searched with the evo sampler: the proxy × sampler grid
+# What a job gets when its spec names neither: the random search, the standard format and in-job
+# recovery rows use the same proxy, so they differ from the default search in one thing only.
+DEFAULT_PROXY: str = JobSpec.model_fields["proxy"].default
+DEFAULT_SAMPLER: str = JobSpec.model_fields["sampler"].default
 METHODS = (
     *(f"search:{p}" for p in SEARCH_PROXIES),
+    *(f"search:{p}+evo" for p in EVO_PROXIES),
     "search:standard",
     "search:recovery",
     "random",
+    "oracle",
     "uniform",
     "block_influence",
     "flap",
     "owl",
 )
+DEFAULT_METHOD = f"search:{DEFAULT_PROXY}" + ("" if DEFAULT_SAMPLER == "tpe" else f"+{DEFAULT_SAMPLER}")
 LABELS = {
-    "search:tracenas": "search, tracenas",
-    "search:prunenet": "search, prunenet",
-    "search:ensemble": "search, ensemble",
-    "search:metanet": "search, metanet",
-    "search:standard": "search, standard format (tracenas)",
-    "search:recovery": "search + in-job recovery (tracenas)",
-    "random": "random search (tracenas)",
+    **{f"search:{p}": f"search, {p}" for p in SEARCH_PROXIES},
+    **{f"search:{p}+evo": f"search, {p}, evo sampler" for p in EVO_PROXIES},
+    "search:standard": f"search, standard format ({DEFAULT_PROXY})",
+    "search:recovery": f"search + in-job recovery ({DEFAULT_PROXY})",
+    "random": f"random search ({DEFAULT_PROXY})",
+    "oracle": "oracle (full-calibration KL, evo, large budget)",
     "uniform": "uniform width (Wanda)",
     "block_influence": "ShortGPT BI depth",
     "flap": "FLAP global width",
     "owl": "OWL sparsity (Wanda)",
     "dense": "dense",
 }
+LABELS[DEFAULT_METHOD] += " (the default)"
+# The oracle: the same space searched with a large evaluation budget, every candidate scored by KL on
+# all calibration tokens (no token schedule), EvoPress's way.
+ORACLE: dict[str, Any] = {"proxy": "kl", "sampler": "evo", "token_schedule": None}
 BASELINES = ("uniform", "block_influence", "flap", "owl")
 # Methods whose exported model is timed beside the dense one (the other proxies' searches give
 # architectures of the same kind; timing them too would double the benchmark's GPU time).
-TIMED = ("search:tracenas", "search:standard", "search:recovery", *BASELINES)
+TIMED = (DEFAULT_METHOD, "search:standard", "search:recovery", *BASELINES)
 QUICK = dict(
     models="ref-llama-7m",
     ratios="0.5",
     trials=6,
+    oracle_trials=12,
     verify_top_k=2,
     audit=6,
     calibration=2,
@@ -288,6 +304,9 @@ def run_method_search(
         "seconds": seconds,
         "prepare_seconds": context.prepare_seconds,
         "trials": len(trials),
+        "proxy": spec.proxy_label,
+        "sampler": spec.sampler,
+        "tokens_per_trial": _mean([t.tokens for t in trials if t.tokens is not None]),
         "best_origin": best.origin,
         "best_trial": best.trial_number,
         "verified": {k: v for k, v in (best.verified or {}).items() if k != "primary"},
@@ -319,11 +338,14 @@ def model_methods(
     searches: list[tuple[str, dict[str, Any]]] = [
         (f"search:{p}", {"proxy": p}) for p in SEARCH_PROXIES if p != "metanet"
     ]
-    searches.append(("random", {"proxy": "tracenas", "sampler": "random"}))
+    searches += [(f"search:{p}+evo", {"proxy": p, "sampler": "evo"}) for p in EVO_PROXIES]
+    default = {"proxy": DEFAULT_PROXY, "sampler": DEFAULT_SAMPLER}
+    searches.append(("random", default | {"sampler": "random"}))
     # Only what plain from_pretrained loads: per-layer freedom traded for any runtime of the family.
     standard = {"export_format": "standard", "depth": "layer"}
-    searches.append(("search:standard", {"proxy": "tracenas", "search_space": standard}))
-    searches.append(("search:recovery", {"proxy": "tracenas", "recovery": in_job_recovery(args, encoder=encoder)}))
+    searches.append(("search:standard", default | {"search_space": standard}))
+    searches.append(("search:recovery", default | {"recovery": in_job_recovery(args, encoder=encoder)}))
+    searches.append(("oracle", ORACLE | {"n_trials": args.oracle_trials, "audit_size": 0}))
     if "metanet" in SEARCH_PROXIES:
         searches.append(("search:metanet", {"proxy": "metanet"}))
     for method, overrides in searches:
@@ -731,7 +753,129 @@ def findings(results: list[dict[str, Any]]) -> list[str]:
                     + ", ".join(f"{LABELS[m]} was its {o}" for m, o in origins.items())
                     + " (a baseline seed won the search's own verification)."
                 )
+    for result in results:
+        lines += oracle_findings(result)
     return lines
+
+
+def _figures(result: dict[str, Any]) -> tuple[str, str]:
+    """The two held-out figures the oracle comparison uses: KL and perplexity, or for an encoder the
+    similarity gap and cosine distance."""
+    return ("similarity_gap", "cosine_distance") if result["encoder"] else ("kl", "ppl")
+
+
+def oracle_findings(result: dict[str, Any]) -> list[str]:
+    """The default search against the oracle (within 5% on held-out figures, both domains) and
+    against random search with the same budget (at least 10% better where the oracle is)."""
+    lines = []
+    for budget in result["budgets"]:
+        rows = budget["methods"]
+        if not {"oracle", DEFAULT_METHOD} <= set(rows):
+            continue
+        oracle, default = rows["oracle"], rows[DEFAULT_METHOD]
+        gaps = {
+            f"{figure} {domain}": default["heldout"][domain][figure] / oracle["heldout"][domain][figure] - 1
+            for figure in _figures(result)
+            for domain in DOMAINS
+        }
+        worst = max(gaps, key=gaps.__getitem__)
+        lines.append(
+            f"- `{result['model']}` at {budget['ratio']:.0%}: {LABELS[DEFAULT_METHOD]}, {default['trials']} trials "
+            f"in {default['seconds']:.0f} s, against the oracle, {oracle['trials']} evaluations in "
+            f"{oracle['seconds']:.0f} s: "
+            + ", ".join(f"{k} {v:+.1%}" for k, v in gaps.items())
+            + (" — **within 5% of the oracle**." if gaps[worst] <= 0.05 else f" — **NOT within 5%** (worst: {worst}).")
+        )
+        if "random" in rows:
+            figure = _figures(result)[0]
+            random_value = rows["random"]["heldout"]["docs"][figure]
+            better = {m: 1 - rows[m]["heldout"]["docs"][figure] / random_value for m in ("oracle", DEFAULT_METHOD)}
+            verdict = ("at least 10% better" if better[DEFAULT_METHOD] >= 0.10 else "**less than 10% better**") + (
+                " (the oracle itself is not 10% better here)" if better["oracle"] < 0.10 else ""
+            )
+            lines.append(
+                f"- `{result['model']}` at {budget['ratio']:.0%}: against random search with the same budget "
+                f"({figure} docs {random_value:.4g}), the default search is {better[DEFAULT_METHOD]:+.1%} better, "
+                f"the oracle {better['oracle']:+.1%}: the default is {verdict}."
+            )
+    return lines
+
+
+def grid_methods(rows: dict[str, Any]) -> list[str]:
+    """The searches that differ only in proxy and sampler (the defaults are chosen among these)."""
+    return [
+        m for m in METHODS if m in rows and m.startswith("search:") and m not in ("search:standard", "search:recovery")
+    ]
+
+
+def default_choice(results: list[dict[str, Any]]) -> list[str]:
+    """Which proxy and sampler give the best verified result per GPU-second: the lowest mean gap of
+    the search's own verified figure (validation text, what a job sees; never the held-out texts) to
+    the best search of the same model and budget, and among those within a percentage point of it,
+    the fewest seconds."""
+    gaps: dict[str, list[float]] = {}
+    seconds: dict[str, list[float]] = {}
+    for result in results:
+        if result["encoder"]:
+            continue
+        for budget in result["budgets"]:
+            rows = budget["methods"]
+            verified = {m: rows[m]["verified"].get("kl") for m in grid_methods(rows)}
+            verified = {m: v for m, v in verified.items() if v is not None}
+            if not verified:
+                continue
+            best = min(verified.values())
+            for method, value in verified.items():
+                gaps.setdefault(method, []).append(value / best - 1)
+                seconds.setdefault(method, []).append(rows[method]["seconds"])
+    if not gaps:
+        return []
+    mean_gap = {m: sum(v) / len(v) for m, v in gaps.items()}
+    mean_s = {m: sum(v) / len(v) for m, v in seconds.items()}
+    lowest = min(mean_gap.values())
+    chosen = min((m for m in mean_gap if mean_gap[m] <= lowest + 0.01), key=mean_s.__getitem__)
+    lines = [
+        "| search | mean gap of verified KL to the best search | mean wall s |",
+        "|---|---:|---:|",
+        *(
+            f"| {LABELS[m]} | {mean_gap[m]:+.1%} | {mean_s[m]:.1f} |"
+            for m in sorted(mean_gap, key=mean_gap.__getitem__)
+        ),
+        "",
+        f"Best verified result per GPU-second over the decoders and budgets above: **{LABELS[chosen]}**; "
+        + (
+            "it is the job's default."
+            if chosen == DEFAULT_METHOD
+            else f"the job's default is {LABELS[DEFAULT_METHOD]} "
+            f"(mean gap {mean_gap.get(DEFAULT_METHOD, math.nan):+.1%})."
+        ),
+    ]
+    return lines
+
+
+def grid_lines(result: dict[str, Any], budget: dict[str, Any]) -> list[str]:
+    """The proxy × sampler searches, random search and the oracle: cost and what each found."""
+    rows = budget["methods"]
+    methods = [m for m in (*grid_methods(rows), "random", "oracle") if m in rows]
+    if not methods:
+        return []
+    first, second = _figures(result)
+    oracle = rows.get("oracle", {}).get("heldout", {}).get("docs", {}).get(first)
+    lines = [
+        f"| search | trials | tokens / trial | wall s | verified {first} (validation) | {first} docs | {first} stdlib "
+        f"| {second} docs | {second} stdlib | {first} docs vs oracle |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for method in methods:
+        r, h = rows[method], rows[method]["heldout"]
+        verified = r.get("verified", {}).get(first)
+        versus = f"{h['docs'][first] / oracle - 1:+.1%}" if oracle else "—"
+        lines.append(
+            f"| {LABELS[method]} | {r['trials']} | {_fmt(r.get('tokens_per_trial'), 5)} | {r['seconds']:.1f} | "
+            f"{_fmt(verified)} | {_fmt(h['docs'][first])} | {_fmt(h['stdlib'][first])} | {_fmt(h['docs'][second])} | "
+            f"{_fmt(h['stdlib'][second])} | {versus} |"
+        )
+    return [*lines, ""]
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -822,6 +966,10 @@ def speed_lines(budget: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _mean(values: list[float] | list[int]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
 def _median(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[len(ordered) // 2]
@@ -839,8 +987,9 @@ def render(saved: dict[str, Any], plot_name: str | None) -> str:
         f"Hardware: {meta['hardware']}; torch {meta['torch']}; transformers {meta['transformers']}; "
         f"Python {meta['python']}; total wall time {meta['seconds']:.0f} s.",
         "",
-        f"Settings: {settings['trials']} trials per search (TPE, `{settings['parameterization']}` parameterisation, "
-        f"sub-layer depth and width, FFN alignment 32), top {settings['verify_top_k']} + seeds verified, "
+        f"Settings: {settings['trials']} trials per search (TPE unless the row names a sampler; the oracle "
+        f"{settings.get('oracle_trials', '—')}), `{settings['parameterization']}` parameterisation, "
+        f"sub-layer depth and width, FFN alignment 32, top {settings['verify_top_k']} + seeds verified, "
         f"audit {settings['audit']}; calibration {settings['calibration']} × {settings['seq_len']} tokens and "
         f"verification {settings['heldout']} × {settings['seq_len']} tokens, both from the validation split; "
         f"recovery fine-tune {settings['finetune_steps']} steps × {settings['finetune_batch']} × "
@@ -870,7 +1019,11 @@ def render(saved: dict[str, Any], plot_name: str | None) -> str:
         ]
     if plot_name:
         lines += [f"![quality against parameter ratio]({plot_name})", ""]
-    lines += ["## Reading", "", *findings(results), "", meta.get("notes", ""), ""]
+    lines += ["## Reading", "", *findings(results), ""]
+    choice = default_choice(results)
+    if choice:
+        lines += ["## The defaults, from these figures", "", *choice, ""]
+    lines += [meta.get("notes", ""), ""]
     for result in results:
         dense = result["dense"]
         lines += [
@@ -895,6 +1048,9 @@ def render(saved: dict[str, Any], plot_name: str | None) -> str:
         ]
         for budget in result["budgets"]:
             lines += [f"### {budget['ratio']:.0%} of the blocks' parameters", "", *table(result, budget), ""]
+            grid = grid_lines(result, budget)
+            if grid:
+                lines += ["Proxies, samplers, random search and the oracle, side by side:", "", *grid]
             lines += speed_lines(budget)
             searches = {m: r for m, r in budget["methods"].items() if "best_origin" in r}
             if searches:
@@ -1004,7 +1160,10 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS), help="ref-llama-7m, ref-llama-13m, minilm, or paths")
     parser.add_argument("--ratios", default="0.7,0.5", help="shares of the blocks' parameters kept")
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--trials", type=int, default=40, help="trials per search (every proxy and random)")
+    parser.add_argument("--trials", type=int, default=100, help="trials per search (every proxy and random)")
+    parser.add_argument(
+        "--oracle-trials", type=int, default=2000, help="the oracle's evaluations (full-calibration KL)"
+    )
     parser.add_argument("--verify-top-k", type=int, default=4)
     parser.add_argument("--audit", type=int, default=24, help="audited candidates per search (trust, meta-network)")
     parser.add_argument("--parameterization", default="per_layer", choices=["per_layer", "compact"])
