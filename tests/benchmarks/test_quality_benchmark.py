@@ -27,6 +27,10 @@ CORPUS = ROOT / "benchmarks" / "reference_models" / "build" / "corpus"
 DOCS_ROOT = Path("/usr/share/doc/python3.11/html/_sources")
 METHODS = {
     "search:tracenas",
+    "search:kl",
+    "search:tracenas+evo",
+    "search:kl+evo",
+    "oracle",
     "search:prunenet",
     "search:ensemble",
     "search:metanet",
@@ -58,7 +62,8 @@ def test_every_method_is_measured_at_the_same_budget(tmp_path: Path) -> None:
         sys.executable,
         str(ROOT / "benchmarks" / "quality.py"),
         "--quick",
-        *("--trials", "3", "--audit", "4", "--verify-top-k", "1", "--calibration", "2", "--seq-len", "32"),
+        *("--trials", "3", "--oracle-trials", "6", "--audit", "4", "--verify-top-k", "1"),
+        *("--calibration", "2", "--seq-len", "32"),
         *("--heldout", "4", "--eval-windows", "4", "--finetune-steps", "2", "--finetune-batch", "2"),
         *("--finetune-seq", "32", "--write", str(out)),
         *_texts(tmp_path),
@@ -97,6 +102,9 @@ def test_every_method_is_measured_at_the_same_budget(tmp_path: Path) -> None:
         assert row["seconds"] > 0 and row["finetune_seconds"] > 0
         if method.startswith("search:") or method == "random":
             assert row["trials"] == 3 and row["verified"]["kl"] > 0
+    assert rows["oracle"]["trials"] == 6 and rows["oracle"]["proxy"] == "kl" and rows["oracle"]["sampler"] == "evo"
+    # The oracle scores every candidate on all calibration tokens; the default search's schedule on fewer.
+    assert rows["oracle"]["tokens_per_trial"] == 2 * 32
     # Only OWL's unstructured sparsity keeps zeros in dense tensors; the rest are physically smaller.
     assert rows["owl"]["param_count"] < rows["owl"]["stored_params"] <= figures["params"]
     assert all(rows[m]["stored_params"] == rows[m]["param_count"] for m in METHODS - {"owl"})
@@ -106,7 +114,10 @@ def test_every_method_is_measured_at_the_same_budget(tmp_path: Path) -> None:
     winner = next(f for f in recovery["finalists"] if f["trial_number"] == recovery["winner"])
     assert recovery["steps"] == 2 and winner["steps"] == 2 and winner["after"]["kl"] > 0
     # Each timed method's export beside the dense model: the structured ones are smaller on disk.
-    for method in ("search:tracenas", "search:standard", "search:recovery", "uniform", "block_influence", "owl"):
+    default = _default_method()
+    timed = {default, "search:standard", "search:recovery", "uniform", "block_influence", "owl"}
+    assert {m for m, r in rows.items() if "speed" in r} == timed
+    for method in timed:
         speed = rows[method]["speed"]
         assert speed["decode"] and all(d["pruned_tokens_per_s"] > 0 for d in speed["decode"]), method
         smaller = speed["pruned_size_bytes"] < 0.8 * speed["dense_size_bytes"]
@@ -114,13 +125,23 @@ def test_every_method_is_measured_at_the_same_budget(tmp_path: Path) -> None:
 
     text = out.read_text()
     assert "decode batch 1, tokens/s" in text
-    assert "## Reading" in text and "| search, tracenas |" in text and "| OWL sparsity (Wanda) |" in text
+    assert "## Reading" in text and "| search, prunenet |" in text and "| OWL sparsity (Wanda) |" in text
+    assert "(the default) |" in text and "against the oracle" in text and "against random search" in text
+    assert "## The defaults, from these figures" in text
     assert out.with_suffix(".png").stat().st_size > 10_000
     # --render reproduces the document from the JSON alone.
     rerendered = tmp_path / "again.md"
     command = [sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--render", str(out.with_suffix(".json"))]
     subprocess.run([*command, "--write", str(rerendered)], check=True, capture_output=True, timeout=300, cwd=ROOT)
     assert rerendered.read_text() == text.replace("benchmarks.png", "again.png")
+
+
+def _default_method() -> str:
+    """The quality benchmark's row of the job's default proxy and sampler."""
+    from search.spec import JobSpec
+
+    proxy, sampler = JobSpec.model_fields["proxy"].default, JobSpec.model_fields["sampler"].default
+    return f"search:{proxy}" + ("" if sampler == "tpe" else f"+{sampler}")
 
 
 def _reference_ppl(domain: str) -> float:
