@@ -239,7 +239,7 @@ class JobSpec(_Strict):
     n_trials: Annotated[int, Field(ge=1, le=MAX_TRIALS_HARD_LIMIT)] = 100
     proxy: str | list[str] = Field(
         default="tracenas",
-        description="A proxy name (tracenas, prunenet, metanet, ensemble), or a list of them whose ranks are "
+        description="A proxy name (tracenas, prunenet, metanet, kl, ensemble), or a list of them whose ranks are "
         "aggregated, cheap ones prefiltering expensive ones.",
     )
     sampler: SamplerName = "tpe"
