@@ -86,7 +86,9 @@ class Proxy(ABC):
         """A multi-fidelity proxy's default token schedule: the calibration sequences each rung scores on,
         increasing, the first being the fewest a score needs and the last all of them; ``()`` for a
         proxy with one fidelity. ``score_on`` accepts any count in between, so a job's schedule
-        (``search.fidelity``) may choose its own rungs within these bounds."""
+        (``search.fidelity``) may choose its own rungs within these bounds. A multi-fidelity proxy
+        scores minus a loss that is 0 for the dense model (−KL), so that a lower rung's score can be
+        put on the full scale by a ratio."""
         return ()
 
     def score_on(self, selection: Selection, sequences: int) -> ProxyScore:

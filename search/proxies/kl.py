@@ -1,9 +1,12 @@
 """KL: how far a candidate's outputs are from the dense model's on the calibration tokens, forward only.
 
 Decoders: the score is −KL(dense ‖ candidate) per real token (higher is better; 0 for the dense
-model). Encoders: the score is the agreement (Spearman) of the candidate's pairwise cosine
-similarities with the dense model's on the calibration sequences, as verification measures it on
-held-out ones; its fidelity, the similarity gap, is 1 − that (``search.verify``).
+model). Encoders: the fidelity is the similarity gap, 1 − the agreement (Spearman) of the
+candidate's pairwise cosine similarities with the dense model's on the calibration sequences, as
+verification measures it on held-out ones (``search.verify``); the score is minus that gap
+(agreement − 1, the same ranking as the agreement). Either way the score is minus a loss that is 0
+for the dense model, which is what lets ``search.fidelity`` put a lower rung's score on the full
+scale by a ratio.
 
 The dense model's side is computed once per (model, calibration digest, form, batches, dtype) and kept
 in the model's artifacts, on disk with an artifact store (``search.proxies.reference``): full
@@ -158,7 +161,8 @@ class KL(Proxy):
         agreement = similarity_agreement(torch.cat(sums.embeddings), dense)
         if not torch.isfinite(torch.tensor(agreement)):
             raise ProxyError("the similarity agreement is not finite (constant embeddings?)")
-        return ProxyScore(agreement, {"similarity_gap": 1.0 - agreement}, timings, tokens=sums.tokens)
+        extras = {"similarity_agreement": agreement, "similarity_gap": 1.0 - agreement}
+        return ProxyScore(agreement - 1.0, extras, timings, tokens=sums.tokens)
 
 
 @dataclass(frozen=True)

@@ -165,14 +165,15 @@ def test_encoders_score_the_agreement_of_pairwise_similarities() -> None:
     assert proxy.form == "embeddings" and proxy.rungs == (8, 16)  # pairs need sentences: 8 at least
     shape = loaded.adapter.shape
     dense = proxy.score(random_selection(loaded, shape.dense_arch()))
-    assert dense.value == pytest.approx(1.0) and dense.extras["similarity_gap"] == pytest.approx(0.0, abs=1e-6)
+    assert dense.value == pytest.approx(0.0, abs=1e-6) and dense.extras["similarity_agreement"] == pytest.approx(1.0)
     assert dense.tokens == int(tokens.calibration_mask.sum())
     half = ArchConfig(
         tuple(LayerArch(shape.num_heads, 0) if i % 2 else layer for i, layer in enumerate(shape.dense_arch().layers))
     )
     pruned = random_selection(loaded, half)
     assert proxy.score_on(pruned, 8).tokens == int(tokens.calibration_mask[:8].sum())
-    assert proxy.score(pruned).value < dense.value
+    score = proxy.score(pruned)
+    assert score.value < dense.value and score.extras["similarity_gap"] == pytest.approx(-score.value)
 
 
 def test_a_search_with_the_kl_proxy(tiny_loaded: LoadedModel, tiny_llama_dir: Path) -> None:
