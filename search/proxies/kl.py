@@ -91,6 +91,8 @@ class KL(Proxy):
     def create(cls, build: ProxyBuild) -> KL:
         option = build.options.get(TOP_K_OPTION)
         top_k = None if option is None else int(option)
+        if top_k is not None and top_k < 0:
+            raise ProxyError(f"{TOP_K_OPTION} must be 0 (the exact KL) or a positive number of tokens, not {top_k}")
         key = ("kl", build.tokens.digest, build.batch_size, top_k)
         return build.reuse(
             key,

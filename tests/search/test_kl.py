@@ -15,6 +15,7 @@ from search.artifacts import ArtifactStore, ModelArtifacts
 from search.calibration import TokenSet, tokenize_paragraphs
 from search.calibration_texts import default_texts
 from search.candidates import prepare
+from search.errors import ProxyError
 from search.loading import LoadedModel, load_model
 from search.masking import apply_arch
 from search.proxies import create_proxy
@@ -97,6 +98,8 @@ def test_top_k_is_exact_when_it_covers_the_vocabulary_and_a_lower_bound_below(
         # scores are −KL: the coarse KL is at most the exact one
         assert all(proxy.score(selections[name]).value >= full - 1e-7 for proxy in coarse)
     assert coarse[1].reference_bytes < exact.reference_bytes / 10
+    with pytest.raises(ProxyError, match="kl_top_k must be 0"):
+        _kl(tiny_loaded, tiny_tokens, kl_top_k=-1)
 
 
 def test_top_k_agreement_reports_rank_agreement_with_the_exact_kl(
