@@ -41,6 +41,12 @@ _FLAG_NAMES: dict[FieldPath, str] = {
         ("recovery", name): "--recovery-" + name.replace("_", "-")
         for name in ("method", "steps", "finalists", "lora_rank", "source", "learning_rate", "batch_size")
     },
+    # The token schedule's: --token-schedule/--no-token-schedule and --schedule-*.
+    ("token_schedule", "enabled"): "--token-schedule",
+    **{
+        ("token_schedule", name): "--schedule-" + name.replace("_", "-")
+        for name in ("first_sequences", "growth", "promote", "full_trials")
+    },
 }
 # Strings whose names a validator checks against search.names (no Literal type to read them from).
 _NAMES: dict[FieldPath, tuple[str, ...]] = {

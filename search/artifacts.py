@@ -8,6 +8,8 @@ this module stays below all of them):
 - ``search.criteria.prunenet.POLICY``: the PruneNet policy per seed; disk;
 - ``search.proxies.prunenet.TABLES``: PruneNet's spectral tables per policy seed; disk;
 - ``search.proxies.tracenas.DENSE_SKETCH``: TraceNAS's dense gradient sketch; disk only;
+- ``search.proxies.reference.DENSE_REFERENCE``: the KL proxy's dense log-probabilities (full or
+  top-k) or embeddings per (digest, form, batch size, dtype); disk only;
 - ``search.proxies.metanet.FEATURES_OF_MODEL``: the meta-network's node features per (digest, seed);
 - ``search.proxies.base.PROXY``: proxies per configuration (shared by ensembles and later jobs);
 - ``search.space.LAYER_SIGNALS``: the layer signals seeds and the compact space rank by, per digest.

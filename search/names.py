@@ -18,6 +18,7 @@ PROXIES: dict[str, str] = {
     "tracenas": "search.proxies.tracenas:TraceNAS",
     "prunenet": "search.proxies.prunenet:PruneNet",
     "metanet": "search.proxies.metanet:MetaNet",
+    "kl": "search.proxies.kl:KL",
 }
 ENSEMBLE = "ensemble"  # alone: the DEFAULT_ENSEMBLE
 DEFAULT_ENSEMBLE: tuple[str, ...] = ("prunenet", "tracenas")

@@ -56,6 +56,11 @@ class TrialInfo(_Frozen):
     timings: dict[str, float]
     duration_s: float | None
     error: str | None
+    tokens: int | None = Field(
+        default=None,
+        description="Calibration tokens that scored the trial (multi-fidelity proxies under the token schedule); "
+        "null: all of them, or a proxy that counts none.",
+    )
 
 
 class Verification(_Frozen):
@@ -331,6 +336,7 @@ def describe_trial(trial: FrozenTrial) -> TrialInfo:
         timings=dict(attrs.get("timings", {})),
         duration_s=duration,
         error=_failure(trial) if state == "failed" else None,
+        tokens=attrs.get("tokens"),
     )
 
 

@@ -230,6 +230,48 @@ class Recovery(_Strict):
         return LORA_LEARNING_RATE if self.lora_rank is not None else FULL_LEARNING_RATE
 
 
+class TokenSchedule(_Strict):
+    """Multi-fidelity scoring inside the search, for proxies that have it (``kl``; ``search.fidelity``).
+
+    Every trial is scored on the first calibration sequences; a trial whose score is in the top
+    ``promote`` share of the study's trials scored on that rung goes on to ``growth`` times as many,
+    up to all of them. Seeds and the study's first ``full_trials`` trials are scored on all of them.
+    Single-objective jobs only (a Pareto search scores every trial in full).
+    """
+
+    enabled: bool = Field(
+        default=True, description="Score trials on a few calibration sequences first; off: every trial on all."
+    )
+    first_sequences: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            le=4096,
+            description="Calibration sequences of the first rung (default: a quarter of them; never fewer than "
+            "the proxy needs, 8 for encoders).",
+        ),
+    ] = None
+    growth: Annotated[int, Field(ge=2, le=64, description="Sequences multiply by this from one rung to the next.")] = 2
+    promote: Annotated[
+        float,
+        Field(
+            gt=0.0,
+            le=1.0,
+            allow_inf_nan=False,
+            description="Share of the study's trials scored on a rung that go on to the next one (the best ones).",
+        ),
+    ] = 0.5
+    full_trials: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=MAX_TRIALS_HARD_LIMIT,
+            description="The study's first trials (seeds included) scored on every rung: what lower rungs are "
+            "compared with and scaled by.",
+        ),
+    ] = 8
+
+
 class JobSpec(_Strict):
     """A compression job. Every field except ``model`` and ``target`` has a default."""
 
@@ -239,7 +281,7 @@ class JobSpec(_Strict):
     n_trials: Annotated[int, Field(ge=1, le=MAX_TRIALS_HARD_LIMIT)] = 100
     proxy: str | list[str] = Field(
         default="tracenas",
-        description="A proxy name (tracenas, prunenet, metanet, ensemble), or a list of them whose ranks are "
+        description="A proxy name (tracenas, prunenet, metanet, kl, ensemble), or a list of them whose ranks are "
         "aggregated, cheap ones prefiltering expensive ones.",
     )
     sampler: SamplerName = "tpe"
@@ -260,6 +302,11 @@ class JobSpec(_Strict):
         default_factory=lambda: ["score"],
         description="['score'] keeps the budget as a constraint; ['score', 'params'] searches the Pareto front "
         "between min_param_ratio and param_ratio.",
+    )
+    token_schedule: TokenSchedule = Field(
+        default_factory=TokenSchedule,
+        description="Multi-fidelity proxies (kl): a few calibration sequences for every trial, more for the "
+        "promising ones.",
     )
     recovery: Recovery | None = Field(
         default=None,

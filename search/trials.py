@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.candidates import SearchContext
 from search.errors import ProxyError
+from search.fidelity import TokenLadder
 from search.proxies import Proxy, ProxyScore, create_proxy
 from search.repair import DEFAULT_TOLERANCE
 from search.samplers import create_sampler
@@ -141,6 +142,7 @@ class _Objective:
 
     def __init__(self, context: SearchContext, proxy: Proxy) -> None:
         self.context, self.proxy = context, proxy
+        self.ladder = TokenLadder(proxy, context.spec)  # the token schedule of a multi-fidelity proxy
         self.multi = context.spec.multi_objective
         self.dense_params = context.shape.dense_params()
         self.low, self.high = context.ratio_range()
@@ -176,7 +178,7 @@ class _Objective:
 
     def _score(self, trial: optuna.Trial, selection: Selection) -> ProxyScore:
         try:
-            return self.proxy.score(selection)
+            return self.ladder.score(trial, selection)
         except ProxyError as error:
             trial.set_user_attr("error", str(error))  # Optuna 5 keeps no failure reason of its own
             raise

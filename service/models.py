@@ -146,5 +146,7 @@ class TrialResult(Base):
     duration_s: Mapped[float | None] = mapped_column(Float)
     timings: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
+    # Calibration tokens that scored the trial (the token schedule of a multi-fidelity proxy); null: all.
+    tokens: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

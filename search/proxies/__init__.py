@@ -17,6 +17,7 @@ from search.calibration import TokenSet
 from search.names import DEFAULT_ENSEMBLE, ENSEMBLE
 from search.proxies.base import Priming, Proxy, ProxyBuild, ProxyScore
 from search.proxies.ensemble import Ensemble
+from search.proxies.kl import KL
 from search.proxies.metanet import MetaNet, feature_builder
 from search.proxies.metanet_store import MetaNetStore
 from search.proxies.prunenet import PruneNet
@@ -24,6 +25,7 @@ from search.proxies.tracenas import TraceNAS
 from search.stats import DenseStats
 
 __all__ = [
+    "KL",
     "Ensemble",
     "MetaNet",
     "MetaNetStore",

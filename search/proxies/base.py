@@ -83,12 +83,16 @@ class Proxy(ABC):
 
     @property
     def rungs(self) -> tuple[int, ...]:
-        """A multi-fidelity proxy's token schedule: the calibration sequences each rung scores on,
-        increasing, the last being all of them; ``()`` for a proxy with one fidelity."""
+        """A multi-fidelity proxy's default token schedule: the calibration sequences each rung scores on,
+        increasing, the first being the fewest a score needs and the last all of them; ``()`` for a
+        proxy with one fidelity. ``score_on`` accepts any count in between, so a job's schedule
+        (``search.fidelity``) may choose its own rungs within these bounds. A multi-fidelity proxy
+        scores minus a loss that is 0 for the dense model (−KL), so that a lower rung's score can be
+        put on the full scale by a ratio."""
         return ()
 
     def score_on(self, selection: Selection, sequences: int) -> ProxyScore:
-        """The score on the first ``sequences`` calibration sequences (one of ``rungs``); a later rung
+        """The score on the first ``sequences`` calibration sequences (within ``rungs``); a later rung
         for the same selection extends the earlier one's work instead of repeating it."""
         raise NotImplementedError(f"the {self.name} proxy has a single fidelity")
 
@@ -109,7 +113,7 @@ class ProxyBuild:
     """What a proxy is built from: the model, its calibration tokens and artifacts, and the job's
     options (``attention_weight`` and ``order`` for PruneNet, ``top_fraction`` and
     ``ensemble_weighting`` for ensembles, ``min_records``, ``metanet_epochs`` and
-    ``metanet_tracenas`` for the meta-network)."""
+    ``metanet_tracenas`` for the meta-network, ``kl_top_k`` for KL)."""
 
     adapter: Adapter
     tokens: TokenSet

@@ -22,9 +22,9 @@ from search.selection import Selection
 from search.spec import JobSpec
 
 # "ensemble" is prunenet + tracenas (the expensive member gated by the cheap one); the list form
-# also puts the meta-network inside an ensemble.
-PROXIES: list[Any] = ["tracenas", "prunenet", "metanet", "ensemble", ["metanet", "prunenet"]]
-IDS = ["tracenas", "prunenet", "metanet", "ensemble", "metanet+prunenet"]
+# also puts the meta-network, and KL (a forward, so a cheap member), inside an ensemble.
+PROXIES: list[Any] = ["tracenas", "prunenet", "metanet", "kl", "ensemble", ["metanet", "prunenet"], ["kl", "prunenet"]]
+IDS = ["tracenas", "prunenet", "metanet", "kl", "ensemble", "metanet+prunenet", "kl+prunenet"]
 
 
 @pytest.fixture(scope="module")

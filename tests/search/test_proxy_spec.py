@@ -27,7 +27,7 @@ def test_single_names_keep_working_and_lists_are_ensembles() -> None:
 @pytest.mark.parametrize(
     ("proxy", "message"),
     [
-        ("vibes", "unknown proxy 'vibes'; available: tracenas, prunenet, metanet, ensemble"),
+        ("vibes", "unknown proxy 'vibes'; available: tracenas, prunenet, metanet, kl, ensemble"),
         (["tracenas", "vibes"], "unknown proxies ['vibes']"),
         (["ensemble", "tracenas"], "unknown proxies ['ensemble']"),
         (["tracenas", "tracenas"], "names each proxy once"),

@@ -67,7 +67,8 @@ def test_list_rejects_bad_parameters(pg_client: TestClient) -> None:
 def test_trials_page_by_number(pg_client: TestClient, pg_session: Session, tiny_model_config_dir: Path) -> None:
     (job_id,) = _create_jobs(pg_session, tiny_model_config_dir, 1)
     for number in (3, 0, 4, 1, 2):  # recorded out of order, listed by number
-        record = trial_info(number, "complete", value=0.5 + number, param_ratio=0.6)
+        # The tokens that scored it (the token schedule): trial 0 leaves them out (all of them).
+        record = trial_info(number, "complete", value=0.5 + number, param_ratio=0.6, tokens=number * 126 or None)
         repository.record_trial(pg_session, job_id, record)
     pg_session.commit()
 
@@ -78,6 +79,7 @@ def test_trials_page_by_number(pg_client: TestClient, pg_session: Session, tiny_
     assert [trial["number"] for trial in second["items"] + third["items"]] == [2, 3, 4]
     assert third["next"] is None
     assert first["items"][1]["value"] == 1.5 and first["items"][1]["state"] == "complete"
+    assert [trial["tokens"] for trial in first["items"] + second["items"]] == [None, 126, 252, 378]
     assert pg_client.get(f"/v1/jobs/{job_id}").json()["progress"]["trials_completed"] == 5
 
     assert_problem(pg_client.get("/v1/jobs/nope/trials"), 404, "job 'nope' does not exist")

@@ -353,6 +353,8 @@ const trialsTable = new SortablePagedTable({
     { key: "state", label: "State", value: (t) => t.state, render: (t) => h("span", { class: "badge", dataset: { status: t.state } }, t.state) },
     { key: "origin", label: "Origin", value: (t) => t.origin, render: (t) => t.origin },
     { key: "score", label: "Score", numeric: true, descendingFirst: true, value: (t) => trialScore(t, objectives()), render: (t) => score(trialScore(t, objectives())) },
+    // Calibration tokens that scored the trial (the token schedule); "—": all of them, or a proxy that counts none.
+    { key: "tokens", label: "Tokens", numeric: true, value: (t) => t.tokens, render: (t) => integer(t.tokens) },
     { key: "param_ratio", label: "Params", numeric: true, value: (t) => t.param_ratio, render: (t) => percent(t.param_ratio, 2) },
     { key: "kl", label: "KL", numeric: true, value: (t) => t.verified && t.verified.kl, render: (t) => (t.verified ? score(t.verified.kl) : "—") },
     { key: "ppl", label: "PPL", numeric: true, value: (t) => t.verified && t.verified.ppl, render: (t) => (t.verified ? score(t.verified.ppl) : "—") },
@@ -392,12 +394,12 @@ function csvCell(value) {
 function trialsCsv() {
   const trials = [...state.trials.values()].sort((a, b) => a.number - b.number);
   const scoreNames = [...new Set(trials.flatMap((t) => Object.keys(t.scores || {})))];
-  const header = ["number", "state", "origin", "param_count", "param_ratio", "value", "values", ...scoreNames.map((n) => `score_${n}`), "verified_kl", "verified_ppl", "verified_tokens", "duration_s", "arch"];
+  const header = ["number", "state", "origin", "param_count", "param_ratio", "value", "values", ...scoreNames.map((n) => `score_${n}`), "tokens", "verified_kl", "verified_ppl", "verified_tokens", "duration_s", "arch"];
   const lines = [header.join(",")];
   for (const t of trials) {
     const v = t.verified || {};
     lines.push(
-      [t.number, t.state, t.origin, t.param_count, t.param_ratio, t.value, t.values, ...scoreNames.map((n) => (t.scores || {})[n]), v.kl, v.ppl, v.tokens, t.duration_s, t.arch]
+      [t.number, t.state, t.origin, t.param_count, t.param_ratio, t.value, t.values, ...scoreNames.map((n) => (t.scores || {})[n]), t.tokens, v.kl, v.ppl, v.tokens, t.duration_s, t.arch]
         .map(csvCell)
         .join(","),
     );
