@@ -41,6 +41,10 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.sections import write_section  # noqa: E402
+
 PRUNESEARCH = [sys.executable, "-m", "prunesearch"]
 
 
@@ -264,19 +268,6 @@ Failed requests: {failures}
     return text, ok
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace the load-test section of ``path`` (between markers), keeping the rest of the file."""
-    begin, end = "<!-- load-test -->", "<!-- /load-test -->"
-    block = f"{begin}\n{section.rstrip()}\n{end}\n"
-    existing = path.read_text() if path.exists() else ""
-    if begin in existing and end in existing:
-        head, rest = existing.split(begin, 1)
-        tail = rest.split(end, 1)[1].lstrip("\n")
-        path.write_text(head + block + ("\n" + tail if tail else ""))
-    else:
-        path.write_text((existing.rstrip() + "\n\n" if existing else "") + block)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pollers", type=int, default=200)
@@ -332,7 +323,7 @@ def main() -> int:
         text, ok = report(samples, wall_s, args, (before, after), command, load_average)
     print(text)
     if args.write is not None:
-        write_section(args.write, text)
+        write_section(args.write, "load-test", text)
         print(f"written to {args.write}")
     return 0 if ok else 1
 

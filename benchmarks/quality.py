@@ -133,7 +133,7 @@ LABELS = {
 LABELS[DEFAULT_METHOD] += " (the default)"
 # The oracle: the same space searched with a large evaluation budget, every candidate scored by KL on
 # all calibration tokens (no token schedule), EvoPress's way.
-ORACLE: dict[str, Any] = {"proxy": "kl", "sampler": "evo", "token_schedule": None}
+ORACLE: dict[str, Any] = {"proxy": "kl", "sampler": "evo", "token_schedule": {"enabled": False}}
 BASELINES = ("uniform", "block_influence", "flap", "owl")
 # Methods whose exported model is timed beside the dense one (the other proxies' searches give
 # architectures of the same kind; timing them too would double the benchmark's GPU time).
