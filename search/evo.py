@@ -9,8 +9,10 @@ moves between sub-blocks (``search.moves.move_budget``) for the per-layer keep f
 small random steps for every other parameter (sparsity, the compact and standard-format
 parameters), so it works on every parameterisation. Repair then lands it on the budget.
 
-No candidate twice: an offspring is keyed by its repaired candidate and drawn again when a complete
-or running trial of the study already has that candidate. Several workers sample at once, so a
+No candidate twice: an offspring is keyed by its repaired candidate and drawn again (mutated a
+little more each time) when a complete or running trial of the study already has that candidate;
+when every offspring near the parents is taken (a small space), a new candidate is drawn at random
+under the same check. Several workers sample at once, so a
 trial claims its candidate in its system attributes before proposing it and then checks that no
 other trial claimed the same one; every claimant writes before it reads, so of two that drew the
 same candidate at once at least one sees the other and draws again.
@@ -86,13 +88,13 @@ class EvoSampler(BaseSampler):
     ) -> dict[str, Any]:
         if not search_space:
             return {}
-        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        parents = self._parents(study, complete)
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+        parents = self._parents(study, [t for t in trials if t.state == TrialState.COMPLETE])
         if not parents:
             return {}
         rng = self._rng(trial.number, "relative")
         uniform = RandomSampler(seed=rng.getrandbits(32))
-        taken = {self._complete_key(study, t) for t in complete} | self._running_keys(study, trial)
+        taken = self._taken(study, trials, trial)
         for attempt in range(2 * self._attempts):
             if attempt < self._attempts:
                 parent = parents[_rank_weighted(len(parents), rng)]
@@ -133,20 +135,22 @@ class EvoSampler(BaseSampler):
         feasible.sort(key=lambda t: (-t.value if maximize else t.value, t.number))  # type: ignore[operator]
         return feasible[: self._population]
 
-    def _complete_key(self, study: optuna.Study, trial: FrozenTrial) -> str | None:
-        index = (study.study_name, trial.number)
-        if index not in self._keys:
-            self._keys[index] = self._key_of(trial.params)
-        return self._keys[index]
-
-    def _running_keys(self, study: optuna.Study, current: FrozenTrial) -> set[str | None]:
-        """The candidates other running trials proposed: their claim, else their parameters when all
-        are suggested (an enqueued baseline, or a trial drawn at random)."""
+    def _taken(self, study: optuna.Study, trials: Sequence[FrozenTrial], current: FrozenTrial) -> set[str | None]:
+        """The candidates of the other trials: an evo trial's claim, else the key of its parameters
+        (an enqueued baseline, a trial drawn at random; a running one still being suggested has none
+        yet). A complete trial's never changes, so it is computed once."""
         keys: set[str | None] = set()
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if trial.number != current.number:
-                claim = trial.system_attrs.get(CLAIM_ATTR)
-                keys.add(claim if claim else self._key_of(trial.params))
+        for trial in trials:
+            claim = trial.system_attrs.get(CLAIM_ATTR)
+            if claim:
+                keys.add(claim)
+            elif trial.state == TrialState.COMPLETE:
+                index = (study.study_name, trial.number)
+                if index not in self._keys:
+                    self._keys[index] = self._key_of(trial.params)
+                keys.add(self._keys[index])
+            elif trial.number != current.number:
+                keys.add(self._key_of(trial.params))
         return keys
 
     def _key_of(self, params: Mapping[str, Any]) -> str | None:
@@ -173,7 +177,8 @@ class EvoSampler(BaseSampler):
         params = {name: parent[name] for name in search_space}
         if moves:
             # Repair scales every keep fraction by one factor, so scaling the parent to the budget's
-            # share changes nothing of its candidate but gives receivers room (a parent at 1.0 has none).
+            # share leaves its candidate (all but) unchanged and gives receivers room: a parent at
+            # 1.0 everywhere (the uniform baseline) has none.
             values = rescale({name: float(params[name]) for name in costs}, costs, self._share)
             params |= move_budget(values, costs, rng, moves=moves, step=self._step)
         for name in stepped:
