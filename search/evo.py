@@ -130,10 +130,14 @@ class EvoSampler(BaseSampler):
 
     def _parents(self, study: optuna.Study, complete: Sequence[FrozenTrial]) -> list[FrozenTrial]:
         """The best ``population`` complete trials within the budget, best first."""
-        feasible = [t for t in complete if t.value is not None and all(v <= 0 for v in t.constraints.values())]
-        maximize = study.direction == StudyDirection.MAXIMIZE
-        feasible.sort(key=lambda t: (-t.value if maximize else t.value, t.number))  # type: ignore[operator]
-        return feasible[: self._population]
+        sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
+        ranked = [
+            (sign * t.value, t.number, t)
+            for t in complete
+            if t.value is not None and all(v <= 0 for v in t.constraints.values())
+        ]
+        ranked.sort(key=lambda entry: entry[:2])
+        return [t for _, _, t in ranked[: self._population]]
 
     def _taken(self, study: optuna.Study, trials: Sequence[FrozenTrial], current: FrozenTrial) -> set[str | None]:
         """The candidates of the other trials: an evo trial's claim, else the key of its parameters

@@ -15,10 +15,12 @@ from pydantic import ValidationError
 
 from search.arch import ArchConfig
 from search.candidates import SearchContext, prepare
+from search.coordination import search_chunk
 from search.evo import CLAIM_ATTR, EvoSampler, _digest, _write_claim, rescale
 from search.loading import LoadedModel
 from search.moves import arch_distance
 from search.repair import DEFAULT_TOLERANCE
+from search.storage import make_storage
 from search.study import run_search
 from search.trials import job_sampler, open_study
 from tests.conftest import tiny_job_spec
@@ -90,7 +92,9 @@ def test_offspring_stay_on_the_budget_and_never_repeat_a_candidate(
         assert abs(count - budget) <= DEFAULT_TOLERANCE * budget, (space, trial.number)
     assert len(complete) == _distinct(complete) == trials
     claimed = [t for t in complete if t.system_attrs.get(CLAIM_ATTR)]
-    assert len(claimed) == trials - len(context.space.seeds(context.ratio_range()[1])), "every trial but the seeds"
+    seeds = [t for t in complete if not t.system_attrs.get(CLAIM_ATTR)]
+    assert len(seeds) == len(context.space.seeds(context.ratio_range()[1])), "every trial but the seeds is evo's"
+    assert max(t.values[0] for t in claimed) > max(t.values[0] for t in seeds), "the search improves on its seeds"
 
 
 def test_a_resumed_study_reads_its_population_from_storage_and_continues_as_it_would_have(
@@ -186,6 +190,19 @@ def test_a_search_with_evo_improves_on_its_seeds(tiny_loaded: LoadedModel, tiny_
     assert len({json.dumps(t.arch) for t in complete}) == 16
     assert all(abs(t.param_ratio - 0.6) <= DEFAULT_TOLERANCE * 0.6 for t in complete)
     assert max(offspring) >= max(seeds)
+
+
+def test_a_helper_worker_runs_evo_trials_of_a_job(
+    tiny_loaded: LoadedModel, tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    """``search_chunk`` (another worker's share of a job) builds the job's evo sampler too."""
+    context = prepare(tiny_loaded, tiny_job_spec(tiny_llama_dir, n_trials=6, seed=3, sampler="evo"))
+    url = f"sqlite:///{tmp_path}/job.sqlite3"
+    open_study(context, study_name="job", storage=url)
+    assert search_chunk(context, study_name="job", storage=make_storage(url), max_trials=5) == 5
+    complete = _complete(optuna.load_study(study_name="job", storage=url))
+    assert len(complete) == _distinct(complete) == 5
+    assert sum(bool(t.system_attrs.get(CLAIM_ATTR)) for t in complete) == 3  # all but the two seeds
 
 
 def test_evo_refuses_a_pareto_job(tiny_model_config_dir: Path) -> None:
