@@ -53,10 +53,14 @@ class SearchContext:
         return self.spec.ratio_range(self.shape)
 
     def candidate(self, proposal: Proposal, param_ratio: float) -> Selection:
+        return self.selection(self.arch(proposal, param_ratio))
+
+    def arch(self, proposal: Proposal, param_ratio: float) -> ArchConfig:
+        """The architecture ``proposal`` is repaired to at this budget (no units selected yet)."""
         space = self.spec.search_space
         # A standard job repairs onto the standard grid: per-layer repair would break uniformity.
         snap = repair_standard if space.export_format == names.STANDARD else repair
-        arch = snap(
+        return snap(
             self.shape,
             proposal,
             param_ratio,
@@ -64,7 +68,6 @@ class SearchContext:
             depth=space.depth,
             width=space.width,
         )
-        return self.selection(arch)
 
     def selection(self, arch: ArchConfig) -> Selection:
         """Which units and weights ``arch`` keeps, by the job's criteria."""

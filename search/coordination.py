@@ -23,8 +23,7 @@ from search.audit import prime
 from search.candidates import SearchContext
 from search.ladder import Verifier
 from search.proxies import MetaNetStore, Proxy
-from search.samplers import create_sampler
-from search.trials import NO_HOOKS, SearchHooks, job_proxy, remaining_trials, search_trials
+from search.trials import NO_HOOKS, SearchHooks, job_proxy, job_sampler, remaining_trials, search_trials
 
 
 class PrimedProxies:
@@ -89,9 +88,7 @@ def search_chunk(
     # each process draws its own stream (runs with several workers are not reproducible anyway).
     seed = None if context.spec.seed is None else context.spec.seed + os.getpid()
     try:
-        study = optuna.load_study(
-            study_name=study_name, storage=storage, sampler=create_sampler(context.spec.sampler, seed)
-        )
+        study = optuna.load_study(study_name=study_name, storage=storage, sampler=job_sampler(context, seed))
     except KeyError:
         return 0
     if remaining_trials(study, context.spec) <= 0 or hooks.stop_requested():

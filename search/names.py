@@ -33,8 +33,8 @@ CRITERIA: dict[str, str] = {
 # Which weights unstructured sparsity removes (search.selection.SparsityScorer).
 SPARSITY_CRITERIA: tuple[str, ...] = ("wanda", "magnitude")
 
-SAMPLERS: tuple[str, ...] = ("tpe", "random", "nsga2", "cmaes")
-SINGLE_OBJECTIVE_SAMPLERS: tuple[str, ...] = ("cmaes",)
+SAMPLERS: tuple[str, ...] = ("tpe", "random", "nsga2", "cmaes", "evo")
+SINGLE_OBJECTIVE_SAMPLERS: tuple[str, ...] = ("cmaes", "evo")
 OBJECTIVES: tuple[str, ...] = ("score", "params")
 DEPTH_MODES: tuple[str, ...] = ("sublayer", "layer", "none")
 PARAMETERIZATIONS: tuple[str, ...] = ("per_layer", "compact")

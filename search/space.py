@@ -17,6 +17,7 @@ Seeds are expressed in the same parameters, so they are ordinary (enqueued) tria
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,7 +54,7 @@ class Space:
     def standard(self) -> bool:
         return self.space.export_format == names.STANDARD
 
-    def suggest(self, trial: optuna.Trial) -> Proposal:
+    def suggest(self, trial: optuna.trial.BaseTrial) -> Proposal:
         if self.standard:
             return self._standard(trial)
         if self.space.parameterization == "compact":
@@ -66,7 +67,13 @@ class Space:
             sparsity = tuple(trial.suggest_float(f"sparsity.{i}", 0.0, self.space.sparsity) for i in layers)
         return Proposal(attention, mlp, sparsity)
 
-    def _compact(self, trial: optuna.Trial) -> Proposal:
+    def proposal(self, params: Mapping[str, Any]) -> Proposal:
+        """The proposal a trial with these parameters makes, without a trial (the ``evo`` sampler
+        keys an offspring by its repaired candidate before proposing it). A missing parameter
+        raises ``ValueError``."""
+        return self.suggest(optuna.trial.FixedTrial(dict(params)))
+
+    def _compact(self, trial: optuna.trial.BaseTrial) -> Proposal:
         layers = self.shape.num_layers
         slope = trial.suggest_float("slope", -1.0, 1.0)
         balance = trial.suggest_float("balance", -1.0, 1.0)
@@ -78,7 +85,7 @@ class Space:
         sparsity = trial.suggest_float("sparsity", 0.0, self.space.sparsity) if self.space.sparsity > 0 else 0.0
         return self.compact_proposal(slope, balance, drop_layers, drop_attention, sparsity)
 
-    def _standard(self, trial: optuna.Trial) -> Proposal:
+    def _standard(self, trial: optuna.trial.BaseTrial) -> Proposal:
         """Which layers stay (a keep score per layer, or Block Influence when compact), how many are
         dropped, and one attention and one MLP fraction for all kept layers; repair lands on the budget."""
         layers = range(self.shape.num_layers)

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage
@@ -25,7 +26,7 @@ from search.errors import ProxyError
 from search.fidelity import TokenLadder
 from search.proxies import Proxy, ProxyScore, create_proxy
 from search.repair import DEFAULT_TOLERANCE
-from search.samplers import create_sampler
+from search.samplers import SamplerBuild, create_sampler
 from search.selection import Selection
 from search.spec import JobSpec
 
@@ -70,6 +71,17 @@ def job_proxy(context: SearchContext) -> Proxy:
     )
 
 
+def job_sampler(context: SearchContext, seed: int | None) -> optuna.samplers.BaseSampler:
+    """The job's sampler; one that knows the space keys a trial's parameters by the candidate repair
+    makes of them at the job's budget."""
+    _, high = context.ratio_range()
+
+    def candidate_key(params: Mapping[str, Any]) -> str:
+        return context.arch(context.space.proposal(params), high).to_json()
+
+    return create_sampler(context.spec.sampler, SamplerBuild(seed, context.shape, high, candidate_key))
+
+
 def open_study(context: SearchContext, *, study_name: str, storage: str | BaseStorage | None = None) -> optuna.Study:
     """Create the job's study (metric names, provenance, baseline seeds) or load it as it is."""
     spec = context.spec
@@ -77,7 +89,7 @@ def open_study(context: SearchContext, *, study_name: str, storage: str | BaseSt
     study = optuna.create_study(
         study_name=study_name,
         storage=storage,
-        sampler=create_sampler(spec.sampler, spec.seed),
+        sampler=job_sampler(context, spec.seed),
         directions=["maximize", "minimize"] if multi else ["maximize"],
         load_if_exists=True,
     )
