@@ -18,8 +18,10 @@ other trial claimed the same one; every claimant writes before it reads, so of t
 same candidate at once at least one sees the other and draws again.
 
 Each trial draws from its own stream, derived from (seed, trial number): two workers never draw the
-same stream, and a resumed study continues as it would have. With no complete trial yet (the
-enqueued baselines normally come first) parameters are drawn at random.
+same stream, and a resumed study continues as it would have. The first ``startup`` trials after
+the enqueued baselines are drawn at random, under the same no-repeat claim (as TPE's startup
+trials): with a hundred evaluations rather than EvoPress's thousands, a population of the baselines
+alone keeps the search near them.
 """
 
 from __future__ import annotations
@@ -69,13 +71,14 @@ class EvoSampler(BaseSampler):
         candidate_key: CandidateKey,
         population: int = 4,
         attempts: int = 16,
+        startup: int = 10,
         step: float = DEFAULT_STEP,
     ) -> None:
         self._seed = seed if seed is not None else secrets.randbits(32)
         self._shape = shape
         self._share = kept_share(shape, param_ratio)
         self._candidate_key = candidate_key
-        self._population, self._attempts, self._step = population, attempts, step
+        self._population, self._attempts, self._step, self._startup = population, attempts, step, startup
         self._search_space = IntersectionSearchSpace()
         self._keys: dict[tuple[str, int], str | None] = {}  # complete trials' candidates, which never change
         self._independent: dict[int, RandomSampler] = {}
@@ -89,17 +92,19 @@ class EvoSampler(BaseSampler):
         if not search_space:
             return {}
         trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+        drawn = [t for t in trials if t.number < trial.number and not _seed(t)]
         parents = self._parents(study, [t for t in trials if t.state == TrialState.COMPLETE])
         if not parents:
             return {}
+        exploring = len(drawn) < self._startup
         rng = self._rng(trial.number, "relative")
         uniform = RandomSampler(seed=rng.getrandbits(32))
         taken = self._taken(study, trials, trial)
         for attempt in range(2 * self._attempts):
-            if attempt < self._attempts:
+            if attempt < self._attempts and not exploring:
                 parent = parents[_rank_weighted(len(parents), rng)]
                 params = self._offspring(parent.params, search_space, rng, extra=attempt // 4)
-            else:  # every offspring near the parents is taken (a small space): a new candidate anywhere
+            else:  # startup, or every offspring near the parents is taken (a small space): anywhere
                 params = {n: uniform.sample_independent(study, trial, n, d) for n, d in search_space.items()}
             key = _digest(self._candidate_key(params))
             if key in taken:
@@ -239,6 +244,11 @@ def perturb(value: Any, distribution: BaseDistribution, rng: random.Random) -> A
         choices = [c for c in distribution.choices if c != value]
         return rng.choice(choices) if choices else value
     return value
+
+
+def _seed(trial: FrozenTrial) -> bool:
+    """An enqueued baseline (``search.trials.open_study``)."""
+    return str(trial.user_attrs.get("origin", "")).startswith("seed:")
 
 
 def _rank_weighted(count: int, rng: random.Random) -> int:
