@@ -226,7 +226,7 @@ def _report(
     proxy: Proxy, report: dict[str, Any], neighbours: list[Neighbour], drawn: dict[str, Any]
 ) -> NeighbourhoodAudit:
     moved = [n.distance for n in neighbours if n.trial is None]
-    top = [n.distance for n in neighbours if n.trial is not None]
+    top = [n.distance for n in neighbours[1:] if n.trial is not None]  # the best itself (first) is at 0
     leader = leading_proxy(report["proxies"], {*proxy_names(), proxy.name}, threshold=report["threshold"])
     fields = drawn | {
         "size": len(neighbours),
@@ -234,7 +234,7 @@ def _report(
         "max_moves": MAX_MOVES,
         "step": DEFAULT_STEP,
         "distance": _spread(moved) if moved else None,
-        "top_distance": _spread(top),
+        "top_distance": _spread(top) if top else None,
         "metric": report["metric"],
         "candidates": neighbours,
         "proxies": report["proxies"],

@@ -159,7 +159,7 @@ class NeighbourhoodAudit(_Frozen):
     max_moves: int  # each perturbation makes 1 to max_moves moves
     step: float  # a move's size, as a share of the blocks' parameters
     distance: Spread | None  # of the perturbations from the best (None without perturbations)
-    top_distance: Spread  # of the top region's trials from the best
+    top_distance: Spread | None  # of the top region's other trials from the best (None: the best alone)
     sequences: int
     tokens: int
     metric: str

@@ -262,9 +262,9 @@ class JobSpec(_Strict):
         Field(
             ge=0,
             le=64,
-            description="Candidates verified where the search looked, beside the audit (the best distinct trials "
-            "and perturbations of the best), every training-free proxy ranking them; 0 disables it, "
-            f"otherwise at least {MIN_NEIGHBOURHOOD}.",
+            description="Candidates verified where the search looked, beside the audit and only with it (the "
+            "best distinct trials and perturbations of the best), every training-free proxy ranking them; 0 "
+            f"disables it, otherwise at least {MIN_NEIGHBOURHOOD}.",
         ),
     ] = 12
     objectives: list[str] = Field(

@@ -55,7 +55,8 @@ def test_candidates_are_drawn_near_the_best_and_every_proxy_is_compared(
     assert nearby.distance is not None and nearby.distance.max == max(c.distance for c in moved)
     assert nearby.distance.min <= nearby.distance.median <= nearby.distance.max
     # Nearer the best than the rest of the search's top region is.
-    assert statistics.median(c.distance for c in moved) < statistics.median(c.distance for c in top[1:])
+    assert nearby.top_distance is not None and nearby.top_distance.min > 0
+    assert statistics.median(c.distance for c in moved) < nearby.top_distance.median
     assert all(abs(c.param_ratio - 0.6) <= 0.01 * 0.6 for c in nearby.candidates)  # repaired to the budget
 
     # The job's proxy and the training-free ones, each with an interval, every candidate scored.
