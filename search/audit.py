@@ -151,7 +151,7 @@ def trust_audit(
         _proxy_views(proxy, sampled, selections),
         [figures[n].value for n in numbers],
         params=[float(t.param_count or 0) for t in sampled],
-        depth=[float(_kept_blocks(ArchConfig.from_dict(t.arch))) for t in sampled],  # type: ignore[arg-type]
+        depth=[float(kept_blocks(ArchConfig.from_dict(t.arch))) for t in sampled],  # type: ignore[arg-type]
         objective=proxy.name,
         metric=metric,
         seed=spec.seed or 0,
@@ -172,7 +172,8 @@ def trust_audit(
     return TrustReport.model_validate(report | {"audit": sample, "proxy_state": proxy_state})
 
 
-def _kept_blocks(arch: ArchConfig) -> int:
+def kept_blocks(arch: ArchConfig) -> int:
+    """Kept sub-blocks: the depth whose bias the trust report measures."""
     return sum(layer.attention_kept + layer.mlp_kept for layer in arch.layers)
 
 
@@ -189,14 +190,14 @@ def _proxy_views(
         views[member.name] = [t.scores.get(member.name) for t in sampled]
     consulted = [p for p in proxy.members if not p.members and p.ready]
     for member in consulted:
-        for view in _views(member.name):
+        for view in proxy_views(member.name):
             views.setdefault(view, [])
         for trial in sampled:
             scored = _member_views(member, trial, selections[trial.number])
-            for view in _views(member.name):
+            for view in proxy_views(member.name):
                 views[view].append(scored.get(view))
     if label in ("tracenas", "prunenet"):
-        for view in _views(label)[1:]:
+        for view in proxy_views(label)[1:]:
             views[view] = [t.scores.get(view) for t in sampled]
     return views
 
@@ -204,8 +205,8 @@ def _proxy_views(
 def _member_views(member: Proxy, trial: TrialInfo, selection: Selection) -> dict[str, float]:
     """A member proxy's views of one trial: as recorded, or scored now."""
     recorded = trial.scores
-    if all(view in recorded for view in _views(member.name)):
-        return {view: recorded[view] for view in _views(member.name)}
+    if all(view in recorded for view in proxy_views(member.name)):
+        return {view: recorded[view] for view in proxy_views(member.name)}
     try:
         result = member.score(selection)
     except ProxyError:
@@ -213,7 +214,7 @@ def _member_views(member: Proxy, trial: TrialInfo, selection: Selection) -> dict
     return {member.name: result.value, **result.extras}
 
 
-def _views(name: str) -> list[str]:
+def proxy_views(name: str) -> list[str]:
     """The figures of a proxy the trust report correlates (its score first)."""
     return {
         "tracenas": ["tracenas", "tracenas_sum"],

@@ -133,6 +133,48 @@ class AuditSample(_Frozen):
     stored: bool | None = Field(default=None, exclude_if=_absent)
 
 
+class Spread(_Frozen):
+    """The least, median and largest of a few figures."""
+
+    min: float
+    median: float
+    max: float
+
+
+class Neighbour(_Frozen):
+    """One candidate of the neighbourhood audit: a trial of the search's top region, or a perturbation
+    of the best trial's architecture."""
+
+    trial: int | None  # the trial it is; None for a perturbation
+    moves: int  # budget moves from the best trial's parameters (0 for a trial)
+    distance: float  # share of the blocks' parameters that differs from the best (search.moves.arch_distance)
+    param_ratio: float
+    verified: float  # the verified metric on the audit's sequences
+
+
+class NeighbourhoodAudit(_Frozen):
+    """Rank agreement where the search looked (search.neighbourhood): the best distinct trials by the
+    job's proxy and perturbations of the best trial, every proxy scoring all of them."""
+
+    best_trial: int  # the trial whose neighbourhood this is (the job's best)
+    size: int  # candidates verified
+    top_region: list[int]  # trials: the job's proxy's best distinct architectures (the best trial among them)
+    distinct_trials: int  # distinct architectures the search completed (the top region's population)
+    perturbations: int  # candidates moved from the best trial's parameters
+    max_moves: int  # each perturbation makes 1 to max_moves moves
+    step: float  # a move's size, as a share of the blocks' parameters
+    distance: Spread | None  # of the perturbations from the best (None without perturbations)
+    top_distance: Spread | None  # of the top region's other trials from the best (None: the best alone)
+    sequences: int
+    tokens: int
+    metric: str
+    candidates: list[Neighbour]
+    proxies: dict[str, ProxyAgreement]  # every proxy's agreement on these candidates
+    best_proxy: str | None  # the selectable proxy that ranked them best (highest Spearman)
+    uncertain: bool  # its interval reaches below the threshold, or overlaps the runner-up's
+    summary: str  # the finding in one sentence
+
+
 class TrustReport(_Frozen):
     """The report's ``trust`` section (search.trust.trust_report plus the audit that fed it)."""
 
@@ -146,6 +188,8 @@ class TrustReport(_Frozen):
     audit: AuditSample
     # What priming the proxy returned; present only when the proxy needed priming.
     proxy_state: dict[str, Any] | None = Field(default=None, exclude_if=_absent)
+    # Present only when the job audited its neighbourhood (JobSpec.neighbourhood_size, search.neighbourhood).
+    neighbourhood: NeighbourhoodAudit | None = Field(default=None, exclude_if=_absent)
 
 
 class Finalist(BaseModel):

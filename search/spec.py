@@ -30,6 +30,7 @@ MAX_RECOVERY_STEPS_HARD_LIMIT = 1_000_000  # the server's own limit (max_recover
 # need a larger step to move as far in a short run (the usual LoRA rates are 10x full fine-tuning's).
 FULL_LEARNING_RATE = 1e-4
 LORA_LEARNING_RATE = 1e-3
+MIN_NEIGHBOURHOOD = 4  # candidates a neighbourhood audit needs for a rank correlation worth stating
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$")
 
@@ -298,6 +299,16 @@ class JobSpec(_Strict):
             "(and the meta-network's training data); 0 disables the audit.",
         ),
     ] = 24
+    neighbourhood_size: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=64,
+            description="Candidates verified where the search looked, beside the audit and only with it (the "
+            "best distinct trials and perturbations of the best), every training-free proxy ranking them; 0 "
+            f"disables it, otherwise at least {MIN_NEIGHBOURHOOD}.",
+        ),
+    ] = 12
     objectives: list[str] = Field(
         default_factory=lambda: ["score"],
         description="['score'] keeps the budget as a constraint; ['score', 'params'] searches the Pareto front "
@@ -313,6 +324,16 @@ class JobSpec(_Strict):
         description="Distil the dense model into the best verified candidates after the search, pick the "
         "winner after recovery and export it recovered; null: export the verified best as sliced.",
     )
+
+    @field_validator("neighbourhood_size")
+    @classmethod
+    def _enough_neighbours(cls, value: int) -> int:
+        if 0 < value < MIN_NEIGHBOURHOOD:
+            raise ValueError(
+                f"neighbourhood_size must be 0 (no neighbourhood audit) or at least {MIN_NEIGHBOURHOOD}: "
+                "a rank correlation needs several candidates"
+            )
+        return value
 
     @field_validator("recovery")
     @classmethod

@@ -1,5 +1,6 @@
 """One job's search from start to finish: open or resume its study, prime its proxy, run its
-trials, wait for the other workers' trials, verify the finalists, audit the proxy.
+trials, wait for the other workers' trials, verify the finalists, audit the proxy (over its whole range,
+and around the best: ``search.neighbourhood``).
 
 Storage, the meta-network's store and the caller's hooks (``SearchHooks``) come in as arguments:
 the library knows nothing of the service that may be driving it. The rooms it calls: the candidate
@@ -20,6 +21,7 @@ from search.candidates import SearchContext
 from search.coordination import await_other_workers, prime_proxy
 from search.errors import SearchError
 from search.ladder import Verifier
+from search.neighbourhood import neighbourhood_audit
 from search.proxies import MetaNetStore, Proxy
 from search.results import SearchResult, TrialInfo, best_entry, describe_trial, finalists, pareto_front, proxy_score
 from search.trials import NO_HOOKS, SearchHooks, job_proxy, open_study, remaining_trials, search_trials
@@ -44,7 +46,8 @@ def run_search(
     proxy_state, stopped = _search(context, proxy, study, auditor, hooks=hooks, metanet_store=metanet_store)
     if not stopped:
         stopped = await_other_workers(study, storage, hooks)
-    trials = [describe_trial(t) for t in study.get_trials(deepcopy=False)]
+    frozen = {t.number: t for t in study.get_trials(deepcopy=False)}
+    trials = [describe_trial(t) for t in frozen.values()]
     result = SearchResult(study_name=study_name, trials=trials, dense=None, stopped=stopped)
     complete = [t for t in trials if t.state == "complete" and t.arch is not None]
     if not complete:
@@ -58,6 +61,9 @@ def run_search(
         result.trust = trust_audit(
             context, proxy, auditor, complete, store=metanet_store, job=study_name, proxy_state=proxy_state
         )
+        if result.trust is not None and result.best is not None:  # beside the audit: where the search looked
+            nearby = neighbourhood_audit(context, proxy, auditor, complete, frozen[result.best.trial_number])
+            result.trust = result.trust.model_copy(update={"neighbourhood": nearby})
     return result
 
 

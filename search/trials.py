@@ -60,8 +60,15 @@ NO_HOOKS = SearchHooks()
 def job_proxy(context: SearchContext) -> Proxy:
     """The job's proxy, built once per (model, proxy, calibration, seed) and kept with the model."""
     spec = context.spec
+    return named_proxy(context, spec.proxy if isinstance(spec.proxy, str) else tuple(spec.proxy))
+
+
+def named_proxy(context: SearchContext, name: str | tuple[str, ...]) -> Proxy:
+    """The proxy ``name`` built as the job's is (its model, calibration, seed and artifacts), so a
+    proxy the job also uses is the same object (the neighbourhood audit compares them)."""
+    spec = context.spec
     return create_proxy(
-        spec.proxy if isinstance(spec.proxy, str) else tuple(spec.proxy),
+        name,
         context.loaded.adapter,
         context.tokens,
         seed=spec.seed or 0,

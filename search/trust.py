@@ -12,6 +12,9 @@ Pure Python (no torch, no numpy): the statistics run wherever a report is built.
 - **Bias**: each proxy's Spearman correlation with the candidate's parameter count and with its
   depth (kept sub-blocks). TraceNAS's sum over sub-blocks correlates with depth by construction;
   ``tracenas_sum`` and the mean ``tracenas`` are reported separately to show it.
+- The **leading proxy** of a report (``leading_proxy``) is the one with the highest ρ; its lead is
+  *uncertain* when its interval reaches below ``threshold`` or overlaps the runner-up's interval,
+  worded as the page words a single proxy's ρ (``verdict``).
 - A job is **flagged** when the proxy it optimised has ρ below ``threshold`` (default 0.3), or when
   the upper end of ρ's interval is below it as well (its correlation is poor beyond doubt).
 """
@@ -20,8 +23,8 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Hashable, Sequence
-from typing import Any
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 from search.correlation import kendall, spearman
 
@@ -136,6 +139,60 @@ def trust_report(
         "flagged": bool(flags),
         "flags": flags,
     }
+
+
+class Leader(NamedTuple):
+    """The proxy that ranked a population best, and why its lead is uncertain (empty: it is not)."""
+
+    name: str
+    doubts: list[str]
+
+
+def leading_proxy(
+    proxies: Mapping[str, Mapping[str, Any]], eligible: Collection[str], *, threshold: float = DEFAULT_THRESHOLD
+) -> Leader | None:
+    """The proxy among ``eligible`` with the highest Spearman ρ in a report's ``proxies`` (None if no
+    eligible proxy has one). Its lead is doubtful when its interval reaches below ``threshold`` (too
+    few candidates to call it good) or overlaps the runner-up's (the two are not told apart)."""
+    ranked = sorted(
+        (
+            (entry["spearman"], name)
+            for name, entry in proxies.items()
+            if name in eligible and entry["spearman"] is not None
+        ),
+        key=lambda item: (-item[0], item[1]),
+    )
+    if not ranked:
+        return None
+    name = ranked[0][1]
+    interval = proxies[name]["spearman_ci"]
+    doubts = []
+    if interval is None or interval[0] < threshold:
+        doubts.append(f"its interval reaches below {threshold}" if interval is not None else "it has no interval")
+    if len(ranked) > 1:
+        runner_up = ranked[1][1]
+        other = proxies[runner_up]["spearman_ci"]
+        if interval is None or other is None or interval[0] <= other[1]:
+            doubts.append(f"its interval overlaps {runner_up}'s: Spearman {ranked[1][0]:.2f}{_interval(other)}")
+    return Leader(name, doubts)
+
+
+def verdict(entry: Mapping[str, Any], threshold: float = DEFAULT_THRESHOLD, *, doubtful: bool = False) -> str:
+    """One word for a proxy's ρ, as the job page's trust sentence has it: poor (below ``threshold``),
+    weak (below 0.5), uncertain (its interval reaches below ``threshold``, or ``doubtful``), moderate
+    (below 0.7) or strong."""
+    rho, interval = entry.get("spearman"), entry.get("spearman_ci")
+    if rho is None or entry.get("poor") or rho < threshold:
+        return "poor"
+    if rho < 0.5:
+        return "weak"
+    if doubtful or (interval is not None and interval[0] < threshold):
+        return "uncertain"
+    return "moderate" if rho < 0.7 else "strong"
+
+
+def _interval(pair: Sequence[float] | None) -> str:
+    return f" [{pair[0]:.2f}, {pair[1]:.2f}]" if pair is not None else ""
 
 
 def _finite(value: float | None) -> bool:

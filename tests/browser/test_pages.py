@@ -305,6 +305,47 @@ def test_report_and_downloads_appear_when_the_server_has_them(
             },
             "flagged": True,
             "flags": ["proxy tracenas correlates with parameter count"],
+            # Near the best: PruneNet leads, but its interval overlaps TraceNAS's.
+            "neighbourhood": {
+                "best_trial": 7,
+                "size": 12,
+                "top_region": [7, 3, 5, 9, 11, 2],
+                "distinct_trials": 40,
+                "perturbations": 6,
+                "max_moves": 3,
+                "step": 0.02,
+                "distance": {"min": 0.012, "median": 0.025, "max": 0.062},
+                "top_distance": {"min": 0.06, "median": 0.11, "max": 0.2},
+                "sequences": 2,
+                "tokens": 252,
+                "metric": "kl",
+                "candidates": [],
+                "proxies": {
+                    "prunenet": {
+                        "spearman": 0.8,
+                        "spearman_ci": [0.45, 0.95],
+                        "kendall": 0.6,
+                        "kendall_ci": [0.3, 0.8],
+                        "n": 12,
+                        "params_spearman": 0.1,
+                        "depth_spearman": 0.1,
+                        "poor": False,
+                    },
+                    "tracenas": {
+                        "spearman": 0.5,
+                        "spearman_ci": [0.0, 0.85],
+                        "kendall": 0.4,
+                        "kendall_ci": [0.0, 0.7],
+                        "n": 12,
+                        "params_spearman": 0.2,
+                        "depth_spearman": 0.2,
+                        "poor": False,
+                    },
+                },
+                "best_proxy": "prunenet",
+                "uncertain": True,
+                "summary": "Near the best trial 7 ...",
+            },
         },
         "recovery": {
             "method": "distill",
@@ -360,6 +401,12 @@ def test_report_and_downloads_appear_when_the_server_has_them(
     assert "TraceNAS ordered 24 audited candidates with Spearman 0.31 [−0.20, 0.68]" in text
     assert page.get_attribute("#report-trust p.verdict[data-proxy='tracenas']", "data-verdict") == "weak"
     assert "correlates with parameter count" in text
+    assert (
+        "Near the best trial 7, among 12 candidates (6 of the search's best trials and 6 variations of trial 7 "
+        "moving 1.2% to 6.2% of the blocks' parameters), PruneNet ranked best with Spearman 0.80 [0.45, 0.95]"
+    ) in text
+    assert page.get_attribute("#report-trust p.neighbourhood", "data-verdict") == "uncertain"  # overlaps TraceNAS
+    assert page.locator("#neighbourhood-table tbody tr").count() == 2
     assert page.locator("#verified-table tbody tr").count() == 3  # two finalists and the dense model
     assert "Uniform width" in page.inner_text("#verified-table tr[data-trial='0']")
     # Recovery: each finalist before and after; the winner (chosen after recovery) is the exported one.
@@ -571,8 +618,9 @@ def test_the_report_reads_as_sentences_and_one_table_at_laptop_and_phone_width(
     rows = page.locator("#verified-table tbody tr")
     numbers = [f["trial_number"] for f in verification["finalists"]]
     assert rows.evaluate_all("rs => rs.map(r => r.dataset.trial)") == [*map(str, numbers), "dense"]
-    # The verified table, the trust numbers and the exported model's speed beside the dense model's.
-    assert page.locator("#report-section table").count() == 3
+    # The verified table, the trust numbers (the audit's and, near the best, the neighbourhood's) and
+    # the exported model's speed beside the dense model's.
+    assert "neighbourhood" in trust and page.locator("#report-section table").count() == 4
     speed = report["export"]["speed"]
     speed_rows = page.locator("#speed-table tbody tr")
     assert speed_rows.count() == len(speed["prefill"]) + len(speed["decode"]) + 2  # + peak memory, weights
@@ -591,6 +639,10 @@ def test_the_report_reads_as_sentences_and_one_table_at_laptop_and_phone_width(
         r"against their verified KL to dense: (poor|weak|uncertain|moderate|strong)\.",
         sentence,
     ), sentence
+    nearby = trust["neighbourhood"]
+    assert f"Near the best trial {nearby['best_trial']}, among {nearby['size']} candidates" in page.inner_text(
+        "#report-trust p.neighbourhood"
+    )
     assert page.get_attribute("#report-trust details", "open") is None
     assert not page.is_visible("#report-trust details table")
     text = page.inner_text("#report-section")

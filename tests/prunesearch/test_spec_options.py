@@ -56,6 +56,7 @@ def samples(model_dir: Path, text_file: Path) -> dict[FieldPath, tuple[list[str]
         ("search_space", "export_format"): (["--export-format", "standard"], "standard"),
         ("verify_top_k",): (["--verify-top-k", "1"], 1),
         ("audit_size",): (["--audit-size", "0"], 0),
+        ("neighbourhood_size",): (["--neighbourhood-size", "0"], 0),
         ("objectives",): (["--objectives", "score,params"], ["score", "params"]),
         ("token_schedule", "enabled"): (["--no-token-schedule"], False),
         ("token_schedule", "first_sequences"): (["--schedule-first-sequences", "2"], 2),

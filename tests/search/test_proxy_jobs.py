@@ -44,6 +44,10 @@ def test_ensemble_job_reports_trust_ladder_and_feeds_the_metanet_store(
             entry.model_dump()
         )
     assert trust.proxy_state is not None and trust.proxy_state["members"] == ["prunenet", "tracenas"]
+    # Near the best, the ensemble is scored ungated beside its members.
+    nearby = trust.neighbourhood
+    assert nearby is not None and {"ensemble", "prunenet", "tracenas"} <= set(nearby.proxies)
+    assert all(entry.n == nearby.size for entry in nearby.proxies.values())
 
     assert result.ladder and result.ladder[-1].sequences == 8
     assert [r.sequences for r in result.ladder] == sorted(r.sequences for r in result.ladder)

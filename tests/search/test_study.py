@@ -163,7 +163,7 @@ def test_report_sections_omit_what_a_job_did_not_produce() -> None:
         "audit": audit | {"verified": {"1": 0.5, "2": 0.25}},
     }
     plain = TrustReport.model_validate(report).model_dump()
-    assert "proxy_state" not in plain and "stored" not in plain["audit"]
+    assert "proxy_state" not in plain and "stored" not in plain["audit"] and "neighbourhood" not in plain
     assert plain["proxies"]["tracenas"] == agreement
     stored = report | {"audit": report["audit"] | {"stored": True}, "proxy_state": {"members": ["tracenas"]}}
     full = TrustReport.model_validate(stored).model_dump()

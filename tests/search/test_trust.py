@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from search.correlation import kendall, ranks, spearman
-from search.trust import bootstrap_interval, stratified_sample, trust_report
+from search.trust import bootstrap_interval, leading_proxy, stratified_sample, trust_report, verdict
 
 
 def test_rank_correlations_match_scipy_with_ties() -> None:
@@ -67,6 +67,25 @@ def test_report_flags_a_poor_proxy_and_shows_the_depth_bias() -> None:
     assert report["flagged"] and "summed" in report["flags"][0]
     low, high = report["proxies"]["good"]["spearman_ci"]
     assert low <= report["proxies"]["good"]["spearman"] <= high
+
+
+def test_the_leading_proxy_is_uncertain_when_its_interval_reaches_low_or_overlaps() -> None:
+    def entry(rho: float | None, low: float, high: float) -> dict[str, object]:
+        return {"spearman": rho, "spearman_ci": [low, high], "poor": rho is None or rho < 0.3}
+
+    clear = {"a": entry(0.9, 0.8, 0.97), "b": entry(0.4, 0.1, 0.6), "a_view": entry(0.99, 0.95, 1.0)}
+    leader = leading_proxy(clear, {"a", "b"})  # a view of a proxy is not a proxy one can choose
+    assert leader is not None and leader.name == "a" and leader.doubts == []
+    assert verdict(clear["a"]) == "strong" and verdict(clear["b"]) == "weak"
+    close = clear | {"b": entry(0.85, 0.6, 0.95)}
+    leader = leading_proxy(close, {"a", "b"})
+    assert leader is not None and leader.name == "a" and "overlaps b's: Spearman 0.85 [0.60, 0.95]" in leader.doubts[0]
+    assert verdict(close["a"], doubtful=True) == "uncertain"
+    wide = {"a": entry(0.6, 0.1, 0.9)}
+    leader = leading_proxy(wide, {"a"})
+    assert leader is not None and leader.doubts == ["its interval reaches below 0.3"]
+    assert verdict(wide["a"]) == "uncertain" and verdict(entry(0.2, -0.3, 0.6)) == "poor"
+    assert leading_proxy({"a": entry(None, 0, 0)}, {"a"}) is None
 
 
 def test_trust_and_spec_import_without_torch() -> None:

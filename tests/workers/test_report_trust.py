@@ -32,6 +32,8 @@ def test_report_has_trust_and_ladder(tiny_llama_dir: Path, tmp_path: Path) -> No
     trust = job_report["trust"]
     assert trust["objective"] == "ensemble" and {"tracenas", "tracenas_sum", "prunenet"} <= set(trust["proxies"])
     assert isinstance(trust["flagged"], bool) and trust["audit"]["size"] == 6
+    nearby = trust["neighbourhood"]  # the default neighbourhood audit, beside the stratified one
+    assert nearby["size"] == 12 and nearby["best_proxy"] in nearby["proxies"]
     assert job_report["verification"]["ladder"][-1]["sequences"] == 8
     assert (settings.data_dir / "metanet" / "llama.jsonl").is_file()
 

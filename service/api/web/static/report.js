@@ -179,7 +179,7 @@ function trustSentence(name, entry, trust) {
   return h("p", { class: "verdict", dataset: { proxy: name, verdict: word } }, text, h("strong", { class: `verdict-${word}` }, word), ".");
 }
 
-function trustTable(proxies) {
+function trustTable(proxies, id = null) {
   const columns = [
     ["Proxy", (name) => proxyLabel(name), false],
     ["Spearman [95% CI]", (_, e) => `${fixed(e.spearman)}${interval(e.spearman_ci)}`],
@@ -190,7 +190,7 @@ function trustTable(proxies) {
   ];
   return h(
     "table",
-    { class: "data stacked trust-table" },
+    { class: "data stacked trust-table", id },
     h("thead", {}, h("tr", {}, columns.map(([label], i) => h("th", { scope: "col", class: i ? "num" : null }, label)))),
     h(
       "tbody",
@@ -216,17 +216,66 @@ function auditNote(trust) {
   return h("p", { class: "muted" }, parts.join(" "));
 }
 
+// Where the search looked (search/neighbourhood.py): its best trials and small moves of its best,
+// where a proxy must tell near-equals apart; the audit above spans the whole range of scores.
+function records(value) {
+  return Object.entries(isRecord(value) ? value : {}).filter(([, e]) => isRecord(e));
+}
+
+function moved(spread) {
+  if (!isRecord(spread) || !isNumber(spread.min) || !isNumber(spread.max)) return "";
+  return ` moving ${percent(spread.min)} to ${percent(spread.max)} of the blocks' parameters`;
+}
+
+function neighbourhoodSentence(nearby, trust) {
+  const name = nearby.best_proxy;
+  const entry = isRecord(nearby.proxies) && isRecord(nearby.proxies[name]) ? nearby.proxies[name] : null;
+  const metric = metricLabel(nearby.metric || trust.metric || "kl");
+  let word = entry ? verdict(entry, isNumber(trust.threshold) ? trust.threshold : 0.3) : "poor";
+  // Its lead is not settled (its interval overlaps the runner-up's): as for a wide interval.
+  if (nearby.uncertain && (word === "moderate" || word === "strong")) word = "uncertain";
+  const top = list(nearby.top_region).length;
+  const where =
+    `Near the best trial ${nearby.best_trial}, among ${plural(nearby.size, "candidate")} ` +
+    `(${top} of the search's best trials and ` +
+    `${plural(nearby.perturbations, "variation")} of trial ${nearby.best_trial}${moved(nearby.distance)}), `;
+  const text = entry && isNumber(entry.spearman)
+    ? `${where}${proxyLabel(name)} ranked best with Spearman ${fixed(entry.spearman)}${interval(entry.spearman_ci)} against their verified ${metric}: `
+    : `${where}no proxy could be compared with the verified ${metric}: `;
+  return h("p", { class: "neighbourhood", dataset: { proxy: name || "", verdict: word } }, text, h("strong", { class: `verdict-${word}` }, word), ".");
+}
+
+function neighbourhoodNote(nearby) {
+  return h(
+    "p",
+    { class: "muted" },
+    `The second table: ${plural(nearby.size, "candidate")} near the best (the search's best trials and small variations of its best), every proxy scoring all of them` +
+      (isNumber(nearby.tokens) ? `, verified on ${integer(nearby.tokens)} held-out tokens` : "") +
+      ". Near-equals are what a search must tell apart.",
+  );
+}
+
 function trustPart(trust) {
-  const proxies = Object.entries(isRecord(trust.proxies) ? trust.proxies : {}).filter(([, e]) => isRecord(e));
+  const proxies = records(trust.proxies);
   if (!proxies.length && !list(trust.flags).length) return null;
   const main = proxies.filter(([name]) => name === trust.objective);
+  const nearby = isRecord(trust.neighbourhood) ? trust.neighbourhood : null;
+  const near = nearby ? records(nearby.proxies) : [];
   return h(
     "section",
     { class: "report-part", id: "report-trust" },
     h("h3", {}, "Can the proxy be trusted?"),
     (main.length ? main : proxies.slice(0, 1)).map(([name, entry]) => trustSentence(name, entry, trust)),
+    nearby ? neighbourhoodSentence(nearby, trust) : null,
     proxies.length
-      ? h("details", { class: "numbers" }, h("summary", {}, "The numbers behind this"), auditNote(trust), trustTable(proxies))
+      ? h(
+          "details",
+          { class: "numbers" },
+          h("summary", {}, "The numbers behind this"),
+          auditNote(trust),
+          trustTable(proxies),
+          near.length ? [neighbourhoodNote(nearby), trustTable(near, "neighbourhood-table")] : null,
+        )
       : null,
   );
 }
