@@ -131,6 +131,17 @@ LABELS = {
     "dense": "dense",
 }
 LABELS[DEFAULT_METHOD] += " (the default)"
+ON_DEFAULT_PROXY = ("random", "search:standard", "search:recovery")
+
+
+def label(method: str, row: dict[str, Any]) -> str:
+    """A row's name; the rows searched with the default proxy name the proxy they were run with (a
+    model kept from an earlier run with another default says so)."""
+    if method in ON_DEFAULT_PROXY and row.get("proxy", "tracenas") != DEFAULT_PROXY:
+        return LABELS[method].replace(f"({DEFAULT_PROXY})", f"({row.get('proxy', 'tracenas')})")
+    return LABELS[method]
+
+
 # The oracle: the same space searched with a large evaluation budget, every candidate scored by KL on
 # all calibration tokens (no token schedule), EvoPress's way.
 ORACLE: dict[str, Any] = {"proxy": "kl", "sampler": "evo", "token_schedule": {"enabled": False}}
@@ -711,7 +722,7 @@ def findings(results: list[dict[str, Any]]) -> list[str]:
         metric, domain = primary(result)
         for budget in result["budgets"]:
             rows = budget["methods"]
-            for key, label in (("heldout", "as pruned"), ("heldout_ft", "after the recovery fine-tune")):
+            for key, stage in (("heldout", "as pruned"), ("heldout_ft", "after the recovery fine-tune")):
                 value = {m: r[key][domain][metric] for m, r in rows.items()}
                 searches = [m for m in value if m.startswith("search:")]
                 baselines = [m for m in value if m in BASELINES]
@@ -728,8 +739,8 @@ def findings(results: list[dict[str, Any]]) -> list[str]:
                     beats = value[best_search] < value[best_base]
                     rel = value[best_search] / value[best_base] - 1
                     lines.append(
-                        f"- `{result['model']}` at {budget['ratio']:.0%} of the blocks, {label}: the best search "
-                        f"({LABELS[best_search]}, {metric} {domain} {value[best_search]:.4g}) "
+                        f"- `{result['model']}` at {budget['ratio']:.0%} of the blocks, {stage}: the best search "
+                        f"({label(best_search, rows[best_search])}, {metric} {domain} {value[best_search]:.4g}) "
                         + (f"**beats {group}**" if beats else f"**does NOT beat {group}**")
                         + f" (best of them: {LABELS[best_base]}, {value[best_base]:.4g}; search {rel:+.1%})"
                         + (f"; overall best: {LABELS[winner]}." if group == "every baseline" else ".")
@@ -737,7 +748,7 @@ def findings(results: list[dict[str, Any]]) -> list[str]:
                 if "random" in value:
                     rel = value[best_search] / value["random"] - 1
                     lines.append(
-                        f"- `{result['model']}` at {budget['ratio']:.0%}, {label}: best proxy-guided search vs random "
+                        f"- `{result['model']}` at {budget['ratio']:.0%}, {stage}: best proxy-guided search vs random "
                         f"search with the same budget and verification: {value[best_search]:.4g} vs "
                         f"{value['random']:.4g} ({rel:+.1%})."
                     )
@@ -750,7 +761,7 @@ def findings(results: list[dict[str, Any]]) -> list[str]:
             if origins:
                 lines.append(
                     f"- `{result['model']}` at {budget['ratio']:.0%}: the verified best of "
-                    + ", ".join(f"{LABELS[m]} was its {o}" for m, o in origins.items())
+                    + ", ".join(f"{label(m, budget['methods'][m])} was its {o}" for m, o in origins.items())
                     + " (a baseline seed won the search's own verification)."
                 )
     for result in results:
@@ -871,7 +882,7 @@ def grid_lines(result: dict[str, Any], budget: dict[str, Any]) -> list[str]:
         verified = r.get("verified", {}).get(first)
         versus = f"{h['docs'][first] / oracle - 1:+.1%}" if oracle else "—"
         lines.append(
-            f"| {LABELS[method]} | {r['trials']} | {_fmt(r.get('tokens_per_trial'), 5)} | {r['seconds']:.1f} | "
+            f"| {label(method, r)} | {r['trials']} | {_fmt(r.get('tokens_per_trial'), 5)} | {r['seconds']:.1f} | "
             f"{_fmt(verified)} | {_fmt(h['docs'][first])} | {_fmt(h['stdlib'][first])} | {_fmt(h['docs'][second])} | "
             f"{_fmt(h['stdlib'][second])} | {versus} |"
         )
@@ -916,7 +927,7 @@ def table(result: dict[str, Any], budget: dict[str, Any]) -> list[str]:
             continue
         r = rows[method]
         h, t = r["heldout"], r["heldout_ft"]
-        common_cells = f"| {LABELS[method]} | {r['blocks_ratio']:.1%} | {r['param_ratio']:.1%} | {r['sub_blocks']} |"
+        common_cells = f"| {label(method, r)} | {r['blocks_ratio']:.1%} | {r['param_ratio']:.1%} | {r['sub_blocks']} |"
         if result["encoder"]:
             cells = (
                 f" {_fmt(h['docs']['similarity_gap'])} | {_fmt(h['stdlib']['similarity_gap'])} | "
@@ -962,7 +973,7 @@ def speed_lines(budget: dict[str, Any]) -> list[str]:
         size = f"{stored / 1e6:.1f} MB ({stored / dense:.0%})"
         cells = [f"{1000 * p['pruned_s']:.2f} ({p['speedup']:.2f}×)" for p in speed["prefill"]]
         cells += [f"{d['pruned_tokens_per_s']:,.0f} ({d['speedup']:.2f}×)" for d in speed["decode"]]
-        lines.append(f"| {LABELS[method]} | {size} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label(method, budget['methods'][method])} | {size} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
 
@@ -1046,6 +1057,14 @@ def render(saved: dict[str, Any], plot_name: str | None) -> str:
             ),
             "",
         ]
+        if "settings" in result:
+            own = result["settings"]
+            lines += [
+                f"Measured in an earlier run with other settings: {own['trials']} trials per search, methods as "
+                "listed (rows added since are absent), calibration "
+                f"{own['calibration']} × {own['seq_len']} tokens, verification {own['heldout']} sequences.",
+                "",
+            ]
         for budget in result["budgets"]:
             lines += [f"### {budget['ratio']:.0%} of the blocks' parameters", "", *table(result, budget), ""]
             grid = grid_lines(result, budget)
@@ -1059,7 +1078,7 @@ def render(saved: dict[str, Any], plot_name: str | None) -> str:
 
 
 def _search_note(method: str, row: dict[str, Any]) -> str:
-    note = f"{LABELS[method]}: best = {row['best_origin']} (trial {row['best_trial']}), {row['trials']} trials"
+    note = f"{label(method, row)}: best = {row['best_origin']} (trial {row['best_trial']}), {row['trials']} trials"
     if "metanet" in row:
         state = row["metanet"]
         note += (
@@ -1125,6 +1144,38 @@ def write(saved: dict[str, Any], markdown: Path) -> None:
     png = markdown.with_suffix(".png")
     plot(saved, png)
     markdown.write_text(render(saved, png.name))
+
+
+def merge_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One document from several runs (e.g. one process per model and budget on one machine): a
+    model's budgets are joined; a later run's budget replaces an earlier one's. A model measured with
+    other settings than the first run's keeps them beside its results, and the document says so."""
+    merged = copy.deepcopy(runs[0])
+    base = _comparable(merged["settings"])
+    by_model = {r["model"]: r for r in merged["results"]}
+    for run in runs[1:]:
+        for result in run["results"]:
+            if _comparable(run["settings"]) != base:
+                result = result | {"settings": run["settings"]}
+            earlier = by_model.get(result["model"])
+            if earlier is None or earlier.get("settings") != result.get("settings"):
+                merged["results"] = [r for r in merged["results"] if r["model"] != result["model"]] + [result]
+                by_model[result["model"]] = result
+                continue
+            budgets = {b["ratio"]: b for b in earlier["budgets"]} | {b["ratio"]: b for b in result["budgets"]}
+            earlier["budgets"] = [budgets[r] for r in sorted(budgets, reverse=True)]
+            earlier["seconds"] += result["seconds"]
+        merged["meta"]["seconds"] += run["meta"]["seconds"]
+        if run["command"] not in merged["command"]:
+            merged["command"] += " && " + run["command"]
+    ratios = sorted({b["ratio"] for r in merged["results"] if "settings" not in r for b in r["budgets"]}, reverse=True)
+    merged["settings"]["ratios"] = ratios
+    merged["settings"]["models"] = ",".join(r["model"] for r in merged["results"])
+    return merged
+
+
+def _comparable(settings: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in settings.items() if k not in ("models", "ratios")}
 
 
 def compare_runs(saved: dict[str, Any], rerun: dict[str, Any]) -> dict[str, Any]:
@@ -1199,7 +1250,18 @@ def main() -> None:
     parser.add_argument(
         "--rerun", type=Path, default=None, help="with --render: compare with this JSON of a second run"
     )
+    parser.add_argument(
+        "--merge", type=Path, nargs="+", default=None, help="with --write: one document from these runs' JSON"
+    )
     args = parser.parse_args()
+    if args.merge:
+        if args.write is None:
+            raise SystemExit("--merge needs --write")
+        saved = merge_runs([json.loads(path.read_text()) for path in args.merge])
+        saved["meta"]["notes"] = NOTES
+        write(saved, args.write)
+        print(args.write.read_text())
+        return
     if args.render is not None:
         saved = json.loads(args.render.read_text())
         saved["meta"]["notes"] = NOTES

@@ -103,8 +103,8 @@ def test_every_method_is_measured_at_the_same_budget(tmp_path: Path) -> None:
         if method.startswith("search:") or method == "random":
             assert row["trials"] == 3 and row["verified"]["kl"] > 0
     assert rows["oracle"]["trials"] == 6 and rows["oracle"]["proxy"] == "kl" and rows["oracle"]["sampler"] == "evo"
-    # The oracle scores every candidate on all calibration tokens; the default search's schedule on fewer.
-    assert rows["oracle"]["tokens_per_trial"] == 2 * 32
+    # The oracle scores every candidate on all calibration tokens (KL at the 31 next-token positions of each).
+    assert rows["oracle"]["tokens_per_trial"] == 2 * 31
     # Only OWL's unstructured sparsity keeps zeros in dense tensors; the rest are physically smaller.
     assert rows["owl"]["param_count"] < rows["owl"]["stored_params"] <= figures["params"]
     assert all(rows[m]["stored_params"] == rows[m]["param_count"] for m in METHODS - {"owl"})
@@ -115,7 +115,7 @@ def test_every_method_is_measured_at_the_same_budget(tmp_path: Path) -> None:
     assert recovery["steps"] == 2 and winner["steps"] == 2 and winner["after"]["kl"] > 0
     # Each timed method's export beside the dense model: the structured ones are smaller on disk.
     default = _default_method()
-    timed = {default, "search:standard", "search:recovery", "uniform", "block_influence", "owl"}
+    timed = {default, "search:standard", "search:recovery", "uniform", "block_influence", "flap", "owl"}
     assert {m for m, r in rows.items() if "speed" in r} == timed
     for method in timed:
         speed = rows[method]["speed"]
@@ -134,6 +134,13 @@ def test_every_method_is_measured_at_the_same_budget(tmp_path: Path) -> None:
     command = [sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--render", str(out.with_suffix(".json"))]
     subprocess.run([*command, "--write", str(rerendered)], check=True, capture_output=True, timeout=300, cwd=ROOT)
     assert rerendered.read_text() == text.replace("benchmarks.png", "again.png")
+    # --merge joins runs (one process per model and budget): a run merged with itself has the same rows.
+    merged = tmp_path / "merged.md"
+    json_path = str(out.with_suffix(".json"))
+    command = [sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--merge", json_path, json_path]
+    subprocess.run([*command, "--write", str(merged)], check=True, capture_output=True, timeout=300, cwd=ROOT)
+    rows_of = [line for line in text.splitlines() if line.startswith("| ")]
+    assert [line for line in merged.read_text().splitlines() if line.startswith("| ")] == rows_of
 
 
 def _default_method() -> str:
