@@ -261,7 +261,9 @@ class TokenSchedule(_Strict):
             allow_inf_nan=False,
             description="Share of the study's trials scored on a rung that go on to the next one (the best ones).",
         ),
-    ] = 0.5
+        # 0.25: on ref-llama-7m at 50%, 60 TPE trials found the same best as with 0.5 (both seeds)
+        # on 25% fewer tokens; an improving sampler's new trials mostly beat the median of older ones.
+    ] = 0.25
     full_trials: Annotated[
         int,
         Field(
