@@ -6,11 +6,12 @@ For each model, two populations at one budget, every candidate verified on the w
 
 - **random**: a fixed set of random candidates (diverse depth and width, repaired to the budget like
   trials). Their verified KL spans a wide range, which is easy to rank;
-- **near the best**: the verified best of a short real search (``--centre-trials`` trials with the
-  ``--centre-proxy`` proxy, ``kl`` by default) and ``--neighbourhood`` − 1 perturbations of it drawn by
-  ``search.neighbourhood.perturbations`` (1 to 3 budget moves of ``search.moves.DEFAULT_STEP`` between
-  sub-blocks, repaired to the budget, distinct), as the job's neighbourhood audit draws them, with their
-  distance from it (``search.moves.arch_distance``) stated. These are near-equals; a search needs the
+- **near the best**: the verified best of a short real search (``--centre-trials`` trials, 100 by
+  default, of the ``--centre-proxy`` proxy, ``kl`` by default, with ``--centre-sampler``) and
+  ``--neighbourhood`` − 1 perturbations of it drawn by ``search.neighbourhood.perturbations`` (1 to 3
+  budget moves of ``search.moves.DEFAULT_STEP`` between sub-blocks, repaired to the budget, distinct),
+  as the job's neighbourhood audit draws them, with their distance from it
+  (``search.moves.arch_distance``) stated. These are near-equals; a search needs the
   ranking among them, since that is what picks its best.
 
 Both are scored by every proxy:
@@ -346,6 +347,7 @@ def near_the_best(loaded: LoadedModel, model: str, args: argparse.Namespace) -> 
         ratio=args.ratio,
         seed=args.seed,
         proxy=args.centre_proxy,
+        sampler=args.centre_sampler,
         n_trials=args.centre_trials,
         verify_top_k=3,
         audit_size=0,
@@ -771,8 +773,9 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--models", default=",".join(REFERENCE_MODELS))
     parser.add_argument("--candidates", type=int, default=40, help="random candidates")
     parser.add_argument("--neighbourhood", type=int, default=24, help="candidates near the best (the centre included)")
-    parser.add_argument("--centre-trials", type=int, default=40, help="trials of the search whose best is the centre")
+    parser.add_argument("--centre-trials", type=int, default=100, help="trials of the search whose best is the centre")
     parser.add_argument("--centre-proxy", default="kl", help="the proxy of that search")
+    parser.add_argument("--centre-sampler", default="tpe", help="the sampler of that search")
     parser.add_argument("--top-k", type=_ks, default=[8, 32, 128, 256], help="k of the kl proxy's top-k forms")
     parser.add_argument("--width-candidates", type=int, default=30, help="candidates of the width-only set")
     parser.add_argument("--ratio", type=float, default=0.6, help="budget: share of the blocks' parameters kept")
@@ -839,20 +842,20 @@ NOTES = """## How to read this
   candidates, which crowd around the best region and differ by a few percent; the proxy's ranking
   among those near-equals is what picks the job's best (issue 15: a job's own trust report gave
   TraceNAS ρ 0.31 there while this document gave it 0.99 on random candidates). So each model also
-  has a **neighbourhood population**: the centre is the verified best of a short real search (40
-  trials of the `kl` proxy, TPE, the job's verification of its finalists and baselines; its trial and
-  origin are stated), and the rest are distinct perturbations of it drawn by
-  `search.neighbourhood.perturbations`, the function the job's neighbourhood audit draws with: 1 to 3
-  budget moves (`search.moves.move_budget`), each shifting up to 2% of the blocks' parameters from
-  one sub-block to another, on the keep fractions its architecture realises, then the job's own
-  repair to the same budget; repeats are dropped. The distance is `search.moves.arch_distance`, the
-  share of the blocks' parameters kept differently from the centre. Every proxy is correlated with
-  the verified metric there with the same bootstrap intervals, and the sentence under the table says
-  which proxy a job can select (`tracenas`, `prunenet`, the ensemble as a job runs it, the
-  meta-network after three jobs, `kl`) ranks best on each population, with its interval and whether
-  its lead is clear (`search.trust.leading_proxy`, as the job's report names it). The centre's search
-  uses `kl`, so the neighbourhood is where a `kl` search looks; a TraceNAS search's best region may
-  differ.
+  has a **neighbourhood population**: the centre is the verified best of a short real search (100
+  trials of the `kl` proxy with TPE unless the command says otherwise, verified as a job verifies its
+  finalists, beside the baselines; the search, the trial and its origin are stated), and the rest
+  are distinct perturbations of it drawn by `search.neighbourhood.perturbations`, the function the
+  job's neighbourhood audit draws with: 1 to 3 budget moves (`search.moves.move_budget`), each
+  shifting up to 2% of the blocks' parameters from one sub-block to another, on the keep fractions
+  its architecture realises, then the job's own repair to the same budget; repeats are dropped. The
+  distance is `search.moves.arch_distance`, the share of the blocks' parameters kept differently from
+  the centre. Every proxy is correlated with the verified metric there with the same bootstrap
+  intervals, and the sentence under the table says which proxy a job can select (`tracenas`,
+  `prunenet`, the ensemble as a job runs it, the meta-network after three jobs, `kl`) ranks best on
+  each population, with its interval and whether its lead is clear (`search.trust.leading_proxy`, as
+  the job's report names it). The centre's search uses `kl`, so the neighbourhood is where a `kl`
+  search looks; a TraceNAS search's best region may differ.
 - **The ensemble rows** all combine the same two members (PruneNet's lookups and TraceNAS's
   forward+backward). *equal weights* is plain mean-rank aggregation against a reference population
   of 16 other random candidates; *audit-weighted* (the default) weighs each member by ρ / (1 − ρ²)
