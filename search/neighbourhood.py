@@ -56,7 +56,9 @@ _ATTEMPTS = 8  # draws per wanted perturbation (a move may round back onto an ar
 
 
 @dataclass(frozen=True)
-class _Candidate:
+class Nearby:
+    """A candidate near the best: a trial of the top region, or a perturbation (``trial`` None)."""
+
     key: Hashable  # the verifier's key: the trial's number (the trust audit may have verified it), or a label
     selection: Selection
     trial: int | None
@@ -76,7 +78,7 @@ def neighbourhood_audit(
     top = _top_region(context, complete, best.number, centre, max(1, size // 2))
     seen = {c.selection.arch.to_json() for c in top}
     rng = random.Random((context.spec.seed or 0) * 7_919 + 29)
-    nearby = _perturbations(context, best, centre, size - len(top), seen, rng)
+    nearby = perturbations(context, best, centre, size - len(top), seen, rng)
     candidates = top + nearby
     if len(candidates) < MIN_NEIGHBOURHOOD:
         return None
@@ -111,13 +113,13 @@ def neighbourhood_audit(
 
 def _top_region(
     context: SearchContext, complete: Sequence[TrialInfo], best: int, centre: ArchConfig, count: int
-) -> list[_Candidate]:
+) -> list[Nearby]:
     """The best trial and the job's proxy's next best distinct architectures, ``count`` in all."""
     key = centre.to_json()
     ranked = [t for t in finalists([t for t in complete if t.arch is not None], count) if _arch(t).to_json() != key]
     chosen = [(best, centre)] + [(t.number, _arch(t)) for t in ranked[: count - 1]]
     return [
-        _Candidate(number, context.selection(arch), number, 0, arch_distance(context.shape, centre, arch))
+        Nearby(number, context.selection(arch), number, 0, arch_distance(context.shape, centre, arch))
         for number, arch in chosen
     ]
 
@@ -126,14 +128,17 @@ def _arch(trial: TrialInfo) -> ArchConfig:
     return ArchConfig.from_dict(trial.arch)  # type: ignore[arg-type]
 
 
-def _perturbations(
+def perturbations(
     context: SearchContext, best: FrozenTrial, centre: ArchConfig, count: int, seen: set[str], rng: random.Random
-) -> list[_Candidate]:
-    """Up to ``count`` distinct candidates a few budget moves from ``best``, repaired to its budget."""
+) -> list[Nearby]:
+    """Up to ``count`` distinct candidates 1 to ``MAX_MOVES`` budget moves from trial ``best`` (whose
+    architecture is ``centre``), repaired to its budget; architectures in ``seen`` (JSON) are skipped,
+    and every one found is added to it. ``benchmarks/proxies.py`` draws its neighbourhood population
+    with it."""
     params = _realised(context, best, centre)
     costs = fraction_costs(context.shape, params)
     budget = float(best.params.get("param_ratio", context.ratio_range()[1]))
-    found: list[_Candidate] = []
+    found: list[Nearby] = []
     for _ in range(count * _ATTEMPTS):
         if len(found) >= count:
             break
@@ -150,7 +155,7 @@ def _perturbations(
             continue
         seen.add(key)
         distance = arch_distance(context.shape, centre, selection.arch)
-        found.append(_Candidate(("neighbour", len(found)), selection, None, moves, distance))
+        found.append(Nearby(("neighbour", len(found)), selection, None, moves, distance))
     return found
 
 

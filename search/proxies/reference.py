@@ -146,6 +146,16 @@ def reference_bytes(reference: Reference) -> int:
     return sum(t.numel() * t.element_size() for t in _tensors(reference).values())
 
 
+def form_bytes(form: str, positions: int, vocabulary: int) -> int:
+    """What a decoder's reference in ``form`` takes for ``positions`` next-token positions, without
+    computing it (what a larger model would need): float32 log-probabilities of every token in
+    ``"full"``; k float32 log-probabilities, k int32 ids and one float32 rest per position in ``"top{k}"``."""
+    if form == FULL:
+        return positions * vocabulary * 4
+    k = min(int(form.removeprefix("top")), vocabulary)
+    return positions * (k * (4 + 4) + 4)
+
+
 def _tensors(reference: Reference) -> dict[str, torch.Tensor]:
     return {name: getattr(reference, name) for name in reference.__dataclass_fields__}
 

@@ -20,6 +20,7 @@ from search.loading import LoadedModel, load_model
 from search.masking import apply_arch
 from search.proxies import create_proxy
 from search.proxies.kl import KL, top_k_agreement
+from search.proxies.reference import form_bytes
 from search.selection import Selection
 from search.study import run_search
 from tests.conftest import tiny_job_spec
@@ -100,6 +101,17 @@ def test_top_k_is_exact_when_it_covers_the_vocabulary_and_a_lower_bound_below(
     assert coarse[1].reference_bytes < exact.reference_bytes / 10
     with pytest.raises(ProxyError, match="kl_top_k must be 0"):
         _kl(tiny_loaded, tiny_tokens, kl_top_k=-1)
+
+
+def test_form_bytes_is_what_each_form_of_the_reference_takes(tiny_loaded: LoadedModel, tiny_tokens: TokenSet) -> None:
+    """The size stated for a larger vocabulary is computed by the rule the kept tensors follow here."""
+    positions = tiny_tokens.calibration.shape[0] * (tiny_tokens.calibration.shape[1] - 1)
+    vocabulary = tiny_loaded.adapter.shape.vocab_size
+    for k in (0, 16, 10_000):
+        proxy = _kl(tiny_loaded, tiny_tokens, kl_top_k=k)
+        assert form_bytes(proxy.form, positions, vocabulary) == proxy.reference_bytes, proxy.form
+    assert form_bytes("full", 4096, 128_256) == 4096 * 128_256 * 4  # 2 GiB: why a 128k vocabulary keeps the top k
+    assert form_bytes("top256", 4096, 128_256) < 9 * 2**20
 
 
 def test_top_k_agreement_reports_rank_agreement_with_the_exact_kl(
