@@ -1147,8 +1147,9 @@ def write(saved: dict[str, Any], markdown: Path) -> None:
 
 
 def merge_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One document from several runs (e.g. one process per model and budget on one machine): a
-    model's budgets are joined; a later run's budget replaces an earlier one's. A model measured with
+    """One document from several runs (e.g. processes per model, budget and group of methods on one
+    machine): a model's budgets and a budget's methods are joined, a later run's method replacing an
+    earlier one's. A model measured with
     other settings than the first run's keeps them beside its results, and the document says so."""
     merged = copy.deepcopy(runs[0])
     base = _comparable(merged["settings"])
@@ -1162,7 +1163,12 @@ def merge_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 merged["results"] = [r for r in merged["results"] if r["model"] != result["model"]] + [result]
                 by_model[result["model"]] = result
                 continue
-            budgets = {b["ratio"]: b for b in earlier["budgets"]} | {b["ratio"]: b for b in result["budgets"]}
+            budgets = {b["ratio"]: b for b in earlier["budgets"]}
+            for budget in result["budgets"]:  # methods of one budget may come from several processes
+                if budget["ratio"] in budgets:
+                    budgets[budget["ratio"]]["methods"] |= budget["methods"]
+                else:
+                    budgets[budget["ratio"]] = budget
             earlier["budgets"] = [budgets[r] for r in sorted(budgets, reverse=True)]
             earlier["seconds"] += result["seconds"]
         merged["meta"]["seconds"] += run["meta"]["seconds"]
