@@ -82,7 +82,11 @@ class TokenLadder:
 
     def score(self, trial: optuna.Trial, selection: Selection) -> ProxyScore:
         """The trial's score, full-scale; reports each rung and records ``tokens`` on the trial."""
-        score = self._climb(trial, selection) if self.rungs else self.proxy.score(selection)
+        if self.rungs:
+            with self.proxy.hold(selection):  # swapped in once for every rung it climbs
+                score = self._climb(trial, selection)
+        else:
+            score = self.proxy.score(selection)
         if score.tokens is not None:
             trial.set_user_attr("tokens", score.tokens)
         return score

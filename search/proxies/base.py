@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, ClassVar, TypeVar, cast
@@ -95,6 +96,11 @@ class Proxy(ABC):
         """The score on the first ``sequences`` calibration sequences (within ``rungs``); a later rung
         for the same selection extends the earlier one's work instead of repeating it."""
         raise NotImplementedError(f"the {self.name} proxy has a single fidelity")
+
+    def hold(self, selection: Selection) -> AbstractContextManager[None]:
+        """Keep ``selection`` realised while a trial scores it rung after rung (``score_on``), so a
+        multi-fidelity proxy swaps the candidate in once per trial, not once per rung."""
+        return nullcontext()
 
     @property
     def members(self) -> list[Proxy]:

@@ -20,6 +20,8 @@ n for the same selection extends the sums it accumulated instead of starting aga
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -86,6 +88,8 @@ class KL(Proxy):
         self.reference: Reference = moved(dense, adapter.device)
         self.available = len(tokens.calibration)
         self._memo: tuple[Selection, _Sums] | None = None  # the last candidate's sums, for a later rung
+        self._held: Selection | None = None  # the candidate ``hold`` keeps applied across rungs
+        self._hold_seconds = 0.0
 
     @classmethod
     def create(cls, build: ProxyBuild) -> KL:
@@ -124,12 +128,27 @@ class KL(Proxy):
         self._extend(selection, sums, sequences)
         return self._figure(sums)
 
+    @contextmanager
+    def hold(self, selection: Selection) -> Iterator[None]:
+        started = time.perf_counter()
+        with apply_arch(self.adapter, selection):
+            self._held = selection
+            self._hold_seconds = time.perf_counter() - started  # counted once, with the first rung
+            try:
+                yield
+            finally:
+                self._held = None
+
     @torch.no_grad()
     def _extend(self, selection: Selection, sums: _Sums, sequences: int) -> None:
         if sums.sequences >= sequences:
             return
         started = time.perf_counter()
-        with apply_arch(self.adapter, selection):
+        held = self._held is selection
+        if held:
+            sums.seconds += self._hold_seconds
+            self._hold_seconds = 0.0
+        with nullcontext() if held else apply_arch(self.adapter, selection):
             for batch in forward_batches(self.tokens, sums.sequences, sequences, self.batch_size, self.adapter.device):
                 output = self.adapter.forward(batch)
                 if self.causal:
@@ -146,10 +165,12 @@ class KL(Proxy):
         """Add one batch's KL over its real positions; ``logits`` (B, T, V), ``real`` (B, T-1)."""
         reference = self.reference
         assert not isinstance(reference, DenseEmbeddings)
+        total = torch.zeros((), dtype=torch.float64, device=logits.device)
         for b in range(len(logits)):
             kl = reference.kl(logits[b, :-1], sums.sequences + b)  # (T-1,)
-            sums.kl += float(kl[real[b]].double().sum())
-            sums.tokens += int(real[b].sum())
+            total += kl[real[b]].double().sum()
+        sums.kl += float(total)  # one device sync per batch
+        sums.tokens += int(real.sum())
 
     def _figure(self, sums: _Sums) -> ProxyScore:
         timings = {"forward_s": sums.seconds}

@@ -19,6 +19,7 @@ from search.errors import ProxyError
 from search.loading import LoadedModel, load_model
 from search.masking import apply_arch
 from search.proxies import create_proxy
+from search.proxies import kl as kl_module
 from search.proxies.kl import KL, top_k_agreement
 from search.proxies.reference import form_bytes
 from search.selection import Selection
@@ -145,6 +146,24 @@ def test_a_prefix_extended_to_every_sequence_equals_the_full_score(
     extended = fresh.score_on(selection, 8)
     assert seen == [2, 4]  # only the sequences the first rung had not scored, in the dense model's batches
     assert extended.tokens == full.tokens and extended.value == pytest.approx(full.value, rel=1e-5)
+
+
+def test_a_held_candidate_is_swapped_in_once_for_every_rung(
+    tiny_loaded: LoadedModel, tiny_tokens: TokenSet, selections: dict[str, Selection], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proxy = _kl(tiny_loaded, tiny_tokens)
+    selection = selections["narrow"]
+    full = proxy.score(selection)
+    fresh = _kl(tiny_loaded, tiny_tokens)
+    applied: list[Selection] = []
+    real_apply = kl_module.apply_arch
+    monkeypatch.setattr(kl_module, "apply_arch", lambda adapter, s: applied.append(s) or real_apply(adapter, s))
+    with fresh.hold(selection):
+        rungs = [fresh.score_on(selection, n) for n in fresh.rungs]
+    assert applied == [selection]  # once for the four rungs
+    assert rungs[-1].value == pytest.approx(full.value, rel=1e-5)
+    # The hold restored the model: the dense architecture is again at KL 0.
+    assert fresh.score(selections["dense"]).value == pytest.approx(0.0, abs=1e-6)
 
 
 def test_the_dense_reference_is_read_back_by_the_next_process(
