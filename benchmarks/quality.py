@@ -996,7 +996,14 @@ def render(saved: dict[str, Any], plot_name: str | None) -> str:
         f"    {saved['command']}",
         "",
         f"Hardware: {meta['hardware']}; torch {meta['torch']}; transformers {meta['transformers']}; "
-        f"Python {meta['python']}; total wall time {meta['seconds']:.0f} s.",
+        f"Python {meta['python']}; "
+        + (
+            f"{meta['seconds']:.0f} s of process time summed over {meta['runs']} runs joined with `--merge`, some "
+            "of them processes run at the same time on one machine: their wall s and speed figures include "
+            "that contention (the speed table compares each export with the dense model measured beside it)."
+            if meta.get("runs", 1) > 1
+            else f"total wall time {meta['seconds']:.0f} s."
+        ),
         "",
         f"Settings: {settings['trials']} trials per search (TPE unless the row names a sampler; the oracle "
         f"{settings.get('oracle_trials', '—')}), `{settings['parameterization']}` parameterisation, "
@@ -1176,6 +1183,7 @@ def merge_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
             merged["command"] += " && " + run["command"]
     ratios = sorted({b["ratio"] for r in merged["results"] if "settings" not in r for b in r["budgets"]}, reverse=True)
     merged["settings"]["ratios"] = ratios
+    merged["meta"]["runs"] = sum(run["meta"].get("runs", 1) for run in runs)
     merged["settings"]["models"] = ",".join(r["model"] for r in merged["results"])
     return merged
 

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import sys
@@ -427,7 +428,8 @@ def main() -> None:
     if args.section:  # one marked section of the page; the rest of it stays as it is
         text = render(rows, meta, command).split("\n", 2)[2].replace("## ", "#### ")
         write_section(args.out, f"throughput: {args.section}", f"### {args.section}\n{text}", heading=SECTIONS)
-        args.out.with_name(f"{args.out.stem}-{args.section}.json").write_text(json.dumps(figures, indent=2))
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", args.section).strip("-").lower()
+        args.out.with_name(f"{args.out.stem}-{slug}.json").write_text(json.dumps(figures, indent=2))
     else:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(render(rows, meta, command))

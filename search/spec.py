@@ -289,7 +289,11 @@ class JobSpec(_Strict):
         description="A proxy name (kl, tracenas, prunenet, metanet, ensemble), or a list of them whose ranks are "
         "aggregated, cheap ones prefiltering expensive ones.",
     )
-    sampler: SamplerName = "tpe"
+    sampler: SamplerName = Field(
+        default="evo",
+        description="evo (EvoPress-style, the default), tpe, random, nsga2 or cmaes; a Pareto search "
+        "(objectives with 'params') defaults to tpe, evo and cmaes being single-objective.",
+    )
     seed: Annotated[int | None, Field(ge=0, le=2**32 - 1)] = None
     calibration: Calibration = Calibration()
     search_space: SearchSpace = SearchSpace()
@@ -362,6 +366,14 @@ class JobSpec(_Strict):
         if not value or value[0] != "score" or len(set(value)) != len(value):
             raise ValueError("objectives must start with 'score' and name each objective once")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pareto_sampler(cls, data: Any) -> Any:
+        # The default sampler (evo) is single-objective: a Pareto search that names none gets TPE.
+        if isinstance(data, dict) and "sampler" not in data and len(data.get("objectives") or ()) > 1:
+            return data | {"sampler": "tpe"}
+        return data
 
     @model_validator(mode="after")
     def _sampler_supports_objectives(self) -> JobSpec:

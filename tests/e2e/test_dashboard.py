@@ -55,7 +55,7 @@ def test_dashboard_reads_the_study(loaded: LoadedModel, tiny_llama_dir: Path, tm
         (summary,) = wait_until(studies, timeout=60, what="optuna-dashboard to answer")
         assert summary["study_name"] == "job-dashboard"
         detail = client.get(f"/api/studies/{summary['study_id']}").json()
-        assert detail["objective_names"] == ["tracenas"]
+        assert detail["objective_names"] == ["kl"]  # the default proxy
         assert len(detail["trials"]) == 4
         for trial in detail["trials"]:
             assert trial["state"] == "Complete"

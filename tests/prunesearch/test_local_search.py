@@ -97,7 +97,7 @@ def test_the_verified_best_is_shown_beside_every_baseline_and_labelled(run: Run)
     assert labels[0] == "dense model" and labels[1].startswith("verified best")
     for baseline in ("uniform width", "Block Influence depth", "OWL sparsity"):
         assert sum(baseline in label for label in labels) == 1, labels
-    assert "proxy's best tracenas=" in run.output  # the bar's best is the proxy's, the table's the verified one
+    assert "proxy's best kl=" in run.output  # the bar's best is the proxy's, the table's the verified one
     assert "Verified best architecture" in run.output
 
 

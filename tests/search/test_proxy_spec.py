@@ -14,7 +14,7 @@ def _spec(**fields: object) -> JobSpec:
 
 
 def test_single_names_keep_working_and_lists_are_ensembles() -> None:
-    assert _spec().proxy == "tracenas" and _spec().proxy_members == ("tracenas",)
+    assert _spec().proxy == "kl" and _spec().proxy_members == ("kl",)
     assert _spec(proxy="prunenet").proxy_label == "prunenet"
     assert _spec(proxy="ensemble").proxy_members == DEFAULT_ENSEMBLE == ("prunenet", "tracenas")
     both = _spec(proxy=["tracenas", "prunenet"])

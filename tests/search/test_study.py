@@ -30,7 +30,7 @@ def test_search_meets_the_budget_seeds_baselines_and_verifies(tiny_loaded: Loade
     assert len(complete) == 8 and seen == [t.number for t in result.trials]
     for trial in complete:
         assert abs(trial.param_ratio - 0.6) <= 0.01 * 0.6
-        assert trial.scores["tracenas"] == trial.value
+        assert trial.scores[spec.proxy_label] == trial.value
     seeds = {t.number for t in result.trials if t.origin.startswith("seed:")}
     assert seeds <= set(result.verified) and 3 <= len(result.verified) <= 5
     assert result.dense is not None and result.dense.metrics["kl"] == 0.0
@@ -76,7 +76,7 @@ def test_dense_statistics_and_sketch_are_reused_by_the_next_process(
     from search.loading import load_model
 
     artifacts = tmp_path / "artifacts"
-    spec = _spec(tiny_llama_dir)
+    spec = _spec(tiny_llama_dir, proxy="tracenas")
     arch = ArchConfig((LayerArch(2, 128), LayerArch(0, 256), LayerArch(4, 0), LayerArch(2, 64)))
     first = prepare(load_model(str(tiny_llama_dir), artifacts=artifacts), spec)
     first_proxy = job_proxy(first)
