@@ -917,11 +917,17 @@ NOTES = """## How to read this
   ranks well but unevenly (it depends on which job); trained on three jobs' 72 it is as good as
   TraceNAS on both models, at under a five-hundredth of the cost per candidate. It never saw the
   evaluated candidates: what it learned from jobs at other budgets and seeds transferred.
-- **`kl`** ranks the random candidates as the verified KL does (the reference row it replaces gave
-  ρ 1.00 on both models), forward only: the same measurement on other tokens of the same texts.
+- **`kl`** ranks both populations as the verified KL does: ρ 1.00 and 0.99 on the random candidates
+  of `ref-llama-7m` and `ref-llama-13m`, 0.98 and 0.99 near the best, at or above TraceNAS (0.97 and
+  0.96 near the best; the intervals overlap), forward only, at about half a TraceNAS trial on the 8B
+  shape (`docs/performance.md`). It is the same measurement as the verification on other tokens of
+  the same texts, which is why it ranks near-equals well; it is the job's default proxy, chosen with
+  the sampler by verified result per GPU-second (`docs/benchmarks.md`). Its top-k forms cost almost
+  nothing in rank agreement: top-8 already ranks both populations as the exact form does (ρ ≥ 0.996).
 - **Near the best** the question is harder for every proxy; the sentence under each model's
   neighbourhood table, computed from the run above, names the proxy that ranked best there and how
-  each selectable proxy's ρ moved from the random population to the near-equals.
+  each selectable proxy's ρ moved from the random population to the near-equals; the meta-network
+  trained on one job loses most there (0.93 → 0.66 on `ref-llama-7m`).
 
 ## Where this is used
 
