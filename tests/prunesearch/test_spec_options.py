@@ -61,7 +61,7 @@ def samples(model_dir: Path, text_file: Path) -> dict[FieldPath, tuple[list[str]
         ("token_schedule", "enabled"): (["--no-token-schedule"], False),
         ("token_schedule", "first_sequences"): (["--schedule-first-sequences", "2"], 2),
         ("token_schedule", "growth"): (["--schedule-growth", "3"], 3),
-        ("token_schedule", "promote"): (["--schedule-promote", "0.25"], 0.25),
+        ("token_schedule", "promote"): (["--schedule-promote", "0.5"], 0.5),
         ("token_schedule", "full_trials"): (["--schedule-full-trials", "3"], 3),
         ("recovery", "method"): (["--recovery-method", "distill", "--recovery-steps", "5"], "distill"),
         ("recovery", "steps"): (["--recovery-steps", "5"], 5),

@@ -20,7 +20,12 @@ const ORIGINS = {
   "seed:owl": "OWL sparsity",
 };
 
-const PROXIES = { tracenas: "TraceNAS", tracenas_sum: "TraceNAS (sum over blocks)", prunenet: "PruneNet" };
+const PROXIES = {
+  kl: "KL on the calibration tokens",
+  tracenas: "TraceNAS",
+  tracenas_sum: "TraceNAS (sum over blocks)",
+  prunenet: "PruneNet",
+};
 
 const isRecord = (value) => Boolean(value) && typeof value === "object" && !Array.isArray(value);
 const list = (value) => (Array.isArray(value) ? value : []);
