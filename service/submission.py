@@ -19,6 +19,7 @@ from service.admission import check_local_paths, check_owner_quota, check_spec_l
 from service.broker import enqueue_job
 from service.errors import InvalidRequest, Unavailable
 from service.models import Job
+from service.notify.urls import notify_target
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -38,13 +39,16 @@ def submit_job(
     *,
     idempotency_key: str | None = None,
     owner: str | None = None,
+    key_id: str | None = None,
+    notify_url: str | None = None,
 ) -> Submission:
     """Create and enqueue a job for ``owner`` (``None``: anonymous), or return the one an earlier
     request of the same owner with this key created.
 
     Raises ``search.errors.InvalidJobSpec`` (the model or budget cannot work), ``InvalidRequest``
     (a reused key with another body), ``LimitExceeded`` / ``PathNotAllowed`` / ``TooManyRequests``
-    (``service.admission``) and ``Unavailable`` (broker down).
+    (``service.admission``), ``NotifyUrlRefused`` (``notify_url``: ``service.notify.urls``) and
+    ``Unavailable`` (broker down). ``key_id`` is the caller's API key, whose secret signs the events.
     """
     spec_dict = spec.model_dump(mode="json")
     scoped_key: str | None = None
@@ -54,6 +58,7 @@ def submit_job(
         if existing is not None:
             return Submission(existing, created=False)
     _admit(session, settings, spec, owner)
+    notify = notify_target(notify_url, key_id=key_id, settings=settings) if notify_url is not None else None
     job = repository.create_job(
         session,
         spec=spec_dict,
@@ -61,6 +66,7 @@ def submit_job(
         trials_total=spec.n_trials,
         owner=owner,
         idempotency_key=scoped_key,
+        notify=notify,
     )
     try:
         session.commit()
