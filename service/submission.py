@@ -54,7 +54,7 @@ def submit_job(
     scoped_key: str | None = None
     if idempotency_key is not None:
         scoped_key = scope_idempotency_key(owner, idempotency_key)
-        existing = _replay(session, scoped_key, idempotency_key, spec_dict)
+        existing = _replay(session, scoped_key, idempotency_key, spec_dict, notify_url)
         if existing is not None:
             return Submission(existing, created=False)
     _admit(session, settings, spec, owner)
@@ -75,7 +75,7 @@ def submit_job(
         session.rollback()
         if idempotency_key is None or scoped_key is None:
             raise
-        existing = _replay(session, scoped_key, idempotency_key, spec_dict)
+        existing = _replay(session, scoped_key, idempotency_key, spec_dict, notify_url)
         if existing is None:
             raise
         return Submission(existing, created=False)
@@ -111,9 +111,11 @@ def scope_idempotency_key(owner: str | None, key: str) -> str:
     return f"{owner or ''}/{key}"
 
 
-def _replay(session: Session, scoped_key: str, key: str, spec_dict: dict[str, object]) -> Job | None:
+def _replay(
+    session: Session, scoped_key: str, key: str, spec_dict: dict[str, object], notify_url: str | None
+) -> Job | None:
     existing = repository.find_job_by_idempotency_key(session, scoped_key)
-    if existing is not None and existing.spec != spec_dict:
+    if existing is not None and (existing.spec != spec_dict or (existing.notify or {}).get("url") != notify_url):
         # draft-ietf-httpapi-idempotency-key-header: a reused key with another payload is a 422.
         raise InvalidRequest(f"Idempotency-Key {key!r} was already used for a different job specification")
     return existing

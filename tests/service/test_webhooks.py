@@ -102,6 +102,18 @@ def test_notify_shape_and_anonymous_secret_are_checked(
     )
 
 
+def test_idempotent_resubmission_compares_notify(
+    client_for: Callable[[Settings], TestClient], local_settings: Settings, tiny_model_config_dir: Path
+) -> None:
+    client = client_for(local_settings)
+    body = job_spec(tiny_model_config_dir, notify={"url": "http://127.0.0.1:9/a"})
+    first = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "k1"})
+    again = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "k1"})
+    assert (first.status_code, again.status_code) == (202, 200) and first.json()["id"] == again.json()["id"]
+    other = body | {"notify": {"url": "http://127.0.0.1:9/b"}}
+    assert_problem(client.post("/v1/jobs", json=other, headers={"Idempotency-Key": "k1"}), 422, "already used")
+
+
 def test_allow_list_and_public_addresses(pg_settings: Settings) -> None:
     allowed = pg_settings.model_copy(update={"webhook_allowed_hosts": ("*.example.com", "hooks.example.org")})
     public = {"a.example.com": ["93.184.216.34"], "hooks.example.org": ["2606:2800:220:1::1"], "x.com": ["1.1.1.1"]}
@@ -115,7 +127,7 @@ def test_allow_list_and_public_addresses(pg_settings: Settings) -> None:
         check_notify_url("https://example.com.evil.net/hook", allowed, resolve=resolve)
     check_notify_url("https://x.com/hook", pg_settings, resolve=resolve)  # an empty allow-list: any public host
     rebound = {"x.com": ["1.1.1.1", "10.1.2.3"]}  # one private address among public ones is enough to refuse
-    with pytest.raises(NotifyUrlRefused, match="10.1.2.3"):
+    with pytest.raises(NotifyUrlRefused, match=r"10\.1\.2\.3"):
         check_notify_url("https://x.com/hook", pg_settings, resolve=lambda host, port: rebound[host])
 
 
@@ -132,7 +144,7 @@ def test_signature_recipe() -> None:
 
 
 def test_jobs_path_matches_the_api() -> None:
-    assert events.JOBS_PATH == f"{API_PREFIX}/jobs"
+    assert f"{API_PREFIX}/jobs" == events.JOBS_PATH
 
 
 def test_cancelled_queued_job_is_delivered_signed_and_shown(
