@@ -22,6 +22,7 @@ from service import cursors
 from service.errors import JobNotCancellable, NotFound
 from service.jsonsafe import scrub
 from service.models import Job, TrialResult, UTCDateTime, WebhookDelivery, utcnow
+from service.notify.events import event_name
 from service.states import COMPLETED_TRIAL_STATES, JobStatus, TrialState
 
 __all__ = [
@@ -332,8 +333,9 @@ def _open_delivery(session: Session, job_id: str, status: JobStatus, *, now: dat
     # Only the transition's winner gets here, so each terminal transition opens one delivery.
     notify = session.scalar(select(Job.notify).where(Job.id == job_id))
     if notify:
-        event = f"job.{status.value}"
-        session.add(WebhookDelivery(job_id=job_id, event=event, status="pending", attempts=0, created_at=now))
+        session.add(
+            WebhookDelivery(job_id=job_id, event=event_name(status), status="pending", attempts=0, created_at=now)
+        )
         session.flush()
         _forget(session, job_id)
 

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service import apikeys, repository
 from service.db import session_scope
-from service.errors import InvalidRequest
+from service.errors import InvalidRequest, NotFound
 from service.notify.events import DELIVERY_HEADER, EVENT_HEADER, event_body
 from service.notify.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from service.notify.urls import check_notify_url
@@ -39,6 +39,17 @@ class _Request:
 
 
 @dataclass(frozen=True)
+class _Answer:
+    status_code: int | None  # the receiver's, if it answered
+    error: str | None  # why the attempt did not deliver
+    retryable: bool = True  # False: refused before sending (address, secret); retrying cannot help
+
+    @property
+    def delivered(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+@dataclass(frozen=True)
 class Attempt:
     """What one call did: ``outcome`` for the log, ``retry_in`` seconds when the task must retry."""
 
@@ -54,13 +65,13 @@ def deliver(delivery_id: int, *, attempts_before: int, settings: Settings, sessi
         return Attempt("skipped")  # delivered, failed, or this attempt taken by a duplicate task
     attempt = attempts_before + 1
     final = attempt > settings.webhook_retries
-    status_code, error = _send(request, settings)
-    delivered = status_code is not None and 200 <= status_code < 300
-    refused = error is not None and error.startswith("refused:")
-    status = "delivered" if delivered else ("failed" if final or refused else "pending")
+    answer = _send(request, settings)
+    status = "delivered" if answer.delivered else ("failed" if final or not answer.retryable else "pending")
     with session_scope(sessions) as session:
-        repository.record_delivery_attempt(session, delivery_id, status=status, status_code=status_code, error=error)
-    log.info("webhook delivery %s (%s) attempt %d: %s", delivery_id, request.event, attempt, error or status_code)
+        repository.record_delivery_attempt(
+            session, delivery_id, status=status, status_code=answer.status_code, error=answer.error
+        )
+    log.info("webhook delivery %s (%s) attempt %d: %s", delivery_id, request.event, attempt, answer.error or status)
     if status != "pending":
         return Attempt(status)
     delay = min(settings.webhook_backoff_s * 2 ** (attempt - 1), settings.webhook_backoff_max_s)
@@ -75,21 +86,25 @@ def _claim(session: Session, delivery_id: int, attempts_before: int, settings: S
     if job is None or not job.notify:
         return None
     key_id = job.notify.get("key_id")
+    secret: str | None
     if key_id is not None:
-        secret: str | None = apikeys.webhook_secret(session, key_id)
+        try:
+            secret = apikeys.webhook_secret(session, key_id)
+        except NotFound:  # keys are revoked, not deleted; a row removed by hand leaves nothing to sign with
+            secret = None
     else:
         secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
     return _Request(delivery_id, job.notify["url"], event_body(job, delivery, settings), delivery.event, secret)
 
 
-def _send(request: _Request, settings: Settings) -> tuple[int | None, str | None]:
-    """The receiver's status code, or why there is none. ``refused: ...`` errors are never retried."""
+def _send(request: _Request, settings: Settings) -> _Answer:
+    """POST the signed event, unless the URL or the secret is refused now."""
     if request.secret is None:
-        return None, "refused: no signing secret (PRUNESEARCH_WEBHOOK_SECRET is unset on the worker)"
+        return _Answer(None, "refused: no signing secret (its API key is gone, or WEBHOOK_SECRET is unset)", False)
     try:
         check_notify_url(request.url, settings)  # again: the host's addresses may have changed (DNS rebinding)
     except InvalidRequest as error:
-        return None, f"refused: {error.detail}"
+        return _Answer(None, f"refused: {error.detail}", False)
     timestamp = int(time.time())
     headers = {
         "Content-Type": "application/json",
@@ -103,7 +118,6 @@ def _send(request: _Request, settings: Settings) -> tuple[int | None, str | None
         with httpx.Client(timeout=settings.webhook_timeout_s, follow_redirects=False, trust_env=False) as client:
             response = client.post(request.url, content=request.body, headers=headers)
     except httpx.HTTPError as error:
-        return None, f"{type(error).__name__}: {error}"[:500]
-    if 200 <= response.status_code < 300:
-        return response.status_code, None
-    return response.status_code, f"HTTP {response.status_code}"
+        return _Answer(None, f"{type(error).__name__}: {error}"[:500])
+    code = response.status_code
+    return _Answer(code, None if 200 <= code < 300 else f"HTTP {code}")
