@@ -287,7 +287,14 @@ def api(host: str | None, port: int | None) -> None:
 @main.command()
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.option("--parent-pid", type=int, default=None, hidden=True, help="Exit when this process (serve) exits.")
-def worker(loglevel: str, parent_pid: int | None) -> None:
+@click.option(
+    "--queues",
+    default="celery,prunesearch.notify",
+    show_default=True,
+    help="Queues to consume: 'celery' (searches, exports), 'prunesearch.notify' (webhook deliveries). A worker "
+    "with '--queues prunesearch.notify' alone delivers webhooks without ever waiting behind a search.",
+)
+def worker(loglevel: str, parent_pid: int | None, queues: str) -> None:
     """Run one worker process (one per GPU: set CUDA_VISIBLE_DEVICES)."""
     from prunesearch.database import ready_database, where
     from prunesearch.lifetime import stop_with_parent
@@ -300,7 +307,15 @@ def worker(loglevel: str, parent_pid: int | None) -> None:
     ready_database(settings)
     from workers.celery_app import app
 
-    app.worker_main(["worker", f"--loglevel={loglevel}", "--concurrency=1", f"--hostname=prunesearch-{os.getpid()}@%h"])
+    app.worker_main(
+        [
+            "worker",
+            f"--loglevel={loglevel}",
+            "--concurrency=1",
+            f"--queues={queues}",
+            f"--hostname=prunesearch-{os.getpid()}@%h",
+        ]
+    )
 
 
 @main.command()

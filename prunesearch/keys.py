@@ -43,6 +43,11 @@ def create(owner: str) -> None:
         session.commit()
     click.echo(issued.key)
     click.echo(f"key {issued.id} for {issued.owner}: store it now, it cannot be shown again", err=True)
+    click.echo(
+        f"webhook signing secret of {issued.id}: {issued.webhook_secret} "
+        f"(again: prunesearch keys webhook-secret {issued.id})",
+        err=True,
+    )
 
 
 @keys.command("list")
@@ -82,3 +87,23 @@ def revoke(key_id: str) -> None:
             raise click.ClickException(error.detail) from error
         session.commit()
     click.echo(f"revoked {row.id} ({row.owner})")
+
+
+@keys.command("webhook-secret")
+@click.argument("key_id")
+@click.option(
+    "--rotate", is_flag=True, help="Replace it with a new one; events not yet sent are signed with the new one."
+)
+def webhook_secret(key_id: str, rotate: bool) -> None:
+    """Print the secret that signs the webhook events of KEY_ID's jobs (X-PruneSearch-Signature)."""
+    from service.apikeys import rotate_webhook_secret
+    from service.apikeys import webhook_secret as current_secret
+    from service.errors import NotFound
+
+    with _sessions()() as session:
+        try:
+            secret = rotate_webhook_secret(session, key_id) if rotate else current_secret(session, key_id)
+        except NotFound as error:
+            raise click.ClickException(error.detail) from error
+        session.commit()
+    click.echo(secret)

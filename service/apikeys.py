@@ -4,6 +4,10 @@ A key reads ``psk_<id>_<secret>``: the id names the row (and is safe to log and 
 ``prunesearch keys list``), the secret is 256 random bits. Only the SHA-256 digest of the whole key
 is stored. A slow password hash (bcrypt, argon2) defends low-entropy secrets against guessing;
 these are random, so a fast digest is as strong and keeps per-request verification cheap.
+
+Each key also has a webhook signing secret (``whsec_...``, 256 random bits), which signs the
+events of the jobs submitted with it (``service.notify``). It is stored as is: signing needs it.
+The operator shows or rotates it with ``prunesearch keys webhook-secret KEY_ID [--rotate]``.
 """
 
 from __future__ import annotations
@@ -20,9 +24,19 @@ from sqlalchemy.orm import Session
 from service.errors import InvalidRequest, NotFound
 from service.models import OWNER_LENGTH, ApiKey, utcnow
 
-__all__ = ["IssuedKey", "any_active_key", "create_key", "list_keys", "revoke_key", "verify_key"]
+__all__ = [
+    "IssuedKey",
+    "any_active_key",
+    "create_key",
+    "list_keys",
+    "revoke_key",
+    "rotate_webhook_secret",
+    "verify_key",
+    "webhook_secret",
+]
 
 KEY_PREFIX = "psk_"
+WEBHOOK_SECRET_PREFIX = "whsec_"
 _ID_BYTES = 6  # 12 hex characters
 _KEY = re.compile(r"psk_([0-9a-f]{12})_([A-Za-z0-9_-]{20,128})")
 # Owners appear in job rows, logs and CLI tables: keep them to a safe, printable alphabet.
@@ -31,11 +45,12 @@ _OWNER = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._@-]{{0,{OWNER_LENGTH - 1}}}")
 
 @dataclass(frozen=True)
 class IssuedKey:
-    """A key just created: ``key`` is the only copy of the secret."""
+    """A key just created: ``key`` is the only copy of the secret; ``webhook_secret`` signs its events."""
 
     id: str
     owner: str
     key: str
+    webhook_secret: str
 
 
 def _digest(key: str) -> str:
@@ -55,9 +70,40 @@ def create_key(session: Session, owner: str) -> IssuedKey:
     """Insert a new key for ``owner`` (flushes; the caller commits)."""
     key_id = secrets.token_hex(_ID_BYTES)
     key = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
-    session.add(ApiKey(id=key_id, owner=check_owner(owner), secret_hash=_digest(key), created_at=utcnow()))
+    signing = _new_webhook_secret()
+    row = ApiKey(
+        id=key_id, owner=check_owner(owner), secret_hash=_digest(key), webhook_secret=signing, created_at=utcnow()
+    )
+    session.add(row)
     session.flush()
-    return IssuedKey(key_id, owner, key)
+    return IssuedKey(key_id, owner, key, signing)
+
+
+def _new_webhook_secret() -> str:
+    return f"{WEBHOOK_SECRET_PREFIX}{secrets.token_urlsafe(32)}"
+
+
+def webhook_secret(session: Session, key_id: str) -> str:
+    """The key's webhook signing secret (revoked keys keep theirs: their jobs' events are still signed).
+    ``NotFound`` if there is no such key."""
+    row = session.get(ApiKey, key_id)
+    if row is None:
+        raise NotFound(f"no API key with id {key_id!r}")
+    if row.webhook_secret is None:  # not expected after migration 0006; give it one rather than fail
+        row.webhook_secret = _new_webhook_secret()
+        session.flush()
+    return row.webhook_secret
+
+
+def rotate_webhook_secret(session: Session, key_id: str) -> str:
+    """A new signing secret for the key (flushes; the caller commits). Deliveries not yet sent are
+    signed with the new one. ``NotFound`` if there is no such key."""
+    row = session.get(ApiKey, key_id)
+    if row is None:
+        raise NotFound(f"no API key with id {key_id!r}")
+    row.webhook_secret = _new_webhook_secret()
+    session.flush()
+    return row.webhook_secret
 
 
 def verify_key(session: Session, key: str) -> ApiKey | None:

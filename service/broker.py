@@ -20,6 +20,12 @@ EXPORT_TRIAL_TASK = "prunesearch.export_trial"
 EXPORT_ONNX_TASK = "prunesearch.export_onnx"
 # args [job_id]: run up to ``chunk_trials`` trials of a job another worker is running (idle workers help).
 EVALUATE_CHUNK_TASK = "prunesearch.evaluate_chunk"
+# args [delivery_id]: POST a job's webhook event (service.notify), retried with Celery's countdown.
+DELIVER_WEBHOOK_TASK = "prunesearch.deliver_webhook"
+# Deliveries have their own queue, so a worker dedicated to it (`prunesearch worker --queues
+# prunesearch.notify`) never waits behind a search; `prunesearch worker` consumes both by default.
+JOB_QUEUE = "celery"
+NOTIFY_QUEUE = "prunesearch.notify"
 
 # Publishing to a dead broker should fail within a second or two (the API answers 503), not hang.
 _PUBLISH_RETRY_POLICY: dict[str, Any] = {
@@ -49,6 +55,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_publish_retry_policy": _PUBLISH_RETRY_POLICY,
         "broker_connection_timeout": 2.0,
         "broker_transport_options": _transport_options(settings),
+        "task_routes": {DELIVER_WEBHOOK_TASK: {"queue": NOTIFY_QUEUE}},
     }
     return config
 
@@ -93,6 +100,11 @@ def enqueue_export(celery_app: Celery, job_id: str, number: int) -> None:
 def enqueue_onnx_export(celery_app: Celery, job_id: str, name: str) -> None:
     """Send the ONNX conversion task; raises (kombu / redis errors) if the broker cannot take it."""
     celery_app.send_task(EXPORT_ONNX_TASK, args=[job_id, name])
+
+
+def enqueue_delivery(celery_app: Celery, delivery_id: int, countdown: float | None = None) -> None:
+    """Send a webhook delivery task to the notify queue; raises if the broker cannot take it."""
+    celery_app.send_task(DELIVER_WEBHOOK_TASK, args=[delivery_id], queue=NOTIFY_QUEUE, countdown=countdown)
 
 
 def broker_reachable(celery_app: Celery, timeout: float = 2.0) -> bool:

@@ -1,4 +1,4 @@
-"""The service's tables: ``job`` and ``trial_result``. Optuna's tables are Optuna's, never mapped here.
+"""The service's tables: job, trial_result, api_key, webhook_delivery. Optuna's are Optuna's, never mapped here.
 
 Migrations in ``migrations/versions`` must match these classes; ``service.migrate.check`` and the
 migration tests fail on drift.
@@ -25,7 +25,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from service.states import JobStatus
 
@@ -110,6 +110,11 @@ class Job(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # When the reaper last re-sent this job's task (null: only the submission sent one).
     requeued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Service metadata, not part of the spec: {"url": ..., "key_id": ...} (the key whose secret signs).
+    notify: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    deliveries: Mapped[list[WebhookDelivery]] = relationship(
+        lazy="selectin", order_by="WebhookDelivery.id", viewonly=True
+    )
 
 
 class ApiKey(Base):
@@ -120,6 +125,8 @@ class ApiKey(Base):
     id: Mapped[str] = mapped_column(String(16), primary_key=True)
     owner: Mapped[str] = mapped_column(String(OWNER_LENGTH), index=True)
     secret_hash: Mapped[str] = mapped_column(String(64))
+    # Signs this key's webhook events (HMAC-SHA256). Kept as is, unlike the key: signing needs it.
+    webhook_secret: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
@@ -149,4 +156,25 @@ class TrialResult(Base):
     # Calibration tokens that scored the trial (the token schedule of a multi-fidelity proxy); null: all.
     tokens: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class WebhookDelivery(Base):
+    """One webhook event of a job (``job.succeeded``, ...) and how its delivery went.
+
+    Opened in the same transaction as the job's terminal transition, so each transition has one;
+    each POST first claims its attempt with a guarded UPDATE, so a redelivered task never sends twice.
+    """
+
+    __tablename__ = "webhook_delivery"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(32), ForeignKey("job.id", ondelete="CASCADE"), index=True)
+    event: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -21,10 +21,12 @@ from search.results import BestEntry, JobReport, TrialInfo, Verification
 from service import cursors
 from service.errors import JobNotCancellable, NotFound
 from service.jsonsafe import scrub
-from service.models import Job, TrialResult, UTCDateTime, utcnow
+from service.models import Job, TrialResult, UTCDateTime, WebhookDelivery, utcnow
+from service.notify.events import event_name
 from service.states import COMPLETED_TRIAL_STATES, JobStatus, TrialState
 
 __all__ = [
+    "claim_delivery_attempt",
     "claim_job",
     "claim_orphans",
     "count_active_jobs",
@@ -39,6 +41,7 @@ __all__ = [
     "list_complete_trials",
     "list_jobs",
     "list_trials",
+    "record_delivery_attempt",
     "record_trial",
     "record_verification",
     "request_cancel",
@@ -46,6 +49,7 @@ __all__ = [
     "set_best",
     "set_report",
     "submissions_since",
+    "unsent_deliveries",
 ]
 
 
@@ -159,8 +163,11 @@ def create_job(
     trials_total: int,
     owner: str | None = None,
     idempotency_key: str | None = None,
+    notify: dict[str, Any] | None = None,
 ) -> Job:
-    """Insert a queued job and flush (so its id and timestamps are set); the caller commits."""
+    """Insert a queued job and flush (so its id and timestamps are set); the caller commits.
+
+    ``notify`` (``{"url": ..., "key_id": ...}``) asks for a webhook event when the job ends."""
     now = utcnow()
     job = Job(
         id=uuid.uuid4().hex,
@@ -176,6 +183,7 @@ def create_job(
         attempts=0,
         created_at=now,
         updated_at=now,
+        notify=notify,
     )
     session.add(job)
     session.flush()
@@ -193,7 +201,9 @@ def delete_job(session: Session, job_id: str) -> bool:
 
 
 def request_cancel(session: Session, job_id: str) -> Job:
-    """Cancel a queued job at once, or ask a running one to stop. ``JobNotCancellable`` if it ended."""
+    """Cancel a queued job at once, or ask a running one to stop. ``JobNotCancellable`` if it ended.
+
+    A queued job cancelled here opens its webhook delivery, like ``finish_job``."""
     now = utcnow()
     if _guarded_update(
         session,
@@ -204,6 +214,7 @@ def request_cancel(session: Session, job_id: str) -> Job:
         finished_at=now,
         updated_at=now,
     ):
+        _open_delivery(session, job_id, JobStatus.CANCELLED, now=now)
         return _reload(session, job_id)
     if _guarded_update(session, job_id, from_statuses=(JobStatus.RUNNING,), cancel_requested=True, updated_at=now):
         return _reload(session, job_id)
@@ -295,7 +306,10 @@ def finish_job(
     error: str | None = None,
     best: BestEntry | None = None,
 ) -> bool:
-    """Move a running job (or a queued one, to ``failed``) to a terminal state. True if it moved."""
+    """Move a running job (or a queued one, to ``failed``) to a terminal state. True if it moved.
+
+    The move opens the job's webhook delivery (if it asked for one) in the same transaction; the
+    caller sends it after committing (``service.notify.dispatch``)."""
     status = JobStatus(status)
     if not status.terminal:
         raise ValueError(f"finish_job needs a terminal status, not {status.value!r}")
@@ -306,7 +320,62 @@ def finish_job(
         values["error"] = error
     if best is not None:
         values["best"] = _stored(best)
-    return _guarded_update(session, job_id, from_statuses=from_statuses, **values)
+    moved = _guarded_update(session, job_id, from_statuses=from_statuses, **values)
+    if moved:
+        _open_delivery(session, job_id, status, now=now)
+    return moved
+
+
+# --- webhook deliveries -------------------------------------------------------------------------
+
+
+def _open_delivery(session: Session, job_id: str, status: JobStatus, *, now: datetime) -> None:
+    # Only the transition's winner gets here, so each terminal transition opens one delivery.
+    notify = session.scalar(select(Job.notify).where(Job.id == job_id))
+    if notify:
+        session.add(
+            WebhookDelivery(job_id=job_id, event=event_name(status), status="pending", attempts=0, created_at=now)
+        )
+        session.flush()
+        _forget(session, job_id)
+
+
+def unsent_deliveries(session: Session, job_id: str) -> list[int]:
+    """Ids of the job's pending deliveries that no attempt has claimed yet."""
+    stmt = select(WebhookDelivery.id).where(
+        WebhookDelivery.job_id == job_id, WebhookDelivery.status == "pending", WebhookDelivery.attempts == 0
+    )
+    return list(session.scalars(stmt.order_by(WebhookDelivery.id)))
+
+
+def claim_delivery_attempt(session: Session, delivery_id: int, *, attempts_before: int) -> WebhookDelivery | None:
+    """Take attempt ``attempts_before + 1`` of a pending delivery; ``None`` if it is not this caller's
+    to make (delivered, failed, or that attempt already claimed by a duplicate task)."""
+    stmt = (
+        update(WebhookDelivery)
+        .where(
+            WebhookDelivery.id == delivery_id,
+            WebhookDelivery.status == "pending",
+            WebhookDelivery.attempts == attempts_before,
+        )
+        .values(attempts=WebhookDelivery.attempts + 1, last_attempt_at=utcnow())
+    )
+    if _rowcount(session.execute(stmt, execution_options={"synchronize_session": False})) != 1:
+        return None
+    return session.get(WebhookDelivery, delivery_id, populate_existing=True)
+
+
+def record_delivery_attempt(
+    session: Session, delivery_id: int, *, status: str, status_code: int | None, error: str | None
+) -> None:
+    """The outcome of the attempt just made: ``pending`` (a retry follows), ``delivered`` or ``failed``."""
+    values: dict[str, Any] = {"status": status, "last_status_code": status_code, "last_error": error}
+    if status != "pending":
+        values["finished_at"] = utcnow()
+    session.execute(
+        update(WebhookDelivery).where(WebhookDelivery.id == delivery_id).values(**values),
+        execution_options={"synchronize_session": False},
+    )
 
 
 # --- trials --------------------------------------------------------------------------------------

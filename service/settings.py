@@ -83,6 +83,34 @@ class Settings(BaseSettings):
     max_seq_len: int = Field(default=4096, ge=16, description="Upper bound of calibration.seq_len.")
     max_active_jobs_per_key: int = Field(default=8, ge=1, description="Queued + running jobs one owner may have.")
     max_submissions_per_minute: int = Field(default=30, ge=1, description="Jobs one owner may submit per minute.")
+    # --- webhooks (README "Webhooks"): what a job's notify.url may be, and how events are delivered ---
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="Signs the webhook events of jobs submitted without an API key (the embedded, no-auth mode); "
+        "jobs of a keyed owner are signed with their key's own secret. Unset: anonymous jobs cannot ask for one.",
+    )
+    webhook_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Hosts a notify.url may name (comma-separated or a JSON list; '*.example.com' matches "
+        "subdomains). Empty: any host whose addresses are public.",
+    )
+    webhook_allow_http: bool = Field(default=False, description="Accept http:// notify URLs (local testing only).")
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="Accept notify URLs whose host resolves to a private, loopback or link-local address.",
+    )
+    webhook_timeout_s: float = Field(default=10.0, gt=0, description="Seconds one delivery attempt may take.")
+    webhook_retries: int = Field(default=5, ge=0, description="Retries of a delivery after its first attempt fails.")
+    webhook_backoff_s: float = Field(
+        default=30.0, ge=0, description="Delay before the first retry; doubled for each retry after it."
+    )
+    webhook_backoff_max_s: float = Field(default=3600.0, ge=0, description="Longest delay between two retries.")
+    public_url: str | None = Field(
+        default=None,
+        description="The API's external base URL (https://prunesearch.example.com), for absolute links in "
+        "webhook events. Unset: links are paths (/v1/jobs/...).",
+    )
+
     api_threads: int = Field(
         default=512,
         ge=8,
@@ -147,6 +175,31 @@ class Settings(BaseSettings):
     def _empty_metrics_token(cls, value: Any) -> Any:
         # Compose passes an unset variable as "": that is no token, not an empty one anyone could send.
         return None if value == "" else value
+
+    @field_validator("webhook_secret", mode="before")
+    @classmethod
+    def _empty_webhook_secret(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("webhook_allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            return (
+                json.loads(text) if text.startswith("[") else [part.strip() for part in text.split(",") if part.strip()]
+            )
+        return value
+
+    @field_validator("webhook_allowed_hosts", mode="after")
+    @classmethod
+    def _lower_hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(host.lower().rstrip(".") for host in value)
+
+    @field_validator("public_url", mode="after")
+    @classmethod
+    def _bare_public_url(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else None
 
     @field_validator("model_roots", mode="before")
     @classmethod

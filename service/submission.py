@@ -19,6 +19,7 @@ from service.admission import check_local_paths, check_owner_quota, check_spec_l
 from service.broker import enqueue_job
 from service.errors import InvalidRequest, Unavailable
 from service.models import Job
+from service.notify.urls import notify_target
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -38,22 +39,26 @@ def submit_job(
     *,
     idempotency_key: str | None = None,
     owner: str | None = None,
+    key_id: str | None = None,
+    notify_url: str | None = None,
 ) -> Submission:
     """Create and enqueue a job for ``owner`` (``None``: anonymous), or return the one an earlier
     request of the same owner with this key created.
 
     Raises ``search.errors.InvalidJobSpec`` (the model or budget cannot work), ``InvalidRequest``
     (a reused key with another body), ``LimitExceeded`` / ``PathNotAllowed`` / ``TooManyRequests``
-    (``service.admission``) and ``Unavailable`` (broker down).
+    (``service.admission``), ``NotifyUrlRefused`` (``notify_url``: ``service.notify.urls``) and
+    ``Unavailable`` (broker down). ``key_id`` is the caller's API key, whose secret signs the events.
     """
     spec_dict = spec.model_dump(mode="json")
     scoped_key: str | None = None
     if idempotency_key is not None:
         scoped_key = scope_idempotency_key(owner, idempotency_key)
-        existing = _replay(session, scoped_key, idempotency_key, spec_dict)
+        existing = _replay(session, scoped_key, idempotency_key, spec_dict, notify_url)
         if existing is not None:
             return Submission(existing, created=False)
     _admit(session, settings, spec, owner)
+    notify = notify_target(notify_url, key_id=key_id, settings=settings) if notify_url is not None else None
     job = repository.create_job(
         session,
         spec=spec_dict,
@@ -61,6 +66,7 @@ def submit_job(
         trials_total=spec.n_trials,
         owner=owner,
         idempotency_key=scoped_key,
+        notify=notify,
     )
     try:
         session.commit()
@@ -69,7 +75,7 @@ def submit_job(
         session.rollback()
         if idempotency_key is None or scoped_key is None:
             raise
-        existing = _replay(session, scoped_key, idempotency_key, spec_dict)
+        existing = _replay(session, scoped_key, idempotency_key, spec_dict, notify_url)
         if existing is None:
             raise
         return Submission(existing, created=False)
@@ -105,9 +111,11 @@ def scope_idempotency_key(owner: str | None, key: str) -> str:
     return f"{owner or ''}/{key}"
 
 
-def _replay(session: Session, scoped_key: str, key: str, spec_dict: dict[str, object]) -> Job | None:
+def _replay(
+    session: Session, scoped_key: str, key: str, spec_dict: dict[str, object], notify_url: str | None
+) -> Job | None:
     existing = repository.find_job_by_idempotency_key(session, scoped_key)
-    if existing is not None and existing.spec != spec_dict:
+    if existing is not None and (existing.spec != spec_dict or (existing.notify or {}).get("url") != notify_url):
         # draft-ietf-httpapi-idempotency-key-header: a reused key with another payload is a 422.
         raise InvalidRequest(f"Idempotency-Key {key!r} was already used for a different job specification")
     return existing

@@ -74,11 +74,22 @@ def run_job(job_id: str, *, settings: WorkerSettings, sessions: sessionmaker[Ses
             log.exception("job %s failed", job_id)
             with session_scope(sessions) as session:
                 repository.finish_job(session, job_id, JobStatus.FAILED, error=_describe(error))
+            _notify(sessions, job_id)
             return "failed"
     with session_scope(sessions) as session:
         repository.finish_job(session, job_id, status, best=best)
+    _notify(sessions, job_id)
     log.info("job %s %s", job_id, status.value)
     return status.value
+
+
+def _notify(sessions: sessionmaker[Session], job_id: str) -> None:
+    """Send the webhook delivery the job's end opened (committed by now); the POST is another task's."""
+    from service.notify.dispatch import send_new_deliveries
+    from workers.celery_app import app
+
+    with sessions() as session:
+        send_new_deliveries(session, app, job_id)
 
 
 def _search(

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from service.broker import EVALUATE_CHUNK_TASK, EXPORT_ONNX_TASK, EXPORT_TRIAL_TASK, RUN_JOB_TASK
+from celery import Task
+
+from service.broker import (
+    DELIVER_WEBHOOK_TASK,
+    EVALUATE_CHUNK_TASK,
+    EXPORT_ONNX_TASK,
+    EXPORT_TRIAL_TASK,
+    RUN_JOB_TASK,
+)
 from workers import runtime
 from workers.celery_app import app
 from workers.exports import export_onnx as _export_onnx
 from workers.exports import export_trial as _export_trial
 from workers.jobs import evaluate_chunk as _evaluate_chunk
 from workers.jobs import run_job as _run_job
+from workers.notify import deliver
 from workers.settings import get_worker_settings
 
 
@@ -32,3 +41,14 @@ def export_onnx(job_id: str, name: str) -> str:
 @app.task(name=EVALUATE_CHUNK_TASK, acks_late=True, ignore_result=True)
 def evaluate_chunk(job_id: str) -> str:
     return _evaluate_chunk(job_id, settings=get_worker_settings(), sessions=runtime.sessions(), models=runtime.models())
+
+
+@app.task(name=DELIVER_WEBHOOK_TASK, bind=True, acks_late=True, ignore_result=True)
+def deliver_webhook(self: Task, delivery_id: int) -> str:
+    settings = get_worker_settings()
+    attempt = deliver(delivery_id, attempts_before=self.request.retries, settings=settings, sessions=runtime.sessions())
+    if attempt.retry_in is not None:
+        # Celery's retry: the same task id, re-sent with a countdown; max_retries is a backstop,
+        # deliver() already decides when the last retry has failed.
+        raise self.retry(countdown=attempt.retry_in, max_retries=settings.webhook_retries)
+    return attempt.outcome

@@ -13,7 +13,8 @@ from search.arch import ModelShape
 from search.results import VALUES_DESCRIPTION, BestEntry, Figures, TrialInfo
 from search.spec import JobSpec, SearchSpace
 from service.api.exports import Export
-from service.models import Job, TrialResult, utcnow
+from service.models import Job, TrialResult, WebhookDelivery, utcnow
+from service.notify.urls import MAX_URL_LENGTH
 from service.states import JobStatus, TrialState
 
 API_PREFIX = "/v1"
@@ -63,6 +64,51 @@ class JobLinks(BaseModel):
     cancel: str
 
 
+class NotifyIn(BaseModel):
+    """Where to POST the job's event when it ends (README "Webhooks")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(
+        max_length=MAX_URL_LENGTH,
+        description="https URL on a host the server allows; the event is signed (X-PruneSearch-Signature).",
+    )
+
+
+class JobSubmission(JobSpec):
+    """The body of ``POST /v1/jobs``: a job specification, plus service metadata the search never sees."""
+
+    notify: NotifyIn | None = Field(default=None, description="A webhook called once when the job ends.")
+
+    def job_spec(self) -> JobSpec:
+        """The specification alone, as the library and the stored job know it."""
+        return JobSpec.model_validate(self.model_dump(exclude={"notify"}))
+
+
+class DeliveryOut(BaseModel):
+    """One webhook event of the job and how its delivery went."""
+
+    event: str = Field(description="job.succeeded, job.failed or job.cancelled.")
+    status: Literal["pending", "delivered", "failed"] = Field(
+        description="'pending' until a 2xx answer ('delivered') or the last retry ('failed')."
+    )
+    attempts: int
+    last_status_code: int | None = Field(description="HTTP status of the last attempt; null if none answered.")
+    last_error: str | None = Field(description="Why the last attempt failed (timeout, refused address, ...).")
+    created_at: datetime
+    last_attempt_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def from_row(cls, delivery: WebhookDelivery) -> DeliveryOut:
+        return cls.model_validate(delivery, from_attributes=True)
+
+
+class NotifyOut(BaseModel):
+    url: str
+    deliveries: list[DeliveryOut] = Field(description="One per time the job ended, oldest first.")
+
+
 class JobOut(BaseModel):
     id: str
     status: JobStatus
@@ -78,6 +124,7 @@ class JobOut(BaseModel):
     finished_at: datetime | None
     updated_at: datetime
     links: JobLinks
+    notify: NotifyOut | None = Field(default=None, description="The job's webhook and its deliveries, if it has one.")
 
     @classmethod
     def from_row(cls, job: Job, *, now: datetime | None = None) -> JobOut:
@@ -97,7 +144,14 @@ class JobOut(BaseModel):
             finished_at=job.finished_at,
             updated_at=job.updated_at,
             links=JobLinks(self_=path, trials=f"{path}/trials", cancel=f"{path}/cancel"),
+            notify=_notify(job),
         )
+
+
+def _notify(job: Job) -> NotifyOut | None:
+    if not job.notify:
+        return None
+    return NotifyOut(url=job.notify["url"], deliveries=[DeliveryOut.from_row(d) for d in job.deliveries])
 
 
 def _progress(job: Job, now: datetime) -> Progress:

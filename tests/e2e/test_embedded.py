@@ -10,16 +10,26 @@ import httpx
 import pytest
 
 from tests.e2e import flow
-from tests.e2e.processes import PRUNESEARCH, Process, base_env, free_port, run_command, wait_ready
+from tests.e2e.processes import PRUNESEARCH, Process, base_env, free_port, run_command, wait_ready, wait_until
+from tests.service.receiver import receiver
 
 pytestmark = pytest.mark.e2e
+
+# The no-auth mode signs webhook events with this server setting; receivers here are on 127.0.0.1.
+WEBHOOK_SECRET = "whsec_embedded"
 
 
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Client, Path]]:
     port = free_port()
     data_dir = tmp_path_factory.mktemp("embedded-data")
-    env = base_env(data_dir, port=str(port))
+    env = base_env(
+        data_dir,
+        port=str(port),
+        webhook_secret=WEBHOOK_SECRET,
+        webhook_allow_http="true",
+        webhook_allow_private="true",
+    )
     process = Process("serve", [*PRUNESEARCH, "serve"], env, tmp_path_factory.mktemp("logs"))
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
     try:
@@ -57,3 +67,21 @@ def test_embedded_service_runs_a_job_on_sqlite_and_the_filesystem_broker(
 
 def test_embedded_cancel(embedded: tuple[httpx.Client, Path], tiny_llama_dir: Path) -> None:
     flow.check_cancel(embedded[0], tiny_llama_dir)
+
+
+def test_embedded_webhook_on_the_filesystem_broker(embedded: tuple[httpx.Client, Path], broken_model_dir: Path) -> None:
+    """The notify queue works on the filesystem broker and SQLite; the anonymous job is signed with
+    the server's WEBHOOK_SECRET."""
+    client = embedded[0]
+    with receiver() as hooks:
+        body = flow.job_body(broken_model_dir) | {"notify": {"url": hooks.url("/ok")}}
+        job_id = flow.submit(client, body)
+        assert flow.wait_for(client, job_id, {"succeeded", "failed", "cancelled"})["status"] == "failed"
+
+        def delivered() -> bool:
+            deliveries = client.get(f"/v1/jobs/{job_id}").json()["notify"]["deliveries"]
+            return [d["status"] for d in deliveries] == ["delivered"]
+
+        wait_until(delivered, timeout=60, what="the webhook delivery")
+    [event] = hooks.on("/ok")
+    assert event.verified_with(WEBHOOK_SECRET) and json.loads(event.body)["event"] == "job.failed"

@@ -58,6 +58,21 @@ def test_keys_create_on_a_fresh_machine_migrates_the_per_user_database(elsewhere
     assert "alice" in run("keys", "list").stdout
 
 
+def test_keys_webhook_secret_is_shown_at_creation_and_retrievable_and_rotatable(elsewhere: Path) -> None:
+    created = run("keys", "create", "alice")
+    assert created.exit_code == 0, created.output
+    key_id = created.stdout.split("_")[1]
+    shown = next(line for line in created.stderr.splitlines() if "webhook signing secret" in line)
+    secret = shown.split(": ", 1)[1].split()[0]
+    assert secret.startswith("whsec_") and secret not in created.stdout  # stdout stays the key alone
+    again = run("keys", "webhook-secret", key_id)
+    assert again.exit_code == 0 and again.stdout.strip() == secret
+    rotated = run("keys", "webhook-secret", key_id, "--rotate").stdout.strip()
+    assert rotated.startswith("whsec_") and rotated != secret
+    assert run("keys", "webhook-secret", key_id).stdout.strip() == rotated
+    assert_one_line_error(run("keys", "webhook-secret", "000000000000"), "no API key")
+
+
 def test_export_from_another_folder_reads_the_same_database_and_leaves_no_stray_folder(
     elsewhere: Path, tmp_path: Path
 ) -> None:

@@ -200,4 +200,4 @@ def test_openapi_documents_problem_json(pg_client: TestClient) -> None:
     assert "application/problem+json" in cancel["409"]["content"]
     assert "Problem" in schema["components"]["schemas"]
     assert "HTTPValidationError" not in schema["components"]["schemas"]
-    assert "JobSpec" in schema["components"]["schemas"]
+    assert "JobSubmission" in schema["components"]["schemas"]  # JobSpec and its notify

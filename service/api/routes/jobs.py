@@ -11,14 +11,14 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Header, Query, Response
 
-from search.spec import JobSpec
 from service import repository
 from service.api.auth import PrincipalDep, require_owned_job
 from service.api.deps import CeleryDep, SessionDep, SettingsDep, released
 from service.api.openapi import problem_responses
-from service.api.schemas import API_PREFIX, JobOut, JobPage, TrialOut, TrialPage, job_path
+from service.api.schemas import API_PREFIX, JobOut, JobPage, JobSubmission, TrialOut, TrialPage, job_path
 from service.errors import InvalidRequest
 from service.models import IDEMPOTENCY_KEY_LENGTH
+from service.notify.dispatch import send_new_deliveries
 from service.settings import Settings
 from service.states import JobStatus
 from service.submission import submit_job
@@ -57,7 +57,7 @@ def _next_link(path: str, cursor: str | None, **params: object) -> str | None:
     summary="Submit a compression job",
 )
 def create_job(
-    spec: JobSpec,
+    body: JobSubmission,
     response: Response,
     session: SessionDep,
     celery_app: CeleryDep,
@@ -72,7 +72,16 @@ def create_job(
         ),
     ] = None,
 ) -> JobOut:
-    submission = submit_job(session, celery_app, settings, spec, idempotency_key=idempotency_key, owner=principal.owner)
+    submission = submit_job(
+        session,
+        celery_app,
+        settings,
+        body.job_spec(),
+        idempotency_key=idempotency_key,
+        owner=principal.owner,
+        key_id=principal.key_id,
+        notify_url=body.notify.url if body.notify is not None else None,
+    )
     response.headers["Location"] = job_path(submission.job.id)
     if submission.created:
         response.headers["Retry-After"] = str(POLL_AFTER_S)
@@ -139,8 +148,10 @@ def list_trials(
     responses=problem_responses(401, 404, 409),
     summary="Cancel a job (a running one stops after its current trial)",
 )
-def cancel_job(job_id: str, session: SessionDep, principal: PrincipalDep) -> JobOut:
+def cancel_job(job_id: str, session: SessionDep, celery_app: CeleryDep, principal: PrincipalDep) -> JobOut:
     require_owned_job(session, job_id, principal)
     job = repository.request_cancel(session, job_id)
     session.commit()
+    # A queued job ends here, not in a worker: its webhook is sent from here too.
+    send_new_deliveries(session, celery_app, job_id)
     return released(session, JobOut.from_row(job))
