@@ -117,7 +117,21 @@ def open_study(context: SearchContext, *, study_name: str, storage: str | BaseSt
 
 def remaining_trials(study: optuna.Study, spec: JobSpec) -> int:
     """Trials still to complete, counted over every worker of the study."""
-    return spec.n_trials - len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    return spec.n_trials - complete_trials(study)
+
+
+def complete_trials(study: optuna.Study) -> int:
+    """Complete trials of the study: what a resume keeps (``search.resume.resumed_spec``)."""
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+def stored_complete_trials(storage: str | BaseStorage, study_name: str) -> int:
+    """Complete trials of study ``study_name`` in ``storage``; 0 when there is no such study yet."""
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:  # Optuna's answer for a study name the storage does not hold
+        return 0
+    return complete_trials(study)
 
 
 def search_trials(
