@@ -151,7 +151,7 @@ def cancel_job(job_id: str, session: SessionDep, principal: PrincipalDep) -> Job
     "/{job_id}/resume",
     status_code=202,
     response_model=JobOut,
-    responses=problem_responses(401, 404, 409, 422, 429),
+    responses=problem_responses(400, 401, 404, 409, 413, 422, 429),
     summary="Resume a cancelled or failed job: its study continues up to n_trials, keeping every trial",
 )
 def resume(
