@@ -255,9 +255,14 @@ def reopen_job(session: Session, job_id: str, *, spec: dict[str, Any], trials_to
 
 def not_resumable(job: Job) -> JobNotResumable:
     """The 409 for resuming ``job``, saying why its state does not allow it."""
+    running = (
+        "it is stopping after a cancel; resume it once it is cancelled"
+        if job.cancel_requested
+        else "it is running; cancel it first to resume it later"
+    )
     why = {
         JobStatus.QUEUED.value: "it is queued and will run",
-        JobStatus.RUNNING.value: "it is running; cancel it first to resume it later",
+        JobStatus.RUNNING.value: running,
         JobStatus.SUCCEEDED.value: "it succeeded: every trial it asked for is done (submit a new job for more)",
     }.get(job.status, f"it is {job.status}")
     return JobNotResumable(
