@@ -339,6 +339,9 @@ def serve(host: str | None, port: int | None) -> None:
         "PRUNESEARCH_OPTUNA_STORAGE_URL": settings.optuna_storage_url,
         "PRUNESEARCH_BROKER_URL": settings.broker_url,
     }
+    # One worker serves every job here: no idle worker could take a chunk, and a cancelled job's unused
+    # chunk tasks would sit ahead of its resume in the (1 s polling) filesystem queue.
+    env.setdefault("PRUNESEARCH_CHUNK_TRIALS", "0")
     worker_process = start_worker([sys.executable, "-m", "prunesearch", "worker"], env)
     click.echo(f"{where(settings)}; worker pid {worker_process.pid}")
     try:

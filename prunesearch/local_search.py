@@ -30,6 +30,7 @@ def run_local(
     _quiet_optuna()
     if storage.startswith("sqlite:///"):
         Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    _check_resume(spec, storage, study_name)
     with console.status(f"Loading {spec.model} and computing dense statistics..."):
         context = prepare_context(spec, device, artifacts)
     console.print(
@@ -41,6 +42,16 @@ def run_local(
         result = _run_study(context, storage, study_name, *_progress_hooks(progress, spec))
         recovery = _recover(context, result, progress) if spec.recovery is not None and not result.stopped else None
     return result, context, recovery
+
+
+def _check_resume(spec: JobSpec, storage: str, study_name: str) -> None:
+    """An existing study resumes (``run_search`` loads it) up to ``--trials``, checked as the service
+    checks ``POST /v1/jobs/{id}/resume``, before the model loads: never fewer than it already completed."""
+    from search.resume import resumed_spec
+    from search.storage import make_storage
+    from search.trials import stored_complete_trials
+
+    resumed_spec(spec, complete=stored_complete_trials(make_storage(storage), study_name), n_trials=spec.n_trials)
 
 
 def _recover(context: SearchContext, result: SearchResult, progress: Progress) -> RecoveryOutcome:

@@ -29,16 +29,26 @@ class SamplerBuild:
     shape: ModelShape
     param_ratio: float
     candidate_key: CandidateKey
+    trials_done: int = 0  # trials the study already holds when this sampler joins it (a resumed study)
+
+    @property
+    def stream_seed(self) -> int | None:
+        """The seed of an Optuna sampler, which draws one sequence per seed: seeded as at the start, a
+        resumed study's sampler would propose the study's first candidates again, so the seed moves on
+        with the study's progress (``evo`` needs none of this: its streams are per trial number)."""
+        if self.seed is None or self.trials_done == 0:
+            return self.seed
+        return (self.seed * 1_000_003 + self.trials_done) % 2**32
 
 
 SamplerFactory = Callable[[SamplerBuild], optuna.samplers.BaseSampler]
 
 SAMPLERS: dict[str, SamplerFactory] = {
     # constant_liar: several workers of one job do not all propose the same candidate.
-    "tpe": lambda build: optuna.samplers.TPESampler(seed=build.seed, multivariate=True, constant_liar=True),
-    "random": lambda build: optuna.samplers.RandomSampler(seed=build.seed),
-    "nsga2": lambda build: optuna.samplers.NSGAIISampler(seed=build.seed),
-    "cmaes": lambda build: optuna.samplers.CmaEsSampler(seed=build.seed, warn_independent_sampling=False),
+    "tpe": lambda build: optuna.samplers.TPESampler(seed=build.stream_seed, multivariate=True, constant_liar=True),
+    "random": lambda build: optuna.samplers.RandomSampler(seed=build.stream_seed),
+    "nsga2": lambda build: optuna.samplers.NSGAIISampler(seed=build.stream_seed),
+    "cmaes": lambda build: optuna.samplers.CmaEsSampler(seed=build.stream_seed, warn_independent_sampling=False),
     "evo": lambda build: EvoSampler(
         build.seed, shape=build.shape, param_ratio=build.param_ratio, candidate_key=build.candidate_key
     ),

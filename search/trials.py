@@ -78,15 +78,15 @@ def named_proxy(context: SearchContext, name: str | tuple[str, ...]) -> Proxy:
     )
 
 
-def job_sampler(context: SearchContext, seed: int | None) -> optuna.samplers.BaseSampler:
+def job_sampler(context: SearchContext, seed: int | None, *, trials_done: int = 0) -> optuna.samplers.BaseSampler:
     """The job's sampler; one that knows the space keys a trial's parameters by the candidate repair
-    makes of them at the job's budget."""
+    makes of them at the job's budget. ``trials_done``: what the study already holds (a resume)."""
     _, high = context.ratio_range()
 
     def candidate_key(params: Mapping[str, Any]) -> str:
         return context.arch(context.space.proposal(params), high).to_json()
 
-    return create_sampler(context.spec.sampler, SamplerBuild(seed, context.shape, high, candidate_key))
+    return create_sampler(context.spec.sampler, SamplerBuild(seed, context.shape, high, candidate_key, trials_done))
 
 
 def open_study(context: SearchContext, *, study_name: str, storage: str | BaseStorage | None = None) -> optuna.Study:
@@ -100,7 +100,9 @@ def open_study(context: SearchContext, *, study_name: str, storage: str | BaseSt
         directions=["maximize", "minimize"] if multi else ["maximize"],
         load_if_exists=True,
     )
-    if not study.trials:
+    if study.trials:  # resumed: a seeded sampler must not draw the study's first candidates again
+        study.sampler = job_sampler(context, spec.seed, trials_done=len(study.trials))
+    else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([spec.proxy_label, "param_ratio"] if multi else [spec.proxy_label])
@@ -117,7 +119,21 @@ def open_study(context: SearchContext, *, study_name: str, storage: str | BaseSt
 
 def remaining_trials(study: optuna.Study, spec: JobSpec) -> int:
     """Trials still to complete, counted over every worker of the study."""
-    return spec.n_trials - len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    return spec.n_trials - complete_trials(study)
+
+
+def complete_trials(study: optuna.Study) -> int:
+    """Complete trials of the study: what a resume keeps (``search.resume.resumed_spec``)."""
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+def stored_complete_trials(storage: str | BaseStorage, study_name: str) -> int:
+    """Complete trials of study ``study_name`` in ``storage``; 0 when there is no such study yet."""
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:  # Optuna's answer for a study name the storage does not hold
+        return 0
+    return complete_trials(study)
 
 
 def search_trials(

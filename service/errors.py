@@ -56,6 +56,11 @@ class JobNotCancellable(Conflict):
     type = "job-not-cancellable"
 
 
+class JobNotResumable(Conflict):
+    title = "Job cannot be resumed"
+    type = "job-not-resumable"
+
+
 class RequestTooLarge(ServiceError):
     status = 413
     title = "Request body too large"

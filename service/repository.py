@@ -13,13 +13,13 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from pydantic import BaseModel
-from sqlalchemy import CursorResult, Result, and_, func, inspect, literal, or_, select, update
+from sqlalchemy import CursorResult, Result, and_, func, inspect, literal, null, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from search.results import BestEntry, JobReport, TrialInfo, Verification
 from service import cursors
-from service.errors import JobNotCancellable, NotFound
+from service.errors import JobNotCancellable, JobNotResumable, NotFound
 from service.jsonsafe import scrub
 from service.models import Job, TrialResult, UTCDateTime, WebhookDelivery, utcnow
 from service.notify.events import event_name
@@ -30,6 +30,7 @@ __all__ = [
     "claim_job",
     "claim_orphans",
     "count_active_jobs",
+    "count_complete_trials",
     "create_job",
     "delete_job",
     "find_job_by_idempotency_key",
@@ -44,6 +45,7 @@ __all__ = [
     "record_delivery_attempt",
     "record_trial",
     "record_verification",
+    "reopen_job",
     "request_cancel",
     "require_job",
     "set_best",
@@ -130,6 +132,16 @@ def is_cancel_requested(session: Session, job_id: str) -> bool:
     # Select the column, not the entity, so a stale object in the identity map cannot answer.
     flag = session.scalar(select(Job.cancel_requested).where(Job.id == job_id))
     return True if flag is None else bool(flag)
+
+
+def count_complete_trials(session: Session, job_id: str) -> int:
+    """A job's trials in state ``complete`` (not pruned): what its study holds and a resume keeps."""
+    stmt = (
+        select(func.count())
+        .select_from(TrialResult)
+        .where(TrialResult.job_id == job_id, TrialResult.state == TrialState.COMPLETE.value)
+    )
+    return int(session.scalar(stmt) or 0)
 
 
 def count_active_jobs(session: Session, owner: str | None) -> int:
@@ -220,6 +232,54 @@ def request_cancel(session: Session, job_id: str) -> Job:
         return _reload(session, job_id)
     job = _reload(session, job_id)
     raise JobNotCancellable(f"job {job_id} is already {job.status}", extensions={"job_status": job.status})
+
+
+RESUMABLE: tuple[JobStatus, ...] = (JobStatus.CANCELLED, JobStatus.FAILED)
+
+
+def reopen_job(session: Session, job_id: str, *, spec: dict[str, Any], trials_total: int) -> Job:
+    """Put a cancelled or failed job back in the queue with ``spec`` (its ``n_trials`` maybe raised).
+
+    Its error, cancel flag, phase and report are cleared (the worker writes them again from the
+    study's trials); its trials and best so far stay. ``JobNotResumable`` (409) if it is not
+    cancelled or failed, including when a concurrent resume moved it first."""
+    now = utcnow()
+    if _guarded_update(
+        session,
+        job_id,
+        from_statuses=RESUMABLE,
+        status=JobStatus.QUEUED.value,
+        spec=scrub(spec),
+        trials_total=trials_total,
+        cancel_requested=False,
+        error=None,
+        phase=null(),
+        report=null(),
+        finished_at=None,
+        # As if the reaper had just sent it: its queued-too-long clock starts now, not at creation.
+        requeued_at=now,
+        updated_at=now,
+    ):
+        return _reload(session, job_id)
+    raise not_resumable(_reload(session, job_id))
+
+
+def not_resumable(job: Job) -> JobNotResumable:
+    """The 409 for resuming ``job``, saying why its state does not allow it."""
+    running = (
+        "it is stopping after a cancel; resume it once it is cancelled"
+        if job.cancel_requested
+        else "it is running; cancel it first to resume it later"
+    )
+    why = {
+        JobStatus.QUEUED.value: "it is queued and will run",
+        JobStatus.RUNNING.value: running,
+        JobStatus.SUCCEEDED.value: "it succeeded: every trial it asked for is done (submit a new job for more)",
+    }.get(job.status, f"it is {job.status}")
+    return JobNotResumable(
+        f"job {job.id} cannot be resumed: {why}; only cancelled or failed jobs resume",
+        extensions={"job_status": job.status},
+    )
 
 
 def claim_job(session: Session, job_id: str, *, worker: str, stale_after_s: int) -> bool:

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from search import names
 from search.arch import ModelShape
 from search.results import VALUES_DESCRIPTION, BestEntry, Figures, TrialInfo
-from search.spec import JobSpec, SearchSpace
+from search.spec import MAX_TRIALS_HARD_LIMIT, JobSpec, SearchSpace
 from service.api.exports import Export
 from service.models import Job, TrialResult, WebhookDelivery, utcnow
 from service.notify.urls import MAX_URL_LENGTH
@@ -62,6 +62,21 @@ class JobLinks(BaseModel):
     self_: str = Field(alias="self")
     trials: str
     cancel: str
+    resume: str
+
+
+class ResumeIn(BaseModel):
+    """The body of ``POST /v1/jobs/{id}/resume`` (optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_trials: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_TRIALS_HARD_LIMIT,
+        description="Complete trials the study should hold when the job ends (default: the job's n_trials); "
+        "not below the complete trials it already holds.",
+    )
 
 
 class NotifyIn(BaseModel):
@@ -143,7 +158,7 @@ class JobOut(BaseModel):
             started_at=job.started_at,
             finished_at=job.finished_at,
             updated_at=job.updated_at,
-            links=JobLinks(self_=path, trials=f"{path}/trials", cancel=f"{path}/cancel"),
+            links=JobLinks(self_=path, trials=f"{path}/trials", cancel=f"{path}/cancel", resume=f"{path}/resume"),
             notify=_notify(job),
         )
 

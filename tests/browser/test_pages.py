@@ -472,7 +472,7 @@ def test_a_server_that_wants_a_key_gets_one_from_the_page(browser: Any, server: 
     page.context.close()
 
 
-def test_cancel_a_running_job_from_its_page(
+def test_cancel_a_running_job_from_its_page_and_resume_it(
     finished_job: dict[str, Any],
     browser: Any,
     server: str,
@@ -503,6 +503,15 @@ def test_cancel_a_running_job_from_its_page(
     job = api.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "cancelled" and job["cancel_requested"]
     assert page.locator("svg.scatter circle.point").count() == job["progress"]["trials_completed"]
+    # A cancelled job resumes from its page: its study goes on, the page polls it running again.
+    page.once("dialog", lambda dialog: dialog.accept("5000"))
+    page.click("#resume-job")
+    page.wait_for_selector("#job-status[data-status='running']", timeout=180_000)
+    assert page.is_hidden("#resume-job") and page.is_visible("#cancel-job")
+    assert api.get(f"/v1/jobs/{job_id}").json()["progress"]["trials_completed"] >= job["progress"]["trials_completed"]
+    assert api.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
+    page.wait_for_selector("#job-status[data-status='cancelled']", timeout=180_000)
+    assert page.is_visible("#resume-job")
     assert errors == []
     page.context.close()
 

@@ -15,6 +15,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+import optuna
 import pytest
 
 from prunesearch import load_pruned
@@ -116,3 +117,35 @@ def test_the_dashboard_hint_names_the_extra_that_installs_it(run: Run) -> None:
 
 def test_no_warning_for_calibration_documents_longer_than_the_model_maximum(run: Run) -> None:
     assert TOO_LONG_WARNING not in run.output
+
+
+def _complete_trials(storage: str, study_name: str) -> list[optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    return study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+
+
+def test_study_name_resumes_the_study_up_to_more_trials_and_never_fewer(run: Run, model: Path) -> None:
+    """Last in the module: it adds trials to study "first" (search.resume, shared with the service's resume)."""
+    match = re.search(r"Study first in (\S+)", run.output)
+    assert match, run.output
+    storage = match.group(1)
+    before = _complete_trials(storage, "first")
+
+    def search(trials: int) -> list[str]:
+        args = list(SEARCH)
+        args[args.index("--trials") + 1] = str(trials)
+        return ["search", "--model", str(model), *args, "--study-name", "first"]
+
+    env = os.environ | {"PRUNESEARCH_DATA_DIR": str(run.data_dir)}
+    refused = subprocess.run(
+        [sys.executable, "-m", "prunesearch", *search(len(before) - 1)], env=env, capture_output=True, text=True
+    )
+    assert refused.returncode != 0 and f"below the {len(before)} complete trials" in refused.stderr, refused.stderr
+    assert len(_complete_trials(storage, "first")) == len(before)  # refused before touching the study
+
+    prunesearch(search(len(before) + 2), run.data_dir)
+    after = _complete_trials(storage, "first")
+    assert len(after) == len(before) + 2
+    assert [(t.number, t.params) for t in after[: len(before)]] == [(t.number, t.params) for t in before]
+    archs = [json.dumps(t.user_attrs["arch"], sort_keys=True) for t in after]
+    assert len(set(archs)) == len(archs)  # the resume ran new candidates, not the study's first ones again

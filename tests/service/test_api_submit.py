@@ -40,7 +40,7 @@ def test_submit_answers_202_with_location_and_enqueues_by_id(
     assert response.headers["retry-after"] == "2"
     assert job["status"] == "queued"
     assert job["model"] == str(tiny_model_config_dir)
-    assert job["spec"]["n_trials"] == 20 and job["spec"]["sampler"] == "tpe"  # defaults filled in
+    assert job["spec"]["n_trials"] == 20 and job["spec"]["sampler"] == "evo"  # defaults filled in
     assert job["progress"] == {
         "trials_completed": 0,
         "trials_failed": 0,
@@ -54,6 +54,7 @@ def test_submit_answers_202_with_location_and_enqueues_by_id(
         "self": f"/v1/jobs/{job['id']}",
         "trials": f"/v1/jobs/{job['id']}/trials",
         "cancel": f"/v1/jobs/{job['id']}/cancel",
+        "resume": f"/v1/jobs/{job['id']}/resume",
     }
     assert _queued_job_ids(redis_client) == [job["id"]]
 

@@ -105,6 +105,9 @@ def test_jobs_are_visible_and_cancellable_only_by_their_owner(
     assert [job["id"] for job in pg_client.get("/v1/jobs", headers=_bearer(alice)).json()["items"]] == [job_id]
     cancelled = pg_client.post(f"/v1/jobs/{job_id}/cancel", headers=_bearer(alice))
     assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelled"
+    assert_problem(pg_client.post(f"/v1/jobs/{job_id}/resume", headers=_bearer(bob)), 404)
+    resumed = pg_client.post(f"/v1/jobs/{job_id}/resume", headers=_bearer(alice))
+    assert resumed.status_code == 202 and resumed.json()["status"] == "queued"
 
 
 def test_anonymous_jobs_are_not_visible_to_keys(

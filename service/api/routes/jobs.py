@@ -1,4 +1,4 @@
-"""``/v1/jobs``: submit, list, read, list trials, cancel.
+"""``/v1/jobs``: submit, list, read, list trials, cancel, resume.
 
 Each route also checks ownership itself (``require_owned_job``), on top of the router's
 ``service.api.auth.API_GUARDS``, so reading one route tells the whole story.
@@ -15,10 +15,11 @@ from service import repository
 from service.api.auth import PrincipalDep, require_owned_job
 from service.api.deps import CeleryDep, SessionDep, SettingsDep, released
 from service.api.openapi import problem_responses
-from service.api.schemas import API_PREFIX, JobOut, JobPage, JobSubmission, TrialOut, TrialPage, job_path
+from service.api.schemas import API_PREFIX, JobOut, JobPage, JobSubmission, ResumeIn, TrialOut, TrialPage, job_path
 from service.errors import InvalidRequest
 from service.models import IDEMPOTENCY_KEY_LENGTH
 from service.notify.dispatch import send_new_deliveries
+from service.resumption import resume_job
 from service.settings import Settings
 from service.states import JobStatus
 from service.submission import submit_job
@@ -154,4 +155,24 @@ def cancel_job(job_id: str, session: SessionDep, celery_app: CeleryDep, principa
     session.commit()
     # A queued job ends here, not in a worker: its webhook is sent from here too.
     send_new_deliveries(session, celery_app, job_id)
+    return released(session, JobOut.from_row(job))
+
+
+@router.post(
+    "/{job_id}/resume",
+    status_code=202,
+    response_model=JobOut,
+    responses=problem_responses(400, 401, 404, 409, 413, 422, 429),
+    summary="Resume a cancelled or failed job: its study continues up to n_trials, keeping every trial",
+)
+def resume(
+    job_id: str,
+    session: SessionDep,
+    celery_app: CeleryDep,
+    settings: SettingsDep,
+    principal: PrincipalDep,
+    body: ResumeIn | None = None,
+) -> JobOut:
+    require_owned_job(session, job_id, principal)
+    job = resume_job(session, celery_app, settings, job_id, n_trials=body.n_trials if body is not None else None)
     return released(session, JobOut.from_row(job))

@@ -25,6 +25,7 @@ import { SortablePagedTable } from "./table.js";
 const POLL_MS = 2000;
 const MAX_BACKOFF_MS = 30000;
 const PAGE_LIMIT = 200;
+const RESUMABLE = new Set(["cancelled", "failed"]);
 
 const jobId = document.body.dataset.jobId;
 const base = jobPath(jobId);
@@ -279,6 +280,7 @@ function renderActions(job) {
   cancel.hidden = TERMINAL.has(job.status);
   cancel.disabled = Boolean(job.cancel_requested);
   cancel.textContent = job.cancel_requested ? "Cancel requested" : "Cancel job";
+  byId("resume-job").hidden = !RESUMABLE.has(job.status);
 }
 
 function renderReportSection() {
@@ -385,6 +387,35 @@ async function cancelJob() {
   }
 }
 
+// POST /resume continues the job's study up to n_trials (the job's own unless the user asks for
+// more), keeping every trial; the page then polls the job running again.
+async function resumeJob() {
+  const spec = (state.job && state.job.spec) || {};
+  const done = state.job ? state.job.progress.trials_completed : 0;
+  const answer = window.prompt(
+    `Resume this job? Its ${plural(done, "finished trial")} are kept and its study continues up to this many trials:`,
+    String(spec.n_trials ?? ""),
+  );
+  if (answer === null) return;
+  const nTrials = Number.parseInt(answer, 10);
+  const body = Number.isInteger(nTrials) && nTrials !== spec.n_trials ? { n_trials: nTrials } : undefined;
+  const button = byId("resume-job");
+  button.disabled = true;
+  byId("action-status").textContent = "Resuming…";
+  try {
+    await request(`${base}/resume`, { method: "POST", body });
+    byId("action-status").textContent = "Resumed: the job is queued and continues its study.";
+    state.report = null; // computed again when the job ends
+    state.artifacts = null;
+    polling.restart();
+  } catch (error) {
+    byId("action-status").textContent = "";
+    reportError(error, "Could not resume");
+  } finally {
+    button.disabled = false;
+  }
+}
+
 function csvCell(value) {
   if (value === null || value === undefined) return "";
   const text = typeof value === "object" ? JSON.stringify(value) : String(value);
@@ -422,6 +453,7 @@ function download(kind) {
 
 setupApiKey();
 byId("cancel-job").addEventListener("click", cancelJob);
+byId("resume-job").addEventListener("click", resumeJob);
 byId("download-json").addEventListener("click", () => download("json"));
 byId("download-csv").addEventListener("click", () => download("csv"));
 
