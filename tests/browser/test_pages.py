@@ -644,7 +644,8 @@ def test_the_report_reads_as_sentences_and_one_table_at_laptop_and_phone_width(
     objective = trust["proxies"][trust["objective"]]
     sentence = page.inner_text("#report-trust p.verdict")
     assert re.fullmatch(
-        rf"KL on the calibration tokens ordered {objective['n']} audited candidates with Spearman [−\d.]+ \[[−\d.]+, [−\d.]+\] "
+        rf"KL on the calibration tokens ordered {objective['n']} audited candidates "
+        r"with Spearman [−\d.]+ \[[−\d.]+, [−\d.]+\] "
         r"against their verified KL to dense: (poor|weak|uncertain|moderate|strong)\.",
         sentence,
     ), sentence
