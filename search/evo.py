@@ -27,21 +27,20 @@ alone keeps the search near them.
 from __future__ import annotations
 
 import hashlib
-import math
 import random
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler, RandomSampler
 from optuna.search_space import IntersectionSearchSpace
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from search.arch import ModelShape
-from search.moves import DEFAULT_STEP, fraction_costs, move_budget
+from search.moves import DEFAULT_STEP, fraction_costs, move_budget, perturb
 
 # Maps a trial's parameters to its repaired candidate's key (its architecture as JSON); raises
 # ``ValueError`` when a parameter is missing (a running trial still being suggested).
@@ -50,7 +49,6 @@ CandidateKey = Callable[[Mapping[str, Any]], str]
 # The trial system attribute that holds the digest of the candidate an evo trial proposed.
 CLAIM_ATTR = "evo:candidate"
 
-_SIGMA = 0.1  # a random step's standard deviation, as a share of the parameter's range
 _MAX_MUTATIONS = 3  # EvoPress: min(randint(1, 3), randint(1, 3)) mutations, mostly one
 
 
@@ -220,30 +218,6 @@ def rescale(values: Mapping[str, float], costs: Mapping[str, float], share: floa
         middle = (low + high) / 2
         low, high = (middle, high) if kept(middle) < share else (low, middle)
     return {name: min(1.0, high * v) for name, v in values.items()}
-
-
-def perturb(value: Any, distribution: BaseDistribution, rng: random.Random) -> Any:
-    """A small random step of one parameter within its distribution: Gaussian for floats (in log space
-    for log ones, onto the step grid for stepped ones), ±one step for integers, another choice for
-    categories."""
-    if isinstance(distribution, FloatDistribution):
-        low, high = distribution.low, distribution.high
-        if distribution.log:
-            moved = math.exp(rng.gauss(math.log(value), _SIGMA * (math.log(high) - math.log(low))))
-        else:
-            moved = rng.gauss(value, _SIGMA * (high - low))
-        if distribution.step is not None:
-            moved = low + round((moved - low) / distribution.step) * distribution.step
-        return min(high, max(low, moved))
-    if isinstance(distribution, IntDistribution):
-        moved = value + rng.choice((-1, 1)) * distribution.step
-        if not distribution.low <= moved <= distribution.high:
-            moved = 2 * value - moved  # at a bound: step inwards
-        return int(min(distribution.high, max(distribution.low, moved)))
-    if isinstance(distribution, CategoricalDistribution):
-        choices = [c for c in distribution.choices if c != value]
-        return rng.choice(choices) if choices else value
-    return value
 
 
 def _seed(trial: FrozenTrial) -> bool:

@@ -4,20 +4,28 @@ EvoPress's mutation (Sieberling et al., 2024) lowers one unit's compression leve
 another's by the same amount, so an offspring stays on its parent's budget. Here a move takes a
 share of one sub-block's parameters and gives the same number of parameters to another sub-block,
 in the trial parameters' own terms (keep fractions, each with the parameters a whole sub-block
-costs); repair then snaps the result onto the grid. The ``evo`` sampler mutates with it, and the
-trust audit perturbs the search's best with it to look where the search looked.
+costs); repair then snaps the result onto the grid. ``perturb`` is the small step of a parameter
+without a cost. The ``evo`` sampler mutates with both, and the trust audit perturbs the search's
+best with both to look where the search looked.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping
+from typing import Any
+
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from search.arch import ArchConfig, ModelShape
 
 # A move shifts at most this share of the blocks' parameters (one head group or a few FFN channels
 # on small models; EvoPress moves one level of a ten-level grid).
 DEFAULT_STEP = 0.02
+# A step of a parameter without a cost (sparsity, the compact and standard-format numbers): its
+# standard deviation as a share of the parameter's range.
+STEP_SIGMA = 0.1
 
 
 def fraction_costs(shape: ModelShape, names: Mapping[str, object]) -> dict[str, float]:
@@ -81,3 +89,27 @@ def arch_distance(shape: ModelShape, a: ArchConfig, b: ArchConfig) -> float:
         moved += abs(shape.mlp_params(x.ffn_channels, x.sparsity) - shape.mlp_params(y.ffn_channels, y.sparsity))
     blocks = shape.dense_params() - shape.fixed
     return moved / 2 / blocks if blocks else 0.0
+
+
+def perturb(value: Any, distribution: BaseDistribution, rng: random.Random) -> Any:
+    """A small random step of one parameter within its distribution: Gaussian for floats (in log space
+    for log ones, onto the step grid for stepped ones), ±one step for integers, another choice for
+    categories."""
+    if isinstance(distribution, FloatDistribution):
+        low, high = distribution.low, distribution.high
+        if distribution.log:
+            moved = math.exp(rng.gauss(math.log(value), STEP_SIGMA * (math.log(high) - math.log(low))))
+        else:
+            moved = rng.gauss(value, STEP_SIGMA * (high - low))
+        if distribution.step is not None:
+            moved = low + round((moved - low) / distribution.step) * distribution.step
+        return min(high, max(low, moved))
+    if isinstance(distribution, IntDistribution):
+        moved = value + rng.choice((-1, 1)) * distribution.step
+        if not distribution.low <= moved <= distribution.high:
+            moved = 2 * value - moved  # at a bound: step inwards
+        return int(min(distribution.high, max(distribution.low, moved)))
+    if isinstance(distribution, CategoricalDistribution):
+        choices = [c for c in distribution.choices if c != value]
+        return rng.choice(choices) if choices else value
+    return value

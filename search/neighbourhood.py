@@ -37,7 +37,7 @@ from search.audit import audit_sequences, kept_blocks, proxy_views
 from search.candidates import SearchContext
 from search.errors import BudgetInfeasible, ProxyError
 from search.ladder import Verifier, audit
-from search.moves import DEFAULT_STEP, arch_distance, fraction_costs, move_budget
+from search.moves import DEFAULT_STEP, arch_distance, fraction_costs, move_budget, perturb
 from search.names import PROXIES, proxy_names
 from search.proxies import Ensemble, Proxy
 from search.results import Neighbour, NeighbourhoodAudit, Spread, TrialInfo, finalists
@@ -49,7 +49,6 @@ from search.trust import leading_proxy, trust_report, verdict
 MAX_MOVES = 3
 # A move of a parameter without a cost (compact and standard spaces) shifts it by up to this share
 # of its range (an integer by one): their parameters act on every layer at once.
-UNCOSTED_STEP = 0.1
 # Compared wherever registered: proxies that score a candidate without job-specific training.
 TRAINING_FREE: tuple[str, ...] = ("tracenas", "prunenet", "kl")
 _ATTEMPTS = 8  # draws per wanted perturbation (a move may round back onto an architecture seen)
@@ -174,19 +173,12 @@ def _realised(context: SearchContext, best: FrozenTrial, centre: ArchConfig) -> 
 def _nudge(
     params: Mapping[str, Any], distributions: Mapping[str, BaseDistribution], rng: random.Random, moves: int
 ) -> dict[str, Any]:
-    """``params`` with ``moves`` random small moves of parameters that have no cost."""
+    """``params`` after ``moves`` small steps of parameters that have no cost (``search.moves.perturb``)."""
     result = dict(params)
     names = sorted(n for n in result if isinstance(distributions.get(n), FloatDistribution | IntDistribution))
     for _ in range(moves if names else 0):
         name = rng.choice(names)
-        distribution = distributions[name]
-        sign = rng.choice((-1, 1))
-        if isinstance(distribution, IntDistribution):
-            result[name] = min(distribution.high, max(distribution.low, int(result[name]) + sign * distribution.step))
-        elif isinstance(distribution, FloatDistribution):
-            span = distribution.high - distribution.low
-            shifted = result[name] + sign * rng.uniform(0.5, 1.0) * UNCOSTED_STEP * span
-            result[name] = min(distribution.high, max(distribution.low, shifted))
+        result[name] = perturb(result[name], distributions[name], rng)
     return result
 
 
