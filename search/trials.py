@@ -18,19 +18,16 @@ from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage
-from optuna.study import MaxTrialsCallback
-from optuna.trial import FrozenTrial, TrialState
 
 from search.candidates import SearchContext
 from search.errors import ProxyError
 from search.fidelity import TokenLadder
+from search.loop import TrialCallback, complete_count, run_trials
 from search.proxies import Proxy, ProxyScore, create_proxy
 from search.repair import DEFAULT_TOLERANCE
 from search.samplers import SamplerBuild, create_sampler
 from search.selection import Selection
 from search.spec import JobSpec
-
-TrialCallback = Callable[[optuna.Study, FrozenTrial], None]
 
 
 @dataclass(frozen=True)
@@ -124,7 +121,7 @@ def remaining_trials(study: optuna.Study, spec: JobSpec) -> int:
 
 def complete_trials(study: optuna.Study) -> int:
     """Complete trials of the study: what a resume keeps (``search.resume.resumed_spec``)."""
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    return complete_count(study)
 
 
 def stored_complete_trials(storage: str | BaseStorage, study_name: str) -> int:
@@ -152,24 +149,17 @@ def search_trials(
     remaining = remaining_trials(study, spec)
     if remaining <= 0:
         return False
-    stopped = False
-
-    def check_stop(study: optuna.Study, _trial: FrozenTrial) -> None:
-        nonlocal stopped
-        if hooks.stop_requested():
-            stopped = True
-            study.stop()
-
     # Failed trials (a non-finite score) do not count towards n_trials, but are bounded.
     budget = remaining + max(3, spec.n_trials // 10)
-    study.optimize(
+    return run_trials(
+        study,
         _Objective(context, proxy),
-        n_trials=budget if max_trials is None else min(budget, max_trials),
-        callbacks=[*hooks.on_trial, MaxTrialsCallback(spec.n_trials, states=(TrialState.COMPLETE,)), check_stop],
+        max_trials=budget if max_trials is None else min(budget, max_trials),
+        complete_target=spec.n_trials,
+        callbacks=hooks.on_trial,
         catch=(ProxyError,),
-        gc_after_trial=False,
+        should_stop=hooks.should_stop,
     )
-    return stopped
 
 
 class _Objective:

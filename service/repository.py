@@ -349,6 +349,12 @@ def heartbeat(session: Session, job_id: str) -> None:
     _update_job(session, job_id, heartbeat_at=utcnow())
 
 
+def best_score(session: Session, job_id: str) -> float | None:
+    """The proxy score of the job's best so far (any worker's), without loading the job."""
+    best = session.scalar(select(Job.best).where(Job.id == job_id))
+    return None if best is None else best.get("score")
+
+
 def set_best(session: Session, job_id: str, best: BestEntry) -> None:
     _update_job(session, job_id, best=_stored(best), updated_at=utcnow())
 
