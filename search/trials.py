@@ -140,10 +140,13 @@ def search_trials(
     *,
     max_trials: int | None = None,
     hooks: SearchHooks = NO_HOOKS,
+    lookahead: bool | None = None,
 ) -> bool:
     """Run trials until the study holds ``n_trials`` complete ones, counting every worker's (or this
     call has run ``max_trials``). Several processes may do this on one study at once: the storage
     hands each waiting seed to one of them and the sampler sees the others' running trials.
+    ``lookahead`` proposes the next candidate while the device scores the current one
+    (``search.loop``); by default on a GPU, where it hides the sampler's time.
     Returns whether ``hooks.should_stop`` stopped it (the caller asked before; this asks after every trial)."""
     spec = context.spec
     remaining = remaining_trials(study, spec)
@@ -159,11 +162,22 @@ def search_trials(
         callbacks=hooks.on_trial,
         catch=(ProxyError,),
         should_stop=hooks.should_stop,
+        lookahead=context.loaded.adapter.device.type == "cuda" if lookahead is None else lookahead,
     )
 
 
+@dataclass(frozen=True)
+class _Candidate:
+    """A trial's proposal: the candidate, its size, and what sampling and realising it took."""
+
+    selection: Selection
+    param_ratio: float
+    timings: dict[str, float]
+
+
 class _Objective:
-    """One trial: sample, repair to the budget, select, score; the trial's attributes say what happened."""
+    """One trial: sample, repair to the budget, select (``propose``), then score (``score``); the
+    trial's attributes say what happened."""
 
     def __init__(self, context: SearchContext, proxy: Proxy) -> None:
         self.context, self.proxy = context, proxy
@@ -172,7 +186,7 @@ class _Objective:
         self.dense_params = context.shape.dense_params()
         self.low, self.high = context.ratio_range()
 
-    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+    def propose(self, trial: optuna.Trial) -> _Candidate:
         started = time.perf_counter()
         proposal = self.context.space.suggest(trial)
         budget = trial.suggest_float("param_ratio", self.low, self.high) if self.multi else self.high
@@ -181,13 +195,15 @@ class _Objective:
         param_count = self.context.shape.count_params(selection.arch)
         realised = time.perf_counter()
         param_ratio = self._record_candidate(trial, selection, param_count, budget)
+        return _Candidate(selection, param_ratio, {"sample_s": sampled - started, "realise_s": realised - sampled})
+
+    def score(self, trial: optuna.Trial, candidate: _Candidate) -> float | tuple[float, float]:
         scoring = time.perf_counter()
-        score = self._score(trial, selection)
+        score = self._score(trial, candidate.selection)
         scored = time.perf_counter()
         trial.set_user_attr("scores", {self.proxy.name: score.value, **score.extras})
-        timings = {"sample_s": sampled - started, "realise_s": realised - sampled, "score_s": scored - scoring}
-        trial.set_user_attr("timings", timings | score.timings)
-        return (score.value, param_ratio) if self.multi else score.value
+        trial.set_user_attr("timings", candidate.timings | {"score_s": scored - scoring} | score.timings)
+        return (score.value, candidate.param_ratio) if self.multi else score.value
 
     def _record_candidate(self, trial: optuna.Trial, selection: Selection, param_count: int, budget: float) -> float:
         """Write the candidate's architecture and size, and how far it is from the budget; returns its ratio."""
