@@ -35,6 +35,11 @@ class LoadedModel:
     # Where its decoder layers are, when it was split over devices by a maximum-memory setting.
     plan: DevicePlan | None = None
 
+    @property
+    def split(self) -> bool:
+        """Whether some decoder layers are stored off the main device (another GPU, cpu or disk offload)."""
+        return self.plan is not None and self.plan.split
+
 
 _HEADROOM = 0.8  # of a GPU's free memory the weights may take: activations, sketches and statistics need the rest
 
