@@ -64,8 +64,9 @@ def load_model(
     ``artifacts``: a folder where what is computed from the weights is kept across processes.
 
     ``max_memory`` (device -> size, ``search.placement``) splits the model by decoder layer over the
-    devices it names; ``device`` is then ignored. With neither, a model too large for one GPU is
-    split over all visible GPUs (80% of each one's free memory) when there are several.
+    devices it names; ``device`` is then ignored. Without it, on ``auto`` or ``cuda``, a model too
+    large for the first GPU is split over all visible GPUs (80% of each one's free memory) when there
+    are several.
     ``offload_folder``: where layers placed on ``disk`` are memory-mapped (a temporary folder if None).
     """
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
@@ -76,12 +77,7 @@ def load_model(
     try:
         config = AutoConfig.from_pretrained(model, revision=revision, trust_remote_code=False)
         shape = read_shape(config.to_dict())
-        if caps is None and device in (None, "auto"):
-            caps = _auto_split(shape, target, dtype)
-        if caps is None:
-            _check_fits(shape, target, dtype)
-        else:
-            _check_total(shape, caps, dtype)
+        caps = _check_room(shape, caps, device, target, dtype)
         auto = AutoModelForCausalLM if shape.causal else AutoModel
         tokenizer = AutoTokenizer.from_pretrained(model, revision=revision, trust_remote_code=False)
         network = auto.from_pretrained(
@@ -93,11 +89,10 @@ def load_model(
     network.eval()
     network.config.use_cache = False
     adapter = adapter_for(network)
-    plan = None
-    if caps is None:
+    plan = None if caps is None else plan_for(adapter, caps)
+    if plan is None:
         network.to(target)
     else:
-        plan = plan_for(adapter, caps)
         dispatch(adapter, plan, offload_folder=offload_folder)
     store = ArtifactStore(artifacts, model, revision) if artifacts is not None else None
     key = (model, revision, placement_key(device, max_memory))
@@ -128,6 +123,19 @@ def placement_key(device: str | None, max_memory: MaxMemory | None) -> str:
     return ",".join(f"{device_name(k)}={parse_size(v)}" for k, v in sorted(max_memory.items(), key=str))
 
 
+def _check_room(
+    shape: ModelShape, caps: dict[str, int] | None, device: str | None, target: torch.device, dtype: torch.dtype
+) -> dict[str, int] | None:
+    """Fail before loading when the weights cannot fit; the caps to split over (None: one device)."""
+    if caps is None and device in (None, "auto", "cuda"):  # not a chosen GPU ("cuda:1")
+        caps = _auto_split(shape, target, dtype)
+    if caps is None:
+        _check_fits(shape, target, dtype)
+    else:
+        _check_total(shape, caps, dtype)
+    return caps
+
+
 def _auto_split(shape: ModelShape, target: torch.device, dtype: torch.dtype) -> dict[str, int] | None:
     """Caps over every visible GPU when the model does not fit the first one and there are several."""
     if target.type != "cuda" or torch.cuda.device_count() < 2:
@@ -144,9 +152,9 @@ def _check_total(shape: ModelShape, caps: dict[str, int], dtype: torch.dtype) ->
     if needed > sum(caps.values()):
         given = ", ".join(f"{name} {human_size(size)}" for name, size in caps.items())
         raise ModelLoadError(
-            f"the model's weights need {human_size(needed)} in {dtype}, but the device map gives "
-            f"{human_size(sum(caps.values()))} in all ({given}); raise the maximum-memory setting or add "
-            "devices ('cpu' or 'disk' offload)"
+            f"the model's weights need {human_size(needed)} in {str(dtype).removeprefix('torch.')}, but the "
+            f"device map gives {human_size(sum(caps.values()))} in all: {given}; raise the maximum-memory "
+            "setting or add devices ('cpu' or 'disk' offload)"
         )
 
 

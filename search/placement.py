@@ -154,7 +154,7 @@ def _too_little(caps: Mapping[str, int], trunk: int, layers: list[int], dtype: s
     return ModelLoadError(
         f"the model's weights need {human_size(need)} in {dtype} (embeddings and head {human_size(trunk)}, "
         f"{len(layers)} layers of up to {human_size(max(layers, default=0))}, a layer is never split), but the "
-        f"device map gives {human_size(sum(caps.values()))}: {given}{reason}; raise the maximum-memory setting "
+        f"device map gives {human_size(sum(caps.values()))} in all: {given}{reason}; raise the maximum-memory setting "
         "or add devices ('cpu' or 'disk' offload)"
     )
 

@@ -51,14 +51,19 @@ def test_too_little_memory_says_how_much_is_needed() -> None:
     with pytest.raises(ModelLoadError) as caught:  # 7 × 1.4 GiB in 2 × 5 GiB: a layer is never split
         plan_devices({"cuda:0": 5 * GiB, "cuda:1": 5 * GiB}, 0, [14 * GiB // 10] * 7, "bfloat16")
     message = str(caught.value)
-    assert "need 9.80 GiB in bfloat16" in message and "gives 10.00 GiB: cuda:0 5.00 GiB, cuda:1 5.00 GiB" in message
+    assert (
+        "need 9.80 GiB in bfloat16" in message and "gives 10.00 GiB in all: cuda:0 5.00 GiB, cuda:1 5.00 GiB" in message
+    )
     with pytest.raises(ModelLoadError, match="cpu must hold the embeddings and head"):
         plan_devices({"cpu": GiB, "disk": 100 * GiB}, 2 * GiB, [GiB], "float32")
 
 
 def test_a_job_on_devices_too_small_fails_before_loading(tiny_llama_dir: Path) -> None:
     spec = tiny_job_spec(tiny_llama_dir)
-    with pytest.raises(SearchError, match=r"the model's weights need .* in torch.float32, but the device map gives "):
+    with pytest.raises(
+        SearchError,
+        match=r"the model's weights need .* in float32, but the device map gives .* in all: cpu 100.0 KiB, disk",
+    ):
         prepare_job(spec, models=ModelCache(), max_memory={"cpu": "100KiB", "disk": "100KiB"})
 
 
