@@ -127,8 +127,10 @@ def _stream(layer: nn.Module, device: torch.device) -> None:
                 for name, tensor in table.items():
                     if tensor is not None and tensor.device != device:
                         stored.append((table, name, tensor))
-                        # Differentiable: a backward reaches the stored tensor through the copy.
-                        table[name] = tensor.to(device, non_blocking=True)
+                        # Differentiable: a backward reaches the stored tensor through the copy. Blocking:
+                        # the stored tensor may be written right after the forward (sparse zeros restored),
+                        # and an asynchronous copy from pinned memory could still be reading it then.
+                        table[name] = tensor.to(device)
         return _moved(args, device), _moved(kwargs, device)
 
     def after(_module: nn.Module, _args: tuple[Any, ...], _kwargs: dict[str, Any], output: Any) -> None:
