@@ -2,9 +2,9 @@
 on one device: the same random weights (one seed), the same tokens, the same trials.
 
     # H200: the 8B shape whole on the GPU, then capped to 8 GiB so most layers are offloaded to the CPU
-    python benchmarks/device_map.py --max-memory '{"0": "8GiB", "cpu": "200GiB"}'
+    python benchmarks/device_map.py --max-memory '{"0": "8GiB", "cpu": "100GiB"}'
     # two GPUs, balanced: one more split (--max-memory is repeatable)
-    python benchmarks/device_map.py --max-memory '{"0": "8GiB", "cpu": "200GiB"}' \
+    python benchmarks/device_map.py --max-memory '{"0": "8GiB", "cpu": "100GiB"}' \
         --max-memory '{"0": "12GiB", "1": "12GiB"}'
     # CPU smoke run (tested in CI): the tiny shape on the CPU, half of its layers memory-mapped from disk
     python benchmarks/device_map.py --shape tiny --tokens 256 --seq-len 32 --trials 2 \
@@ -16,6 +16,8 @@ Writes a marked section of docs/performance.md and a JSON of the figures beside 
 from __future__ import annotations
 
 import argparse
+import copy
+import gc
 import json
 import statistics
 import sys
@@ -26,6 +28,7 @@ from typing import Any
 
 import optuna
 import torch
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -47,8 +50,9 @@ HEADING = (
 )
 
 
-def build(shape: str, device: torch.device, max_memory: dict[str, Any] | None, offload: Path) -> LoadedModel:
-    """The random-weight Llama of ``shape`` (seed 0, built on the CPU), whole on ``device`` or split."""
+def build(shape: str, device: torch.device) -> LoadedModel:
+    """The random-weight Llama of ``shape`` (seed 0) whole on ``device``, initialised there (an 8B
+    model's initialisation on a CPU takes minutes)."""
     from tokenizers import Tokenizer, models
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -56,21 +60,21 @@ def build(shape: str, device: torch.device, max_memory: dict[str, Any] | None, o
     config = LlamaConfig(**SHAPES[shape], max_position_embeddings=4096, tie_word_embeddings=False)
     config._attn_implementation = "sdpa"
     torch.manual_seed(0)
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # initialised in the search's dtype: an 8B float32 copy is 32 GB
-    try:
-        model = LlamaForCausalLM(config).eval()
-    finally:
-        torch.set_default_dtype(default)
+    with torch.device(device):
+        model = LlamaForCausalLM(config).to(dtype).eval()
     model.config.use_cache = False
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>")))
-    loaded = LoadedModel(adapter_for(model), tokenizer, (shape, None, str(max_memory or device)))
+    return LoadedModel(adapter_for(model), tokenizer, (shape, None, str(device)))
+
+
+def split(whole: nn.Module, tokenizer: Any, max_memory: dict[str, Any], offload: Path) -> LoadedModel:
+    """A copy of ``whole`` (on the CPU) spread over devices as ``search.loading.load_model`` does it."""
+    model = copy.deepcopy(whole)
+    loaded = LoadedModel(adapter_for(model), tokenizer, ("split", None, json.dumps(max_memory)))
     caps = parse_caps(max_memory)
-    if caps is None:
-        model.to(device)
-    else:
-        loaded.plan = plan_for(loaded.adapter, caps)
-        dispatch(loaded.adapter, loaded.plan, offload_folder=offload)
+    assert caps is not None
+    loaded.plan = plan_for(loaded.adapter, caps)
+    dispatch(loaded.adapter, loaded.plan, offload_folder=offload)
     return loaded
 
 
@@ -109,6 +113,12 @@ def measure(loaded: LoadedModel, proxy: str, tokens: TokenSet, trials: int) -> d
         "scores": [t.values[0] for t in measured],
         **parts,
     }
+
+
+def _release() -> None:
+    gc.collect()  # the proxies' dense references and the dispatched copies
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _now() -> float:
@@ -170,7 +180,7 @@ def main() -> None:
         action="append",
         type=json.loads,
         required=True,
-        help='a split to measure, as the worker setting: \'{"0": "8GiB", "cpu": "200GiB"}\' (repeatable)',
+        help='a split to measure, as the worker setting: \'{"0": "8GiB", "cpu": "100GiB"}\' (repeatable)',
     )
     parser.add_argument("--proxies", default="kl,tracenas")
     parser.add_argument("--tokens", type=int, default=4096 if gpu else 1024)
@@ -181,22 +191,30 @@ def main() -> None:
 
     device = torch.device("cuda" if gpu else "cpu")
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory() as offload:
-        for max_memory in [None, *args.max_memory]:
-            print(f"{args.shape}, max_memory={max_memory}: building ...", flush=True)
+
+    def run(loaded: LoadedModel, max_memory: dict[str, Any] | None) -> None:
+        where = placement(loaded, device)
+        print(f"{args.shape}, max_memory={max_memory}: {where['placement']}", flush=True)
+        tokens = random_tokens(loaded, args.tokens, args.seq_len)
+        for proxy in args.proxies.split(","):
             if gpu:
-                torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
-            loaded = build(args.shape, device, max_memory, Path(offload))
-            where = placement(loaded, device)
-            print(f"  {where['placement']}", flush=True)
-            tokens = random_tokens(loaded, args.tokens, args.seq_len)
-            for proxy in args.proxies.split(","):
-                row = {"max_memory": max_memory, **where, **measure(loaded, proxy, tokens, args.trials)}
-                row["peak_bytes"] = torch.cuda.max_memory_allocated() if gpu else 0
-                rows.append(row)
-                print(f"  {proxy}: {row['trial_s']:.3f} s per trial", flush=True)
+            row = {"max_memory": max_memory, **where, **measure(loaded, proxy, tokens, args.trials)}
+            row["peak_bytes"] = torch.cuda.max_memory_allocated() if gpu else 0
+            rows.append(row)
+            print(f"  {proxy}: {row['trial_s']:.3f} s per trial", flush=True)
+
+    whole = build(args.shape, device)
+    run(whole, None)
+    model, tokenizer = whole.adapter.model.to("cpu"), whole.tokenizer  # the same weights for every split
+    del whole
+    _release()
+    with tempfile.TemporaryDirectory() as offload:
+        for max_memory in args.max_memory:
+            loaded = split(model, tokenizer, max_memory, Path(offload))
+            run(loaded, max_memory)
             del loaded
+            _release()
 
     meta = {
         "device_name": torch.cuda.get_device_name() if gpu else "CPU",

@@ -72,7 +72,7 @@ def dispatch(adapter: Adapter, plan: DevicePlan, *, offload_folder: Path | None 
                 _pin(layer)  # pinned host memory copies to the GPU about twice as fast
         run_on = torch.device(plan.execution_device(i))
         if plan.offloaded(stored):
-            _stream(layer, run_on)
+            run_offloaded(layer, run_on)
         else:
             layer.register_forward_pre_hook(_inputs_to(run_on), with_kwargs=True)
     for module in adapter.after_layers() or []:
@@ -117,7 +117,7 @@ def _inputs_to(device: torch.device):
     return hook
 
 
-def _stream(layer: nn.Module, device: torch.device) -> None:
+def run_offloaded(layer: nn.Module, device: torch.device) -> None:
     """Run ``layer`` on ``device`` with copies of the tensors it holds when called (see the module docstring)."""
     stored: list[tuple[dict[str, Any], str, torch.Tensor]] = []
 

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from search.arch import ArchConfig, LayerArch
 from search.candidates import prepare, prepare_job
-from search.dispatch import module_bytes
+from search.dispatch import module_bytes, run_offloaded
 from search.errors import ModelLoadError, SearchError
 from search.loading import LoadedModel, ModelCache, load_model
 from search.masking import apply_arch
@@ -112,6 +113,23 @@ def test_candidates_on_offloaded_layers_compute_what_they_compute_unsplit(
                 outputs.append(loaded.adapter.forward(batch))
     torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)
     assert torch.equal(split.adapter.layers[3].mlp.down_proj.weight, before)  # the zeros were undone
+
+
+def test_an_offloaded_layer_runs_with_copies_of_what_it_holds_and_gets_its_tensors_back() -> None:
+    """The streaming hook, on the one second device a CPU has: ``meta`` (shapes only)."""
+    layer = nn.Linear(4, 3)
+    stored = layer.weight
+    layer.weight = nn.Parameter(stored[:, :2].detach())  # as a gather swaps it in: streamed as it is at call time
+    gathered = layer.weight
+    run_offloaded(layer, torch.device("meta"))
+    seen: dict[str, torch.device] = {}
+    layer.register_forward_pre_hook(lambda m, args: seen.update(weight=m.weight.device, input=args[0].device))
+    output = layer(torch.ones(5, 2))
+    assert seen == {"weight": torch.device("meta"), "input": torch.device("meta")} and output.shape == (5, 3)
+    assert layer.weight is gathered and layer.bias.device.type == "cpu"
+    with pytest.raises(RuntimeError):
+        layer(torch.ones(5, 7))  # the forward fails: the stored tensors come back all the same
+    assert layer.weight is gathered and layer.bias.device.type == "cpu"
 
 
 def _search_both(whole: LoadedModel, split: LoadedModel, model: Path, proxy: str) -> list[tuple[object, object]]:
