@@ -82,10 +82,10 @@ def _file_backed(tensor: torch.Tensor) -> bool:
     """Whether ``tensor``'s memory is a mapping of an offload file (unlinked at once: ``(deleted)``)."""
     address = tensor.data_ptr()
     for line in Path("/proc/self/maps").read_text().splitlines():
-        span, *_, path = line.split(maxsplit=5) if len(line.split()) >= 6 else [line.split()[0], ""]
-        start, end = (int(part, 16) for part in span.split("-"))
+        fields = line.split(maxsplit=5)  # address range, perms, offset, device, inode[, path]
+        start, end = (int(part, 16) for part in fields[0].split("-"))
         if start <= address < end:
-            return "prunesearch-layer" in path
+            return len(fields) == 6 and "prunesearch-layer" in fields[5]
     return False
 
 
