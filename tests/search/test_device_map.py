@@ -5,6 +5,8 @@ on this CPU machine split across ``cpu`` and memory-mapped ``disk``, on a GPU of
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,6 +35,11 @@ def test_sizes_and_devices_read_as_accelerate_writes_them() -> None:
     for bad, message in [({"0": "60 parsecs"}, "not a memory size"), ({"npu": "1GiB"}, "not a device"), ({}, "no")]:
         with pytest.raises(ValueError, match=message):
             parse_max_memory(bad)
+
+
+def test_the_plan_imports_without_torch_as_the_worker_settings_read_it_before_fork() -> None:
+    code = "import sys, search.placement, workers.settings; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
 
 
 def test_layers_balance_over_the_gpus_and_spill_to_cpu_then_disk() -> None:
