@@ -19,6 +19,7 @@ from search.arch import ArchConfig, ModelShape
 from search.calibration import TokenSet, build_token_set
 from search.criteria import IMPORTANCE, compute_importance
 from search.loading import LoadedModel, ModelCache
+from search.placement import MaxMemory
 from search.repair import Proposal, repair
 from search.selection import Selection, SparsityScorer, select_units
 from search.space import LAYER_SIGNALS, LayerSignals, Space
@@ -80,14 +81,16 @@ def prepare_job(
     *,
     models: ModelCache | None = None,
     device: str | None = None,
+    max_memory: MaxMemory | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> SearchContext:
     """Load the job's model (through ``models``, which keeps it for the next job), check the job
     against it, and prepare its candidate builder. Every caller (worker, chunk, export, CLI) goes
-    through here, so they all check the same things."""
+    through here, so they all check the same things. ``max_memory`` (device -> size) splits the
+    model over several devices (``search.loading.load_model``)."""
     check_job(spec)  # the calibration source; for a local model, its family and budget from its config
     models = models if models is not None else ModelCache()
-    loaded = models.get(spec.model, spec.revision, device=device)
+    loaded = models.get(spec.model, spec.revision, device=device, max_memory=max_memory)
     check_budgets(spec, loaded.adapter.shape)  # a hub model is only known once loaded
     check_recovery(spec, loaded.adapter.shape)
     return prepare(loaded, spec, batch_size=batch_size)
