@@ -113,6 +113,7 @@ def report(
         pareto=result.pareto,
         trust=result.trust,
         recovery=recovery.report if recovery is not None else None,
+        latency=result.latency,
     )
 
 
