@@ -88,9 +88,16 @@ class SearchContext:
 
         return repair_within(self.shape, proposal, fits, **options)
 
+    def latency_range(self) -> tuple[float, float] | None:
+        """The latency budgets trials are repaired to (ratios of the dense model's predicted step); None
+        without a latency model."""
+        if self.latency is None:
+            return None
+        return self.spec.latency_range(self.latency.floor_ratio())
+
     def latency_high(self) -> float | None:
         """The job's highest latency budget (a ratio of the dense model's predicted step), if it has one."""
-        budgets = self.spec.latency_range()
+        budgets = self.latency_range()
         return budgets[1] if budgets is not None else None
 
     def selection(self, arch: ArchConfig) -> Selection:

@@ -30,7 +30,7 @@ import bisect
 import inspect
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +45,7 @@ from search.precision import dtype_name
 from search.spec import JobSpec, LatencySetting
 
 TABLE_VERSION = 1
+TIE_MS = 1e-6  # a nanosecond: the least one more width costs in the table
 MAX_MLP_POINTS = 33  # MLP widths timed per table; the grid points between are interpolated
 TABLE_WARMUP = 2
 TABLE_REPEATS = 5
@@ -108,10 +109,12 @@ def _interpolate(widths: list[int], points: dict[int, float], width: int) -> flo
 
 
 def _monotone(values: dict[int, float]) -> dict[int, float]:
-    """Non-negative and non-decreasing in the width (a running maximum)."""
-    result, highest = {}, 0.0
+    """Increasing in the width: a running maximum (timing noise cannot make a wider sub-block
+    cheaper), each width at least ``TIE_MS`` above the narrower one (what noise hid still costs
+    something, so a table of a fast device or a noisy machine still ranks widths)."""
+    result, highest = {}, -TIE_MS
     for width in sorted(values):
-        highest = max(highest, values[width], 0.0)
+        highest = max(highest + TIE_MS, values[width], 0.0)
         result[width] = highest
     return result
 
@@ -182,7 +185,38 @@ def random_ids(vocab: int, batch: int, tokens: int, device: torch.device) -> tor
     return torch.randint(0, vocab, (batch, tokens), generator=generator).to(device)
 
 
-@torch.no_grad()
+class Stepper:
+    """One step of ``model`` in ``setting``, ready to time again and again: a forward over batch ×
+    context tokens (prefill), or one new token per sequence against a KV cache of ``context`` tokens
+    (decode; the cache is cropped back after every step, so every step sees the same context)."""
+
+    @torch.no_grad()
+    def __init__(self, model: nn.Module, setting: LatencySetting, *, causal: bool) -> None:
+        self.model, self.device = model, next(model.parameters()).device
+        ids = random_ids(int(getattr(model.config, "vocab_size", 2)), setting.batch, setting.context, self.device)
+        self.cache: Any = None
+        if setting.phase == "prefill":
+            self.inputs: dict[str, Any] = {"input_ids": ids} | ({"use_cache": False} if causal else {})
+            return
+        output = model(input_ids=ids, use_cache=True)
+        self.cache = getattr(output, "cache", None) or output.past_key_values
+        # transformers 5 renames ``past_key_values`` to ``cache``; the old name still works, with a warning.
+        name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self.inputs = {"input_ids": ids[:, :1], "use_cache": True, name: self.cache}
+
+    @torch.no_grad()
+    def once(self) -> float:
+        """Milliseconds of one step."""
+        _synchronize(self.device)
+        started = time.perf_counter()
+        self.model(**self.inputs)
+        _synchronize(self.device)
+        elapsed = (time.perf_counter() - started) * 1000
+        if self.cache is not None:
+            self.cache.crop(-1)  # the step's token: the cache holds ``context`` tokens again
+        return elapsed
+
+
 def step_ms(
     model: nn.Module,
     setting: LatencySetting,
@@ -191,51 +225,25 @@ def step_ms(
     warmup: int = TABLE_WARMUP,
     repeats: int = TABLE_REPEATS,
 ) -> float:
-    """Median milliseconds of one step of ``model`` in ``setting``: a forward over batch × context
-    tokens (prefill), or one new token per sequence against a KV cache of ``context`` tokens (decode;
-    the cache is cropped back after every step, so every step sees the same context)."""
-    device = next(model.parameters()).device
-    vocab = int(getattr(model.config, "vocab_size", 2))
-    ids = random_ids(vocab, setting.batch, setting.context, device)
-    if setting.phase == "prefill":
-        kwargs: dict[str, Any] = {"use_cache": False} if causal else {}
-
-        def run() -> None:
-            model(input_ids=ids, **kwargs)
-
-        return _median_ms(run, device, warmup, repeats)
-    output = model(input_ids=ids, use_cache=True)
-    cache = getattr(output, "cache", None) or output.past_key_values
-    # transformers 5 renames ``past_key_values`` to ``cache``; the old name still works, with a warning.
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    token = ids[:, :1]
-
-    def step() -> None:
-        model(input_ids=token, use_cache=True, **{name: cache})
-
-    def reset() -> None:
-        cache.crop(-1)  # the step's token: the cache holds ``context`` tokens again
-
-    return _median_ms(step, device, warmup, repeats, after=reset)
-
-
-def _median_ms(
-    run: Callable[[], None], device: torch.device, warmup: int, repeats: int, *, after: Callable[[], None] | None = None
-) -> float:
+    """Median milliseconds of one step of ``model`` in ``setting`` (``Stepper``), after ``warmup`` steps."""
+    stepper = Stepper(model, setting, causal=causal)
     for _ in range(warmup):
-        run()
-        if after is not None:
-            after()
-    times = []
-    for _ in range(repeats):
-        _synchronize(device)
-        started = time.perf_counter()
-        run()
-        _synchronize(device)
-        times.append((time.perf_counter() - started) * 1000)
-        if after is not None:
-            after()
-    return statistics.median(times)
+        stepper.once()
+    return statistics.median(stepper.once() for _ in range(repeats))
+
+
+def paired_ms(reference: Stepper, other: Stepper, *, warmup: int, repeats: int) -> tuple[float, float]:
+    """Median milliseconds of each, the two taking turns (the order alternating), so drift on a shared
+    machine hits both alike and their difference is the other's own cost."""
+    for _ in range(warmup):
+        reference.once()
+        other.once()
+    times: tuple[list[float], list[float]] = ([], [])
+    for repeat in range(repeats):
+        order = ((0, reference), (1, other)) if repeat % 2 == 0 else ((1, other), (0, reference))
+        for index, stepper in order:
+            times[index].append(stepper.once())
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def _synchronize(device: torch.device) -> None:
@@ -256,7 +264,7 @@ def build_table(
     warmup: int = TABLE_WARMUP,
     repeats: int = TABLE_REPEATS,
 ) -> LatencyTable:
-    """Time one-layer models of ``adapter``'s family at every attention width and at up to
+    """Time two-layer models of ``adapter``'s family (module docstring) at every attention width and up to
     ``max_mlp_points`` FFN widths of the alignment grid (evenly spread, the smallest and the full
     width included), on the adapter's device in ``dtype``."""
     from search.export import build_skeleton, layers_config
@@ -268,22 +276,27 @@ def build_table(
     # any attention (the causal mask, rotary tables) is in the base, not in every attention sub-block.
     anchor = LayerArch(shape.num_heads, 0)
 
-    def layer_ms(heads: int, channels: int) -> float:
-        config = layers_config(adapter, [anchor, LayerArch(heads, channels)])
-        model = build_skeleton(config, device=device, dtype=dtype)
-        try:
-            return step_ms(model, setting, causal=shape.causal, warmup=warmup, repeats=repeats)
-        finally:
-            del model
+    def stepper(heads: int, channels: int) -> Stepper:
+        model = build_skeleton(layers_config(adapter, [anchor, LayerArch(heads, channels)]), device=device, dtype=dtype)
+        return Stepper(model, setting, causal=shape.causal)
 
-    empty = layer_ms(0, 0)
+    empty = stepper(0, 0)
+    empty_times: list[float] = []
+
+    def cost_ms(heads: int, channels: int) -> float:
+        """What the second layer's sub-block adds: timed beside the empty model, turn about."""
+        reference, own = paired_ms(empty, stepper(heads, channels), warmup=warmup, repeats=repeats)
+        empty_times.append(reference)
+        return own - reference
+
     heads = range(shape.group_size, shape.num_heads + 1, shape.group_size)
-    attention = _monotone({0: 0.0} | {h: layer_ms(h, 0) - empty for h in heads})
+    attention = _monotone({0: 0.0} | {h: cost_ms(h, 0) for h in heads})
     grid = _grid(shape.intermediate_size, alignment)
     step = max(1, -(-len(grid) // max(2, max_mlp_points)))
     timed = sorted({*grid[::step], grid[-1]})
-    mlp = _monotone({0: 0.0} | {c: layer_ms(0, c) - empty for c in timed})
-    base = max(empty - attention[shape.num_heads], 0.0)  # the anchor's own attention is the dense one's
+    mlp = _monotone({0: 0.0} | {c: cost_ms(0, c) for c in timed})
+    # The anchor's own attention is a full one: the rest of the empty model is the base.
+    base = max(statistics.median(empty_times) - attention[shape.num_heads], 0.0)
     return LatencyTable(
         setting=setting,
         device=device_name(device),
@@ -342,11 +355,11 @@ def latency_model(adapter: Adapter, artifacts: Any, spec: JobSpec, dtype: torch.
 
 def check_latency_budget(spec: JobSpec, model: LatencyModel) -> None:
     """Refuse a latency budget below what the embeddings and LM head alone cost on this device."""
-    budgets = spec.latency_range()
+    floor = model.floor_ratio()
+    budgets = spec.latency_range(floor)
     if budgets is None:
         return
-    floor = model.floor_ratio()
-    if budgets[0] <= floor:
+    if budgets[1] <= floor:
         raise BudgetInfeasible(
             f"target.latency_ratio is unreachable on {model.table.device}: the embeddings and LM head alone take "
             f"{floor:.3f} of the dense model's predicted step ({model.dense_ms:.3f} ms) in this setting"

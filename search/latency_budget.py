@@ -37,7 +37,7 @@ class TrialLatency:
     def __init__(self, context: SearchContext) -> None:
         assert context.latency is not None
         self.model: LatencyModel = context.latency
-        budgets = context.spec.latency_range()
+        budgets = context.latency_range()
         self.low, self.high = budgets if budgets is not None else (None, None)
         self.sampled = context.spec.latency_objective
 

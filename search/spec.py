@@ -464,15 +464,16 @@ class JobSpec(_Strict):
         """Whether trials need the latency model: a latency budget, or latency as an objective."""
         return self.target.latency_bound or self.latency_objective
 
-    def latency_range(self) -> tuple[float, float] | None:
+    def latency_range(self, floor: float = 0.0) -> tuple[float, float] | None:
         """The latency budgets trials are repaired to, as fractions of the dense model's predicted
         latency; None when the job has no latency budget. A latency front samples from half the
-        highest (``latency_ratio``, default 1) up to it."""
+        highest (``latency_ratio``, default 1), or just above ``floor`` (what the embeddings and LM head
+        alone cost), up to the highest."""
         high = self.target.latency_ratio
         if not self.latency_objective:
             return None if high is None else (high, high)
         high = 1.0 if high is None else high
-        return high / 2, high
+        return min(max(high / 2, floor * 1.05), high), high
 
     def ratio_range(self, shape: ModelShape) -> tuple[float, float]:
         """The budgets trials are repaired to, as fractions of all parameters (1.0: no parameter budget)."""
