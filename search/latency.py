@@ -30,7 +30,7 @@ import bisect
 import inspect
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +97,13 @@ class LatencyTable:
 def _grid(full: int, alignment: int) -> list[int]:
     """FFN widths the search can keep: multiples of the alignment, and the full width."""
     return sorted({*range(alignment, full + 1, alignment), full})
+
+
+def _timed_widths(full: int, alignment: int, most: int) -> list[int]:
+    """Up to ``most`` widths of the alignment grid, evenly spread, the smallest and the full one included."""
+    grid = _grid(full, alignment)
+    step = max(1, -(-len(grid) // max(2, most)))
+    return sorted({*grid[::step], grid[-1]})
 
 
 def _interpolate(widths: list[int], points: dict[int, float], width: int) -> float:
@@ -267,19 +274,10 @@ def build_table(
     """Time two-layer models of ``adapter``'s family (module docstring) at every attention width and up to
     ``max_mlp_points`` FFN widths of the alignment grid (evenly spread, the smallest and the full
     width included), on the adapter's device in ``dtype``."""
-    from search.export import build_skeleton, layers_config
-
     started = time.perf_counter()
     shape, device = adapter.shape, adapter.device
     alignment = max(1, min(alignment, shape.intermediate_size))
-    # Every model timed has a first layer of full attention, so what a forward does once when it has
-    # any attention (the causal mask, rotary tables) is in the base, not in every attention sub-block.
-    anchor = LayerArch(shape.num_heads, 0)
-
-    def stepper(heads: int, channels: int) -> Stepper:
-        model = build_skeleton(layers_config(adapter, [anchor, LayerArch(heads, channels)]), device=device, dtype=dtype)
-        return Stepper(model, setting, causal=shape.causal)
-
+    stepper = _two_layer_steppers(adapter, setting, dtype)
     empty = stepper(0, 0)
     empty_times: list[float] = []
 
@@ -291,10 +289,9 @@ def build_table(
 
     heads = range(shape.group_size, shape.num_heads + 1, shape.group_size)
     attention = _monotone({0: 0.0} | {h: cost_ms(h, 0) for h in heads})
-    grid = _grid(shape.intermediate_size, alignment)
-    step = max(1, -(-len(grid) // max(2, max_mlp_points)))
-    timed = sorted({*grid[::step], grid[-1]})
-    mlp = _monotone({0: 0.0} | {c: cost_ms(0, c) for c in timed})
+    mlp = _monotone(
+        {0: 0.0} | {c: cost_ms(0, c) for c in _timed_widths(shape.intermediate_size, alignment, max_mlp_points)}
+    )
     # The anchor's own attention is a full one: the rest of the empty model is the base.
     base = max(statistics.median(empty_times) - attention[shape.num_heads], 0.0)
     return LatencyTable(
@@ -308,6 +305,23 @@ def build_table(
         mlp_points=mlp,
         build_seconds=time.perf_counter() - started,
     )
+
+
+def _two_layer_steppers(adapter: Adapter, setting: LatencySetting, dtype: torch.dtype) -> Callable[[int, int], Stepper]:
+    """``stepper(heads, channels)``: a two-layer model of the family, its second layer at these widths.
+
+    Every model has a first layer of full attention, so what a forward does once when it has any
+    attention (the causal mask, rotary tables) is in the base, not in every attention sub-block."""
+    from search.export import build_skeleton, layers_config
+
+    shape, device = adapter.shape, adapter.device
+    anchor = LayerArch(shape.num_heads, 0)
+
+    def stepper(heads: int, channels: int) -> Stepper:
+        config = layers_config(adapter, [anchor, LayerArch(heads, channels)])
+        return Stepper(build_skeleton(config, device=device, dtype=dtype), setting, causal=shape.causal)
+
+    return stepper
 
 
 @dataclass(frozen=True)

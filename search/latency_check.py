@@ -18,7 +18,7 @@ from search.candidates import SearchContext
 from search.export import materialize
 from search.latency import step_ms
 from search.precision import export_dtype
-from search.results import LatencyCheck, LatencyReport, SearchResult
+from search.results import LatencyCheck, LatencyReport, SearchResult, TrialInfo
 from search.speed import dense_in
 
 MEASURE_WARMUP = 3
@@ -37,26 +37,12 @@ def check_latency(context: SearchContext, result: SearchResult) -> LatencyReport
     with dense_in(loaded, dtype) as dense:
         dense_ms = step_ms(dense, setting, causal=causal, warmup=MEASURE_WARMUP, repeats=MEASURE_REPEATS)
     trials = {trial.number: trial for trial in result.trials}
-    checks = []
-    for number in sorted(result.verified):
-        trial = trials[number]
-        arch = ArchConfig.from_dict(trial.arch)  # type: ignore[arg-type]
-        exported, _, _ = materialize(adapter, context.selection(arch), device=adapter.device, source=loaded.source)
-        measured = step_ms(exported, setting, causal=causal, warmup=MEASURE_WARMUP, repeats=MEASURE_REPEATS)
-        del exported
-        _empty_cache()
-        predicted = model.predict_ms(arch.layers)
-        checks.append(
-            LatencyCheck(
-                trial_number=number,
-                origin=trial.origin,
-                predicted_ms=predicted,
-                measured_ms=measured,
-                error=predicted / measured - 1,
-            )
-        )
+    checks = {number: _check(context, trials[number]) for number in sorted(result.verified)}
+    for number, check in checks.items():
         verified = result.verified[number]
-        result.verified[number] = verified.model_copy(update={"metrics": verified.metrics | {"latency_ms": measured}})
+        result.verified[number] = verified.model_copy(
+            update={"metrics": verified.metrics | {"latency_ms": check.measured_ms}}
+        )
     table = model.table
     return LatencyReport(
         phase=setting.phase,
@@ -75,8 +61,29 @@ def check_latency(context: SearchContext, result: SearchResult) -> LatencyReport
             measured_ms=dense_ms,
             error=model.dense_ms / dense_ms - 1,
         ),
-        finalists=checks,
-        median_abs_error=statistics.median(abs(c.error) for c in checks) if checks else None,
+        finalists=list(checks.values()),
+        median_abs_error=statistics.median(abs(c.error) for c in checks.values()) if checks else None,
+    )
+
+
+def _check(context: SearchContext, trial: TrialInfo) -> LatencyCheck:
+    """One candidate materialised as exported and timed, beside its prediction."""
+    assert context.latency is not None
+    loaded = context.loaded
+    adapter = loaded.adapter
+    arch = ArchConfig.from_dict(trial.arch)  # type: ignore[arg-type]
+    exported, _, _ = materialize(adapter, context.selection(arch), device=adapter.device, source=loaded.source)
+    setting = context.spec.target.latency
+    measured = step_ms(exported, setting, causal=adapter.shape.causal, warmup=MEASURE_WARMUP, repeats=MEASURE_REPEATS)
+    del exported
+    _empty_cache()
+    predicted = context.latency.predict_ms(arch.layers)
+    return LatencyCheck(
+        trial_number=trial.number,
+        origin=trial.origin,
+        predicted_ms=predicted,
+        measured_ms=measured,
+        error=predicted / measured - 1,
     )
 
 
