@@ -41,6 +41,7 @@ from search.adapters import Adapter
 from search.arch import ArchConfig, LayerArch
 from search.artifacts import Artifact
 from search.errors import BudgetInfeasible
+from search.export import build_skeleton, layers_config
 from search.precision import dtype_name
 from search.spec import JobSpec, LatencySetting
 
@@ -312,8 +313,6 @@ def _two_layer_steppers(adapter: Adapter, setting: LatencySetting, dtype: torch.
 
     Every model has a first layer of full attention, so what a forward does once when it has any
     attention (the causal mask, rotary tables) is in the base, not in every attention sub-block."""
-    from search.export import build_skeleton, layers_config
-
     shape, device = adapter.shape, adapter.device
     anchor = LayerArch(shape.num_heads, 0)
 
