@@ -344,8 +344,11 @@ class LatencyModel:
         return self.predict_ms(layers) <= latency_ratio * self.dense_ms
 
     def floor_ratio(self) -> float:
-        """The least a candidate can cost: every sub-block dropped (the embeddings and LM head remain)."""
-        return self.table.base_ms / self.dense_ms
+        """The least a candidate can cost: the embeddings and LM head, and the cheapest one sub-block
+        (a candidate keeps at least one, or there is no model to export)."""
+        table = self.table
+        cheapest = min(table.attention(min(h for h in table.attention_ms if h)), table.mlp(table.alignment))
+        return (table.base_ms + cheapest) / self.dense_ms
 
 
 def latency_model(adapter: Adapter, artifacts: Any, spec: JobSpec, dtype: torch.dtype) -> LatencyModel:
@@ -374,8 +377,8 @@ def check_latency_budget(spec: JobSpec, model: LatencyModel) -> None:
         return
     if budgets[1] <= floor:
         raise BudgetInfeasible(
-            f"target.latency_ratio is unreachable on {model.table.device}: the embeddings and LM head alone take "
-            f"{floor:.3f} of the dense model's predicted step ({model.dense_ms:.3f} ms) in this setting"
+            f"target.latency_ratio is unreachable on {model.table.device}: the embeddings, LM head and one sub-block "
+            f"alone take {floor:.3f} of the dense model's predicted step ({model.dense_ms:.3f} ms) in this setting"
         )
 
 

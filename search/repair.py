@@ -167,7 +167,9 @@ def repair_within(
             for a, m, s in zip(attention, mlp, sparsity, strict=True)
         ]
 
-    lo_scale, hi_scale = 0.0, 1.0 / min(x for x in attention + mlp if x > 0)
+    top = 1.0 / min(x for x in attention + mlp if x > 0)
+    # The smallest scale that keeps a sub-block: a candidate that keeps nothing cannot be exported.
+    lo_scale, hi_scale = _least_scale(lambda scale: any(x.heads or x.ffn_channels for x in snap(scale)), top), top
     if not fits(snap(lo_scale)):
         raise BudgetInfeasible(f"no candidate under depth={depth!r} fits the budget: even the smallest is over it")
     if fits(snap(hi_scale)):
@@ -181,6 +183,17 @@ def repair_within(
     arch = ArchConfig(tuple(snap(lo_scale)))
     shape.validate(arch)
     return arch
+
+
+def _least_scale(keeps: Callable[[float], bool], top: float) -> float:
+    """The least scale in [0, top] at which ``keeps`` (monotone in the scale) holds, by bisection."""
+    if keeps(0.0):
+        return 0.0
+    low, high = 0.0, top
+    while high - low > 1e-6 * top:
+        mid = (low + high) / 2
+        low, high = (low, mid) if keeps(mid) else (mid, high)
+    return high
 
 
 def _adjust(

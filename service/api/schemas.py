@@ -237,7 +237,8 @@ class ParetoPoint(TrialOut):
     def from_row(cls, trial: TrialResult) -> ParetoPoint:
         point = cls.model_validate(trial, from_attributes=True)
         measured = (trial.verified or {}).get("latency_ms")
-        return point.model_copy(update={"measured_latency_ms": measured if isinstance(measured, float) else None})
+        number = isinstance(measured, int | float) and not isinstance(measured, bool)
+        return point.model_copy(update={"measured_latency_ms": float(measured) if number else None})
 
 
 class ParetoFront(BaseModel):
