@@ -88,6 +88,15 @@ class SearchContext:
 
         return repair_within(self.shape, proposal, fits, **options)
 
+    def seed_ratio(self) -> float:
+        """The parameter budget the baseline seeds are built for: the job's, or for a latency budget
+        alone, what uniform width keeps under it (so ShortGPT's seed drops as many layers as that)."""
+        high = self.ratio_range()[1]
+        if self.latency is None or high < 1.0:
+            return high
+        uniform = self.arch(Proposal.uniform(self.shape.num_layers), high)
+        return self.shape.count_params(uniform) / self.shape.dense_params()
+
     def latency_range(self) -> tuple[float, float] | None:
         """The latency budgets trials are repaired to (ratios of the dense model's predicted step); None
         without a latency model."""

@@ -5,7 +5,9 @@ with the job's proxy. Single-objective jobs maximise the proxy score at the budg
 declared to Optuna as a constraint (``Trial.set_constraint``), so samplers and optuna-dashboard see
 feasibility. Multi-objective jobs (``objectives: ["score", "params"]``) sample the budget too,
 between ``min_param_ratio`` and ``param_ratio``, and search the Pareto front of score against
-parameter ratio.
+parameter ratio. Latency jobs (``search.latency_budget``) also record each candidate's predicted
+latency and a second constraint, ``latency``; ``objectives: ["score", "latency"]`` samples a latency
+budget instead of a parameter budget and trades the score off against predicted latency.
 """
 
 from __future__ import annotations
@@ -110,8 +112,7 @@ def open_study(context: SearchContext, *, study_name: str, storage: str | BaseSt
         study.set_user_attr("spec", spec.model_dump(mode="json"))
         study.set_user_attr("dense_params", context.shape.dense_params())
         study.set_user_attr("calibration_digest", context.tokens.digest)
-        _, high = context.ratio_range()
-        for origin, params in context.space.seeds(high).items():
+        for origin, params in context.space.seeds(context.seed_ratio()).items():
             if multi:
                 params = params | sampled_budget(context)
             study.enqueue_trial(params, user_attrs={"origin": origin}, skip_if_exists=True)
