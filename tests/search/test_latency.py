@@ -35,28 +35,32 @@ KNOWN = {"phase": "decode", "batch": 1, "context": 8}  # the setting of the tabl
 
 
 @pytest.fixture(scope="module")
-def known_table(tiny_llama_dir: Path, artifacts: Path) -> LatencyTable:
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("latency-artifacts")
+
+
+def store_known_table(model: Path, artifacts: Path, alignment: int) -> LatencyTable:
     """A table of known figures, stored where a worker would keep the one it timed for ``KNOWN``."""
-    shape = read_shape(read_local_config(str(tiny_llama_dir)))
+    shape = read_shape(read_local_config(str(model)))
     table = LatencyTable(
         setting=LatencySetting.model_validate(KNOWN),
         device="cpu",
         dtype="float32",
-        alignment=32,
+        alignment=alignment,
         intermediate_size=shape.intermediate_size,
         base_ms=1.0,
         attention_ms={h: 0.25 * h for h in range(0, shape.num_heads + 1, shape.group_size)},
         mlp_points={c: c / 256 for c in range(0, shape.intermediate_size + 1, 64)},
         build_seconds=0.0,
     )
-    key = ("cpu", "float32", KNOWN["phase"], KNOWN["batch"], KNOWN["context"], 32)
-    ArtifactStore(artifacts, str(tiny_llama_dir), None).put(LATENCY_TABLE.file(key), LATENCY_TABLE.encode(table))
+    key = ("cpu", "float32", KNOWN["phase"], KNOWN["batch"], KNOWN["context"], alignment)
+    ArtifactStore(artifacts, str(model), None).put(LATENCY_TABLE.file(key), LATENCY_TABLE.encode(table))
     return table
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("latency-artifacts")
+def known_table(tiny_llama_dir: Path, artifacts: Path) -> LatencyTable:
+    return store_known_table(tiny_llama_dir, artifacts, 32)
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +162,27 @@ def test_latency_budget_is_an_optuna_constraint_that_every_trial_meets(known_con
         assert trial.user_attrs["latency_ms"] == known_context.latency.predict_ms(arch.layers)  # type: ignore[union-attr]
         # optuna-dashboard reads the plain list, in the same order.
         assert trial.system_attrs["constraints"] == [trial.constraints["budget"], trial.constraints["latency"]]
+
+
+def test_with_both_budgets_every_trial_meets_both(
+    known_context: SearchContext, tiny_llama_dir: Path, artifacts: Path
+) -> None:
+    """param_ratio and latency_ratio together: the parameter budget becomes a cap, the latency budget binds."""
+    from search.trials import job_proxy
+
+    store_known_table(tiny_llama_dir, artifacts, 8)
+    spec = tiny_job_spec(
+        tiny_llama_dir, target={"param_ratio": 0.7, "latency_ratio": 0.5, "latency": KNOWN}, n_trials=5, seed=4
+    )
+    context = prepare(known_context.loaded, spec)
+    assert context.latency is not None and context.latency.table.alignment == 8
+    study = open_study(context, study_name="both-budgets")
+    search_trials(context, job_proxy(context), study)
+    trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(trials) == 5
+    for trial in trials:
+        assert trial.user_attrs["param_ratio"] <= 0.7 * 1.01 and trial.user_attrs["latency_ratio"] <= 0.5
+        assert trial.constraints["budget"] <= 0 and trial.constraints["latency"] <= 0
 
 
 def test_a_latency_pareto_search_returns_points_with_predicted_and_measured_latency(
