@@ -70,7 +70,7 @@ class SearchContext:
         space = self.spec.search_space
         # A standard job repairs onto the standard grid: per-layer repair would break uniformity.
         snap = repair_standard if space.export_format == names.STANDARD else repair
-        options = {"ffn_alignment": space.ffn_alignment, "depth": space.depth, "width": space.width}
+        options = {"ffn_alignment": space.alignment, "depth": space.depth, "width": space.width}
         if self.latency is None:
             return snap(self.shape, proposal, param_ratio, **options)
         latency, bound = self.latency, latency_ratio if latency_ratio is not None else self.latency_high()
@@ -165,7 +165,7 @@ def prepare(
 def _device_alignment(spec: JobSpec, shape: ModelShape, device: torch.device, dtype: torch.dtype) -> JobSpec:
     """A latency job that names no FFN alignment gets the device's (``search.latency.device_alignment``):
     the coarsest that its budget check accepts."""
-    if "ffn_alignment" in spec.search_space.model_fields_set:
+    if spec.search_space.ffn_alignment is not None:
         return spec
     for alignment in device_alignment(device, dtype, shape.intermediate_size):
         aligned = with_alignment(spec, alignment)

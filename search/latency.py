@@ -354,7 +354,7 @@ class LatencyModel:
 def latency_model(adapter: Adapter, artifacts: Any, spec: JobSpec, dtype: torch.dtype) -> LatencyModel:
     """The job's latency model from the artifact store, timing the table first where it holds none."""
     setting = spec.target.latency
-    alignment = spec.search_space.ffn_alignment
+    alignment = spec.search_space.alignment
     key: TableKey = (
         device_name(adapter.device),
         dtype_name(dtype),

@@ -169,6 +169,9 @@ class Calibration(_Strict):
         return self
 
 
+DEFAULT_FFN_ALIGNMENT = 32
+
+
 class SearchSpace(_Strict):
     """Which dimensions the search explores, and how candidates are realised."""
 
@@ -192,13 +195,28 @@ class SearchSpace(_Strict):
         "or the PruneNet policy trained on the weights alone (calibration-free).",
     )
     sparsity_selection: SparsityCriterion = "wanda"
-    ffn_alignment: Annotated[int, Field(ge=1, le=4096, description="FFN channels are kept in multiples of this.")] = 32
+    ffn_alignment: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            le=4096,
+            description=f"FFN channels are kept in multiples of this; null: {DEFAULT_FFN_ALIGNMENT}, or for a "
+            "latency job the worker device's (128 on a GPU in 16-bit, falling back to 64 and 32 where the budget "
+            "needs a finer grid).",
+        ),
+    ] = None
     export_format: ExportFormat = Field(
         default="per_layer",
         description="'per_layer': any architecture (loaded with prunesearch.load_pruned when layers differ); "
         "'standard': only what the family's own config expresses (whole layers dropped, one head count and one "
         "FFN width for all kept layers), so the export loads with plain from_pretrained; depth defaults to 'layer'.",
     )
+
+    @property
+    def alignment(self) -> int:
+        """The FFN alignment in force: the one given, else the default (a latency job's worker sets the
+        device's before it searches: ``search.candidates.prepare``)."""
+        return self.ffn_alignment if self.ffn_alignment is not None else DEFAULT_FFN_ALIGNMENT
 
     @model_validator(mode="before")
     @classmethod
@@ -627,11 +645,11 @@ def check_budgets(spec: JobSpec, shape: ModelShape) -> None:
     if space.export_format == names.STANDARD:
         # Standard sizes leave gaps: a Pareto search samples every budget in between, so check them all.
         low, high = spec.ratio_range(shape)
-        check_standard_budget(shape, low, high, ffn_alignment=space.ffn_alignment, depth=space.depth, width=space.width)
+        check_standard_budget(shape, low, high, ffn_alignment=space.alignment, depth=space.depth, width=space.width)
         return
     for ratio in (spec.target.param_ratio, lowest):
         if ratio is not None:
-            check_budget(shape, spec.target.total_ratio(shape, ratio), ffn_alignment=spec.search_space.ffn_alignment)
+            check_budget(shape, spec.target.total_ratio(shape, ratio), ffn_alignment=spec.search_space.alignment)
 
 
 def check_budget(shape: ModelShape, param_ratio: float, *, ffn_alignment: int) -> None:

@@ -211,3 +211,22 @@ def test_a_latency_pareto_search_returns_points_with_predicted_and_measured_late
         assert check.predicted_ms == by_number[check.trial_number].latency_ms
         assert check.measured_ms == result.verified[check.trial_number].metrics["latency_ms"] > 0
     assert report.median_abs_error is not None and report.dense.measured_ms > 0
+
+
+def test_the_device_alignment_rule() -> None:
+    """16-bit on a GPU: multiples of 128 channels first (tensor-core tiles), then 64 and 32; a CPU: 32."""
+    from search.latency import device_alignment
+
+    assert device_alignment(torch.device("cuda"), torch.bfloat16, 14336) == (128, 64, 32)
+    assert device_alignment(torch.device("cuda"), torch.float16, 96) == (64, 32)
+    assert device_alignment(torch.device("cuda"), torch.float32, 14336) == (32,)
+    assert device_alignment(torch.device("cpu"), torch.bfloat16, 14336) == (32,)
+
+
+def test_a_latency_job_without_an_alignment_gets_the_devices(known_context: SearchContext) -> None:
+    """The spec leaves ffn_alignment null; the worker fills in its device's (32 on a CPU) before searching."""
+    assert known_context.spec.search_space.alignment == 32
+    unset = known_context.spec.model_copy(
+        update={"search_space": known_context.spec.search_space.model_copy(update={"ffn_alignment": None})}
+    )
+    assert prepare(known_context.loaded, unset).spec.search_space.ffn_alignment == 32
