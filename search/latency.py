@@ -207,7 +207,8 @@ class Stepper:
             self.inputs: dict[str, Any] = {"input_ids": ids} | ({"use_cache": False} if causal else {})
             return
         output = model(input_ids=ids, use_cache=True)
-        self.cache = getattr(output, "cache", None) or output.past_key_values
+        cache = getattr(output, "cache", None)  # an empty cache is falsy: compare with None
+        self.cache = cache if cache is not None else output.past_key_values
         # transformers 5 renames ``past_key_values`` to ``cache``; the old name still works, with a warning.
         name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.inputs = {"input_ids": ids[:, :1], "use_cache": True, name: self.cache}
