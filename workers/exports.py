@@ -118,6 +118,7 @@ def report(
         pareto=result.pareto,
         trust=result.trust,
         recovery=recovery.report if recovery is not None else None,
+        latency=result.latency,
     )
 
 

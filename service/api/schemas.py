@@ -224,9 +224,26 @@ class Objective(BaseModel):
     direction: Literal["maximize", "minimize"]
 
 
+class ParetoPoint(TrialOut):
+    """A trial on the front; a latency job's point says its predicted and (verified) measured latency."""
+
+    measured_latency_ms: float | None = Field(
+        default=None,
+        description="Latency jobs: the time per step measured on the candidate's exported model (verified "
+        "candidates only; also verified.latency_ms); latency_ms is the prediction.",
+    )
+
+    @classmethod
+    def from_row(cls, trial: TrialResult) -> ParetoPoint:
+        point = cls.model_validate(trial, from_attributes=True)
+        measured = (trial.verified or {}).get("latency_ms")
+        number = isinstance(measured, int | float) and not isinstance(measured, bool)
+        return point.model_copy(update={"measured_latency_ms": float(measured) if number else None})
+
+
 class ParetoFront(BaseModel):
     objectives: list[Objective] = Field(description="What the front trades off, in the order of a trial's values.")
-    items: list[TrialOut] = Field(description="The non-dominated complete trials, by param_ratio ascending.")
+    items: list[ParetoPoint] = Field(description="The non-dominated complete trials, by param_ratio ascending.")
 
 
 class ModelWidths(BaseModel):

@@ -755,6 +755,31 @@ def test_the_target_label_never_covers_a_point_at_phone_width(browser: Any, serv
     page.context.close()
 
 
+def test_a_latency_front_is_drawn_against_predicted_milliseconds(browser: Any, server: str) -> None:
+    """A latency job's scatter (objectives ["score", "latency"]): x is the predicted ms per step, in plain numbers."""
+    page = new_page(browser, viewport=LAPTOP)
+    page.goto(f"{server}/static/favicon.svg")  # any same-origin page can import the modules
+    drawn = page.evaluate(
+        """async () => {
+             const { drawScatter } = await import('/static/plot.js');
+             const box = document.createElementNS('http://www.w3.org/1999/xhtml', 'div');
+             box.style.width = '640px';
+             document.documentElement.append(box);
+             const points = [4.2, 6.5, 9.8].map((x, i) => ({ number: i, x, y: -0.1 + i / 20 }));
+             drawScatter(box, { points, front: new Set([0, 1, 2]), xLabel: 'predicted ms per step', xPercent: false });
+             return {
+               labels: [...box.querySelectorAll('.axis-label')].map(t => t.textContent),
+               ticks: [...box.querySelectorAll('.tick')].map(t => t.textContent),
+               title: box.querySelector('title').textContent,
+             };
+           }"""
+    )
+    assert "predicted ms per step" in drawn["labels"]
+    assert drawn["ticks"] and not any(tick.endswith("%") for tick in drawn["ticks"])
+    assert drawn["title"].endswith("against predicted ms per step")
+    page.context.close()
+
+
 def test_the_form_offers_exactly_the_names_a_spec_accepts(browser: Any, server: str) -> None:
     from search import names
 

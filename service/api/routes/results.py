@@ -26,7 +26,7 @@ from service.api.schemas import (
     ModelWidths,
     Objective,
     ParetoFront,
-    TrialOut,
+    ParetoPoint,
     artifacts_path,
 )
 from service.errors import NotFound
@@ -59,7 +59,7 @@ def get_pareto(job_id: str, session: SessionDep) -> ParetoFront:
     )
     return ParetoFront(
         objectives=[Objective(name=name, direction=direction) for name, direction in objectives],
-        items=[TrialOut.from_row(trial) for trial in front],
+        items=[ParetoPoint.from_row(trial) for trial in front],
     )
 
 

@@ -183,6 +183,12 @@ function summaryItems(list, items) {
   ]));
 }
 
+function latencySetting(setting) {
+  if (!setting || typeof setting !== "object") return "";
+  const what = setting.phase === "prefill" ? `prefill, batch ${setting.batch} × ${setting.context} tokens` : `decode, batch ${setting.batch}, context ${setting.context}`;
+  return ` (${what})`;
+}
+
 function renderSummary(job) {
   const spec = job.spec || {};
   const target = spec.target || {};
@@ -190,6 +196,7 @@ function renderSummary(job) {
   summaryItems(byId("job-summary"), [
     ["Model", h("code", {}, job.model)],
     ["Target", isNumber(target.param_ratio) ? `${percent(target.param_ratio, 0)} of the parameters` : null],
+    ["Latency target", isNumber(target.latency_ratio) ? `${percent(target.latency_ratio, 0)} of the dense model's time per step${latencySetting(target.latency)}` : null],
     ["Trials", integer(spec.n_trials)],
     ["Proxy", spec.proxy],
     ["Sampler", spec.sampler],
@@ -244,11 +251,18 @@ function renderBest(job) {
   });
 }
 
+// A latency Pareto search (objectives ["score", "latency"]) plots the predicted latency per step.
+function latencyAxis() {
+  const objs = objectives();
+  return Array.isArray(objs) && objs.includes("latency");
+}
+
 function plotPoints(trials) {
   const objs = objectives();
+  const x = latencyAxis() ? (t) => t.latency_ms : (t) => t.param_ratio;
   return trials
-    .filter((t) => t.state === "complete" && isNumber(t.param_ratio) && isNumber(trialScore(t, objs)))
-    .map((t) => ({ number: t.number, x: t.param_ratio, y: trialScore(t, objs), label: t.origin }));
+    .filter((t) => t.state === "complete" && isNumber(x(t)) && isNumber(trialScore(t, objs)))
+    .map((t) => ({ number: t.number, x: x(t), y: trialScore(t, objs), label: t.origin }));
 }
 
 function currentFront(points) {
@@ -261,18 +275,21 @@ function renderPlot(job, trials) {
   const spec = job.spec || {};
   const proxy = spec.proxy ? `${spec.proxy} score` : "score";
   const best = job.best && Number.isInteger(job.best.trial_number) ? job.best.trial_number : null;
-  drawScatter(byId("plot"), { points, front, best, target: spec.target && spec.target.param_ratio, yLabel: proxy });
+  const latency = latencyAxis();
+  const axis = latency ? { xLabel: "predicted ms per step", xPercent: false } : {};
+  const target = latency ? null : spec.target && spec.target.param_ratio;
+  drawScatter(byId("plot"), { points, front, best, target, yLabel: proxy, ...axis });
   const hidden = trials.length - points.length;
   const onFront = points.filter((p) => front.has(p.number)).length;
   replace(
     byId("plot-caption"),
     h("span", { class: "legend-item" }, h("span", { class: "swatch point" }), `${plural(points.length, "trial")}`),
-    h("span", { class: "legend-item" }, h("span", { class: "swatch pareto" }), `${onFront} on the Pareto front ${state.serverFront ? "(from the server)" : "(higher score, fewer parameters)"}`),
+    h("span", { class: "legend-item" }, h("span", { class: "swatch pareto" }), `${onFront} on the Pareto front ${state.serverFront ? "(from the server)" : latency ? "(higher score, lower latency)" : "(higher score, fewer parameters)"}`),
     best !== null ? h("span", { class: "legend-item" }, h("span", { class: "swatch best" }), `best: trial ${best}`) : null,
-    h("span", { class: "legend-item" }, h("span", { class: "swatch target" }), "target"),
+    target !== null && target !== undefined ? h("span", { class: "legend-item" }, h("span", { class: "swatch target" }), "target") : null,
     hidden > 0 ? h("span", { class: "legend-item" }, `${hidden} running or failed not shown`) : null,
   );
-  state.lastPlot = { points, front, best, target: spec.target && spec.target.param_ratio, yLabel: proxy };
+  state.lastPlot = { points, front, best, target, yLabel: proxy, ...axis };
 }
 
 function renderActions(job) {

@@ -40,9 +40,10 @@ function tickLabel(value, step, asPercent) {
 
 /**
  * Draw into `container`. points: [{number, x: param_ratio, y: score, label}], front: Set of numbers,
- * best: trial number or null, target: param ratio or null.
+ * best: trial number or null, target: param ratio or null. A latency job's x is its predicted
+ * milliseconds per step: xLabel names it and xPercent false prints plain numbers.
  */
-export function drawScatter(container, { points, front, best = null, target = null, yLabel = "score" }) {
+export function drawScatter(container, { points, front, best = null, target = null, yLabel = "score", xLabel = "parameters kept", xPercent = true }) {
   const width = Math.max(300, Math.round(container.clientWidth || 640));
   const height = Math.round(Math.min(420, Math.max(240, width * 0.55)));
   const narrow = width < 480;
@@ -66,12 +67,12 @@ export function drawScatter(container, { points, front, best = null, target = nu
       role: "img",
       "aria-labelledby": "scatter-title scatter-desc",
     },
-    s("title", { id: "scatter-title" }, `Trials: ${yLabel} against fraction of parameters kept`),
+    s("title", { id: "scatter-title" }, `Trials: ${yLabel} against ${xPercent ? "fraction of " : ""}${xLabel}`),
     s(
       "desc",
       { id: "scatter-desc" },
       points.length
-        ? `${points.length} trials plotted; ${onFront.length} on the Pareto front (higher ${yLabel}, fewer parameters).` +
+        ? `${points.length} trials plotted; ${onFront.length} on the Pareto front (higher ${yLabel}, ${xPercent ? "fewer parameters" : `lower ${xLabel}`}).` +
             (best !== null ? ` Best trial: ${best}.` : "")
         : "No finished trials yet.",
     ),
@@ -83,7 +84,7 @@ export function drawScatter(container, { points, front, best = null, target = nu
   for (const v of xt.values) {
     grid.append(
       s("line", { x1: sx(v), x2: sx(v), y1: margin.top, y2: margin.top + plotH }),
-      s("text", { x: sx(v), y: margin.top + plotH + 18, class: "tick", "text-anchor": "middle" }, tickLabel(v, xt.step, true)),
+      s("text", { x: sx(v), y: margin.top + plotH + 18, class: "tick", "text-anchor": "middle" }, tickLabel(v, xt.step, xPercent)),
     );
   }
   for (const v of yt.values) {
@@ -94,7 +95,7 @@ export function drawScatter(container, { points, front, best = null, target = nu
   }
   grid.append(
     s("rect", { class: "frame", x: margin.left, y: margin.top, width: plotW, height: plotH }),
-    s("text", { class: "axis-label", x: margin.left + plotW / 2, y: height - 6, "text-anchor": "middle" }, "parameters kept"),
+    s("text", { class: "axis-label", x: margin.left + plotW / 2, y: height - 6, "text-anchor": "middle" }, xLabel),
     s(
       "text",
       {
