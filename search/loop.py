@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 
 # Optuna's own heartbeat helpers: the one place that says whether a storage runs heartbeats, and
 # the thread that beats for a running trial. The loop needs both, as ``study.optimize`` does.
@@ -159,6 +160,9 @@ def _tell(
         ahead.exception()  # waits; its error is the next trial's to raise
     try:
         return study.tell(current.trial, values, state)
+    except UpdateFinishedTrialError:  # failed for missed heartbeats (a stalled worker) and queued again
+        log.warning("trial %d was finished by another worker meanwhile; its result is dropped", current.trial.number)
+        return study._storage.get_trial(current.trial._trial_id)
     finally:
         current.heartbeat.join()
 
@@ -185,5 +189,7 @@ class _StaleTrials:
     def fail(self) -> None:
         if self.every is None or time.monotonic() - self.checked < self.every:
             return
-        optuna.storages.fail_stale_trials(self.study)
+        with warnings.catch_warnings():  # experimental in Optuna 5, as study.optimize's own call says
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(self.study)
         self.checked = time.monotonic()

@@ -103,13 +103,10 @@ class BatchedRDBStorage(RDBStorage):
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
         with self._lock:
             pending = self._pending.pop(trial_id, None)
+        if pending is None and state == TrialState.RUNNING:
+            return self._pop(trial_id)
         if pending is None:
-            changed = super().set_trial_state_values(trial_id, state, values)
-            if changed and state == TrialState.RUNNING:  # popped from the queue: ours now
-                with self._lock:
-                    stored = super().get_trial(trial_id)
-                    self._pending[trial_id] = _Pending(_copy(stored), stored)
-            return changed
+            return super().set_trial_state_values(trial_id, state, values)
         try:
             final = self._finish(trial_id, pending, state, values)
         except Exception:
@@ -120,6 +117,23 @@ class BatchedRDBStorage(RDBStorage):
             self._final[trial_id] = final
             while len(self._final) > _FINAL_KEPT:
                 del self._final[next(iter(self._final))]
+        return True
+
+    def _pop(self, trial_id: int) -> bool:
+        """Take a waiting trial (an enqueued baseline, a retry): one conditional UPDATE, so of two
+        workers that pop the same trial at once exactly one gets it (Optuna's read-then-write lets
+        both through on SQLite, which has no row locks). The trial is then this process's."""
+        with self.engine.begin() as connection:
+            taken = connection.execute(
+                sqlalchemy.update(models.TrialModel)
+                .where(models.TrialModel.trial_id == trial_id, models.TrialModel.state == TrialState.WAITING)
+                .values(state=TrialState.RUNNING, datetime_start=datetime.datetime.now())
+            )
+        if taken.rowcount != 1:
+            return False
+        stored = super().get_trial(trial_id)
+        with self._lock:
+            self._pending[trial_id] = _Pending(_copy(stored), stored)
         return True
 
     # Writes to a pending trial stay in memory.
