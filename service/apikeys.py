@@ -26,6 +26,7 @@ from service.models import OWNER_LENGTH, ApiKey, utcnow
 
 __all__ = [
     "IssuedKey",
+    "VerifiedKey",
     "any_active_key",
     "create_key",
     "list_keys",
@@ -106,16 +107,28 @@ def rotate_webhook_secret(session: Session, key_id: str) -> str:
     return row.webhook_secret
 
 
-def verify_key(session: Session, key: str) -> ApiKey | None:
-    """The active key row ``key`` names, or ``None`` (malformed, unknown, wrong secret, revoked)."""
+@dataclass(frozen=True)
+class VerifiedKey:
+    id: str
+    owner: str
+
+
+def verify_key(session: Session, key: str) -> VerifiedKey | None:
+    """The active key ``key`` names, or ``None`` (malformed, unknown, wrong secret, revoked).
+
+    Read from the table on every call (three columns by primary key, no ORM object), so a revoked
+    key is refused by the next request, in every API process."""
     match = _KEY.fullmatch(key)
     if match is None:
         return None
-    row = session.get(ApiKey, match.group(1))
+    key_id = match.group(1)
+    row = session.execute(
+        select(ApiKey.owner, ApiKey.secret_hash, ApiKey.revoked_at).where(ApiKey.id == key_id)
+    ).one_or_none()
     if row is None or row.revoked_at is not None:
         return None
     # Constant-time comparison: response timing must not reveal how much of a guess was right.
-    return row if hmac.compare_digest(row.secret_hash, _digest(key)) else None
+    return VerifiedKey(key_id, row.owner) if hmac.compare_digest(row.secret_hash, _digest(key)) else None
 
 
 def any_active_key(session: Session) -> bool:

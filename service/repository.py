@@ -9,6 +9,7 @@ twice. Floats and JSON are scrubbed of NaN/inf on the way in (``service.jsonsafe
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -38,6 +39,8 @@ __all__ = [
     "get_job",
     "get_trial",
     "heartbeat",
+    "JobStamp",
+    "job_stamp",
     "is_cancel_requested",
     "list_complete_trials",
     "list_jobs",
@@ -60,6 +63,42 @@ __all__ = [
 
 def get_job(session: Session, job_id: str) -> Job | None:
     return session.get(Job, job_id)
+
+
+@dataclass(frozen=True)
+class JobStamp:
+    """Who owns a job, and which version of it and its trials is stored: small columns, no JSON.
+
+    Every write that changes what a poll shows (the job's fields, a trial, a verification, a
+    webhook delivery) sets ``updated_at``, so an unchanged stamp means unchanged job and trials;
+    the counters and status are in it as well, so two writes within one clock tick still differ.
+    """
+
+    owner: str | None
+    updated_at: datetime
+    status: str
+    trials_completed: int
+    trials_failed: int
+    cancel_requested: bool
+
+    def version(self) -> tuple[object, ...]:
+        return (
+            self.updated_at.isoformat(),
+            self.status,
+            self.trials_completed,
+            self.trials_failed,
+            self.cancel_requested,
+        )
+
+
+def job_stamp(session: Session, job_id: str) -> JobStamp | None:
+    """The job's ``JobStamp``, or ``None`` if there is no such job. One indexed read of small columns."""
+    row = session.execute(
+        select(
+            Job.owner, Job.updated_at, Job.status, Job.trials_completed, Job.trials_failed, Job.cancel_requested
+        ).where(Job.id == job_id)
+    ).one_or_none()
+    return None if row is None else JobStamp(*row)
 
 
 def require_job(session: Session, job_id: str) -> Job:
@@ -422,6 +461,7 @@ def claim_delivery_attempt(session: Session, delivery_id: int, *, attempts_befor
     )
     if _rowcount(session.execute(stmt, execution_options={"synchronize_session": False})) != 1:
         return None
+    _touch_delivery_job(session, delivery_id)
     return session.get(WebhookDelivery, delivery_id, populate_existing=True)
 
 
@@ -434,6 +474,16 @@ def record_delivery_attempt(
         values["finished_at"] = utcnow()
     session.execute(
         update(WebhookDelivery).where(WebhookDelivery.id == delivery_id).values(**values),
+        execution_options={"synchronize_session": False},
+    )
+    _touch_delivery_job(session, delivery_id)
+
+
+def _touch_delivery_job(session: Session, delivery_id: int) -> None:
+    # The job's representation lists its deliveries: a delivery's change is a new version of the job.
+    owner_job = select(WebhookDelivery.job_id).where(WebhookDelivery.id == delivery_id).scalar_subquery()
+    session.execute(
+        update(Job).where(Job.id == owner_job).values(updated_at=utcnow()),
         execution_options={"synchronize_session": False},
     )
 
@@ -473,6 +523,7 @@ def record_verification(session: Session, job_id: str, number: int, verification
     )
     if _rowcount(session.execute(stmt, execution_options={"synchronize_session": False})) == 0:
         raise NotFound(f"trial {number} of job {job_id!r} is not recorded")
+    _update_job(session, job_id, updated_at=utcnow())  # a new version of the job's trials (JobStamp)
     _forget_trial(session, job_id, number)
 
 

@@ -45,7 +45,9 @@ __all__ = [
     "check_bind",
     "install_auth",
     "is_loopback",
+    "owned_stamp",
     "require_owned_job",
+    "require_owned_stamp",
 ]
 
 # Job ids are uuid4 hex. Anything else cannot be a job: answer 404 without asking the database.
@@ -104,15 +106,16 @@ def _authorize(
 ) -> None:
     """``API_GUARDS``: who is calling, and whether the path's ``{job_id}`` is theirs, in one step.
 
-    One thread-pool step and one connection checkout per request: the principal and the job are
-    kept on ``request.state`` (the job also stays in the session's identity map, so the route's
-    own ``require_owned_job`` costs no query).
+    One thread-pool step and one connection checkout per request: the principal and the job's
+    stamp (owner and stored version, no JSON: ``repository.JobStamp``) are kept on
+    ``request.state``. A polled route answers from the stamp alone when nothing changed
+    (``service.api.conditional``); the others load the job themselves.
     """
     try:
         principal = _principal(request, session, settings, credentials)
         job_id = request.path_params.get("job_id")
         if job_id is not None:
-            request.state.job = require_owned_job(session, str(job_id), principal)
+            request.state.job_stamp = require_owned_stamp(session, str(job_id), principal)
         request.state.principal = principal
     finally:
         _release_connection(session)
@@ -195,6 +198,25 @@ def require_owned_job(session: Session, job_id: str, principal: Principal) -> Jo
     if job is None or job.owner != principal.owner:
         raise NotFound(f"job {job_id!r} does not exist")
     return job
+
+
+def require_owned_stamp(session: Session, job_id: str, principal: Principal) -> repository.JobStamp:
+    """``require_owned_job``'s check, reading only the job's stamp (owner, version): no JSON column."""
+    stamp = repository.job_stamp(session, job_id) if _JOB_ID.fullmatch(job_id) else None
+    if stamp is None or stamp.owner != principal.owner:
+        raise NotFound(f"job {job_id!r} does not exist")
+    return stamp
+
+
+def owned_stamp(request: Request, session: Session, job_id: str, principal: Principal) -> repository.JobStamp:
+    """The stamp ``API_GUARDS`` read for this request's job (checked again against ``principal``), or
+    read now when the guard did not run for this path."""
+    stamp: repository.JobStamp | None = getattr(request.state, "job_stamp", None)
+    if stamp is None or request.path_params.get("job_id") != job_id:
+        return require_owned_stamp(session, job_id, principal)
+    if stamp.owner != principal.owner:
+        raise NotFound(f"job {job_id!r} does not exist")
+    return stamp
 
 
 # Include every /v1 router with ``dependencies=API_GUARDS, responses=GUARDED_RESPONSES``: the

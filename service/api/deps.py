@@ -15,6 +15,7 @@ from celery import Celery
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
+from service.api.conditional import RenderedBodies
 from service.settings import Settings
 
 
@@ -35,6 +36,11 @@ async def _celery(request: Request) -> Celery:
     return celery_app
 
 
+async def _rendered_bodies(request: Request) -> RenderedBodies:
+    bodies: RenderedBodies = request.app.state.rendered_bodies
+    return bodies
+
+
 T = TypeVar("T")
 
 
@@ -52,3 +58,4 @@ def released(session: Session, response: T) -> T:
 SettingsDep = Annotated[Settings, Depends(_settings)]
 SessionDep = Annotated[Session, Depends(_session)]
 CeleryDep = Annotated[Celery, Depends(_celery)]
+RenderedBodiesDep = Annotated[RenderedBodies, Depends(_rendered_bodies)]
