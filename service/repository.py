@@ -9,6 +9,7 @@ twice. Floats and JSON are scrubbed of NaN/inf on the way in (``service.jsonsafe
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -91,14 +92,28 @@ class JobStamp:
         )
 
 
+    @classmethod
+    def from_columns(cls, values: Sequence[Any]) -> JobStamp | None:
+        """From the values of ``JOB_STAMP_COLUMNS`` in a row (all null: no such job)."""
+        return None if values[1] is None else cls(*values)
+
+
+# Plain table columns (not ORM attributes): a read of them skips the ORM's per-statement work.
+_job = Job.__table__.c
+JOB_STAMP_COLUMNS = (
+    _job.owner,
+    _job.updated_at,
+    _job.status,
+    _job.trials_completed,
+    _job.trials_failed,
+    _job.cancel_requested,
+)
+
+
 def job_stamp(session: Session, job_id: str) -> JobStamp | None:
     """The job's ``JobStamp``, or ``None`` if there is no such job. One indexed read of small columns."""
-    row = session.execute(
-        select(
-            Job.owner, Job.updated_at, Job.status, Job.trials_completed, Job.trials_failed, Job.cancel_requested
-        ).where(Job.id == job_id)
-    ).one_or_none()
-    return None if row is None else JobStamp(*row)
+    row = session.execute(select(*JOB_STAMP_COLUMNS).where(_job.id == job_id)).one_or_none()
+    return None if row is None else JobStamp.from_columns(row)
 
 
 def require_job(session: Session, job_id: str) -> Job:

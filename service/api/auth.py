@@ -112,10 +112,13 @@ def _authorize(
     (``service.api.conditional``); the others load the job themselves.
     """
     try:
-        principal = _principal(request, session, settings, credentials)
         job_id = request.path_params.get("job_id")
+        wanted = str(job_id) if job_id is not None and _JOB_ID.fullmatch(str(job_id)) else None
+        principal, stamp = _principal_and_stamp(request, session, settings, credentials, wanted)
         if job_id is not None:
-            request.state.job_stamp = require_owned_stamp(session, str(job_id), principal)
+            if stamp is None or stamp.owner != principal.owner:
+                raise NotFound(f"job {job_id!r} does not exist")
+            request.state.job_stamp = stamp
         request.state.principal = principal
     finally:
         _release_connection(session)
@@ -138,17 +141,39 @@ def _release_connection(session: Session) -> None:
     session.commit()
 
 
+def _principal_and_stamp(
+    request: Request,
+    session: Session,
+    settings: Settings,
+    credentials: HTTPAuthorizationCredentials | None,
+    job_id: str | None,
+) -> tuple[Principal, repository.JobStamp | None]:
+    """The caller and the stamp of job ``job_id`` (``None`` if none asked or no such job): one read
+    for a caller with a key, who is every caller on a server that has keys."""
+    if credentials is not None:
+        key, stamp = apikeys.verify_key_and_stamp(session, credentials.credentials, job_id)
+        if key is None:
+            raise _invalid_key()
+        return Principal(owner=key.owner, key_id=key.id), stamp
+    principal = _principal(request, session, settings, None)
+    return principal, repository.job_stamp(session, job_id) if job_id is not None else None
+
+
+def _invalid_key() -> Unauthorized:
+    return Unauthorized(
+        "the API key is unknown, malformed or revoked",
+        headers={"WWW-Authenticate": f'{_CHALLENGE}, error="invalid_token"'},
+    )
+
+
 def _principal(
     request: Request, session: Session, settings: Settings, credentials: HTTPAuthorizationCredentials | None
 ) -> Principal:
     if credentials is not None:
-        row = apikeys.verify_key(session, credentials.credentials)
-        if row is None:
-            raise Unauthorized(
-                "the API key is unknown, malformed or revoked",
-                headers={"WWW-Authenticate": f'{_CHALLENGE}, error="invalid_token"'},
-            )
-        return Principal(owner=row.owner, key_id=row.id)
+        key = apikeys.verify_key(session, credentials.credentials)
+        if key is None:
+            raise _invalid_key()
+        return Principal(owner=key.owner, key_id=key.id)
     if apikeys.any_active_key(session):
         raise Unauthorized(
             "this server requires an API key: send 'Authorization: Bearer <key>'",
