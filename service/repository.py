@@ -28,6 +28,7 @@ from service.notify.events import event_name
 from service.states import COMPLETED_TRIAL_STATES, JobStatus, TrialState
 
 __all__ = [
+    "JobStamp",
     "claim_delivery_attempt",
     "claim_job",
     "claim_orphans",
@@ -40,9 +41,8 @@ __all__ = [
     "get_job",
     "get_trial",
     "heartbeat",
-    "JobStamp",
-    "job_stamp",
     "is_cancel_requested",
+    "job_stamp",
     "list_complete_trials",
     "list_jobs",
     "list_trials",
@@ -90,7 +90,6 @@ class JobStamp:
             self.trials_failed,
             self.cancel_requested,
         )
-
 
     @classmethod
     def from_columns(cls, values: Sequence[Any]) -> JobStamp | None:
