@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from pydantic import BaseModel
-from sqlalchemy import CursorResult, Result, and_, func, inspect, literal, null, or_, select, update
+from sqlalchemy import CursorResult, Result, and_, bindparam, func, inspect, literal, null, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -109,9 +109,13 @@ JOB_STAMP_COLUMNS = (
 )
 
 
+# Built once: the statement's construction would cost more than its run.
+_JOB_STAMP = select(*JOB_STAMP_COLUMNS).where(_job.id == bindparam("job_id"))
+
+
 def job_stamp(session: Session, job_id: str) -> JobStamp | None:
     """The job's ``JobStamp``, or ``None`` if there is no such job. One indexed read of small columns."""
-    row = session.execute(select(*JOB_STAMP_COLUMNS).where(_job.id == job_id)).one_or_none()
+    row = session.connection().execute(_JOB_STAMP, {"job_id": job_id}).one_or_none()
     return None if row is None else JobStamp.from_columns(row)
 
 

@@ -46,8 +46,8 @@ __all__ = [
     "install_auth",
     "is_loopback",
     "owned_stamp",
+    "polled_principal",
     "require_owned_job",
-    "require_owned_stamp",
 ]
 
 # Job ids are uuid4 hex. Anything else cannot be a job: answer 404 without asking the database.
@@ -99,32 +99,39 @@ def _arrived_on_loopback(request: Request) -> bool:
 
 
 def _authorize(
-    request: Request,
-    session: SessionDep,
-    settings: SettingsDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
 ) -> None:
     """``API_GUARDS``: who is calling, and whether the path's ``{job_id}`` is theirs, in one step.
 
-    One thread-pool step and one connection checkout per request: the principal and the job's
-    stamp (owner and stored version, no JSON: ``repository.JobStamp``) are kept on
-    ``request.state``. A polled route answers from the stamp alone when nothing changed
-    (``service.api.conditional``); the others load the job themselves.
+    One thread-pool step, one connection checkout and (with a key) one query per request: the
+    principal and the job's stamp (owner and stored version, no JSON: ``repository.JobStamp``)
+    are kept on ``request.state``. A polled route answers from the stamp alone when nothing
+    changed (``service.api.conditional``); the others load the job themselves.
+
+    Its own short session, and the settings from the app, rather than ``SessionDep`` and
+    ``SettingsDep``: FastAPI solves each dependency of each request anew (a shared one too), and
+    on a poll that bookkeeping cost more CPU than the query.
     """
-    try:
+    settings: Settings = request.app.state.settings
+    with request.app.state.sessionmaker() as session:
+        # A read-only step: no transaction (no BEGIN and COMMIT round trips around its one query).
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
         job_id = request.path_params.get("job_id")
         wanted = str(job_id) if job_id is not None and _JOB_ID.fullmatch(str(job_id)) else None
         principal, stamp = _principal_and_stamp(request, session, settings, credentials, wanted)
-        if job_id is not None:
-            if stamp is None or stamp.owner != principal.owner:
-                raise NotFound(f"job {job_id!r} does not exist")
-            request.state.job_stamp = stamp
-        request.state.principal = principal
-    finally:
-        _release_connection(session)
+    if job_id is not None:
+        if stamp is None or stamp.owner != principal.owner:
+            raise NotFound(f"job {job_id!r} does not exist")
+        request.state.job_stamp = stamp
+    request.state.principal = principal
 
 
 async def _current_principal(request: Request) -> Principal:
+    return polled_principal(request)
+
+
+def polled_principal(request: Request) -> Principal:
+    """The caller ``API_GUARDS`` found for this request."""
     principal: Principal | None = getattr(request.state, "principal", None)
     if principal is None:  # a route outside API_GUARDS: refuse rather than guess
         raise Unauthorized(
@@ -225,20 +232,17 @@ def require_owned_job(session: Session, job_id: str, principal: Principal) -> Jo
     return job
 
 
-def require_owned_stamp(session: Session, job_id: str, principal: Principal) -> repository.JobStamp:
-    """``require_owned_job``'s check, reading only the job's stamp (owner, version): no JSON column."""
-    stamp = repository.job_stamp(session, job_id) if _JOB_ID.fullmatch(job_id) else None
-    if stamp is None or stamp.owner != principal.owner:
-        raise NotFound(f"job {job_id!r} does not exist")
-    return stamp
+def owned_stamp(request: Request, job_id: str, principal: Principal) -> repository.JobStamp:
+    """The stamp ``API_GUARDS`` read for this request's job, checked again against ``principal``.
 
-
-def owned_stamp(request: Request, session: Session, job_id: str, principal: Principal) -> repository.JobStamp:
-    """The stamp ``API_GUARDS`` read for this request's job (checked again against ``principal``), or
-    read now when the guard did not run for this path."""
+    Reads nothing (``async`` routes call it in the event loop); a route the guard did not run for
+    is refused rather than answered unchecked.
+    """
     stamp: repository.JobStamp | None = getattr(request.state, "job_stamp", None)
     if stamp is None or request.path_params.get("job_id") != job_id:
-        return require_owned_stamp(session, job_id, principal)
+        raise Unauthorized(
+            "this route is not behind the API's authentication", headers={"WWW-Authenticate": _CHALLENGE}
+        )
     if stamp.owner != principal.owner:
         raise NotFound(f"job {job_id!r} does not exist")
     return stamp

@@ -15,6 +15,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 __all__ = ["RenderedBodies", "conditional_response", "make_etag", "none_match"]
@@ -75,16 +76,21 @@ class RenderedBodies:
                 self._size -= len(dropped)
 
 
-def conditional_response(
+async def conditional_response(
     key: tuple[object, ...], if_none_match: str | None, bodies: RenderedBodies, render: Callable[[], bytes]
 ) -> Response:
-    """304 if the client has the version ``key`` names, else its JSON body (rendered once per version)."""
+    """304 if the client has the version ``key`` names, else its JSON body, rendered once per version.
+
+    Called from ``async`` routes: a 304 or a body already rendered is answered in the event loop,
+    without the thread-pool hop a ``def`` route costs; ``render`` (which reads the database) runs
+    in the thread pool.
+    """
     etag = make_etag(*key)
     headers = {"ETag": etag, "Cache-Control": CACHE_CONTROL}
     if none_match(if_none_match, etag):
         return Response(status_code=304, headers=headers)
     body = bodies.get(key)
     if body is None:
-        body = render()
+        body = await run_in_threadpool(render)
         bodies.put(key, body)
     return Response(body, media_type="application/json", headers=headers)

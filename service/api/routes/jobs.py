@@ -16,10 +16,11 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Header, Query, Request, Response
 
 from service import repository
-from service.api.auth import PrincipalDep, owned_stamp, require_owned_job
+from service.api.auth import PrincipalDep, require_owned_job
 from service.api.conditional import conditional_response
-from service.api.deps import CeleryDep, RenderedBodiesDep, SessionDep, SettingsDep, released
+from service.api.deps import CeleryDep, SessionDep, SettingsDep, released
 from service.api.openapi import problem_responses
+from service.api.polls import polled
 from service.api.schemas import API_PREFIX, JobOut, JobPage, JobSubmission, ResumeIn, TrialOut, TrialPage, job_path
 from service.errors import InvalidRequest
 from service.models import IDEMPOTENCY_KEY_LENGTH
@@ -131,21 +132,18 @@ def list_jobs(
     responses=NOT_MODIFIED | problem_responses(401, 404),
     summary="Read a job (its spec less inline calibration texts: links.spec has the whole)",
 )
-def get_job(
-    job_id: str,
-    request: Request,
-    session: SessionDep,
-    principal: PrincipalDep,
-    bodies: RenderedBodiesDep,
-    if_none_match: IfNoneMatch = None,
-) -> Response:
-    stamp = owned_stamp(request, session, job_id, principal)
+async def get_job(job_id: str, request: Request, if_none_match: IfNoneMatch = None) -> Response:
+    poll = polled(request, job_id)
 
     def render() -> bytes:
-        job = JobOut.from_row(require_owned_job(session, job_id, principal))
-        return released(session, job).model_dump_json(by_alias=True).encode()
+        with poll.session() as session:
+            return (
+                JobOut.from_row(require_owned_job(session, job_id, poll.principal))
+                .model_dump_json(by_alias=True)
+                .encode()
+            )
 
-    return conditional_response(("job", job_id, *stamp.version()), if_none_match, bodies, render)
+    return await conditional_response(("job", job_id, *poll.stamp.version()), if_none_match, poll.bodies, render)
 
 
 @router.get(
@@ -154,21 +152,15 @@ def get_job(
     responses=NOT_MODIFIED | problem_responses(401, 404),
     summary="Read a job's whole specification, inline calibration texts included",
 )
-def get_spec(
-    job_id: str,
-    request: Request,
-    session: SessionDep,
-    principal: PrincipalDep,
-    bodies: RenderedBodiesDep,
-    if_none_match: IfNoneMatch = None,
-) -> Response:
-    stamp = owned_stamp(request, session, job_id, principal)
+async def get_spec(job_id: str, request: Request, if_none_match: IfNoneMatch = None) -> Response:
+    poll = polled(request, job_id)
 
     def render() -> bytes:
-        spec = require_owned_job(session, job_id, principal).spec
-        return released(session, json.dumps(spec, ensure_ascii=False, separators=(",", ":")).encode())
+        with poll.session() as session:
+            spec = require_owned_job(session, job_id, poll.principal).spec
+        return json.dumps(spec, ensure_ascii=False, separators=(",", ":")).encode()
 
-    return conditional_response(("spec", job_id, *stamp.version()), if_none_match, bodies, render)
+    return await conditional_response(("spec", job_id, *poll.stamp.version()), if_none_match, poll.bodies, render)
 
 
 @router.get(
@@ -177,32 +169,29 @@ def get_spec(
     responses=NOT_MODIFIED | problem_responses(400, 401, 404, 422),
     summary="List a job's trials by trial number",
 )
-def list_trials(
+async def list_trials(
     job_id: str,
     request: Request,
-    session: SessionDep,
-    settings: SettingsDep,
-    principal: PrincipalDep,
-    bodies: RenderedBodiesDep,
     limit: Limit = None,
     cursor: Cursor = None,
     if_none_match: IfNoneMatch = None,
 ) -> Response:
-    # Every write to a trial sets the job's updated_at, so the job's stamp versions its trials too.
-    stamp = owned_stamp(request, session, job_id, principal)
-    size = _check_limit(limit, settings)
+    poll = polled(request, job_id)
+    size = _check_limit(limit, poll.settings)
 
     def render() -> bytes:
-        trials, next_cursor = repository.list_trials(session, job_id, limit=size, cursor=cursor)
-        page = TrialPage(
-            items=[TrialOut.from_row(trial) for trial in trials],
-            next_cursor=next_cursor,
-            next=_next_link(f"{job_path(job_id)}/trials", next_cursor, limit=limit),
-        )
-        return released(session, page).model_dump_json(by_alias=True).encode()
+        with poll.session() as session:
+            trials, next_cursor = repository.list_trials(session, job_id, limit=size, cursor=cursor)
+            page = TrialPage(
+                items=[TrialOut.from_row(trial) for trial in trials],
+                next_cursor=next_cursor,
+                next=_next_link(f"{job_path(job_id)}/trials", next_cursor, limit=limit),
+            )
+        return page.model_dump_json(by_alias=True).encode()
 
-    key = ("trials", job_id, *stamp.version(), limit, cursor)
-    return conditional_response(key, if_none_match, bodies, render)
+    # Every write to a trial sets the job's updated_at, so the job's stamp versions its trials too.
+    key = ("trials", job_id, *poll.stamp.version(), limit, cursor)
+    return await conditional_response(key, if_none_match, poll.bodies, render)
 
 
 @router.post(
