@@ -251,7 +251,13 @@ def owned_stamp(request: Request, job_id: str, principal: Principal) -> reposito
 # Include every /v1 router with ``dependencies=API_GUARDS, responses=GUARDED_RESPONSES``: the
 # second documents the 401 the first can answer, so the published schema stays true. (A route
 # with a {job_id} documents its 404 itself.)
-API_GUARDS: list[DependsParam] = [Depends(_authorize)]
+#
+# At most GUARD_CONCURRENCY guards run at once (the others wait in the event loop, holding no
+# thread and no connection): with 200 concurrent polls, 200 threads contending for the GIL and
+# for the database pool's 15 connections cost three times the CPU per request of 4 threads
+# taking turns, and served fewer requests than 4 or 8 (benchmarks/load.py, 200 pollers).
+GUARD_CONCURRENCY = 4
+API_GUARDS: list[DependsParam] = [Depends(_authorize, max_concurrency=GUARD_CONCURRENCY)]
 GUARDED_RESPONSES: dict[int | str, dict[str, Any]] = problem_responses(401)
 
 

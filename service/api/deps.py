@@ -15,7 +15,6 @@ from celery import Celery
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from service.api.conditional import RenderedBodies
 from service.settings import Settings
 
 
@@ -36,11 +35,6 @@ async def _celery(request: Request) -> Celery:
     return celery_app
 
 
-async def _rendered_bodies(request: Request) -> RenderedBodies:
-    bodies: RenderedBodies = request.app.state.rendered_bodies
-    return bodies
-
-
 T = TypeVar("T")
 
 
@@ -58,4 +52,3 @@ def released(session: Session, response: T) -> T:
 SettingsDep = Annotated[Settings, Depends(_settings)]
 SessionDep = Annotated[Session, Depends(_session)]
 CeleryDep = Annotated[Celery, Depends(_celery)]
-RenderedBodiesDep = Annotated[RenderedBodies, Depends(_rendered_bodies)]
