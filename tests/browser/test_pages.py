@@ -73,6 +73,17 @@ def finished_job(browser: Any, server: str, tiny_llama_dir: Path, screenshot_dir
     page.click("#submit-job")
     page.wait_for_url(re.compile(r".*/jobs/[0-9a-f]+$"))
     job_id = _job_id(page)
+    # Each answer to the page's polls of the job: its status and the If-None-Match the page sent.
+    polls: list[tuple[int, str | None]] = []
+    job_url = f"{server}/v1/jobs/{job_id}"
+    page.on(
+        "response",
+        lambda response: (
+            polls.append((response.status, response.request.headers.get("if-none-match")))
+            if response.url == job_url
+            else None
+        ),
+    )
 
     fractions: list[float] = []
     statuses: list[str] = []
@@ -99,6 +110,7 @@ def finished_job(browser: Any, server: str, tiny_llama_dir: Path, screenshot_dir
         "statuses": statuses,
         "errors": errors,
         "foreign": foreign,
+        "polls": polls,
     }
     page.context.close()
     return observed
@@ -171,6 +183,10 @@ def test_a_job_submitted_through_the_form_runs_to_completion_on_its_page(
     fractions = finished_job["fractions"]
     assert any(0 < f < 1 for f in fractions), f"the progress bar never moved between 0 and 1: {fractions}"
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    # The page polls conditionally: after its first answer, each poll sends the last ETag back.
+    polls = finished_job["polls"]
+    assert len(polls) >= 2 and {status for status, _ in polls} <= {200, 304}, polls
+    assert all(sent for _, sent in polls[1:]), polls
 
     job = api.get(f"/v1/jobs/{job_id}").json()
     trials = _all_trials(api, job_id)

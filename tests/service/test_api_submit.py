@@ -52,6 +52,7 @@ def test_submit_answers_202_with_location_and_enqueues_by_id(
     assert job["best"] is None and job["error"] is None and job["cancel_requested"] is False
     assert job["links"] == {
         "self": f"/v1/jobs/{job['id']}",
+        "spec": f"/v1/jobs/{job['id']}/spec",
         "trials": f"/v1/jobs/{job['id']}/trials",
         "cancel": f"/v1/jobs/{job['id']}/cancel",
         "resume": f"/v1/jobs/{job['id']}/resume",

@@ -1,7 +1,7 @@
 // /jobs/{id}: polls the job and its trials, draws progress, the best architecture, the scatter and
 // the trials table, and stops polling when the job has ended.
 
-import { ApiError, fetchBlob, getApiKey, getJSON, getOptional, jobPath, KEY_EVENT, request } from "./api.js";
+import { ApiError, fetchBlob, getApiKey, getOptional, getPolled, jobPath, KEY_EVENT, request } from "./api.js";
 import { denseScale, drawArch } from "./arch.js";
 import { hideAlert, poller, reportError, setupApiKey } from "./common.js";
 import { byId, h, replace, saveBlob } from "./dom.js";
@@ -51,7 +51,7 @@ async function fetchTrialPage(cursor) {
   if (state.pageLimit) params.set("limit", String(state.pageLimit));
   if (cursor) params.set("cursor", cursor);
   try {
-    return await getJSON(`${base}/trials?${params}`);
+    return await getPolled(`${base}/trials?${params}`);
   } catch (error) {
     if (error instanceof ApiError && error.status === 400 && state.pageLimit) {
       state.pageLimit = null; // this server's pages are smaller: use its default size
@@ -107,7 +107,7 @@ async function fetchExtras() {
 
 async function tick() {
   try {
-    const job = await getJSON(base);
+    const job = await getPolled(base);
     const ended = TERMINAL.has(job.status);
     state.job = job;
     // The last poll re-reads every trial: verification fills in rows written earlier.
@@ -206,6 +206,12 @@ function renderSummary(job) {
   ]);
 }
 
+/** The ETA is as of the job's last change (updated_at), so an unchanged job reads the same: count down from it. */
+function etaNow(job) {
+  const since = (Date.now() - Date.parse(job.updated_at)) / 1000;
+  return Math.max(0, job.progress.eta_seconds - (Number.isFinite(since) ? Math.max(0, since) : 0));
+}
+
 function renderProgress(job) {
   const p = job.progress;
   const bar = byId("job-progress");
@@ -214,7 +220,7 @@ function renderProgress(job) {
   if (p.trials_failed) parts.push(`${p.trials_failed} failed`);
   const phase = p.phase;
   if (phase && phase.name === "recovery" && job.status === "running") parts.push(`recovery: ${phase.done} of ${phase.total} steps`);
-  if (job.status === "running" && isNumber(p.eta_seconds)) parts.push(`about ${duration(p.eta_seconds)} left`);
+  if (job.status === "running" && isNumber(p.eta_seconds)) parts.push(`about ${duration(etaNow(job))} left`);
   if (job.status === "queued") parts.push("waiting for a worker");
   if (job.status === "running" && job.cancel_requested) parts.push("cancel requested: stopping after the current trial");
   if (job.status === "cancelled") parts.push("cancelled");
