@@ -222,8 +222,20 @@ class Stepper:
         _synchronize(self.device)
         elapsed = (time.perf_counter() - started) * 1000
         if self.cache is not None:
-            self.cache.crop(-1)  # the step's token: the cache holds ``context`` tokens again
+            _drop_step_token(self.cache)
         return elapsed
+
+
+def _drop_step_token(cache: Any) -> None:
+    """Crop the step's token from the cache, so it holds ``context`` tokens again. Layer by layer: a
+    layer without attention (dropped) holds no keys, and ``Cache.crop`` of transformers 5.17 fails on it."""
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        cache.crop(-1)
+        return
+    for layer in layers:
+        if getattr(layer, "keys", None) is not None:
+            layer.crop(-1)
 
 
 def step_ms(
