@@ -274,16 +274,21 @@ class TrialRecorder:
     def __init__(self, sessions: sessionmaker[Session], job_id: str) -> None:
         self.sessions = sessions
         self.job_id = job_id
+        self.best_here: float | None = None  # the best score this process recorded
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         from search.results import best_entry, describe_trial
 
         info = describe_trial(trial)
+        improves = info.value is not None and (self.best_here is None or info.value > self.best_here)
         with session_scope(self.sessions) as session:
             repository.record_trial(session, self.job_id, info)
+            if not improves:
+                return  # not better than this process's best, so not better than the job's
+            self.best_here = info.value
             # Other workers of the job record their trials too: compare with the job's best, not ours.
             best = repository.best_score(session, self.job_id)
-            if info.value is not None and (best is None or info.value > best):
+            if best is None or info.value > best:
                 repository.set_best(session, self.job_id, best_entry(info, verified=None))
 
 
