@@ -308,28 +308,7 @@ class BatchedRDBStorage(RDBStorage):
             )
             if finished.rowcount != 1:
                 raise UpdateFinishedTrialError(f"trial {trial_id} was finished by another process")
-            stored = pending.stored
-            _replace(session, models.TrialParamModel, trial_id, "param_name", stored.params, [
-                {"param_name": name, "param_value": value, "distribution_json": distributions.distribution_to_json(d)}
-                for name, (value, d) in pending.params.items()
-            ])  # fmt: skip
-            for model, attrs, existing in (
-                (models.TrialUserAttributeModel, pending.user_attrs, stored.user_attrs),
-                (models.TrialSystemAttributeModel, pending.system_attrs, stored.system_attrs),
-            ):
-                _replace(session, model, trial_id, "key", existing, [
-                    {"key": key, "value_json": json.dumps(value)} for key, value in attrs.items()
-                ])  # fmt: skip
-            _replace(session, models.TrialIntermediateValueModel, trial_id, "step", stored.intermediate_values, [
-                {"step": step, **_stored(models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(value),
-                                         "intermediate_value", "intermediate_value_type")}
-                for step, value in pending.intermediate_values.items()
-            ])  # fmt: skip
-            _replace(session, models.TrialValueModel, trial_id, "objective", (), [
-                {"objective": objective,
-                 **_stored(models.TrialValueModel.value_to_stored_repr(value), "value", "value_type")}
-                for objective, value in enumerate(values or ())
-            ])  # fmt: skip
+            _insert_rows(session, trial_id, pending, values)
             session.commit()
         except Exception:
             session.rollback()
@@ -337,6 +316,32 @@ class BatchedRDBStorage(RDBStorage):
         finally:
             session.close()
         return final
+
+
+def _insert_rows(session: Any, trial_id: int, pending: _Pending, values: Sequence[float] | None) -> None:
+    """A pending trial's parameters, attributes, intermediate values and values, as Optuna's tables hold them."""
+    stored = pending.stored
+    _replace(session, models.TrialParamModel, trial_id, "param_name", stored.params, [
+        {"param_name": name, "param_value": value, "distribution_json": distributions.distribution_to_json(d)}
+        for name, (value, d) in pending.params.items()
+    ])  # fmt: skip
+    for model, attrs, existing in (
+        (models.TrialUserAttributeModel, pending.user_attrs, stored.user_attrs),
+        (models.TrialSystemAttributeModel, pending.system_attrs, stored.system_attrs),
+    ):
+        _replace(session, model, trial_id, "key", existing, [
+            {"key": key, "value_json": json.dumps(value)} for key, value in attrs.items()
+        ])  # fmt: skip
+    _replace(session, models.TrialIntermediateValueModel, trial_id, "step", stored.intermediate_values, [
+        {"step": step, **_stored(models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(value),
+                                 "intermediate_value", "intermediate_value_type")}
+        for step, value in pending.intermediate_values.items()
+    ])  # fmt: skip
+    _replace(session, models.TrialValueModel, trial_id, "objective", (), [
+        {"objective": objective,
+         **_stored(models.TrialValueModel.value_to_stored_repr(value), "value", "value_type")}
+        for objective, value in enumerate(values or ())
+    ])  # fmt: skip
 
 
 def _replace(
