@@ -44,6 +44,11 @@ def wait_until(condition: Any, timeout: float, what: str, interval: float = 0.2)
         time.sleep(interval)
 
 
+def exit_on_sigterm() -> None:
+    """Make SIGTERM (``timeout``, ``kill``) exit through ``finally`` blocks, so ``close`` still runs."""
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(128 + signal.SIGTERM))
+
+
 class Deployment:
     """Everything a benchmark starts. ``settings`` become ``PRUNESEARCH_<NAME>`` variables."""
 

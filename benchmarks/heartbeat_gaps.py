@@ -27,7 +27,7 @@ from sqlalchemy import text
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.deployment import ADMIN_URL, Deployment  # noqa: E402
+from benchmarks.deployment import ADMIN_URL, Deployment, exit_on_sigterm  # noqa: E402
 
 MODEL = ROOT / "models" / "ref-llama-13m"
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -70,9 +70,9 @@ def _poll(deployment: Deployment, job_id: str) -> tuple[list[float], dict[int, l
                     beats.append(beat.timestamp())
 
 
-def _submit(deployment: Deployment, trials: int) -> str:
+def _submit(deployment: Deployment, model: Path, trials: int) -> str:
     body = {
-        "model": str(MODEL),
+        "model": str(model),
         "target": {"param_ratio": 0.6},
         "n_trials": trials,
         "proxy": "tracenas",
@@ -101,16 +101,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hogs", type=int, default=2, help="busy-loop processes beside the worker")
     parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--model", type=Path, default=MODEL, help="a model folder (default: models/ref-llama-13m)")
     parser.add_argument("--admin-url", default=ADMIN_URL, help="a PostgreSQL role that may CREATE DATABASE")
     args = parser.parse_args()
+    exit_on_sigterm()
     hogs = [multiprocessing.Process(target=_hog, daemon=True) for _ in range(args.hogs)]
     with ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="prunesearch-heartbeats-")))
-        deployment = Deployment(args.admin_url, work, model_roots=str(MODEL.parent))
+        deployment = Deployment(args.admin_url, work, model_roots=str(args.model.resolve().parent))
         stack.callback(deployment.close)
         stack.callback(lambda: [hog.kill() for hog in hogs if hog.is_alive()])
         deployment.start()
-        job_id = _submit(deployment, args.trials)
+        job_id = _submit(deployment, args.model.resolve(), args.trials)
         for hog in hogs:
             hog.start()
         _report(*_poll(deployment, job_id), hogs=args.hogs)

@@ -35,7 +35,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.deployment import Deployment, wait_until  # noqa: E402
+from benchmarks.deployment import Deployment, exit_on_sigterm, wait_until  # noqa: E402
 from benchmarks.sections import write_section  # noqa: E402
 
 
@@ -177,6 +177,7 @@ def main() -> int:
     )
     parser.add_argument("--write", type=Path, default=None, help="Markdown file to put the results in.")
     args = parser.parse_args()
+    exit_on_sigterm()
     python = Path(sys.executable)
     shown = str(python.relative_to(ROOT)) if python.is_relative_to(ROOT) else "python"
     command = shlex.join([shown, "benchmarks/load.py", *sys.argv[1:]])
