@@ -61,11 +61,12 @@ class Deployment:
         self.database_url = make_url(admin_url).set(database=self.database).render_as_string(hide_password=False)
         self.engine: Engine = create_engine(self.database_url, pool_pre_ping=True)
         self.processes: list[subprocess.Popen[bytes]] = []
+        self.named: dict[str, subprocess.Popen[bytes]] = {}
         redis_server = shutil.which("redis-server")
         if redis_server is None:
             raise SystemExit("redis-server is not on PATH")
         redis_port = free_port()
-        self._spawn("redis", [redis_server, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+        self.spawn("redis", [redis_server, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
                               "--appendonly", "no", "--dir", str(work)])  # fmt: skip
         self.port = free_port()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("PRUNESEARCH_")} | {
@@ -79,9 +80,22 @@ class Deployment:
         }
         self.env.update({f"PRUNESEARCH_{name.upper()}": value for name, value in settings.items()})
 
-    def _spawn(self, name: str, args: list[str]) -> None:
+    def spawn(self, name: str, args: list[str]) -> None:
+        """Start one more process of the deployment (logging to ``<work>/<name>.log``), stopped by ``close``."""
         log = (self.work / f"{name}.log").open("wb")
-        self.processes.append(subprocess.Popen(args, env=getattr(self, "env", None), stdout=log, stderr=log))
+        process = subprocess.Popen(args, env=getattr(self, "env", None), stdout=log, stderr=log)
+        self.processes.append(process)
+        self.named[name] = process
+
+    def stop(self, name: str) -> None:
+        """Stop one process the deployment started (SIGTERM, then wait)."""
+        process = self.named[name]
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
     def run(self, *args: str) -> str:
         result = subprocess.run([*PRUNESEARCH, *args], env=self.env, capture_output=True, text=True, timeout=300)
@@ -90,14 +104,15 @@ class Deployment:
         return result.stdout
 
     def start(self, *, key_owner: str | None = None, workers: int = 1) -> str | None:
-        """Migrate, create a key for ``key_owner`` (if given), start the API and ``workers`` workers.
+        """Migrate, create a key for ``key_owner`` (if given), start the API (``api``) and ``workers``
+        workers (``worker-0``, ``worker-1``, ...: the names ``stop`` takes).
 
         Returns the key, or None without one (the API then serves anonymous loopback callers)."""
         self.run("db", "upgrade")
         key = self.run("keys", "create", key_owner).strip() if key_owner else None
-        self._spawn("api", [*PRUNESEARCH, "api"])
+        self.spawn("api", [*PRUNESEARCH, "api"])
         for index in range(workers):
-            self._spawn(f"worker-{index}", [*PRUNESEARCH, "worker"])
+            self.spawn(f"worker-{index}", [*PRUNESEARCH, "worker"])
         with httpx.Client(base_url=self.base_url, timeout=5) as client:
 
             def ready() -> bool:

@@ -1,14 +1,18 @@
-"""Load test: many concurrent pollers of one running job, on loopback, bounded in time and count.
+"""Load test: many concurrent pollers of one job, beside a bare FastAPI app serving the same bytes.
 
 Starts the production shape on this machine (a fresh PostgreSQL database, a private Redis, the API
-and one worker as separate processes, an API key), submits a job on a tiny model and, while its
-worker runs trials, lets ``--pollers`` clients poll ``GET /v1/jobs/{id}`` and page through
-``GET /v1/jobs/{id}/trials`` as fast as they can. Reports requests per second, latency percentiles
-and every failed request (a non-2xx answer or a transport error), and writes them, with the exact
-command, to ``--write`` (``docs/reliability.md``).
+and one worker as separate processes, an API key), runs a job on a tiny model to the end (60 trials,
+~120 KB of inline calibration texts, as the issue that asked for this measured), then lets
+``--pollers`` clients poll ``GET /v1/jobs/{id}`` and page through ``GET /v1/jobs/{id}/trials`` as
+fast as they can: first the service, then ``benchmarks/bare_app.py``, a bare FastAPI app on the same
+uvicorn settings answering the same paths with the service's bodies held in memory. Reports
+requests per second and latency percentiles of both, the service's share of the bare app's
+throughput per GET, and every failed request (a non-2xx answer or a transport error), and writes
+them, with the exact command, to ``--write`` (``docs/reliability.md``).
 
-    .venv/bin/python benchmarks/load.py --pollers 200 --duration 30 --write docs/reliability.md
+    .venv/bin/python benchmarks/load.py --pollers 4 200 --duration 20 --write docs/reliability.md
 
+The pollers never send ``If-None-Match``: every answer is a whole 200 body, the bare app's job.
 Needs PostgreSQL (``--admin-url``, a role that may CREATE DATABASE) and ``redis-server`` on PATH.
 Exits non-zero if any request failed.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 import os
 import platform
@@ -29,13 +34,15 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.deployment import Deployment, exit_on_sigterm, wait_until  # noqa: E402
+from benchmarks.deployment import ADMIN_URL, Deployment, exit_on_sigterm, free_port, wait_until  # noqa: E402
 from benchmarks.sections import write_section  # noqa: E402
 
 
@@ -65,8 +72,46 @@ def percentile(values: list[float], q: float) -> float:
 # --- the pollers ----------------------------------------------------------------------------------
 
 
+class KeepAliveConnection:
+    """One poller's HTTP/1.1 keep-alive connection, spoken by hand.
+
+    httpx with 200 connections took most of the two cores itself (its pool's bookkeeping grows with
+    the connections), so at 200 pollers both servers measured the load generator. This client does
+    what the pollers need and no more: GET, Content-Length bodies, reconnect when the server closed.
+    """
+
+    def __init__(self, host: str, port: int, headers: dict[str, str]) -> None:
+        self.host, self.port = host, port
+        self.head = "".join(f"{name}: {value}\r\n" for name, value in {"Host": f"{host}:{port}", **headers}.items())
+        self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def get(self, target: str) -> tuple[int, bytes]:
+        if self.streams is None:
+            self.streams = await asyncio.open_connection(self.host, self.port)
+        reader, writer = self.streams
+        writer.write(f"GET {target} HTTP/1.1\r\n{self.head}\r\n".encode())
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            fields = head.lower()
+            start = fields.find(b"\r\ncontent-length:")
+            length = int(fields[start + 17 : fields.index(b"\r\n", start + 2)]) if start >= 0 else 0
+            body = await reader.readexactly(length)
+        except BaseException:
+            self.close()
+            raise
+        if b"\r\nconnection: close" in fields:
+            self.close()
+        return status, body
+
+    def close(self) -> None:
+        if self.streams is not None:
+            self.streams[1].close()
+            self.streams = None
+
+
 async def poller(
-    client: httpx.AsyncClient, job_id: str, deadline: float, budget: list[int], samples: Samples, page: int
+    connection: KeepAliveConnection, job_id: str, deadline: float, budget: list[int], samples: Samples, page: int
 ) -> None:
     """Alternates a status read with the next page of trials (following cursors, then starting over)."""
     cursor: str | None = None
@@ -74,25 +119,25 @@ async def poller(
     while time.monotonic() < deadline and budget[0] > 0:
         budget[0] -= 1
         if read_status:
-            endpoint, url, params = "GET /v1/jobs/{id}", f"/v1/jobs/{job_id}", None
+            endpoint, target = "GET /v1/jobs/{id}", f"/v1/jobs/{job_id}"
         else:
-            endpoint, url = "GET /v1/jobs/{id}/trials", f"/v1/jobs/{job_id}/trials"
-            params = {"limit": page} | ({"cursor": cursor} if cursor else {})
+            endpoint = "GET /v1/jobs/{id}/trials"
+            target = f"/v1/jobs/{job_id}/trials?" + urlencode({"limit": page} | ({"cursor": cursor} if cursor else {}))
         started = time.perf_counter()
         try:
             try:
-                response = await client.get(url, params=params)
-            except (httpx.ReadError, httpx.RemoteProtocolError):
+                status, body = await connection.get(target)
+            except (ConnectionError, asyncio.IncompleteReadError):
                 samples.stale_connection_retries += 1
-                response = await client.get(url, params=params)
+                status, body = await connection.get(target)
             elapsed = time.perf_counter() - started
-            if response.status_code != 200:
-                samples.failures.append(f"{endpoint}: {response.status_code} {response.text[:200]}")
+            if status != 200:
+                samples.failures.append(f"{endpoint}: {status} {body[:200]!r}")
             else:
                 samples.latencies[endpoint].append(elapsed)
                 if not read_status:
-                    cursor = response.json()["next_cursor"]
-        except httpx.HTTPError as error:
+                    cursor = json.loads(body)["next_cursor"]
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as error:
             samples.failures.append(f"{endpoint}: {type(error).__name__}: {error}")
         read_status = not read_status
 
@@ -100,90 +145,177 @@ async def poller(
 async def load(base_url: str, key: str, job_id: str, pollers: int, duration: float, max_requests: int) -> Samples:
     samples = Samples()
     budget = [max_requests]
-    limits = httpx.Limits(max_connections=pollers, max_keepalive_connections=pollers)
-    headers = {"Authorization": f"Bearer {key}"}
-    async with httpx.AsyncClient(base_url=base_url, headers=headers, limits=limits, timeout=60) as client:
-        deadline = time.monotonic() + duration
-        await asyncio.gather(*(poller(client, job_id, deadline, budget, samples, page=50) for _ in range(pollers)))
+    url = httpx.URL(base_url)
+    headers = {"Authorization": f"Bearer {key}", "Accept": "application/json"}
+    connections = [KeepAliveConnection(url.host, url.port or 80, headers) for _ in range(pollers)]
+    deadline = time.monotonic() + duration
+    try:
+        await asyncio.gather(*(poller(c, job_id, deadline, budget, samples, page=50) for c in connections))
+    finally:
+        for connection in connections:
+            connection.close()
     return samples
+
+
+# --- the bare app ---------------------------------------------------------------------------------
+
+
+def capture_bodies(client: httpx.Client, job_id: str, page: int) -> dict[str, Any]:
+    """The service's answers to the pollers' GETs, for the bare app to serve: the job, and each page of
+    trials by the cursor that asks for it ("" for the first)."""
+    job = client.get(f"/v1/jobs/{job_id}")
+    job.raise_for_status()
+    pages: dict[str, str] = {}
+    cursor: str | None = None
+    while True:
+        answer = client.get(
+            f"/v1/jobs/{job_id}/trials", params={"limit": page} | ({"cursor": cursor} if cursor else {})
+        )
+        answer.raise_for_status()
+        pages[cursor or ""] = answer.text
+        cursor = answer.json()["next_cursor"]
+        if cursor is None:
+            return {"job": job.text, "trials": pages}
+
+
+def start_bare_app(deployment: Deployment, bodies: dict[str, Any]) -> str:
+    """``benchmarks/bare_app.py`` serving ``bodies``, as one more process of the deployment; its URL."""
+    path = deployment.work / "bare-bodies.json"
+    path.write_text(json.dumps(bodies))
+    port = free_port()
+    deployment.spawn("bare", [sys.executable, str(ROOT / "benchmarks" / "bare_app.py"), str(path), str(port)])
+    url = f"http://127.0.0.1:{port}"
+    with httpx.Client(base_url=url, timeout=5) as client:
+
+        def ready() -> bool:
+            try:
+                return client.get("/v1/jobs/any").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(ready, 60, "the bare app to be ready")
+    return url
 
 
 # --- the report -----------------------------------------------------------------------------------
 
+ENDPOINTS = ("GET /v1/jobs/{id}", "GET /v1/jobs/{id}/trials")
+
+
+@dataclass
+class Run:
+    """One load phase: who served it, with how many pollers, what the clients saw."""
+
+    server: str
+    pollers: int
+    samples: Samples
+    wall_s: float
+
+    def rate(self, endpoint: str) -> float:
+        return len(self.samples.latencies[endpoint]) / self.wall_s
+
+
+def table(service: Run, bare: Run) -> str:
+    lines = [
+        "| endpoint | service req/s | p50 ms | p99 ms | bare app req/s | p50 ms | p99 ms | service / bare |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for endpoint in ENDPOINTS:
+        cells = []
+        for run in (service, bare):
+            values = run.samples.latencies[endpoint]
+            cells += [
+                f"{run.rate(endpoint):.0f}",
+                f"{percentile(values, 50) * 1000:.1f}",
+                f"{percentile(values, 99) * 1000:.1f}",
+            ]
+        ratio = service.rate(endpoint) / bare.rate(endpoint) if bare.rate(endpoint) else float("nan")
+        lines.append(f"| {endpoint} | {' | '.join(cells)} | **{ratio:.2f}×** |")
+    return "\n".join(lines)
+
 
 def report(
-    samples: Samples,
-    wall_s: float,
+    runs: list[tuple[Run, Run]],
     args: argparse.Namespace,
-    trials: tuple[int, int],
+    sizes: dict[str, int],
     command: str,
     load_average: float,
 ) -> tuple[str, bool]:
-    ok = not samples.failures
-    rows = []
-    everything: list[float] = []
-    for endpoint, values in sorted(samples.latencies.items()):
-        everything += values
-        rows.append((endpoint, values))
-    rows.append(("all", everything))
-    table = ["| endpoint | requests | req/s | p50 ms | p99 ms | max ms |", "|---|---:|---:|---:|---:|---:|"]
-    for name, values in rows:
-        table.append(
-            f"| {name} | {len(values)} | {len(values) / wall_s:.0f} | {percentile(values, 50) * 1000:.1f} "
-            f"| {percentile(values, 99) * 1000:.1f} | {max(values, default=float('nan')) * 1000:.1f} |"
-        )
-    failures = "\n".join(f"- {failure}" for failure in samples.failures[:20]) or "none"
+    failures = [
+        f"{run.server}, {run.pollers} pollers: {failure}"
+        for pair in runs
+        for run in pair
+        for failure in run.samples.failures
+    ]
+    retries = sum(run.samples.stale_connection_retries for pair in runs for run in pair)
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     busy = ": other work was using the cores too" if load_average > (os.cpu_count() or 1) else ""
-    text = f"""## Load test: {args.pollers} concurrent pollers of a running job
+    tables = "\n\n".join(f"**{service.pollers} pollers**\n\n{table(service, bare)}" for service, bare in runs)
+    listed = "\n".join(f"- {failure}" for failure in failures[:20]) or "none"
+    text = f"""## Load test: pollers of a job, the service beside a bare FastAPI app
 
-Measured {when} on this machine: {os.cpu_count()} CPU cores shared by the API, the worker (running
-trials the whole time), PostgreSQL, Redis and the load generator itself (load average
-{load_average:.1f} just before the run{busy}); Python
-{platform.python_version()}, {platform.system()} {platform.release()}. One API process
-(`prunesearch api`, uvicorn, defaults), one worker, API key authentication on every request.
+Measured {when} on this machine: {os.cpu_count()} CPU cores shared by the API (or the bare app),
+PostgreSQL, Redis and the load generator itself (load average {load_average:.1f} just before the
+run{busy}); Python {platform.python_version()}, {platform.system()} {platform.release()}. One API
+process (`prunesearch api`, uvicorn, defaults) on PostgreSQL, API key authentication on every
+request; the worker had finished the job and was stopped.
 
 ```bash
 {command}
 ```
 
-{args.pollers} clients each alternate `GET /v1/jobs/{{id}}` with the next page of
+One finished job: {sizes["trials"]} trials, ~{sizes["texts"] // 1000} KB of inline calibration texts in its spec.
+Clients each alternate `GET /v1/jobs/{{id}}` with the next page of
 `GET /v1/jobs/{{id}}/trials?limit=50` (following `next_cursor`, then starting over), for
-{args.duration:.0f} s or {args.max_requests} requests in all, whichever comes first.
+{args.duration:.0f} s per phase, never sending `If-None-Match`, so every answer is a whole 200
+body ({sizes["job"]:,} bytes for the job, {sizes["page"]:,} for a full page of trials). Then the same
+clients poll `benchmarks/bare_app.py`: a bare FastAPI app on the same uvicorn settings answering
+the same paths with those bytes from memory (no authentication, database or rendering).
 
-{chr(10).join(table)}
+{tables}
 
-- Requests: {samples.total} in {wall_s:.1f} s = **{samples.total / wall_s:.0f} requests/s**;
-  **failed: {len(samples.failures)}** (a failure is any answer other than 200, or a transport error).
-  GETs re-sent once because the idle keep-alive connection they used had just been closed by the
-  server (as browsers and urllib3 do; the first attempt never reached the app): {samples.stale_connection_retries}.
-- The job kept running: {trials[0]} → {trials[1]} trials completed during the test.
+- Failed requests: **{len(failures)}** (a failure is any answer other than 200, or a transport
+  error). GETs re-sent once because the idle keep-alive connection they used had just been closed
+  by the server (as browsers and urllib3 do; the first attempt never reached the app): {retries}.
 - Latency is client-side (the load generator shares the CPU), from sending the request to reading the
-  whole body.
+  whole body. The load generator is a minimal HTTP/1.1 keep-alive client (one connection per
+  poller) on asyncio; it too takes CPU, the same for both servers.
 
-Failed requests: {failures}
+Failed requests: {listed}
 """
-    return text, ok
+    return text, not failures
+
+
+def run_phase(server: str, url: str, key: str, job_id: str, pollers: int, args: argparse.Namespace) -> Run:
+    print(f"{server}: {pollers} pollers for {args.duration:.0f} s ...", flush=True)
+    started = time.monotonic()
+    samples = asyncio.run(load(url, key, job_id, pollers, args.duration, args.max_requests))
+    return Run(server, pollers, samples, time.monotonic() - started)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pollers", type=int, default=200)
-    parser.add_argument("--duration", type=float, default=30.0, help="Seconds of polling (upper bound).")
-    parser.add_argument("--max-requests", type=int, default=200_000, help="Requests in all (upper bound).")
-    parser.add_argument(
-        "--admin-url",
-        default=os.environ.get("PRUNESEARCH_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
-    )
+    parser.add_argument("--pollers", type=int, nargs="+", default=[4, 200])
+    parser.add_argument("--duration", type=float, default=20.0, help="Seconds of polling per phase (upper bound).")
+    parser.add_argument("--max-requests", type=int, default=200_000, help="Requests per phase (upper bound).")
+    parser.add_argument("--trials", type=int, default=60, help="Trials of the polled job.")
+    parser.add_argument("--admin-url", default=ADMIN_URL)
     parser.add_argument("--write", type=Path, default=None, help="Markdown file to put the results in.")
     args = parser.parse_args()
     exit_on_sigterm()
     python = Path(sys.executable)
-    shown = str(python.relative_to(ROOT)) if python.is_relative_to(ROOT) else "python"
+    # The project's virtual environment, as the README sets it up, wherever this checkout's is.
+    shown = ".venv/bin/python" if python.parent.parent.name == ".venv" else "python"
     command = shlex.join([shown, "benchmarks/load.py", *sys.argv[1:]])
 
+    from search.calibration_texts import default_texts
     from search.demo import build_demo_model  # torch: only the load generator's own set-up needs it
 
+    texts: list[str] = []
+    for text in default_texts():  # ~120 KB of inline texts, as the job the issue measured carried
+        if sum(map(len, texts)) >= 120_000:
+            break
+        texts.append(text)
     with ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="prunesearch-load-")))
         model = build_demo_model(work / "models" / "tiny", size="tiny")
@@ -194,10 +326,12 @@ def main() -> int:
         body = {
             "model": str(model),
             "target": {"param_ratio": 0.6},
-            "n_trials": 5000,  # longer than the test: the worker is busy throughout
+            "n_trials": args.trials,
             "seed": 1,
-            "calibration": {"n_samples": 4, "seq_len": 64, "heldout_samples": 4},
+            "calibration": {"texts": texts, "n_samples": 4, "seq_len": 64, "heldout_samples": 4},
             "search_space": {"ffn_alignment": 8},
+            "verify_top_k": 1,
+            "audit_size": 0,
         }
         with httpx.Client(
             base_url=deployment.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=120
@@ -206,21 +340,29 @@ def main() -> int:
             created.raise_for_status()
             job_id = created.json()["id"]
 
-            def trials_done() -> int:
-                return int(client.get(f"/v1/jobs/{job_id}").json()["progress"]["trials_completed"])
+            def ended() -> bool:
+                return client.get(f"/v1/jobs/{job_id}").json()["status"] in ("succeeded", "failed", "cancelled")
 
-            wait_until(lambda: trials_done() >= 5, 180, "the job to complete a few trials")
-            before = trials_done()
-            load_average = os.getloadavg()[0]
-            print(f"job {job_id} running ({before} trials); {args.pollers} pollers for {args.duration:.0f} s ...")
-            started = time.monotonic()
-            samples = asyncio.run(
-                load(deployment.base_url, key, job_id, args.pollers, args.duration, args.max_requests)
+            print(f"job {job_id}: running {args.trials} trials ...", flush=True)
+            wait_until(ended, 900, "the job to end", interval=2)
+            deployment.stop("worker-0")  # the API alone, as the bare app will be alone
+            bodies = capture_bodies(client, job_id, page=50)
+        bare_url = start_bare_app(deployment, bodies)
+        sizes = {
+            "trials": args.trials,
+            "texts": sum(map(len, texts)),
+            "job": len(bodies["job"].encode()),
+            "page": len(bodies["trials"][""].encode()),
+        }
+        load_average = os.getloadavg()[0]
+        runs = [
+            (
+                run_phase("service", deployment.base_url, key, job_id, pollers, args),
+                run_phase("bare app", bare_url, key, job_id, pollers, args),
             )
-            wall_s = time.monotonic() - started
-            after = trials_done()
-            client.post(f"/v1/jobs/{job_id}/cancel")
-        text, ok = report(samples, wall_s, args, (before, after), command, load_average)
+            for pollers in args.pollers
+        ]
+    text, ok = report(runs, args, sizes, command, load_average)
     print(text)
     if args.write is not None:
         write_section(args.write, "load-test", text)

@@ -134,9 +134,10 @@ def _search_and_report(
         if out is not None and best is not None:
             info = export_entry(context, best, out, study_name=study_name, recovery=recovery)
             console.print(describe_export(best.trial_number, info))
-            with console.status("Measuring the exported model's speed beside the dense model..."):
-                speed = measure_export(context, info, settings.speed)
-            console.print(speed_table(speed))
+            if not context.loaded.split:  # split over GPUs, the timings would be the transfers' (README)
+                with console.status("Measuring the exported model's speed beside the dense model..."):
+                    speed = measure_export(context, info, settings.speed)
+                console.print(speed_table(speed))
     except SearchError as error:
         raise click.ClickException(str(error)) from error
 

@@ -41,6 +41,8 @@ _FLAG_NAMES: dict[FieldPath, str] = {
         ("recovery", name): "--recovery-" + name.replace("_", "-")
         for name in ("method", "steps", "finalists", "lora_rank", "source", "learning_rate", "batch_size")
     },
+    # Where latency is measured: --latency-phase, --latency-batch, --latency-context.
+    **{("target", "latency", name): "--latency-" + name for name in ("phase", "batch", "context")},
     # The token schedule's: --token-schedule/--no-token-schedule and --schedule-*.
     ("token_schedule", "enabled"): "--token-schedule",
     **{

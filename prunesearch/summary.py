@@ -17,7 +17,15 @@ if TYPE_CHECKING:
     from search.arch import ModelShape
     from search.candidates import SearchContext
     from search.recovery import RecoveryOutcome
-    from search.results import BestEntry, RecoveryReport, SearchResult, SpeedReport, TrialInfo, Verification
+    from search.results import (
+        BestEntry,
+        LatencyReport,
+        RecoveryReport,
+        SearchResult,
+        SpeedReport,
+        TrialInfo,
+        Verification,
+    )
     from search.spec import JobSpec
 
 # The baselines enqueued as seeds (search.space), by origin.
@@ -89,17 +97,22 @@ def _print_best(console: Console, spec: JobSpec, context: SearchContext, result:
     which = "Verified best" if verified else "Proxy's best (not verified: verify_top_k is 0)"
     console.print(_arch_table(f"{which} architecture (trial {best.trial_number}, {best.origin})", best, context))
     dense = context.shape.dense_params()
-    target = spec.target.param_ratio * dense
-    console.print(
-        f"Parameters: {best.param_count:,} = {best.param_ratio:.4f} of {dense:,} "
-        f"(target {spec.target.param_ratio} = {target:,.0f}; off by {best.param_count / target - 1:+.2%})"
-    )
+    if spec.target.param_ratio is not None:
+        target = spec.target.param_ratio * dense
+        console.print(
+            f"Parameters: {best.param_count:,} = {best.param_ratio:.4f} of {dense:,} "
+            f"(target {spec.target.param_ratio} = {target:,.0f}; off by {best.param_count / target - 1:+.2%})"
+        )
+    else:
+        console.print(f"Parameters: {best.param_count:,} = {best.param_ratio:.4f} of {dense:,}")
+    if result.latency is not None:
+        console.print(latency_table(result.latency))
     scores = ", ".join(f"{name}={value:.4f}" for name, value in best.scores.items())
     console.print(f"Proxy scores: {scores}")
     if verified and result.dense is not None:
         console.print(comparison_table(result, result.dense, int(best.trial_number), spec.proxy_label))
     if spec.multi_objective:
-        console.print(_pareto_table(result, spec.proxy_label))
+        console.print(_pareto_table(result, spec.proxy_label, latency=spec.latency_objective))
 
 
 def comparison_table(result: SearchResult, dense: Verification, best_number: int, proxy_label: str) -> Table:
@@ -159,17 +172,36 @@ def _arch_table(title: str, best: BestEntry, context: SearchContext) -> Table:
     return table
 
 
-def _pareto_table(result: SearchResult, proxy_label: str) -> Table:
+def _pareto_table(result: SearchResult, proxy_label: str, *, latency: bool = False) -> Table:
     from rich.table import Table
 
     front = Table(title=f"Pareto front ({len(result.pareto)} trials, by proxy score)")
-    for column in ("trial", "param ratio", proxy_label):
+    for column in ("trial", "param ratio", *(["predicted ms"] if latency else []), proxy_label):
         front.add_column(column, justify="right")
     by_number = {t.number: t for t in result.trials}
-    for number in sorted(result.pareto, key=lambda n: by_number[n].param_ratio or 0.0):
+    order = (lambda n: by_number[n].latency_ms or 0.0) if latency else (lambda n: by_number[n].param_ratio or 0.0)
+    for number in sorted(result.pareto, key=order):
         trial = by_number[number]
-        front.add_row(str(number), f"{trial.param_ratio:.4f}", f"{trial.value:.4f}")
+        predicted = [_number(trial.latency_ms)] if latency else []
+        front.add_row(str(number), f"{trial.param_ratio:.4f}", *predicted, f"{trial.value:.4f}")
     return front
+
+
+def latency_table(report: LatencyReport) -> Table:
+    """Predicted against measured time per step (search.latency_check), dense and verified candidates."""
+    from rich.table import Table
+
+    table = Table(
+        title=f"Latency per step: {report.phase}, batch {report.batch}, context {report.context} on {report.device} "
+        f"({report.dtype}; table {report.table}); median |error| "
+        + (f"{report.median_abs_error:.1%}" if report.median_abs_error is not None else "n/a")
+    )
+    for column in ("candidate", "predicted ms", "measured ms", "error"):
+        table.add_column(column, justify="right")
+    for check in [report.dense, *report.finalists]:
+        name = "dense" if check.trial_number is None else f"trial {check.trial_number} ({check.origin})"
+        table.add_row(name, f"{check.predicted_ms:.3f}", f"{check.measured_ms:.3f}", f"{check.error:+.1%}")
+    return table
 
 
 def speed_table(speed: SpeedReport) -> Table:

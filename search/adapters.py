@@ -133,10 +133,17 @@ class Adapter(ABC):
     def skip_layer(self, layer: int) -> tuple[nn.Module, str, nn.Module]:
         return self.layers, str(layer), Identity()
 
+    def after_layers(self) -> list[nn.Module] | None:
+        """The modules that take the last decoder layer's output (the final norm): a model split over
+        devices (``search.dispatch``) moves their inputs back to the main device. None: the family
+        cannot be split."""
+        return None
+
     # --- objective ------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where token batches go in: the embeddings' device (the main one of a split model)."""
+        return next(self.embeddings().parameters()).device
 
     @abstractmethod
     def forward(self, batch: Batch) -> torch.Tensor:

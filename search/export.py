@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from search.adapters import Adapter, Block
-from search.arch import ArchConfig
+from search.arch import ArchConfig, LayerArch
 from search.errors import InvalidArchConfig, ModelLoadError
 from search.export_format import CONFIG_KEY, FORMAT_VERSION, PROVENANCE_FILE
 from search.families import family_for, read_shape
@@ -240,6 +240,12 @@ def build_skeleton(
         if shape.causal:
             _number_caches(adapter, [index for index, layer in enumerate(layers) if layer["heads"]])
     return model.to(dtype=dtype).eval() if dtype is not None else model.eval()
+
+
+def layers_config(adapter: Adapter, layers: Sequence[LayerArch]) -> dict[str, Any]:
+    """The per-layer export config of a model of ``adapter``'s family with exactly these layers, each
+    kept even when it keeps nothing: what ``search.latency`` times sub-blocks with."""
+    return _config_for(adapter, ArchConfig(tuple(layers)), list(range(len(layers))), "per_layer")
 
 
 def _kept_layers(arch: ArchConfig) -> list[int]:

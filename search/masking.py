@@ -143,7 +143,8 @@ def _mask_input(module: nn.Module, mask: torch.Tensor) -> Iterator[None]:
     mask = mask.to(device=module.weight.device, dtype=module.weight.dtype)
 
     def hook(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        return (args[0] * mask, *args[1:])
+        # An offloaded layer (search.dispatch) runs away from where its weights are stored.
+        return (args[0] * mask.to(args[0].device), *args[1:])
 
     handle = module.register_forward_pre_hook(hook)
     try:

@@ -35,7 +35,7 @@ SPARSITY_CRITERIA: tuple[str, ...] = ("wanda", "magnitude")
 
 SAMPLERS: tuple[str, ...] = ("tpe", "random", "nsga2", "cmaes", "evo")
 SINGLE_OBJECTIVE_SAMPLERS: tuple[str, ...] = ("cmaes", "evo")
-OBJECTIVES: tuple[str, ...] = ("score", "params")
+OBJECTIVES: tuple[str, ...] = ("score", "params", "latency")
 DEPTH_MODES: tuple[str, ...] = ("sublayer", "layer", "none")
 PARAMETERIZATIONS: tuple[str, ...] = ("per_layer", "compact")
 # How a job recovers its finalists after the search (search.recovery): distillation from the dense model.

@@ -15,7 +15,7 @@ final unit moves that land on the budget change widths.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from search.arch import ArchConfig, LayerArch, ModelShape
@@ -135,6 +135,65 @@ def repair(
     arch = ArchConfig(tuple(layers))
     shape.validate(arch)
     return arch
+
+
+def repair_within(
+    shape: ModelShape,
+    proposal: Proposal,
+    fits: Callable[[Sequence[LayerArch]], bool],
+    *,
+    ffn_alignment: int,
+    depth: str = "sublayer",
+    width: bool = True,
+) -> ArchConfig:
+    """The proposal scaled by the largest common factor whose snapped architecture ``fits``.
+
+    ``fits`` must be monotone (what fits still fits with fewer units), like a cap on parameters or
+    on predicted latency (``search.latency``). Unlike ``repair``, this lands at or under a cap rather
+    than on a count: it is the repair of budgets that are upper bounds."""
+    layers_n = shape.num_layers
+    if len(proposal.attention) != layers_n or len(proposal.mlp) != layers_n:
+        raise BudgetInfeasible(f"proposal has {len(proposal.attention)} layers, model has {layers_n}")
+    sparsity = [round(min(_clip(x), MAX_SPARSITY), 2) for x in proposal.sparsity] or [0.0] * layers_n
+    grid = _Grid(shape, max(1, min(ffn_alignment, shape.intermediate_size)), depth, width)
+    attention = [_clip(x) for x in proposal.attention]
+    mlp = [_clip(x) for x in proposal.mlp]
+    if max(attention + mlp) == 0.0:
+        attention, mlp = [1.0] * layers_n, [1.0] * layers_n
+
+    def snap(scale: float) -> list[LayerArch]:
+        return [
+            grid.legal(LayerArch(grid.heads(a * scale), grid.channels(m * scale), s))
+            for a, m, s in zip(attention, mlp, sparsity, strict=True)
+        ]
+
+    top = 1.0 / min(x for x in attention + mlp if x > 0)
+    # The smallest scale that keeps a sub-block: a candidate that keeps nothing cannot be exported.
+    lo_scale, hi_scale = _least_scale(lambda scale: any(x.heads or x.ffn_channels for x in snap(scale)), top), top
+    if not fits(snap(lo_scale)):
+        raise BudgetInfeasible(f"no candidate under depth={depth!r} fits the budget: even the smallest is over it")
+    if fits(snap(hi_scale)):
+        lo_scale = hi_scale
+    while hi_scale - lo_scale > 1e-6 * hi_scale:
+        mid = (lo_scale + hi_scale) / 2
+        if fits(snap(mid)):
+            lo_scale = mid
+        else:
+            hi_scale = mid
+    arch = ArchConfig(tuple(snap(lo_scale)))
+    shape.validate(arch)
+    return arch
+
+
+def _least_scale(keeps: Callable[[float], bool], top: float) -> float:
+    """The least scale in [0, top] at which ``keeps`` (monotone in the scale) holds, by bisection."""
+    if keeps(0.0):
+        return 0.0
+    low, high = 0.0, top
+    while high - low > 1e-6 * top:
+        mid = (low + high) / 2
+        low, high = (low, mid) if keeps(mid) else (mid, high)
+    return high
 
 
 def _adjust(

@@ -61,6 +61,11 @@ class TrialInfo(_Frozen):
         description="Calibration tokens that scored the trial (multi-fidelity proxies under the token schedule); "
         "null: all of them, or a proxy that counts none.",
     )
+    latency_ms: float | None = Field(
+        default=None,
+        description="Latency jobs: the candidate's time per step predicted from the measured latency table "
+        "(target.latency's setting); null for other jobs.",
+    )
 
 
 class Verification(_Frozen):
@@ -327,6 +332,35 @@ class RecoveryReport(_Frozen):
     seconds: float
 
 
+class LatencyCheck(_Frozen):
+    """One candidate's latency: predicted from the table, and measured on its exported model."""
+
+    trial_number: int | None  # None: the dense model
+    origin: str | None
+    predicted_ms: float
+    measured_ms: float
+    error: float  # predicted / measured − 1
+
+
+class LatencyReport(_Frozen):
+    """The report's ``latency`` section (search.latency_check): how the latency table was obtained,
+    and predicted against measured latency of the dense model and of every verified candidate,
+    each materialised as exported and timed in the job's setting on the worker's device."""
+
+    phase: str
+    batch: int
+    context: int
+    device: str
+    dtype: str
+    ffn_alignment: int
+    table: str = Field(description="'measured' by this job, or 'stored' (read from the artifact store).")
+    table_seconds: float = Field(description="What timing the table took (when it was measured).")
+    budget_ratio: float | None = Field(description="target.latency_ratio; null without a latency budget.")
+    dense: LatencyCheck
+    finalists: list[LatencyCheck]
+    median_abs_error: float | None = Field(description="Median of |error| over the finalists (goal: within 0.10).")
+
+
 class JobReport(_Frozen):
     """What a job reports when its search ends: the worker writes it, ``GET /v1/jobs/{id}/report``
     serves it, the page shows it."""
@@ -337,6 +371,8 @@ class JobReport(_Frozen):
     trust: TrustReport | None  # the proxy trust report, when an audit ran
     # Present (in JSON too) only for a job that asked for recovery (JobSpec.recovery).
     recovery: RecoveryReport | None = Field(default=None, exclude_if=_absent)
+    # Present only for a job with a latency budget or objective (JobSpec.uses_latency).
+    latency: LatencyReport | None = Field(default=None, exclude_if=_absent)
 
 
 class SearchResult(BaseModel):
@@ -349,6 +385,7 @@ class SearchResult(BaseModel):
     stopped: bool = False
     ladder: list[LadderRung] = Field(default_factory=list)  # verification rungs (search.ladder)
     trust: TrustReport | None = None  # the proxy trust report (search.audit)
+    latency: LatencyReport | None = None  # predicted against measured latency (search.latency_check)
 
 
 # Optuna's TrialState by name, so this module needs no Optuna at import.
@@ -381,6 +418,7 @@ def describe_trial(trial: FrozenTrial) -> TrialInfo:
         duration_s=duration,
         error=_failure(trial) if state == "failed" else None,
         tokens=attrs.get("tokens"),
+        latency_ms=attrs.get("latency_ms"),
     )
 
 
@@ -396,12 +434,16 @@ def proxy_score(trial: TrialInfo) -> float:
     return trial.value if trial.value is not None else -math.inf
 
 
-def pareto_front(trials: Sequence[TrialInfo]) -> list[int]:
-    """Numbers of the trials no other trial beats on both score (higher) and parameter ratio (lower).
+def pareto_front(trials: Sequence[TrialInfo], second: str = "params") -> list[int]:
+    """Numbers of the trials no other trial beats on both score (higher) and parameter ratio (lower),
+    or predicted latency (lower) when ``second`` is "latency".
 
-    A trial without a score counts as scoring −∞, one without a ratio as ratio 0.
+    A trial without a score counts as scoring −∞, one without a ratio (latency) as 0.
     """
-    points = [(proxy_score(t), t.param_ratio or 0.0) for t in trials]
+    if second == "latency":
+        points = [(proxy_score(t), t.latency_ms or 0.0) for t in trials]
+    else:
+        points = [(proxy_score(t), t.param_ratio or 0.0) for t in trials]
     return sorted(trials[index].number for index in non_dominated(points, ("maximize", "minimize")))
 
 

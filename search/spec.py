@@ -63,11 +63,50 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+MAX_LATENCY_BATCH = 4096  # the spec's own bound; a server's limit (max_latency_batch) is usually lower
+MAX_LATENCY_CONTEXT = 131_072
+
+
+class LatencySetting(_Strict):
+    """Where a latency target or objective is measured: one step of the model in this setting, on the
+    worker's device, in the export's precision (``search.latency``)."""
+
+    phase: Literal["decode", "prefill"] = Field(
+        default="decode",
+        description="'decode': one new token per sequence against a KV cache of 'context' tokens; "
+        "'prefill': one forward over batch × context tokens.",
+    )
+    batch: Annotated[int, Field(ge=1, le=MAX_LATENCY_BATCH, description="Sequences per step.")] = 1
+    context: Annotated[
+        int,
+        Field(ge=1, le=MAX_LATENCY_CONTEXT, description="Tokens in the KV cache (decode) or per sequence (prefill)."),
+    ] = 512
+
+
 class Target(_Strict):
     param_ratio: Annotated[
-        float,
-        Field(gt=0.0, le=1.0, allow_inf_nan=False, description="Fraction of the dense model's parameters to keep."),
-    ]
+        float | None,
+        Field(
+            gt=0.0,
+            le=1.0,
+            allow_inf_nan=False,
+            description="Fraction of the dense model's parameters to keep; may be left out with latency_ratio.",
+        ),
+    ] = None
+    latency_ratio: Annotated[
+        float | None,
+        Field(
+            gt=0.0,
+            le=1.0,
+            allow_inf_nan=False,
+            description="Keep at most this fraction of the dense model's time per step in the 'latency' setting, "
+            "predicted from a table measured on the worker's device; with param_ratio, both hold.",
+        ),
+    ] = None
+    latency: LatencySetting = Field(
+        default_factory=LatencySetting,
+        description="Where latency_ratio and the 'latency' objective are measured (phase, batch, context).",
+    )
     min_param_ratio: Annotated[
         float | None,
         Field(
@@ -84,6 +123,11 @@ class Target(_Strict):
         "the transformer blocks', which pruning can remove (embeddings are kept whole either way).",
     )
 
+    @property
+    def latency_bound(self) -> bool:
+        """Whether the job keeps a latency budget (``latency_ratio``)."""
+        return self.latency_ratio is not None
+
     def total_ratio(self, shape: ModelShape, ratio: float) -> float:
         """``ratio`` expressed as a fraction of all parameters."""
         if self.scope == "total":
@@ -93,7 +137,13 @@ class Target(_Strict):
 
     @model_validator(mode="after")
     def _ordered(self) -> Target:
-        if self.min_param_ratio is not None and self.min_param_ratio > self.param_ratio:
+        if self.min_param_ratio is not None and self.param_ratio is None:
+            raise ValueError("min_param_ratio needs param_ratio")
+        if (
+            self.min_param_ratio is not None
+            and self.param_ratio is not None
+            and self.min_param_ratio > self.param_ratio
+        ):
             raise ValueError("min_param_ratio must not exceed param_ratio")
         return self
 
@@ -119,6 +169,9 @@ class Calibration(_Strict):
         return self
 
 
+DEFAULT_FFN_ALIGNMENT = 32
+
+
 class SearchSpace(_Strict):
     """Which dimensions the search explores, and how candidates are realised."""
 
@@ -142,13 +195,28 @@ class SearchSpace(_Strict):
         "or the PruneNet policy trained on the weights alone (calibration-free).",
     )
     sparsity_selection: SparsityCriterion = "wanda"
-    ffn_alignment: Annotated[int, Field(ge=1, le=4096, description="FFN channels are kept in multiples of this.")] = 32
+    ffn_alignment: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            le=4096,
+            description=f"FFN channels are kept in multiples of this; null: {DEFAULT_FFN_ALIGNMENT}, or for a "
+            "latency job the worker device's (128 on a GPU in 16-bit, falling back to 64 and 32 where the budget "
+            "needs a finer grid).",
+        ),
+    ] = None
     export_format: ExportFormat = Field(
         default="per_layer",
         description="'per_layer': any architecture (loaded with prunesearch.load_pruned when layers differ); "
         "'standard': only what the family's own config expresses (whole layers dropped, one head count and one "
         "FFN width for all kept layers), so the export loads with plain from_pretrained; depth defaults to 'layer'.",
     )
+
+    @property
+    def alignment(self) -> int:
+        """The FFN alignment in force: the one given, else the default (a latency job's worker sets the
+        device's before it searches: ``search.candidates.prepare``)."""
+        return self.ffn_alignment if self.ffn_alignment is not None else DEFAULT_FFN_ALIGNMENT
 
     @model_validator(mode="before")
     @classmethod
@@ -320,7 +388,8 @@ class JobSpec(_Strict):
     objectives: list[str] = Field(
         default_factory=lambda: ["score"],
         description="['score'] keeps the budget as a constraint; ['score', 'params'] searches the Pareto front "
-        "between min_param_ratio and param_ratio.",
+        "between min_param_ratio and param_ratio; ['score', 'latency'] the front of score against the latency "
+        "predicted in target.latency's setting, from half of latency_ratio (default 1) up to it.",
     )
     token_schedule: TokenSchedule = Field(
         default_factory=TokenSchedule,
@@ -359,12 +428,12 @@ class JobSpec(_Strict):
     @classmethod
     def _known_objectives(cls, value: list[str]) -> list[str]:
         unknown = [name for name in value if name not in names.OBJECTIVES]
-        if "latency" in unknown:
-            raise ValueError("the 'latency' objective is not supported yet; use ['score'] or ['score', 'params']")
         if unknown:
             raise ValueError(f"unknown objectives {unknown}; available: {', '.join(names.OBJECTIVES)}")
         if not value or value[0] != "score" or len(set(value)) != len(value):
             raise ValueError("objectives must start with 'score' and name each objective once")
+        if len(value) > 2:
+            raise ValueError("a Pareto search trades the score off against one objective: 'params' or 'latency'")
         return value
 
     @model_validator(mode="before")
@@ -381,15 +450,54 @@ class JobSpec(_Strict):
             raise ValueError(f"the {self.sampler} sampler is single-objective; use nsga2 or tpe for a Pareto front")
         return self
 
+    @model_validator(mode="after")
+    def _some_budget(self) -> JobSpec:
+        if self.target.param_ratio is None and self.target.latency_ratio is None and not self.latency_objective:
+            raise ValueError(
+                "target needs param_ratio, latency_ratio or both (only objectives ['score', 'latency'] may leave "
+                "both out)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _latency_expressible(self) -> JobSpec:
+        if self.uses_latency and self.search_space.export_format == names.STANDARD:
+            raise ValueError(
+                "a latency target or objective needs export_format 'per_layer': the standard grid leaves too few "
+                "sizes to meet a latency budget"
+            )
+        return self
+
     @property
     def multi_objective(self) -> bool:
         return len(self.objectives) > 1
 
+    @property
+    def latency_objective(self) -> bool:
+        """Whether the job searches the front of score against latency (``objectives`` names it)."""
+        return "latency" in self.objectives
+
+    @property
+    def uses_latency(self) -> bool:
+        """Whether trials need the latency model: a latency budget, or latency as an objective."""
+        return self.target.latency_bound or self.latency_objective
+
+    def latency_range(self, floor: float = 0.0) -> tuple[float, float] | None:
+        """The latency budgets trials are repaired to, as fractions of the dense model's predicted
+        latency; None when the job has no latency budget. A latency front samples from half the
+        highest (``latency_ratio``, default 1), or just above ``floor`` (what the embeddings and LM head
+        alone cost), up to the highest."""
+        high = self.target.latency_ratio
+        if not self.latency_objective:
+            return None if high is None else (high, high)
+        high = 1.0 if high is None else high
+        return min(max(high / 2, floor * 1.05), high), high
+
     def ratio_range(self, shape: ModelShape) -> tuple[float, float]:
-        """The budgets trials are repaired to, as fractions of all parameters."""
+        """The budgets trials are repaired to, as fractions of all parameters (1.0: no parameter budget)."""
         target = self.target
-        high = target.total_ratio(shape, target.param_ratio)
-        if not self.multi_objective:
+        high = 1.0 if target.param_ratio is None else target.total_ratio(shape, target.param_ratio)
+        if not self.multi_objective or self.latency_objective:
             return high, high
         if target.min_param_ratio is not None:
             return target.total_ratio(shape, target.min_param_ratio), high
@@ -472,8 +580,10 @@ def check_job(spec: JobSpec) -> ModelShape | None:
     if model_kind(spec.model) == "hub":
         check_hub_model(spec.model, spec.revision)
         return None
-    shape = read_shape(read_local_config(spec.model))
+    config = read_local_config(spec.model)
+    shape = read_shape(config)
     check_budgets(spec, shape)
+    check_latency(spec, shape, max_positions(config))
     check_recovery(spec, shape)
     calibration = spec.calibration
     check_calibration_size(
@@ -485,6 +595,31 @@ def check_job(spec: JobSpec) -> ModelShape | None:
         n_heldout=calibration.heldout_samples,
     )
     return shape
+
+
+def max_positions(config: dict[str, Any]) -> int | None:
+    """The longest sequence a model's config allows, where it states one."""
+    value = config.get("max_position_embeddings") or config.get("n_positions")
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def check_latency(spec: JobSpec, shape: ModelShape, positions: int | None) -> None:
+    """Refuse a latency setting this model cannot run: decoding an encoder, or a context longer than
+    the model's positions (decode's new token needs one more)."""
+    if not spec.uses_latency:
+        return
+    setting = spec.target.latency
+    if setting.phase == "decode" and not shape.causal:
+        raise InvalidJobSpec(
+            "target.latency.phase 'decode' needs a decoder; this model is an encoder: use 'prefill'",
+            field="target.latency.phase",
+        )
+    needed = setting.context + (1 if setting.phase == "decode" else 0)
+    if positions is not None and needed > positions:
+        raise InvalidJobSpec(
+            f"target.latency.context {setting.context} is beyond this model's {positions} positions",
+            field="target.latency.context",
+        )
 
 
 def check_recovery(spec: JobSpec, shape: ModelShape) -> None:
@@ -510,11 +645,11 @@ def check_budgets(spec: JobSpec, shape: ModelShape) -> None:
     if space.export_format == names.STANDARD:
         # Standard sizes leave gaps: a Pareto search samples every budget in between, so check them all.
         low, high = spec.ratio_range(shape)
-        check_standard_budget(shape, low, high, ffn_alignment=space.ffn_alignment, depth=space.depth, width=space.width)
+        check_standard_budget(shape, low, high, ffn_alignment=space.alignment, depth=space.depth, width=space.width)
         return
     for ratio in (spec.target.param_ratio, lowest):
         if ratio is not None:
-            check_budget(shape, spec.target.total_ratio(shape, ratio), ffn_alignment=spec.search_space.ffn_alignment)
+            check_budget(shape, spec.target.total_ratio(shape, ratio), ffn_alignment=spec.search_space.alignment)
 
 
 def check_budget(shape: ModelShape, param_ratio: float, *, ffn_alignment: int) -> None:

@@ -21,6 +21,7 @@ from search.candidates import SearchContext
 from search.coordination import await_other_workers, prime_proxy
 from search.errors import SearchError
 from search.ladder import Verifier
+from search.latency_check import check_latency
 from search.neighbourhood import neighbourhood_audit
 from search.proxies import MetaNetStore, Proxy
 from search.results import SearchResult, TrialInfo, best_entry, describe_trial, finalists, pareto_front, proxy_score
@@ -54,9 +55,11 @@ def run_search(
         if stopped:
             return result
         raise SearchError("no trial completed: every candidate failed to score")
-    pool = _choose_best(result, complete, multi=context.spec.multi_objective)
+    pool = _choose_best(result, complete, multi=context.spec.multi_objective, latency=context.spec.latency_objective)
     if context.spec.verify_top_k and not stopped:
         _verify(context, Verifier(context.loaded.adapter, context.tokens), pool, result, hooks)
+    if context.latency is not None and not stopped:
+        result.latency = check_latency(context, result)  # the verified candidates, exported and timed
     if not stopped:
         result.trust = trust_audit(
             context, proxy, auditor, complete, store=metanet_store, job=study_name, proxy_state=proxy_state
@@ -90,10 +93,10 @@ def _search(
     return proxy_state, search_trials(context, proxy, study, hooks=hooks)
 
 
-def _choose_best(result: SearchResult, complete: list[TrialInfo], *, multi: bool) -> list[TrialInfo]:
+def _choose_best(result: SearchResult, complete: list[TrialInfo], *, multi: bool, latency: bool) -> list[TrialInfo]:
     """Set the Pareto front and the proxy's best; returns the pool the best is chosen from (the
     front for a multi-objective job)."""
-    result.pareto = pareto_front(complete)
+    result.pareto = pareto_front(complete, "latency" if latency else "params")
     front = set(result.pareto)
     pool = [t for t in complete if t.number in front] if multi else complete
     result.best = best_entry(max(pool, key=proxy_score), verified=None)

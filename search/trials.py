@@ -5,7 +5,9 @@ with the job's proxy. Single-objective jobs maximise the proxy score at the budg
 declared to Optuna as a constraint (``Trial.set_constraint``), so samplers and optuna-dashboard see
 feasibility. Multi-objective jobs (``objectives: ["score", "params"]``) sample the budget too,
 between ``min_param_ratio`` and ``param_ratio``, and search the Pareto front of score against
-parameter ratio.
+parameter ratio. Latency jobs (``search.latency_budget``) also record each candidate's predicted
+latency and a second constraint, ``latency``; ``objectives: ["score", "latency"]`` samples a latency
+budget instead of a parameter budget and trades the score off against predicted latency.
 """
 
 from __future__ import annotations
@@ -18,19 +20,17 @@ from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage
-from optuna.study import MaxTrialsCallback
-from optuna.trial import FrozenTrial, TrialState
 
 from search.candidates import SearchContext
 from search.errors import ProxyError
 from search.fidelity import TokenLadder
+from search.latency_budget import TrialLatency, sampled_budget, second_objective
+from search.loop import TrialCallback, complete_count, run_trials
 from search.proxies import Proxy, ProxyScore, create_proxy
 from search.repair import DEFAULT_TOLERANCE
 from search.samplers import SamplerBuild, create_sampler
 from search.selection import Selection
 from search.spec import JobSpec
-
-TrialCallback = Callable[[optuna.Study, FrozenTrial], None]
 
 
 @dataclass(frozen=True)
@@ -105,14 +105,13 @@ def open_study(context: SearchContext, *, study_name: str, storage: str | BaseSt
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([spec.proxy_label, "param_ratio"] if multi else [spec.proxy_label])
+            study.set_metric_names([spec.proxy_label, second_objective(spec)] if multi else [spec.proxy_label])
         study.set_user_attr("spec", spec.model_dump(mode="json"))
         study.set_user_attr("dense_params", context.shape.dense_params())
         study.set_user_attr("calibration_digest", context.tokens.digest)
-        _, high = context.ratio_range()
-        for origin, params in context.space.seeds(high).items():
+        for origin, params in context.space.seeds(context.seed_ratio()).items():
             if multi:
-                params = params | {"param_ratio": high}
+                params = params | sampled_budget(context)
             study.enqueue_trial(params, user_attrs={"origin": origin}, skip_if_exists=True)
     return study
 
@@ -124,7 +123,7 @@ def remaining_trials(study: optuna.Study, spec: JobSpec) -> int:
 
 def complete_trials(study: optuna.Study) -> int:
     """Complete trials of the study: what a resume keeps (``search.resume.resumed_spec``)."""
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    return complete_count(study)
 
 
 def stored_complete_trials(storage: str | BaseStorage, study_name: str) -> int:
@@ -143,37 +142,44 @@ def search_trials(
     *,
     max_trials: int | None = None,
     hooks: SearchHooks = NO_HOOKS,
+    lookahead: bool | None = None,
 ) -> bool:
     """Run trials until the study holds ``n_trials`` complete ones, counting every worker's (or this
     call has run ``max_trials``). Several processes may do this on one study at once: the storage
     hands each waiting seed to one of them and the sampler sees the others' running trials.
+    ``lookahead`` proposes the next candidate while the device scores the current one
+    (``search.loop``); by default on a GPU, where it hides the sampler's time.
     Returns whether ``hooks.should_stop`` stopped it (the caller asked before; this asks after every trial)."""
     spec = context.spec
     remaining = remaining_trials(study, spec)
     if remaining <= 0:
         return False
-    stopped = False
-
-    def check_stop(study: optuna.Study, _trial: FrozenTrial) -> None:
-        nonlocal stopped
-        if hooks.stop_requested():
-            stopped = True
-            study.stop()
-
     # Failed trials (a non-finite score) do not count towards n_trials, but are bounded.
     budget = remaining + max(3, spec.n_trials // 10)
-    study.optimize(
+    return run_trials(
+        study,
         _Objective(context, proxy),
-        n_trials=budget if max_trials is None else min(budget, max_trials),
-        callbacks=[*hooks.on_trial, MaxTrialsCallback(spec.n_trials, states=(TrialState.COMPLETE,)), check_stop],
+        max_trials=budget if max_trials is None else min(budget, max_trials),
+        complete_target=spec.n_trials,
+        callbacks=hooks.on_trial,
         catch=(ProxyError,),
-        gc_after_trial=False,
+        should_stop=hooks.should_stop,
+        lookahead=context.loaded.adapter.device.type == "cuda" if lookahead is None else lookahead,
     )
-    return stopped
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """A trial's proposal: the candidate, its size, and what sampling and realising it took."""
+
+    selection: Selection
+    second: float  # a two-objective job's second value (parameter ratio or predicted latency)
+    timings: dict[str, float]
 
 
 class _Objective:
-    """One trial: sample, repair to the budget, select, score; the trial's attributes say what happened."""
+    """One trial: sample, repair to the budget, select (``propose``), then score (``score``); the
+    trial's attributes say what happened."""
 
     def __init__(self, context: SearchContext, proxy: Proxy) -> None:
         self.context, self.proxy = context, proxy
@@ -181,34 +187,48 @@ class _Objective:
         self.multi = context.spec.multi_objective
         self.dense_params = context.shape.dense_params()
         self.low, self.high = context.ratio_range()
+        self.latency = TrialLatency(context) if context.latency is not None else None
 
-    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+    def propose(self, trial: optuna.Trial) -> _Candidate:
         started = time.perf_counter()
         proposal = self.context.space.suggest(trial)
-        budget = trial.suggest_float("param_ratio", self.low, self.high) if self.multi else self.high
+        latency_budget = self.latency.suggest(trial) if self.latency is not None else None
+        sampled_params = self.multi and not self.context.spec.latency_objective
+        budget = trial.suggest_float("param_ratio", self.low, self.high) if sampled_params else self.high
         sampled = time.perf_counter()
-        selection = self.context.candidate(proposal, budget)
+        selection = self.context.candidate(proposal, budget, latency_budget)
         param_count = self.context.shape.count_params(selection.arch)
         realised = time.perf_counter()
-        param_ratio = self._record_candidate(trial, selection, param_count, budget)
+        param_ratio = self._record_candidate(trial, selection, param_count, budget, latency_budget)
+        # A two-objective job's second value: the predicted latency, or the parameter ratio.
+        second = trial.user_attrs["latency_ms"] if self.context.spec.latency_objective else param_ratio
+        return _Candidate(selection, second, {"sample_s": sampled - started, "realise_s": realised - sampled})
+
+    def score(self, trial: optuna.Trial, candidate: _Candidate) -> float | tuple[float, float]:
         scoring = time.perf_counter()
-        score = self._score(trial, selection)
+        score = self._score(trial, candidate.selection)
         scored = time.perf_counter()
         trial.set_user_attr("scores", {self.proxy.name: score.value, **score.extras})
-        timings = {"sample_s": sampled - started, "realise_s": realised - sampled, "score_s": scored - scoring}
-        trial.set_user_attr("timings", timings | score.timings)
-        return (score.value, param_ratio) if self.multi else score.value
+        trial.set_user_attr("timings", candidate.timings | {"score_s": scored - scoring} | score.timings)
+        return (score.value, candidate.second) if self.multi else score.value
 
-    def _record_candidate(self, trial: optuna.Trial, selection: Selection, param_count: int, budget: float) -> float:
-        """Write the candidate's architecture and size, and how far it is from the budget; returns its ratio."""
+    def _record_candidate(
+        self, trial: optuna.Trial, selection: Selection, param_count: int, budget: float, latency_budget: float | None
+    ) -> float:
+        """Write the candidate's architecture, size and predicted latency, and how far it is from the
+        budgets; returns its parameter ratio."""
         param_ratio = param_count / self.dense_params
         trial.set_user_attr("arch", selection.arch.to_dict())
         trial.set_user_attr("param_count", param_count)
         trial.set_user_attr("param_ratio", param_ratio)
-        # Feasible (≤ 0) within the tolerance of the budget.
-        violation = abs(param_ratio - budget) / budget - DEFAULT_TOLERANCE
-        trial.set_constraint("budget", violation)
-        _write_dashboard_constraint(trial, violation)
+        # Feasible (≤ 0) within the tolerance of the budget; with a latency budget, the parameter budget is a cap.
+        miss = param_ratio - budget if self.latency is not None else abs(param_ratio - budget)
+        violations = {"budget": miss / budget - DEFAULT_TOLERANCE}
+        if self.latency is not None:
+            violations |= self.latency.record(trial, selection.arch, latency_budget)
+        for name, violation in violations.items():
+            trial.set_constraint(name, violation)
+        _write_dashboard_constraint(trial, list(violations.values()))
         return param_ratio
 
     def _score(self, trial: optuna.Trial, selection: Selection) -> ProxyScore:
@@ -219,8 +239,8 @@ class _Objective:
             raise
 
 
-def _write_dashboard_constraint(trial: optuna.Trial, violation: float) -> None:
+def _write_dashboard_constraint(trial: optuna.Trial, violations: list[float]) -> None:
     """Samplers read Optuna 5's named constraint; optuna-dashboard (0.21) still reads the plain
     "constraints" system attribute, which Optuna 5 no longer writes and has no public setter for:
     this is the one place that uses the trial's private id."""
-    trial.storage.set_trial_system_attr(trial._trial_id, "constraints", [violation])
+    trial.storage.set_trial_system_attr(trial._trial_id, "constraints", violations)

@@ -42,7 +42,8 @@ _MAX_ENTRIES_CHECKED = 10_000
 
 
 def check_spec_limits(spec: JobSpec, settings: Settings) -> None:
-    """``n_trials``, calibration size and recovery steps within the settings; text fields storable as text."""
+    """``n_trials``, calibration size, recovery steps and a latency setting's batch and context within
+    the settings; text fields storable as text."""
     calibration = spec.calibration
     breaches = [
         ("n_trials", spec.n_trials, settings.max_trials, "max_trials"),
@@ -57,6 +58,10 @@ def check_spec_limits(spec: JobSpec, settings: Settings) -> None:
     ]
     if spec.recovery is not None:
         breaches.append(("recovery.steps", spec.recovery.steps, settings.max_recovery_steps, "max_recovery_steps"))
+    if spec.uses_latency:
+        setting = spec.target.latency
+        breaches.append(("target.latency.batch", setting.batch, settings.max_latency_batch, "max_latency_batch"))
+        breaches.append(("target.latency.context", setting.context, settings.max_seq_len, "max_seq_len"))
     errors = [
         {"loc": ["body", *field.split(".")], "msg": f"above {setting} = {limit}", "type": setting}
         for field, value, limit, setting in breaches

@@ -155,6 +155,8 @@ class TrialResult(Base):
     error: Mapped[str | None] = mapped_column(Text)
     # Calibration tokens that scored the trial (the token schedule of a multi-fidelity proxy); null: all.
     tokens: Mapped[int | None] = mapped_column(BigInteger)
+    # Latency jobs: the time per step predicted from the measured latency table; null for other jobs.
+    latency_ms: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 

@@ -9,11 +9,13 @@ twice. Floats and JSON are scrubbed of NaN/inf on the way in (``service.jsonsafe
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
 from pydantic import BaseModel
-from sqlalchemy import CursorResult, Result, and_, func, inspect, literal, null, or_, select, update
+from sqlalchemy import CursorResult, Result, and_, bindparam, func, inspect, literal, null, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -26,6 +28,7 @@ from service.notify.events import event_name
 from service.states import COMPLETED_TRIAL_STATES, JobStatus, TrialState
 
 __all__ = [
+    "JobStamp",
     "claim_delivery_attempt",
     "claim_job",
     "claim_orphans",
@@ -39,6 +42,7 @@ __all__ = [
     "get_trial",
     "heartbeat",
     "is_cancel_requested",
+    "job_stamp",
     "list_complete_trials",
     "list_jobs",
     "list_trials",
@@ -60,6 +64,59 @@ __all__ = [
 
 def get_job(session: Session, job_id: str) -> Job | None:
     return session.get(Job, job_id)
+
+
+@dataclass(frozen=True)
+class JobStamp:
+    """Who owns a job, and which version of it and its trials is stored: small columns, no JSON.
+
+    Every write that changes what a poll shows (the job's fields, a trial, a verification, a
+    webhook delivery) sets ``updated_at``, so an unchanged stamp means unchanged job and trials;
+    the counters and status are in it as well, so two writes within one clock tick still differ.
+    """
+
+    owner: str | None
+    updated_at: datetime
+    status: str
+    trials_completed: int
+    trials_failed: int
+    cancel_requested: bool
+
+    def version(self) -> tuple[object, ...]:
+        return (
+            self.updated_at.isoformat(),
+            self.status,
+            self.trials_completed,
+            self.trials_failed,
+            self.cancel_requested,
+        )
+
+    @classmethod
+    def from_columns(cls, values: Sequence[Any]) -> JobStamp | None:
+        """From the values of ``JOB_STAMP_COLUMNS`` in a row (all null: no such job)."""
+        return None if values[1] is None else cls(*values)
+
+
+# Plain table columns (not ORM attributes): a read of them skips the ORM's per-statement work.
+_job = Job.__table__.c
+JOB_STAMP_COLUMNS = (
+    _job.owner,
+    _job.updated_at,
+    _job.status,
+    _job.trials_completed,
+    _job.trials_failed,
+    _job.cancel_requested,
+)
+
+
+# Built once: the statement's construction would cost more than its run.
+_JOB_STAMP = select(*JOB_STAMP_COLUMNS).where(_job.id == bindparam("job_id"))
+
+
+def job_stamp(session: Session, job_id: str) -> JobStamp | None:
+    """The job's ``JobStamp``, or ``None`` if there is no such job. One indexed read of small columns."""
+    row = session.connection().execute(_JOB_STAMP, {"job_id": job_id}).one_or_none()
+    return None if row is None else JobStamp.from_columns(row)
 
 
 def require_job(session: Session, job_id: str) -> Job:
@@ -349,6 +406,12 @@ def heartbeat(session: Session, job_id: str) -> None:
     _update_job(session, job_id, heartbeat_at=utcnow())
 
 
+def best_score(session: Session, job_id: str) -> float | None:
+    """The proxy score of the job's best so far (any worker's), without loading the job."""
+    best = session.scalar(select(Job.best).where(Job.id == job_id))
+    return None if best is None else best.get("score")
+
+
 def set_best(session: Session, job_id: str, best: BestEntry) -> None:
     _update_job(session, job_id, best=_stored(best), updated_at=utcnow())
 
@@ -422,6 +485,7 @@ def claim_delivery_attempt(session: Session, delivery_id: int, *, attempts_befor
     )
     if _rowcount(session.execute(stmt, execution_options={"synchronize_session": False})) != 1:
         return None
+    _touch_delivery_job(session, delivery_id)
     return session.get(WebhookDelivery, delivery_id, populate_existing=True)
 
 
@@ -434,6 +498,16 @@ def record_delivery_attempt(
         values["finished_at"] = utcnow()
     session.execute(
         update(WebhookDelivery).where(WebhookDelivery.id == delivery_id).values(**values),
+        execution_options={"synchronize_session": False},
+    )
+    _touch_delivery_job(session, delivery_id)
+
+
+def _touch_delivery_job(session: Session, delivery_id: int) -> None:
+    # The job's representation lists its deliveries: a delivery's change is a new version of the job.
+    owner_job = select(WebhookDelivery.job_id).where(WebhookDelivery.id == delivery_id).scalar_subquery()
+    session.execute(
+        update(Job).where(Job.id == owner_job).values(updated_at=utcnow()),
         execution_options={"synchronize_session": False},
     )
 
@@ -473,6 +547,7 @@ def record_verification(session: Session, job_id: str, number: int, verification
     )
     if _rowcount(session.execute(stmt, execution_options={"synchronize_session": False})) == 0:
         raise NotFound(f"trial {number} of job {job_id!r} is not recorded")
+    _update_job(session, job_id, updated_at=utcnow())  # a new version of the job's trials (JobStamp)
     _forget_trial(session, job_id, number)
 
 

@@ -80,7 +80,10 @@ class Settings(BaseSettings):
     max_calibration_samples: int = Field(
         default=1024, ge=1, description="Upper bound of calibration.n_samples and calibration.heldout_samples."
     )
-    max_seq_len: int = Field(default=4096, ge=16, description="Upper bound of calibration.seq_len.")
+    max_seq_len: int = Field(
+        default=4096, ge=16, description="Upper bound of calibration.seq_len and target.latency.context."
+    )
+    max_latency_batch: int = Field(default=256, ge=1, description="Upper bound of target.latency.batch.")
     max_active_jobs_per_key: int = Field(default=8, ge=1, description="Queued + running jobs one owner may have.")
     max_submissions_per_minute: int = Field(default=30, ge=1, description="Jobs one owner may submit per minute.")
     # --- webhooks (README "Webhooks"): what a job's notify.url may be, and how events are delivered ---

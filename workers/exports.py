@@ -58,17 +58,22 @@ def write_export(
 
 def export_report(context: SearchContext, info: ExportInfo, *, settings: WorkerSettings) -> ExportReport:
     """The report's figures of the exported best model, its speed measured beside the dense model on
-    the worker's device in the export's precision (only for the best: trial exports on request skip it)."""
+    the worker's device in the export's precision (only for the best: trial exports on request skip it).
+
+    Not for a model split over devices: its timings would be the transfers', and the export, moved
+    to the main device beside it, may not fit there."""
     from search.export import load_pruned
     from search.speed import speed_report
 
-    speed = speed_report(
-        load_pruned(info.directory),
-        context.loaded,
-        settings.speed,
-        pruned_size=info.weights_bytes,
-        dense_size=info.dense_weights_bytes,
-    )
+    speed = None
+    if not context.loaded.split:
+        speed = speed_report(
+            load_pruned(info.directory),
+            context.loaded,
+            settings.speed,
+            pruned_size=info.weights_bytes,
+            dense_size=info.dense_weights_bytes,
+        )
     return ExportReport(
         name=info.directory.name,
         kind=info.kind,
@@ -113,6 +118,7 @@ def report(
         pareto=result.pareto,
         trust=result.trust,
         recovery=recovery.report if recovery is not None else None,
+        latency=result.latency,
     )
 
 

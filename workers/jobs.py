@@ -112,7 +112,7 @@ def _search(
         study_name=study_name(job_id),
         storage=storage,
         hooks=SearchHooks(
-            on_trial=[_TrialRecorder(sessions, job_id)],
+            on_trial=[TrialRecorder(sessions, job_id)],
             should_stop=lambda: _cancel_requested(sessions, job_id),
             on_primed=lambda remaining: _offer_chunks(job_id, remaining, settings),
         ),
@@ -197,7 +197,7 @@ def evaluate_chunk(
         storage=_storage(settings),
         max_trials=max(settings.chunk_trials, 1),
         hooks=SearchHooks(
-            on_trial=[_TrialRecorder(sessions, job_id)], should_stop=lambda: not _still_running(sessions, job_id)
+            on_trial=[TrialRecorder(sessions, job_id)], should_stop=lambda: not _still_running(sessions, job_id)
         ),
         metanet_store=MetaNetStore(settings.data_dir / "metanet"),
     )
@@ -268,7 +268,7 @@ class _PhaseRecorder:
             repository.set_phase(session, self.job_id, self.name, done, total)
 
 
-class _TrialRecorder:
+class TrialRecorder:
     """Optuna callback: write each finished trial, and the best so far, as soon as it finishes."""
 
     def __init__(self, sessions: sessionmaker[Session], job_id: str) -> None:
@@ -281,9 +281,8 @@ class _TrialRecorder:
         info = describe_trial(trial)
         with session_scope(self.sessions) as session:
             repository.record_trial(session, self.job_id, info)
-            job = repository.get_job(session, self.job_id)
             # Other workers of the job record their trials too: compare with the job's best, not ours.
-            best = (job.best or {}).get("score") if job is not None else None
+            best = repository.best_score(session, self.job_id)
             if info.value is not None and (best is None or info.value > best):
                 repository.set_best(session, self.job_id, best_entry(info, verified=None))
 

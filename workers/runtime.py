@@ -39,7 +39,7 @@ def prepare_spec(
 
     spec = JobSpec.model_validate(spec_data)
     check_local_paths(spec, settings, owner)
-    return prepare_job(spec, models=models, device=settings.device)
+    return prepare_job(spec, models=models, device=settings.device, max_memory=settings.max_memory)
 
 
 @lru_cache(maxsize=1)
@@ -47,7 +47,8 @@ def models() -> ModelCache:
     from search.loading import ModelCache  # torch is imported here, in the worker child, not before fork
 
     # Artifacts computed from a model's weights (PruneNet's policy and tables) outlive the process.
-    return ModelCache(artifacts=get_worker_settings().artifact_cache_dir)
+    settings = get_worker_settings()
+    return ModelCache(artifacts=settings.artifact_cache_dir, offload_folder=settings.offload_dir)
 
 
 def reset() -> None:

@@ -1,4 +1,4 @@
-"""What only workers read: their device, heartbeats, the reaper's timing, trial retries, chunks.
+"""What only workers read: their device(s), heartbeats, the reaper's timing, trial retries, chunks.
 
 ``WorkerSettings`` extends the service's ``Settings`` (database, broker, artifacts, model roots:
 what the API and the workers share), read from the same ``PRUNESEARCH_*`` variables, so one
@@ -10,9 +10,10 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from search.placement import parse_max_memory
 from search.results import SpeedWorkload
 from service.settings import Settings
 
@@ -27,6 +28,13 @@ class WorkerSettings(Settings):
 
     device: str | None = Field(
         default=None, description="Worker's torch device (cuda, cuda:1, cpu); unset or 'auto' picks CUDA if present."
+    )
+    max_memory: dict[str, str | int] | None = Field(
+        default=None,
+        description="Split models over devices by decoder layer, each holding at most this much of the weights: "
+        'JSON, e.g. {"0": "60GiB", "1": "60GiB", "cpu": "100GiB", "disk": "500GiB"} (GPU indices, cpu, disk; '
+        "cpu and disk beside a GPU are offload). Unset: one device, or all visible GPUs when the model does "
+        "not fit the first. Replaces device.",
     )
     # --- reliability: how fast a dead worker's job is noticed and resumed ---
     # A SIGKILLed worker's job runs again within job_stale_after_s + reaper_interval_s (~35 s) of
@@ -57,6 +65,13 @@ class WorkerSettings(Settings):
     # field is read from PRUNESEARCH_SPEED_<FIELD> (PRUNESEARCH_SPEED_REPEATS=3: speed.repeats).
     speed: SpeedWorkload = Field(default_factory=SpeedWorkload, description="The speed report's workload.")
 
+    @field_validator("max_memory")
+    @classmethod
+    def _readable_max_memory(cls, value: dict[str, str | int] | None) -> dict[str, str | int] | None:
+        if value is not None:
+            parse_max_memory(value)  # fails at start-up, with the device or size at fault
+        return value
+
     @model_validator(mode="after")
     def _consistent_timing(self) -> WorkerSettings:
         if self.job_stale_after_s < 2 * self.job_heartbeat_s:
@@ -69,6 +84,11 @@ class WorkerSettings(Settings):
                 f"trial_grace_s ({self.trial_grace_s}) must exceed trial_heartbeat_s ({self.trial_heartbeat_s})"
             )
         return self
+
+    @property
+    def offload_dir(self) -> Path:
+        """Where layers a maximum-memory setting puts on ``disk`` are memory-mapped (unlinked at once)."""
+        return self.data_dir / "cache" / "offload"
 
     @property
     def artifact_cache_dir(self) -> Path:

@@ -90,7 +90,11 @@ class TraceNAS(Proxy):
             return self._memo[1]
         candidate = self._sketch(selection, timings)
         started = time.perf_counter()
-        terms = {block: pearson_tensors(_flat(candidate[block]), _flat(self._dense[block])) for block in candidate}
+        terms = {}
+        for block, parts in candidate.items():
+            dense = _flat(self._dense[block])
+            # A model split over devices sketches each layer where it runs; the dense sketch is on the main one.
+            terms[block] = pearson_tensors(_flat(parts).to(dense.device), dense)
         timings["correlation_s"] = time.perf_counter() - started
         self._memo = (selection, terms)
         return terms
@@ -136,7 +140,8 @@ class TraceNAS(Proxy):
                 sliced = slices.get(module)
                 if sliced is not None and sliced.cols is not None:
                     # A gathered input is the full one without the pruned (zero) columns: same X·R.
-                    projection = self._projection(sliced.in_features, x).index_select(0, sliced.cols)
+                    # (cols are where the weight is stored: elsewhere for an offloaded layer)
+                    projection = self._projection(sliced.in_features, x).index_select(0, sliced.cols.to(x.device))
                 else:
                     projection = self._projection(x.shape[-1], x)
                 xr = (x @ projection).flatten(0, -2)  # (B*T, r)
@@ -147,7 +152,7 @@ class TraceNAS(Proxy):
                     if sliced is not None and sliced.rows is not None:
                         # Pruned outputs get no gradient: zero rows, as at full width.
                         full = g.new_zeros(sliced.out_features, g.shape[1])
-                        g = full.index_copy_(0, sliced.rows, g)
+                        g = full.index_copy_(0, sliced.rows.to(g.device), g)
                     store = sketches.setdefault(block, {})
                     store[name] = store[name] + g if name in store else g
 

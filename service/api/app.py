@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from service.api.auth import API_GUARDS, GUARDED_RESPONSES, install_auth
+from service.api.conditional import RenderedBodies
 from service.api.metrics import install_metrics
 from service.api.middleware import install_limits
 from service.api.openapi import install_openapi
@@ -21,6 +22,8 @@ from service.db import make_engine, make_sessionmaker
 from service.settings import Settings, get_settings
 
 API_VERSION = "0.1.0"
+# Rendered poll bodies kept per process (service.api.conditional): a few hundred jobs' pages.
+RENDERED_BODIES_BYTES = 32 * 2**20
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -48,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)
     app.state.celery = celery_app
+    app.state.rendered_bodies = RenderedBodies(RENDERED_BODIES_BYTES)
     install_problem_handlers(app)
     install_openapi(app)
     install_auth(app)

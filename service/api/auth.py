@@ -45,6 +45,8 @@ __all__ = [
     "check_bind",
     "install_auth",
     "is_loopback",
+    "owned_stamp",
+    "polled_principal",
     "require_owned_job",
 ]
 
@@ -97,28 +99,39 @@ def _arrived_on_loopback(request: Request) -> bool:
 
 
 def _authorize(
-    request: Request,
-    session: SessionDep,
-    settings: SettingsDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
 ) -> None:
     """``API_GUARDS``: who is calling, and whether the path's ``{job_id}`` is theirs, in one step.
 
-    One thread-pool step and one connection checkout per request: the principal and the job are
-    kept on ``request.state`` (the job also stays in the session's identity map, so the route's
-    own ``require_owned_job`` costs no query).
+    One thread-pool step, one connection checkout and (with a key) one query per request: the
+    principal and the job's stamp (owner and stored version, no JSON: ``repository.JobStamp``)
+    are kept on ``request.state``. A polled route answers from the stamp alone when nothing
+    changed (``service.api.conditional``); the others load the job themselves.
+
+    Its own short session, and the settings from the app, rather than ``SessionDep`` and
+    ``SettingsDep``: FastAPI solves each dependency of each request anew (a shared one too), and
+    on a poll that bookkeeping cost more CPU than the query.
     """
-    try:
-        principal = _principal(request, session, settings, credentials)
+    settings: Settings = request.app.state.settings
+    with request.app.state.sessionmaker() as session:
+        # A read-only step: no transaction (no BEGIN and COMMIT round trips around its one query).
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
         job_id = request.path_params.get("job_id")
-        if job_id is not None:
-            request.state.job = require_owned_job(session, str(job_id), principal)
-        request.state.principal = principal
-    finally:
-        _release_connection(session)
+        wanted = str(job_id) if job_id is not None and _JOB_ID.fullmatch(str(job_id)) else None
+        principal, stamp = _principal_and_stamp(request, session, settings, credentials, wanted)
+    if job_id is not None:
+        if stamp is None or stamp.owner != principal.owner:
+            raise NotFound(f"job {job_id!r} does not exist")
+        request.state.job_stamp = stamp
+    request.state.principal = principal
 
 
 async def _current_principal(request: Request) -> Principal:
+    return polled_principal(request)
+
+
+def polled_principal(request: Request) -> Principal:
+    """The caller ``API_GUARDS`` found for this request."""
     principal: Principal | None = getattr(request.state, "principal", None)
     if principal is None:  # a route outside API_GUARDS: refuse rather than guess
         raise Unauthorized(
@@ -135,17 +148,39 @@ def _release_connection(session: Session) -> None:
     session.commit()
 
 
+def _principal_and_stamp(
+    request: Request,
+    session: Session,
+    settings: Settings,
+    credentials: HTTPAuthorizationCredentials | None,
+    job_id: str | None,
+) -> tuple[Principal, repository.JobStamp | None]:
+    """The caller and the stamp of job ``job_id`` (``None`` if none asked or no such job): one read
+    for a caller with a key, who is every caller on a server that has keys."""
+    if credentials is not None:
+        key, stamp = apikeys.verify_key_and_stamp(session, credentials.credentials, job_id)
+        if key is None:
+            raise _invalid_key()
+        return Principal(owner=key.owner, key_id=key.id), stamp
+    principal = _principal(request, session, settings, None)
+    return principal, repository.job_stamp(session, job_id) if job_id is not None else None
+
+
+def _invalid_key() -> Unauthorized:
+    return Unauthorized(
+        "the API key is unknown, malformed or revoked",
+        headers={"WWW-Authenticate": f'{_CHALLENGE}, error="invalid_token"'},
+    )
+
+
 def _principal(
     request: Request, session: Session, settings: Settings, credentials: HTTPAuthorizationCredentials | None
 ) -> Principal:
     if credentials is not None:
-        row = apikeys.verify_key(session, credentials.credentials)
-        if row is None:
-            raise Unauthorized(
-                "the API key is unknown, malformed or revoked",
-                headers={"WWW-Authenticate": f'{_CHALLENGE}, error="invalid_token"'},
-            )
-        return Principal(owner=row.owner, key_id=row.id)
+        key = apikeys.verify_key(session, credentials.credentials)
+        if key is None:
+            raise _invalid_key()
+        return Principal(owner=key.owner, key_id=key.id)
     if apikeys.any_active_key(session):
         raise Unauthorized(
             "this server requires an API key: send 'Authorization: Bearer <key>'",
@@ -197,10 +232,32 @@ def require_owned_job(session: Session, job_id: str, principal: Principal) -> Jo
     return job
 
 
+def owned_stamp(request: Request, job_id: str, principal: Principal) -> repository.JobStamp:
+    """The stamp ``API_GUARDS`` read for this request's job, checked again against ``principal``.
+
+    Reads nothing (``async`` routes call it in the event loop); a route the guard did not run for
+    is refused rather than answered unchecked.
+    """
+    stamp: repository.JobStamp | None = getattr(request.state, "job_stamp", None)
+    if stamp is None or request.path_params.get("job_id") != job_id:
+        raise Unauthorized(
+            "this route is not behind the API's authentication", headers={"WWW-Authenticate": _CHALLENGE}
+        )
+    if stamp.owner != principal.owner:
+        raise NotFound(f"job {job_id!r} does not exist")
+    return stamp
+
+
 # Include every /v1 router with ``dependencies=API_GUARDS, responses=GUARDED_RESPONSES``: the
 # second documents the 401 the first can answer, so the published schema stays true. (A route
 # with a {job_id} documents its 404 itself.)
-API_GUARDS: list[DependsParam] = [Depends(_authorize)]
+#
+# At most GUARD_CONCURRENCY guards run at once (the others wait in the event loop, holding no
+# thread and no connection): with 200 concurrent polls, 200 threads contending for the GIL and
+# for the database pool's 15 connections cost three times the CPU per request of 4 threads
+# taking turns, and served fewer requests than 4 or 8 (benchmarks/load.py, 200 pollers).
+GUARD_CONCURRENCY = 4
+API_GUARDS: list[DependsParam] = [Depends(_authorize, max_concurrency=GUARD_CONCURRENCY)]
 GUARDED_RESPONSES: dict[int | str, dict[str, Any]] = problem_responses(401)
 
 

@@ -15,7 +15,7 @@ from search.pareto import job_front
 from search.results import VALUES_DESCRIPTION, BestEntry, Figures, TrialInfo
 from search.spec import MAX_TRIALS_HARD_LIMIT, JobSpec, SearchSpace
 from service.api.exports import Export
-from service.models import Job, TrialResult, WebhookDelivery, utcnow
+from service.models import Job, TrialResult, WebhookDelivery
 from service.notify.urls import MAX_URL_LENGTH
 from service.states import JobStatus, TrialState
 
@@ -44,7 +44,9 @@ class Progress(BaseModel):
     trials_total: int
     fraction: float = Field(description="Finished trials (completed + failed) over the total, in [0, 1].")
     eta_seconds: float | None = Field(
-        description="Estimated seconds left; null unless the job is running and has finished a trial."
+        description="Estimated seconds left as of the job's updated_at (its last change; subtract the time "
+        "since then for now), so an unchanged job reads the same; null unless it is running and has "
+        "finished a trial."
     )
     phase: Phase | None = Field(
         default=None, description="The job's phase after its trials (recovery), once it has reached one."
@@ -62,6 +64,7 @@ class JobLinks(BaseModel):
     model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
 
     self_: str = Field(alias="self")
+    spec: str = Field(description="The whole specification, inline calibration texts included.")
     trials: str
     cancel: str
     resume: str
@@ -126,11 +129,28 @@ class NotifyOut(BaseModel):
     deliveries: list[DeliveryOut] = Field(description="One per time the job ended, oldest first.")
 
 
+# Parts of a stored spec that a poll does not carry: (path, what to say instead). Inline calibration
+# texts can be megabytes, and a client polling a job every few seconds needs them never.
+OMITTED_SPEC_PARTS: tuple[tuple[str, ...], ...] = (("calibration", "texts"),)
+
+
+class OmittedPart(BaseModel):
+    items: int = Field(description="Entries of the list left out.")
+    chars: int = Field(description="Characters of text left out.")
+
+
 class JobOut(BaseModel):
     id: str
     status: JobStatus
     model: str
-    spec: dict[str, Any] = Field(description="The accepted job specification, with defaults filled in.")
+    spec: dict[str, Any] = Field(
+        description="The accepted job specification, with defaults filled in, less its large parts "
+        "(inline calibration texts; see spec_omitted): links.spec returns the whole."
+    )
+    spec_omitted: dict[str, OmittedPart] = Field(
+        default_factory=dict,
+        description="What spec leaves out, by dotted path (e.g. 'calibration.texts'); empty when nothing.",
+    )
     progress: Progress
     best: BestOut | None
     error: str | None
@@ -144,14 +164,17 @@ class JobOut(BaseModel):
     notify: NotifyOut | None = Field(default=None, description="The job's webhook and its deliveries, if it has one.")
 
     @classmethod
-    def from_row(cls, job: Job, *, now: datetime | None = None) -> JobOut:
+    def from_row(cls, job: Job) -> JobOut:
+        """The job as polls see it: a pure function of the row, so one stored version has one body."""
         path = job_path(job.id)
+        spec, omitted = _poll_spec(job.spec)
         return cls(
             id=job.id,
             status=JobStatus(job.status),
             model=job.model,
-            spec=job.spec,
-            progress=_progress(job, now or utcnow()),
+            spec=spec,
+            spec_omitted=omitted,
+            progress=_progress(job),
             best=BestOut.model_validate(job.best) if job.best is not None else None,
             error=job.error,
             cancel_requested=job.cancel_requested,
@@ -160,7 +183,13 @@ class JobOut(BaseModel):
             started_at=job.started_at,
             finished_at=job.finished_at,
             updated_at=job.updated_at,
-            links=JobLinks(self_=path, trials=f"{path}/trials", cancel=f"{path}/cancel", resume=f"{path}/resume"),
+            links=JobLinks(
+                self_=path,
+                spec=f"{path}/spec",
+                trials=f"{path}/trials",
+                cancel=f"{path}/cancel",
+                resume=f"{path}/resume",
+            ),
             notify=_notify(job),
         )
 
@@ -171,13 +200,28 @@ def _notify(job: Job) -> NotifyOut | None:
     return NotifyOut(url=job.notify["url"], deliveries=[DeliveryOut.from_row(d) for d in job.deliveries])
 
 
-def _progress(job: Job, now: datetime) -> Progress:
+def _poll_spec(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, OmittedPart]]:
+    """``spec`` less ``OMITTED_SPEC_PARTS`` (copied only where something is left out), and what was."""
+    omitted: dict[str, OmittedPart] = {}
+    for parent_key, key in OMITTED_SPEC_PARTS:
+        parent = spec.get(parent_key)
+        if not isinstance(parent, dict) or parent.get(key) is None:
+            continue
+        value = parent[key]
+        texts = value if isinstance(value, list) else [value]
+        omitted[f"{parent_key}.{key}"] = OmittedPart(items=len(texts), chars=sum(len(str(text)) for text in texts))
+        spec = {**spec, parent_key: {name: item for name, item in parent.items() if name != key}}
+    return spec, omitted
+
+
+def _progress(job: Job) -> Progress:
     finished = job.trials_completed + job.trials_failed
     total = job.trials_total
     eta: float | None = None
     if job.status == JobStatus.RUNNING and finished > 0 and job.started_at is not None:
-        # Linear extrapolation from the average time per finished trial so far.
-        elapsed = max((now - job.started_at).total_seconds(), 0.0)
+        # Linear extrapolation from the average time per finished trial, as of the job's last change
+        # (not the clock), so that the body of an unchanged job, and its ETag, stay the same.
+        elapsed = max((job.updated_at - job.started_at).total_seconds(), 0.0)
         eta = elapsed / finished * max(total - finished, 0)
     return Progress(
         trials_completed=job.trials_completed,
@@ -226,9 +270,26 @@ class Objective(BaseModel):
     direction: Literal["maximize", "minimize"]
 
 
+class ParetoPoint(TrialOut):
+    """A trial on the front; a latency job's point says its predicted and (verified) measured latency."""
+
+    measured_latency_ms: float | None = Field(
+        default=None,
+        description="Latency jobs: the time per step measured on the candidate's exported model (verified "
+        "candidates only; also verified.latency_ms); latency_ms is the prediction.",
+    )
+
+    @classmethod
+    def from_row(cls, trial: TrialResult) -> ParetoPoint:
+        point = cls.model_validate(trial, from_attributes=True)
+        measured = (trial.verified or {}).get("latency_ms")
+        number = isinstance(measured, int | float) and not isinstance(measured, bool)
+        return point.model_copy(update={"measured_latency_ms": float(measured) if number else None})
+
+
 class ParetoFront(BaseModel):
     objectives: list[Objective] = Field(description="What the front trades off, in the order of a trial's values.")
-    items: list[TrialOut] = Field(description="The non-dominated complete trials, by param_ratio ascending.")
+    items: list[ParetoPoint] = Field(description="The non-dominated complete trials, by param_ratio ascending.")
 
     @classmethod
     def of_job(cls, job: Job, complete_trials: Sequence[TrialResult]) -> ParetoFront:
@@ -236,7 +297,7 @@ class ParetoFront(BaseModel):
         objectives, front = job_front(job.spec.get("objectives") or ["score"], complete_trials)
         return cls(
             objectives=[Objective(name=name, direction=direction) for name, direction in objectives],
-            items=[TrialOut.from_row(trial) for trial in front],
+            items=[ParetoPoint.from_row(trial) for trial in front],
         )
 
 
@@ -323,7 +384,7 @@ class ComparedJob(BaseModel):
             id=job.id,
             status=JobStatus(job.status),
             spec=SpecSummary.from_spec(job.spec),
-            progress=_progress(job, utcnow()),
+            progress=_progress(job),
             pareto=ParetoFront.of_job(job, complete_trials),
             best=BestOut.model_validate(job.best) if job.best is not None else None,
             verified=VerifiedFigures.of_job(job),

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -64,3 +66,33 @@ def test_scaling_benchmark_runs_two_cpu_workers_on_one_study(tmp_path: Path) -> 
     assert one["trials_per_min"] > 0 and two["trials_per_min"] > 0
     text = out.read_text()
     assert "| 2 | cpu, cpu |" in text and text.count("<!-- scaling: tiny per_layer gpus=cpu -->") == 1
+
+
+def test_latency_benchmark_runs_on_a_tiny_shape(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In this process (torch is imported already): the benchmark's searches and timings on the CPU."""
+    import optuna
+
+    from benchmarks import latency
+
+    out = tmp_path / "performance.md"
+    monkeypatch.setattr(sys, "argv", [
+        "latency.py", "--shapes", "tiny", "--context", "16", "--decode-batches", "1,2", "--prefill-batch", "2",
+        "--trials", "2", "--tokens", "128", "--seq-len", "32", "--out", str(out),
+        "--latency-ratio", "1.0",  # feasible whatever a noisy CPU makes of the sub-blocks' costs
+    ])  # fmt: skip
+    verbosity = optuna.logging.get_verbosity()
+    try:
+        latency.main()
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    (shape,) = json.loads((tmp_path / "performance-latency.json").read_text())["shapes"]
+    assert set(shape["candidates"]) == {"dense", "latency-targeted", "parameter-targeted"}
+    for candidate in shape["candidates"].values():
+        for label in ("decode b1", "decode b2", "prefill b2"):
+            assert candidate[label]["measured_ms"] > 0 and candidate[label]["predicted_ms"] > 0
+    # The parameter-targeted search ran at the count the latency-targeted best reached.
+    latency_ratio, params_ratio = shape["latency_search"]["param_ratio"], shape["params_search"]["param_ratio"]
+    assert abs(params_ratio - latency_ratio) <= 0.011 * latency_ratio
+    assert set(shape["alignment"]) == {"decode b2", "prefill"}
+    text = out.read_text()
+    assert "<!-- latency -->" in text and "| latency-targeted |" in text and "MLP (gate, up, down)" in text

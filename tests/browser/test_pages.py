@@ -75,6 +75,17 @@ def finished_job(browser: Any, server: str, tiny_llama_dir: Path, screenshot_dir
     page.click("#submit-job")
     page.wait_for_url(re.compile(r".*/jobs/[0-9a-f]+$"))
     job_id = _job_id(page)
+    # Each answer to the page's polls of the job: its status and the If-None-Match the page sent.
+    polls: list[tuple[int, str | None]] = []
+    job_url = f"{server}/v1/jobs/{job_id}"
+    page.on(
+        "response",
+        lambda response: (
+            polls.append((response.status, response.request.headers.get("if-none-match")))
+            if response.url == job_url
+            else None
+        ),
+    )
 
     fractions: list[float] = []
     statuses: list[str] = []
@@ -101,6 +112,7 @@ def finished_job(browser: Any, server: str, tiny_llama_dir: Path, screenshot_dir
         "statuses": statuses,
         "errors": errors,
         "foreign": foreign,
+        "polls": polls,
     }
     page.context.close()
     return observed
@@ -173,6 +185,10 @@ def test_a_job_submitted_through_the_form_runs_to_completion_on_its_page(
     fractions = finished_job["fractions"]
     assert any(0 < f < 1 for f in fractions), f"the progress bar never moved between 0 and 1: {fractions}"
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    # The page polls conditionally: after its first answer, each poll sends the last ETag back.
+    polls = finished_job["polls"]
+    assert len(polls) >= 2 and {status for status, _ in polls} <= {200, 304}, polls
+    assert all(sent for _, sent in polls[1:]), polls
 
     job = api.get(f"/v1/jobs/{job_id}").json()
     trials = _all_trials(api, job_id)
@@ -754,6 +770,31 @@ def test_the_target_label_never_covers_a_point_at_phone_width(browser: Any, serv
            }"""
     )
     assert overlaps == 0
+    page.context.close()
+
+
+def test_a_latency_front_is_drawn_against_predicted_milliseconds(browser: Any, server: str) -> None:
+    """A latency job's scatter (objectives ["score", "latency"]): x is the predicted ms per step, in plain numbers."""
+    page = new_page(browser, viewport=LAPTOP)
+    page.goto(f"{server}/static/favicon.svg")  # any same-origin page can import the modules
+    drawn = page.evaluate(
+        """async () => {
+             const { drawScatter } = await import('/static/plot.js');
+             const box = document.createElementNS('http://www.w3.org/1999/xhtml', 'div');
+             box.style.width = '640px';
+             document.documentElement.append(box);
+             const points = [4.2, 6.5, 9.8].map((x, i) => ({ number: i, x, y: -0.1 + i / 20 }));
+             drawScatter(box, { points, front: new Set([0, 1, 2]), xLabel: 'predicted ms per step', xPercent: false });
+             return {
+               labels: [...box.querySelectorAll('.axis-label')].map(t => t.textContent),
+               ticks: [...box.querySelectorAll('.tick')].map(t => t.textContent),
+               title: box.querySelector('title').textContent,
+             };
+           }"""
+    )
+    assert "predicted ms per step" in drawn["labels"]
+    assert drawn["ticks"] and not any(tick.endswith("%") for tick in drawn["ticks"])
+    assert drawn["title"].endswith("against predicted ms per step")
     page.context.close()
 
 

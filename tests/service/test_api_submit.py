@@ -52,6 +52,7 @@ def test_submit_answers_202_with_location_and_enqueues_by_id(
     assert job["best"] is None and job["error"] is None and job["cancel_requested"] is False
     assert job["links"] == {
         "self": f"/v1/jobs/{job['id']}",
+        "spec": f"/v1/jobs/{job['id']}/spec",
         "trials": f"/v1/jobs/{job['id']}/trials",
         "cancel": f"/v1/jobs/{job['id']}/cancel",
         "resume": f"/v1/jobs/{job['id']}/resume",
@@ -126,6 +127,39 @@ REJECTIONS: list[tuple[str, _Build, int, str]] = [
         422,
         "embeddings alone are 0.307",
     ),
+    ("latency_ratio 0", lambda m, t: job_spec(m, target={"latency_ratio": 0}), 422, "body.target.latency_ratio"),
+    ("latency_ratio 1.5", lambda m, t: job_spec(m, target={"latency_ratio": 1.5}), 422, "body.target.latency_ratio"),
+    (
+        "unknown latency phase",
+        lambda m, t: job_spec(m, target={"latency_ratio": 0.5, "latency": {"phase": "train"}}),
+        422,
+        "body.target.latency.phase",
+    ),
+    (
+        "latency batch above the server's limit",
+        lambda m, t: job_spec(m, target={"latency_ratio": 0.5, "latency": {"batch": 300}}),
+        422,
+        "target.latency.batch 300 is above this server's limit of 256",
+    ),
+    (
+        "latency context above the server's limit",
+        lambda m, t: job_spec(m, target={"latency_ratio": 0.5, "latency": {"context": 5000}}),
+        422,
+        "target.latency.context 5000 is above this server's limit",
+    ),
+    (
+        "latency context beyond the model's positions",
+        lambda m, t: job_spec(m, target={"latency_ratio": 0.5, "latency": {"context": 4000}}),
+        422,
+        "target.latency.context 4000 is beyond this model's",
+    ),
+    (
+        "latency objective with the standard export",
+        lambda m, t: job_spec(m, objectives=["score", "latency"], search_space={"export_format": "standard"}),
+        422,
+        "needs export_format 'per_layer'",
+    ),
+    ("no budget at all", lambda m, t: job_spec(m, target={}), 422, "target needs param_ratio, latency_ratio or both"),
     (
         "alignment too coarse for the budget",
         lambda m, t: job_spec(m, search_space={"ffn_alignment": 64}),

@@ -120,6 +120,32 @@ def test_pareto_of_multi_objective_job_reads_values(
     assert [trial["values"] for trial in trials] == [[0.9, 0.9], [0.6, 0.5], [0.5, 0.5], [None, 0.3], None]
 
 
+def test_pareto_of_latency_job_gives_predicted_and_measured_latency(
+    pg_client: TestClient, pg_session: Session, tiny_model_config_dir: Path
+) -> None:
+    from search.results import Verification
+
+    job_id = _job(pg_session, tiny_model_config_dir)
+    job = pg_session.get(Job, job_id)
+    assert job is not None
+    job.spec = {**job.spec, "objectives": ["score", "latency"]}
+    pg_session.commit()
+    _trial(pg_session, job_id, 0, param_ratio=0.9, values=[0.9, 8.0], latency_ms=8.0)
+    _trial(pg_session, job_id, 1, param_ratio=0.5, values=[0.6, 4.0], latency_ms=4.0)
+    _trial(pg_session, job_id, 2, param_ratio=0.4, values=[0.5, 5.0], latency_ms=5.0)  # dominated by 1
+    measured = Verification(primary="kl", metrics={"kl": 0.1, "latency_ms": 4.4}, tokens=64)
+    repository.record_verification(pg_session, job_id, 1, measured)
+    pg_session.commit()
+
+    body = pg_client.get(f"/v1/jobs/{job_id}/pareto").json()
+
+    assert body["objectives"][1] == {"name": "latency", "direction": "minimize"}
+    points = {point["number"]: point for point in body["items"]}
+    assert sorted(points) == [0, 1]
+    assert points[1]["latency_ms"] == 4.0 and points[1]["measured_latency_ms"] == 4.4
+    assert points[0]["latency_ms"] == 8.0 and points[0]["measured_latency_ms"] is None  # not verified
+
+
 def test_pareto_and_report_of_unknown_job_are_404(pg_client: TestClient) -> None:
     assert_problem(pg_client.get("/v1/jobs/nope/pareto"), 404, "does not exist")
     assert_problem(pg_client.get("/v1/jobs/nope/report"), 404, "does not exist")

@@ -18,9 +18,12 @@ def test_worker_fields_come_from_the_shared_environment(tmp_path: Path, monkeypa
     monkeypatch.setenv("PRUNESEARCH_CHUNK_TRIALS", "6")
     monkeypatch.setenv("PRUNESEARCH_JOB_HEARTBEAT_S", "1")
     monkeypatch.setenv("PRUNESEARCH_JOB_STALE_AFTER_S", "4")
+    monkeypatch.setenv("PRUNESEARCH_MAX_MEMORY", '{"0": "60GiB", "cpu": "100GiB", "disk": 2000000000}')
     settings = WorkerSettings()
 
     assert (settings.device, settings.chunk_trials, settings.job_stale_after_s) == ("cpu", 6, 4)
+    assert settings.max_memory == {"0": "60GiB", "cpu": "100GiB", "disk": 2_000_000_000}
+    assert settings.offload_dir == tmp_path / "cache" / "offload"
     assert settings.database_url == Settings().database_url  # the shared part resolves alike
     assert settings.artifact_cache_dir == tmp_path / "cache" / "artifacts"
     assert not hasattr(Settings(), "chunk_trials")  # the API ignores what only workers read
@@ -34,6 +37,8 @@ def test_worker_fields_come_from_the_shared_environment(tmp_path: Path, monkeypa
         ({"chunk_trials": -1}, "greater than or equal to 0"),
         ({"speed": {"prefill_batches": [1, 0]}}, "greater than 0"),
         ({"speed": {"prefill_batches": []}}, "at least 1 item"),
+        ({"max_memory": {"0": "60 parsecs"}}, "'60 parsecs' is not a memory size"),
+        ({"max_memory": {"gpu0": "60GiB"}}, "'gpu0' is not a device of a device map"),
     ],
 )
 def test_inconsistent_timing_fails_at_start_up(values: dict[str, float], message: str) -> None:

@@ -52,6 +52,9 @@ class GPT2Adapter(Adapter):
     def embeddings(self) -> nn.Module:
         return self.model.transformer.wte
 
+    def after_layers(self) -> list[nn.Module]:
+        return [self.model.transformer.ln_f]
+
     def drop_attention(self, layer: int) -> list[Swap]:
         module = self.layers[layer]
         return [(module, "attn", Zero(returns_tuple=True)), (module, "ln_1", nn.Identity())]

@@ -52,6 +52,9 @@ class DecoderAdapter(Adapter):
     def embeddings(self) -> nn.Module:
         return self.model.model.embed_tokens
 
+    def after_layers(self) -> list[nn.Module]:
+        return [self.model.model.norm]
+
     def drop_attention(self, layer: int) -> list[Swap]:
         module = self.layers[layer]
         return [(module, "self_attn", Zero(returns_tuple=True)), (module, "input_layernorm", nn.Identity())]

@@ -1,20 +1,26 @@
-"""``/v1/jobs``: submit, list, read, list trials, cancel, resume.
+"""``/v1/jobs``: submit, list, read, read the whole spec, list trials, cancel, resume.
 
-Each route also checks ownership itself (``require_owned_job``), on top of the router's
-``service.api.auth.API_GUARDS``, so reading one route tells the whole story.
+Each route also checks ownership itself (``require_owned_job``, or ``owned_stamp`` for the polled
+reads), on top of the router's ``service.api.auth.API_GUARDS``, so reading one route tells the whole
+story. The polled reads (a job, its spec, a page of its trials) are conditional GETs
+(``service.api.conditional``): an ``ETag`` from the job's stored version, 304 for a current
+``If-None-Match``, and a body rendered once per version.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 
 from service import repository
 from service.api.auth import PrincipalDep, require_owned_job
+from service.api.conditional import conditional_response
 from service.api.deps import CeleryDep, SessionDep, SettingsDep, released
 from service.api.openapi import problem_responses
+from service.api.polls import polled
 from service.api.schemas import API_PREFIX, JobOut, JobPage, JobSubmission, ResumeIn, TrialOut, TrialPage, job_path
 from service.errors import InvalidRequest
 from service.models import IDEMPOTENCY_KEY_LENGTH
@@ -32,6 +38,13 @@ POLL_AFTER_S = 2
 
 Limit = Annotated[int | None, Query(ge=1, description="Page size: default 50, at most the server's api_page_max.")]
 Cursor = Annotated[str | None, Query(max_length=512, description="next_cursor of the previous page.")]
+IfNoneMatch = Annotated[
+    str | None,
+    Header(description="The ETag of an earlier answer: 304 without a body while nothing it shows has changed."),
+]
+NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
+    304: {"description": "Not modified: the If-None-Match tag is current (no body; the ETag header repeats it)."}
+}
 
 
 def _check_limit(limit: int | None, settings: Settings) -> int:
@@ -113,33 +126,72 @@ def list_jobs(
     return released(session, page)
 
 
-@router.get("/{job_id}", response_model=JobOut, responses=problem_responses(401, 404), summary="Read a job")
-def get_job(job_id: str, session: SessionDep, principal: PrincipalDep) -> JobOut:
-    return released(session, JobOut.from_row(require_owned_job(session, job_id, principal)))
+@router.get(
+    "/{job_id}",
+    response_model=JobOut,
+    responses=NOT_MODIFIED | problem_responses(401, 404),
+    summary="Read a job (its spec less inline calibration texts: links.spec has the whole)",
+)
+async def get_job(job_id: str, request: Request, if_none_match: IfNoneMatch = None) -> Response:
+    poll = polled(request, job_id)
+
+    def render() -> bytes:
+        with poll.session() as session:
+            return (
+                JobOut.from_row(require_owned_job(session, job_id, poll.principal))
+                .model_dump_json(by_alias=True)
+                .encode()
+            )
+
+    return await conditional_response(("job", job_id, *poll.stamp.version()), if_none_match, poll.bodies, render)
+
+
+@router.get(
+    "/{job_id}/spec",
+    response_model=dict[str, Any],
+    responses=NOT_MODIFIED | problem_responses(401, 404),
+    summary="Read a job's whole specification, inline calibration texts included",
+)
+async def get_spec(job_id: str, request: Request, if_none_match: IfNoneMatch = None) -> Response:
+    poll = polled(request, job_id)
+
+    def render() -> bytes:
+        with poll.session() as session:
+            spec = require_owned_job(session, job_id, poll.principal).spec
+        return json.dumps(spec, ensure_ascii=False, separators=(",", ":")).encode()
+
+    return await conditional_response(("spec", job_id, *poll.stamp.version()), if_none_match, poll.bodies, render)
 
 
 @router.get(
     "/{job_id}/trials",
     response_model=TrialPage,
-    responses=problem_responses(400, 401, 404, 422),
+    responses=NOT_MODIFIED | problem_responses(400, 401, 404, 422),
     summary="List a job's trials by trial number",
 )
-def list_trials(
+async def list_trials(
     job_id: str,
-    session: SessionDep,
-    settings: SettingsDep,
-    principal: PrincipalDep,
+    request: Request,
     limit: Limit = None,
     cursor: Cursor = None,
-) -> TrialPage:
-    require_owned_job(session, job_id, principal)
-    trials, next_cursor = repository.list_trials(session, job_id, limit=_check_limit(limit, settings), cursor=cursor)
-    page = TrialPage(
-        items=[TrialOut.from_row(trial) for trial in trials],
-        next_cursor=next_cursor,
-        next=_next_link(f"{job_path(job_id)}/trials", next_cursor, limit=limit),
-    )
-    return released(session, page)
+    if_none_match: IfNoneMatch = None,
+) -> Response:
+    poll = polled(request, job_id)
+    size = _check_limit(limit, poll.settings)
+
+    def render() -> bytes:
+        with poll.session() as session:
+            trials, next_cursor = repository.list_trials(session, job_id, limit=size, cursor=cursor)
+            page = TrialPage(
+                items=[TrialOut.from_row(trial) for trial in trials],
+                next_cursor=next_cursor,
+                next=_next_link(f"{job_path(job_id)}/trials", next_cursor, limit=limit),
+            )
+        return page.model_dump_json(by_alias=True).encode()
+
+    # Every write to a trial sets the job's updated_at, so the job's stamp versions its trials too.
+    key = ("trials", job_id, *poll.stamp.version(), limit, cursor)
+    return await conditional_response(key, if_none_match, poll.bodies, render)
 
 
 @router.post(

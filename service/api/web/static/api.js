@@ -88,7 +88,7 @@ export async function request(path, { method = "GET", body, headers = {}, signal
   } else if (!response.ok) {
     text = await response.text().catch(() => "");
   }
-  if (!response.ok) {
+  if (!response.ok && response.status !== 304) {
     const title = (data && data.title) || response.statusText || "Error";
     throw new ApiError(response.status, title, describe(response.status, response.statusText, data, text), data);
   }
@@ -97,6 +97,23 @@ export async function request(path, { method = "GET", body, headers = {}, signal
 
 export async function getJSON(path, options) {
   return (await request(path, options)).data;
+}
+
+const lastSeen = new Map(); // path → {etag, data}: the last answer of each polled GET
+
+/**
+ * Like getJSON, for a resource polled again and again: sends the ETag of the last answer as
+ * If-None-Match and, on 304 Not Modified (nothing changed, no body sent), returns that answer's data.
+ */
+export async function getPolled(path, options = {}) {
+  const seen = lastSeen.get(path);
+  const headers = seen ? { ...(options.headers || {}), "If-None-Match": seen.etag } : options.headers;
+  const { data, response } = await request(path, { ...options, headers });
+  if (response.status === 304 && seen) return seen.data;
+  const etag = response.headers.get("etag");
+  if (etag) lastSeen.set(path, { etag, data });
+  else lastSeen.delete(path);
+  return data;
 }
 
 /** Like getJSON, but a route this server does not have (404, 405, 501) gives null. */

@@ -1,7 +1,7 @@
 // /jobs/{id}: polls the job and its trials, draws progress, the best architecture, the scatter and
 // the trials table, and stops polling when the job has ended.
 
-import { ApiError, fetchBlob, getApiKey, getJSON, getOptional, jobPath, KEY_EVENT, request } from "./api.js";
+import { ApiError, fetchBlob, getApiKey, getOptional, getPolled, jobPath, KEY_EVENT, request } from "./api.js";
 import { denseScale, drawArch } from "./arch.js";
 import { hideAlert, poller, reportError, setupApiKey } from "./common.js";
 import { byId, h, replace, saveBlob } from "./dom.js";
@@ -51,7 +51,7 @@ async function fetchTrialPage(cursor) {
   if (state.pageLimit) params.set("limit", String(state.pageLimit));
   if (cursor) params.set("cursor", cursor);
   try {
-    return await getJSON(`${base}/trials?${params}`);
+    return await getPolled(`${base}/trials?${params}`);
   } catch (error) {
     if (error instanceof ApiError && error.status === 400 && state.pageLimit) {
       state.pageLimit = null; // this server's pages are smaller: use its default size
@@ -107,7 +107,7 @@ async function fetchExtras() {
 
 async function tick() {
   try {
-    const job = await getJSON(base);
+    const job = await getPolled(base);
     const ended = TERMINAL.has(job.status);
     state.job = job;
     // The last poll re-reads every trial: verification fills in rows written earlier.
@@ -183,6 +183,12 @@ function summaryItems(list, items) {
   ]));
 }
 
+function latencySetting(setting) {
+  if (!setting || typeof setting !== "object") return "";
+  const what = setting.phase === "prefill" ? `prefill, batch ${setting.batch} × ${setting.context} tokens` : `decode, batch ${setting.batch}, context ${setting.context}`;
+  return ` (${what})`;
+}
+
 function renderSummary(job) {
   const spec = job.spec || {};
   const target = spec.target || {};
@@ -190,6 +196,7 @@ function renderSummary(job) {
   summaryItems(byId("job-summary"), [
     ["Model", h("code", {}, job.model)],
     ["Target", isNumber(target.param_ratio) ? `${percent(target.param_ratio, 0)} of the parameters` : null],
+    ["Latency target", isNumber(target.latency_ratio) ? `${percent(target.latency_ratio, 0)} of the dense model's time per step${latencySetting(target.latency)}` : null],
     ["Trials", integer(spec.n_trials)],
     ["Proxy", spec.proxy],
     ["Sampler", spec.sampler],
@@ -197,6 +204,12 @@ function renderSummary(job) {
     ["Submitted", age(job.created_at), dateTime(job.created_at)],
     ["Ran for", isNumber(finished) ? duration(finished) : null],
   ]);
+}
+
+/** The ETA is as of the job's last change (updated_at), so an unchanged job reads the same: count down from it. */
+function etaNow(job) {
+  const since = (Date.now() - Date.parse(job.updated_at)) / 1000;
+  return Math.max(0, job.progress.eta_seconds - (Number.isFinite(since) ? Math.max(0, since) : 0));
 }
 
 function renderProgress(job) {
@@ -207,7 +220,7 @@ function renderProgress(job) {
   if (p.trials_failed) parts.push(`${p.trials_failed} failed`);
   const phase = p.phase;
   if (phase && phase.name === "recovery" && job.status === "running") parts.push(`recovery: ${phase.done} of ${phase.total} steps`);
-  if (job.status === "running" && isNumber(p.eta_seconds)) parts.push(`about ${duration(p.eta_seconds)} left`);
+  if (job.status === "running" && isNumber(p.eta_seconds)) parts.push(`about ${duration(etaNow(job))} left`);
   if (job.status === "queued") parts.push("waiting for a worker");
   if (job.status === "running" && job.cancel_requested) parts.push("cancel requested: stopping after the current trial");
   if (job.status === "cancelled") parts.push("cancelled");
@@ -244,11 +257,18 @@ function renderBest(job) {
   });
 }
 
+// A latency Pareto search (objectives ["score", "latency"]) plots the predicted latency per step.
+function latencyAxis() {
+  const objs = objectives();
+  return Array.isArray(objs) && objs.includes("latency");
+}
+
 function plotPoints(trials) {
   const objs = objectives();
+  const x = latencyAxis() ? (t) => t.latency_ms : (t) => t.param_ratio;
   return trials
-    .filter((t) => t.state === "complete" && isNumber(t.param_ratio) && isNumber(trialScore(t, objs)))
-    .map((t) => ({ number: t.number, x: t.param_ratio, y: trialScore(t, objs), label: t.origin }));
+    .filter((t) => t.state === "complete" && isNumber(x(t)) && isNumber(trialScore(t, objs)))
+    .map((t) => ({ number: t.number, x: x(t), y: trialScore(t, objs), label: t.origin }));
 }
 
 function currentFront(points) {
@@ -261,18 +281,21 @@ function renderPlot(job, trials) {
   const spec = job.spec || {};
   const proxy = spec.proxy ? `${spec.proxy} score` : "score";
   const best = job.best && Number.isInteger(job.best.trial_number) ? job.best.trial_number : null;
-  drawScatter(byId("plot"), { points, front, best, target: spec.target && spec.target.param_ratio, yLabel: proxy });
+  const latency = latencyAxis();
+  const axis = latency ? { xLabel: "predicted ms per step", xPercent: false } : {};
+  const target = latency ? null : spec.target && spec.target.param_ratio;
+  drawScatter(byId("plot"), { points, front, best, target, yLabel: proxy, ...axis });
   const hidden = trials.length - points.length;
   const onFront = points.filter((p) => front.has(p.number)).length;
   replace(
     byId("plot-caption"),
     h("span", { class: "legend-item" }, h("span", { class: "swatch point" }), `${plural(points.length, "trial")}`),
-    h("span", { class: "legend-item" }, h("span", { class: "swatch pareto" }), `${onFront} on the Pareto front ${state.serverFront ? "(from the server)" : "(higher score, fewer parameters)"}`),
+    h("span", { class: "legend-item" }, h("span", { class: "swatch pareto" }), `${onFront} on the Pareto front ${state.serverFront ? "(from the server)" : latency ? "(higher score, lower latency)" : "(higher score, fewer parameters)"}`),
     best !== null ? h("span", { class: "legend-item" }, h("span", { class: "swatch best" }), `best: trial ${best}`) : null,
-    h("span", { class: "legend-item" }, h("span", { class: "swatch target" }), "target"),
+    target !== null && target !== undefined ? h("span", { class: "legend-item" }, h("span", { class: "swatch target" }), "target") : null,
     hidden > 0 ? h("span", { class: "legend-item" }, `${hidden} running or failed not shown`) : null,
   );
-  state.lastPlot = { points, front, best, target: spec.target && spec.target.param_ratio, yLabel: proxy };
+  state.lastPlot = { points, front, best, target, yLabel: proxy, ...axis };
 }
 
 function renderActions(job) {

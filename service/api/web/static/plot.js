@@ -39,8 +39,11 @@ function tickLabel(value, step, asPercent) {
   return value.toFixed(digits);
 }
 
-/** The SVG, its scales and its grid, axes and target line: what every plot here shares. */
-function frame(container, { xs, ys, target, yLabel, title, description }) {
+/**
+ * The SVG, its scales and its grid, axes and target line: what every plot here shares. The x axis
+ * is the fraction of parameters kept unless xLabel names another quantity (xPercent false: plain numbers).
+ */
+function frame(container, { xs, ys, target, yLabel, title, description, xLabel = "parameters kept", xPercent = true }) {
   const width = Math.max(300, Math.round(container.clientWidth || 640));
   const height = Math.round(Math.min(420, Math.max(240, width * 0.55)));
   const narrow = width < 480;
@@ -73,7 +76,7 @@ function frame(container, { xs, ys, target, yLabel, title, description }) {
   for (const v of xt.values) {
     grid.append(
       s("line", { x1: sx(v), x2: sx(v), y1: margin.top, y2: margin.top + plotH }),
-      s("text", { x: sx(v), y: margin.top + plotH + 18, class: "tick", "text-anchor": "middle" }, tickLabel(v, xt.step, true)),
+      s("text", { x: sx(v), y: margin.top + plotH + 18, class: "tick", "text-anchor": "middle" }, tickLabel(v, xt.step, xPercent)),
     );
   }
   for (const v of yt.values) {
@@ -84,7 +87,7 @@ function frame(container, { xs, ys, target, yLabel, title, description }) {
   }
   grid.append(
     s("rect", { class: "frame", x: margin.left, y: margin.top, width: plotW, height: plotH }),
-    s("text", { class: "axis-label", x: margin.left + plotW / 2, y: height - 6, "text-anchor": "middle" }, "parameters kept"),
+    s("text", { class: "axis-label", x: margin.left + plotW / 2, y: height - 6, "text-anchor": "middle" }, xLabel),
     s(
       "text",
       {
@@ -123,18 +126,21 @@ function staircase(points, sx, sy) {
 
 /**
  * Draw into `container`. points: [{number, x: param_ratio, y: score, label}], front: Set of numbers,
- * best: trial number or null, target: param ratio or null.
+ * best: trial number or null, target: param ratio or null. A latency job's x is its predicted
+ * milliseconds per step: xLabel names it and xPercent false prints plain numbers.
  */
-export function drawScatter(container, { points, front, best = null, target = null, yLabel = "score" }) {
+export function drawScatter(container, { points, front, best = null, target = null, yLabel = "score", xLabel = "parameters kept", xPercent = true }) {
   const onFront = points.filter((p) => front.has(p.number)).sort((a, b) => a.x - b.x);
   const { svg, sx, sy } = frame(container, {
     xs: points.map((p) => p.x),
     ys: points.map((p) => p.y),
     target,
     yLabel,
-    title: `Trials: ${yLabel} against fraction of parameters kept`,
+    xLabel,
+    xPercent,
+    title: `Trials: ${yLabel} against ${xPercent ? "fraction of " : ""}${xLabel}`,
     description: points.length
-      ? `${points.length} trials plotted; ${onFront.length} on the Pareto front (higher ${yLabel}, fewer parameters).` +
+      ? `${points.length} trials plotted; ${onFront.length} on the Pareto front (higher ${yLabel}, ${xPercent ? "fewer parameters" : `lower ${xLabel}`}).` +
         (best !== null ? ` Best trial: ${best}.` : "")
       : "No finished trials yet.",
   });
@@ -160,7 +166,7 @@ export function drawScatter(container, { points, front, best = null, target = nu
         s(
           "title",
           {},
-          `Trial ${p.number}${p.label ? ` (${p.label})` : ""}: ${yLabel} ${fmtScore(p.y)}, ${percent(p.x, 2)} of parameters` +
+          `Trial ${p.number}${p.label ? ` (${p.label})` : ""}: ${yLabel} ${fmtScore(p.y)}, ${xPercent ? `${percent(p.x, 2)} of parameters` : `${fmtScore(p.x)} ${xLabel}`}` +
             (isFront ? ", on the Pareto front" : "") +
             (isBest ? ", best" : ""),
         ),

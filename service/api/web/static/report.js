@@ -337,6 +337,44 @@ function recoveryPart(recovery) {
   );
 }
 
+// --- latency -------------------------------------------------------------------------------------
+
+function latencyRow(check) {
+  const name = isNumber(check.trial_number) ? `Trial ${check.trial_number}` : "Dense model";
+  return h(
+    "tr",
+    { dataset: { trial: isNumber(check.trial_number) ? String(check.trial_number) : "dense" } },
+    h("th", { scope: "row" }, name),
+    cell("Predicted ms", figure(check.predicted_ms)),
+    cell("Measured ms", figure(check.measured_ms)),
+    cell("Error", isNumber(check.error) ? `${check.error >= 0 ? "+" : ""}${(check.error * 100).toFixed(1)}%` : "—"),
+  );
+}
+
+// A latency job (target.latency_ratio or the latency objective): predicted against measured latency.
+function latencyPart(latency) {
+  const checks = [latency.dense, ...list(latency.finalists)].filter(isRecord);
+  const setting = latency.phase === "prefill" ? `prefill, batch ${latency.batch} × ${latency.context} tokens` : `decode, batch ${latency.batch}, context ${latency.context}`;
+  const error = isNumber(latency.median_abs_error) ? ` Median prediction error: ${(latency.median_abs_error * 100).toFixed(1)}%.` : "";
+  const how =
+    `Time per step (${setting}) on ${latency.device} in ${latency.dtype}, predicted from the latency table ` +
+    `(${latency.table === "stored" ? "read from the artifact store" : "measured by this job"}) and measured on each verified candidate built as exported.${error}`;
+  const head = ["Candidate", "Predicted ms", "Measured ms", "Error"];
+  return h(
+    "section",
+    { class: "report-part", id: "report-latency" },
+    h("h3", {}, "Latency"),
+    h("p", {}, how),
+    h(
+      "table",
+      { class: "data stacked", id: "latency-table" },
+      h("caption", { class: "visually-hidden" }, "Predicted against measured latency"),
+      h("thead", {}, h("tr", {}, head.map((label, i) => h("th", { scope: "col", class: i ? "num" : null }, label)))),
+      h("tbody", {}, checks.map(latencyRow)),
+    ),
+  );
+}
+
 // --- export --------------------------------------------------------------------------------------
 
 // Reports stored before the speed report hold one forward's latency instead.
@@ -413,6 +451,7 @@ export function renderReport(report, context) {
     ladderPart(verification),
     isRecord(report.trust) ? trustPart(report.trust) : null,
     isRecord(report.recovery) ? recoveryPart(report.recovery) : null,
+    isRecord(report.latency) ? latencyPart(report.latency) : null,
     exportPart(report.export),
   ];
 }

@@ -1,0 +1,343 @@
+"""Latency-aware search on the worker's own device: predicted against measured latency, and what a
+latency target buys over a parameter target of the same size.
+
+For each shape (random weights, so speed only; shapes and random tokens from benchmarks/throughput.py):
+1. the alignment measurement behind ``search.latency.device_alignment``: one MLP (gate, up, down) in
+   the model's precision at widths around a multiple of 128, for the decode and prefill token counts;
+2. a latency-targeted search (``latency_ratio`` in the decode setting below, KL proxy, few trials),
+   then a parameter-targeted search at the parameter count the latency-targeted best reached;
+3. dense, the latency-targeted best and the parameter-targeted best, each materialised as exported
+   and timed: decode tokens/s at batch 1 and 16 (context 512), prefill time at batch 8 × 512, each
+   beside the latency table's prediction.
+
+    python benchmarks/latency.py                                   # GPU: llama-1b and llama-8b, ~6 min on an H200
+    python benchmarks/latency.py --shapes tiny --context 32 --decode-batches 1,2 --prefill-batch 2 \\
+        --trials 3 --tokens 256 --seq-len 32 --out /tmp/perf.md     # CPU smoke run (tested in CI)
+
+Writes a marked section of docs/performance.md and the raw figures beside it (performance-latency.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.sections import write_section  # noqa: E402
+from benchmarks.throughput import SHAPES, build, random_tokens  # noqa: E402
+from search.arch import ArchConfig  # noqa: E402
+from search.candidates import SearchContext, prepare  # noqa: E402
+from search.export import materialize  # noqa: E402
+from search.latency import LATENCY_TABLE, build_table, device_name, step_ms  # noqa: E402
+from search.loading import LoadedModel  # noqa: E402
+from search.spec import JobSpec, LatencySetting  # noqa: E402
+from search.study import run_search  # noqa: E402
+
+SECTION = "latency"
+HEADING = "## Latency-aware search"
+MEASURE_WARMUP, MEASURE_REPEATS = 3, 10
+
+
+def settings(args: argparse.Namespace) -> dict[str, LatencySetting]:
+    """The settings the table reports: decode at each batch, prefill at one batch, one context."""
+    rows = {
+        f"decode b{batch}": LatencySetting(phase="decode", batch=batch, context=args.context)
+        for batch in args.decode_batches
+    }
+    rows[f"prefill b{args.prefill_batch}"] = LatencySetting(
+        phase="prefill", batch=args.prefill_batch, context=args.context
+    )
+    return rows
+
+
+# --- 1. alignment --------------------------------------------------------------------------------------
+
+
+def alignment_widths(intermediate: int) -> list[int]:
+    """Widths around a multiple of 128 near half the model's FFN: aligned, and off by 8 to 96."""
+    centre = max(128, (intermediate // 2) // 128 * 128)
+    offsets = (-64, -32, -8, 0, 8, 32, 64, 96, 128)
+    return sorted({centre + o for o in offsets if 0 < centre + o <= intermediate})
+
+
+@torch.no_grad()
+def mlp_ms(hidden: int, width: int, tokens: int, device: torch.device, dtype: torch.dtype) -> float:
+    """Median milliseconds of one gated MLP (gate, up, down; SiLU) over ``tokens`` tokens."""
+    with torch.device(device):
+        gate, up, down = (nn.Linear(hidden, width, bias=False), nn.Linear(hidden, width, bias=False),
+                          nn.Linear(width, hidden, bias=False))  # fmt: skip
+    gate, up, down = (m.to(dtype) for m in (gate, up, down))
+    x = torch.randn(tokens, hidden, device=device, dtype=dtype)
+
+    def run() -> None:
+        down(nn.functional.silu(gate(x)) * up(x))
+
+    for _ in range(MEASURE_WARMUP):
+        run()
+    times = []
+    for _ in range(MEASURE_REPEATS * 3):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def alignment(loaded: LoadedModel, args: argparse.Namespace) -> dict[str, Any]:
+    shape, device = loaded.adapter.shape, loaded.adapter.device
+    dtype = next(loaded.adapter.model.parameters()).dtype
+    counts = {
+        f"decode b{max(args.decode_batches)}": max(args.decode_batches),
+        "prefill": args.prefill_batch * args.context,
+    }
+    widths = alignment_widths(shape.intermediate_size)
+    return {
+        name: {width: mlp_ms(shape.hidden_size, width, tokens, device, dtype) for width in widths}
+        for name, tokens in counts.items()
+    }
+
+
+# --- 2. searches -------------------------------------------------------------------------------------
+
+
+def job(args: argparse.Namespace, tokens: Any, target: dict[str, Any]) -> JobSpec:
+    return JobSpec(
+        model="benchmark",
+        target=target,
+        n_trials=args.trials,
+        proxy="kl",
+        seed=0,
+        verify_top_k=2,
+        audit_size=0,
+        neighbourhood_size=0,
+        calibration={
+            "n_samples": len(tokens.calibration),
+            "seq_len": tokens.calibration.shape[1],
+            "heldout_samples": len(tokens.heldout),
+        },
+    )
+
+
+def search(loaded: LoadedModel, spec: JobSpec, tokens: Any, name: str) -> tuple[SearchContext, dict[str, Any]]:
+    started = time.perf_counter()
+    context = prepare(loaded, spec, tokens=tokens)
+    result = run_search(context, study_name=name)
+    assert result.best is not None and result.best.arch is not None
+    best = {
+        "trial": result.best.trial_number,
+        "arch": result.best.arch,
+        "param_ratio": result.best.param_ratio,
+        "kl": (result.best.verified or {}).get("kl"),
+        "seconds": time.perf_counter() - started,
+        "ffn_alignment": context.spec.search_space.ffn_alignment,
+    }
+    if result.latency is not None:
+        best["latency_check"] = result.latency.model_dump(mode="json")
+    return context, best
+
+
+# --- 3. timing the bests -----------------------------------------------------------------------------
+
+
+def timed(
+    loaded: LoadedModel, model: nn.Module, arch: ArchConfig, rows: dict[str, LatencySetting], alignment: int
+) -> dict[str, Any]:
+    """Predicted (from the table of each setting) and measured milliseconds per step of ``model``."""
+    adapter = loaded.adapter
+    dtype = next(model.parameters()).dtype
+    figures = {}
+    for label, setting in rows.items():
+        key = (device_name(adapter.device), str(dtype).removeprefix("torch."), setting.phase, setting.batch,
+               setting.context, alignment)  # fmt: skip
+        table = loaded.artifacts.get(
+            LATENCY_TABLE, key, lambda s=setting: build_table(adapter, s, dtype=dtype, alignment=alignment)
+        )
+        measured = step_ms(model, setting, causal=True, warmup=MEASURE_WARMUP, repeats=MEASURE_REPEATS)
+        figures[label] = {"predicted_ms": table.predict_ms(arch.layers), "measured_ms": measured,
+                          "batch": setting.batch, "phase": setting.phase}  # fmt: skip
+    return figures
+
+
+def measure_shape(name: str, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
+    loaded, _ = build(name, device)
+    tokens = random_tokens(loaded, args.tokens, args.seq_len)
+    shape = loaded.adapter.shape
+    print(f"{name}: alignment ...", flush=True)
+    aligned = alignment(loaded, args)
+    search_setting = {"phase": "decode", "batch": max(args.decode_batches), "context": args.context}
+    print(f"{name}: latency-targeted search ...", flush=True)
+    latency_context, latency_best = search(
+        loaded, job(args, tokens, {"latency_ratio": args.latency_ratio, "latency": search_setting}), tokens, "latency"
+    )
+    print(f"{name}: parameter-targeted search at {latency_best['param_ratio']:.3f} ...", flush=True)
+    # The same alignment as the latency search's (the device's), so only the target differs.
+    spec = job(args, tokens, {"param_ratio": round(latency_best["param_ratio"], 4)})
+    spec = spec.model_copy(
+        update={"search_space": spec.search_space.model_copy(update={"ffn_alignment": latency_best["ffn_alignment"]})}
+    )
+    _, params_best = search(loaded, spec, tokens, "params")
+    rows = settings(args)
+    alignment_used = latency_best["ffn_alignment"]
+    candidates: dict[str, Any] = {}
+    dense_arch = shape.dense_arch()
+    print(f"{name}: timing dense and the bests ...", flush=True)
+    with torch.no_grad():
+        candidates["dense"] = timed(loaded, loaded.adapter.model, dense_arch, rows, alignment_used) | {
+            "param_ratio": 1.0
+        }
+        for label, best in (("latency-targeted", latency_best), ("parameter-targeted", params_best)):
+            arch = ArchConfig.from_dict(best["arch"])
+            model, _, _ = materialize(loaded.adapter, latency_context.selection(arch), device=device)
+            candidates[label] = timed(loaded, model, arch, rows, alignment_used) | {
+                "param_ratio": best["param_ratio"],
+                "kl": best["kl"],
+            }
+            del model
+    figures = {
+        "shape": name,
+        "params": shape.dense_params(),
+        "alignment": {k: {str(w): ms for w, ms in v.items()} for k, v in aligned.items()},
+        "search_setting": search_setting,
+        "latency_ratio": args.latency_ratio,
+        "latency_search": latency_best,
+        "params_search": params_best,
+        "candidates": candidates,
+    }
+    del loaded, latency_context
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return figures
+
+
+# --- the section -------------------------------------------------------------------------------------
+
+
+def _ms(value: float) -> str:
+    return f"{value:.3f}" if value < 10 else f"{value:.1f}"
+
+
+def render(shapes: list[dict[str, Any]], meta: dict[str, Any], command: str, rows: dict[str, LatencySetting]) -> str:
+    lines = [
+        f"Generated by `{command}` on {meta['device']} ({meta['dtype']}, torch {meta['torch']}); random weights,",
+        "so the KL column only compares the two searches with each other. Decode: tokens/s of one step with a KV",
+        f"cache of {next(iter(rows.values())).context} tokens (batch / step time); prefill: one forward. Each cell:",
+        "measured (predicted by the latency table; error = predicted / measured − 1).",
+        "",
+    ]
+    for figures in shapes:
+        ratio = figures["latency_ratio"]
+        setting = figures["search_setting"]
+        lines += [
+            f"### {figures['shape']} ({figures['params'] / 1e9:.2f}B parameters)",
+            "",
+            f"Latency target: {ratio:.0%} of dense in decode at batch {setting['batch']}, context {setting['context']};"
+            f" the parameter target is the count the latency-targeted best reached. FFN alignment"
+            f" {figures['latency_search']['ffn_alignment']} (the device's rule).",
+            "",
+        ]
+        header = ["model", "params", "verified KL"]
+        for label, setting_row in rows.items():
+            header.append(f"{label} tokens/s" if setting_row.phase == "decode" else f"{label}×{setting_row.context} ms")
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        errors = []
+        for label, candidate in figures["candidates"].items():
+            cells = [label, f"{candidate['param_ratio']:.3f}", _kl(candidate.get("kl"))]
+            for key, setting_row in rows.items():
+                figure = candidate[key]
+                predicted, measured = figure["predicted_ms"], figure["measured_ms"]
+                error = predicted / measured - 1
+                errors.append(abs(error))
+                if setting_row.phase == "decode":
+                    cells.append(
+                        f"{setting_row.batch / measured * 1000:,.0f} ({setting_row.batch / predicted * 1000:,.0f};"
+                        f" {error:+.0%})"
+                    )
+                else:
+                    cells.append(f"{_ms(measured)} ({_ms(predicted)}; {error:+.0%})")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += [
+            "",
+            f"Median |prediction error| over these cells: {statistics.median(errors):.1%} (goal: within 10%).",
+            "",
+        ]
+        check = figures["latency_search"].get("latency_check")
+        if check:
+            lines.append(
+                f"The latency-targeted job's own check (its verified candidates, decode batch {check['batch']}):"
+                f" median |error| {check['median_abs_error']:.1%}; table {check['table']}"
+                f" in {check['table_seconds']:.1f} s."
+            )
+            lines.append("")
+        lines += _alignment_lines(figures["alignment"])
+    return "\n".join(lines)
+
+
+def _kl(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else "–"
+
+
+def _alignment_lines(aligned: dict[str, dict[str, float]]) -> list[str]:
+    """MLP time per width: the rule behind ``device_alignment`` (multiples of 128 in 16-bit on a GPU)."""
+    lines = ["MLP (gate, up, down) milliseconds by FFN width, and per 1k channels:", ""]
+    widths = list(next(iter(aligned.values())))
+    lines += ["| tokens | " + " | ".join(widths) + " |", "|---|" + "---|" * len(widths)]
+    for label, by_width in aligned.items():
+        cells = [f"{by_width[w]:.4f} ({by_width[w] / int(w) * 1000:.4f})" for w in widths]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def main() -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    gpu = torch.cuda.is_available()
+    parser.add_argument("--shapes", default="llama-1b,llama-8b" if gpu else "tiny", help="comma-separated shape names")
+    parser.add_argument("--context", type=int, default=512, help="KV cache (decode) and sequence (prefill) length")
+    parser.add_argument("--decode-batches", type=lambda s: [int(b) for b in s.split(",")], default=[1, 16])
+    parser.add_argument("--prefill-batch", type=int, default=8)
+    parser.add_argument("--latency-ratio", type=float, default=0.5)
+    parser.add_argument("--trials", type=int, default=12 if gpu else 3)
+    parser.add_argument("--tokens", type=int, default=2048 if gpu else 256)
+    parser.add_argument("--seq-len", type=int, default=256 if gpu else 32)
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "performance.md")
+    args = parser.parse_args()
+
+    device = torch.device("cuda" if gpu else "cpu")
+    shapes = []
+    for name in [s for s in args.shapes.split(",") if s]:
+        if name not in SHAPES:
+            print(f"skipping {name}: not a shape name", flush=True)
+            continue
+        started = time.perf_counter()
+        shapes.append(measure_shape(name, device, args))
+        print(f"{name}: done in {time.perf_counter() - started:.0f} s", flush=True)
+    meta = {
+        "device": torch.cuda.get_device_name() if gpu else f"CPU ({platform.processor() or platform.machine()})",
+        "dtype": "bf16" if gpu else "float32",
+        "torch": torch.__version__,
+    }
+    command = "python benchmarks/latency.py " + " ".join(sys.argv[1:])
+    rows = settings(args)
+    write_section(args.out, SECTION, render(shapes, meta, command.strip(), rows), heading=HEADING)
+    raw = args.out.with_name(f"{args.out.stem}-latency.json")
+    raw.write_text(json.dumps({"meta": meta, "shapes": shapes}, indent=2, default=str))
+    print(f"wrote {args.out} and {raw}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

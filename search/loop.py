@@ -1,0 +1,195 @@
+"""The study loop: ask, propose, score, tell, call back, until the study holds enough complete trials.
+
+What Optuna's ``study.optimize`` does per trial, with Optuna's ask-and-tell interface, minus what a
+search with a hundred parameters per trial cannot afford between GPU steps: a deep copy of the
+trial for every callback, a log line that looks up the best trial, a stale-trial query per trial
+(here at most once per heartbeat interval). Measured by ``benchmarks/orchestration.py``.
+
+A trial has two stages: ``propose`` (the CPU's: sample, repair, select) and ``score`` (the
+device's). With ``lookahead`` the next trial is asked and proposed in a second thread while the
+device scores the current one, so the sampler's time hides behind the GPU's. The next trial is
+always proposed while the current one is running and told only once the proposal is made, so a
+seeded search draws the same candidates on every run (one trial later than without lookahead: the
+sampler has not seen the current trial's score).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+
+# Optuna's own heartbeat helpers: the one place that says whether a storage runs heartbeats, and
+# the thread that beats for a running trial. The loop needs both, as ``study.optimize`` does.
+from optuna.storages._heartbeat import BaseHeartbeatThread, get_heartbeat_thread, is_heartbeat_enabled
+from optuna.trial import FrozenTrial, TrialState
+
+log = logging.getLogger(__name__)
+
+# ``study.ask`` warns that heartbeats are meant for ``study.optimize``: this loop beats for its trials as that does.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+
+P = TypeVar("P")
+TrialCallback = Callable[[optuna.Study, FrozenTrial], None]
+
+
+class StagedObjective(Protocol[P]):
+    def propose(self, trial: optuna.Trial) -> P:
+        """The trial's candidate: sampled, repaired, selected, recorded on the trial (CPU work)."""
+        ...
+
+    def score(self, trial: optuna.Trial, proposal: P) -> float | Sequence[float]:
+        """The candidate's objective values (the device's work)."""
+        ...
+
+
+def complete_count(study: optuna.Study) -> int:
+    """Complete trials of the study, every worker's (a read of what changed since the last one)."""
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+@dataclass
+class _Proposed(Generic[P]):
+    """A running trial, its heartbeat, and its proposal (or why it has none)."""
+
+    trial: optuna.Trial
+    heartbeat: BaseHeartbeatThread
+    proposal: P | None = None
+    error: BaseException | None = None
+
+
+def run_trials(
+    study: optuna.Study,
+    objective: StagedObjective[Any],
+    *,
+    max_trials: int,
+    complete_target: int,
+    callbacks: Sequence[TrialCallback] = (),
+    catch: tuple[type[Exception], ...] = (),
+    should_stop: Callable[[], bool] | None = None,
+    lookahead: bool = False,
+) -> bool:
+    """Run at most ``max_trials`` trials, until the study holds ``complete_target`` complete ones.
+
+    An exception in ``catch`` fails its trial and the loop goes on; any other fails its trial and is
+    raised. ``callbacks`` receive each finished trial (one shared copy: they must not change it);
+    ``should_stop`` is asked after each. Returns whether ``should_stop`` ended the loop."""
+    stale = _StaleTrials(study)
+    with ThreadPoolExecutor(1, thread_name_prefix="propose") as pool:
+        ahead: Future[_Proposed[Any]] | None = None
+        try:
+            for ran in range(max_trials):
+                stale.fail()
+                if ahead is None:
+                    if complete_count(study) >= complete_target:
+                        return False
+                    current = _ask_and_propose(study, objective)
+                else:
+                    current, ahead = ahead.result(), None
+                # Look ahead only when this trial's completing would not end the study (one worker
+                # asks exactly as many trials as it completes).
+                if lookahead and ran + 1 < max_trials and complete_count(study) + 1 < complete_target:
+                    ahead = pool.submit(_ask_and_propose, study, objective)
+                finished = _score_and_tell(study, objective, current, catch, ahead)
+                for callback in callbacks:
+                    callback(study, finished)
+                if should_stop is not None and should_stop():
+                    return True
+            return False
+        finally:
+            if ahead is not None:  # proposed, never scored: stopped, failed, or the study is complete
+                _abandon(study, ahead.result())
+
+
+def _ask_and_propose(study: optuna.Study, objective: StagedObjective[Any]) -> _Proposed[Any]:
+    trial = study.ask()
+    heartbeat = get_heartbeat_thread(trial._trial_id, study._storage)
+    heartbeat.start()
+    proposed: _Proposed[Any] = _Proposed(trial, heartbeat)
+    try:
+        proposed.proposal = objective.propose(trial)
+    except BaseException as error:  # raised in order, by the thread that scores
+        proposed.error = error
+    return proposed
+
+
+def _score_and_tell(
+    study: optuna.Study,
+    objective: StagedObjective[Any],
+    current: _Proposed[Any],
+    catch: tuple[type[Exception], ...],
+    ahead: Future[_Proposed[Any]] | None,
+) -> FrozenTrial:
+    trial = current.trial
+    try:
+        if current.error is not None:
+            raise current.error
+        values = objective.score(trial, current.proposal)
+    except optuna.TrialPruned:
+        return _tell(study, current, ahead, state=TrialState.PRUNED)
+    except catch as error:
+        log.warning("trial %d failed: %s", trial.number, error)
+        return _tell(study, current, ahead, state=TrialState.FAIL)
+    except BaseException:
+        _tell(study, current, ahead, state=TrialState.FAIL)
+        raise
+    finished = _tell(study, current, ahead, values=values)
+    if finished.state == TrialState.FAIL:  # a value Optuna cannot store (NaN): failed, and said why
+        log.warning("trial %d failed: its value %r is not a finite number", trial.number, values)
+    return finished
+
+
+def _tell(
+    study: optuna.Study,
+    current: _Proposed[Any],
+    ahead: Future[_Proposed[Any]] | None,
+    *,
+    values: float | Sequence[float] | None = None,
+    state: TrialState | None = None,
+) -> FrozenTrial:
+    """Tell the trial once the next one is proposed (so the sampler never sees this one's score
+    sooner on one run than on another), then stop its heartbeat."""
+    if ahead is not None:
+        ahead.exception()  # waits; its error is the next trial's to raise
+    try:
+        return study.tell(current.trial, values, state)
+    except UpdateFinishedTrialError:  # failed for missed heartbeats (a stalled worker) and queued again
+        log.warning("trial %d was finished by another worker meanwhile; its result is dropped", current.trial.number)
+        return study._storage.get_trial(current.trial._trial_id)
+    finally:
+        current.heartbeat.join()
+
+
+def _abandon(study: optuna.Study, proposed: _Proposed[Any]) -> None:
+    """Fail a trial proposed ahead that will not be scored, saying so."""
+    proposed.trial.set_user_attr("error", "not scored: the search stopped before its turn")
+    try:
+        study.tell(proposed.trial, state=TrialState.FAIL)
+    finally:
+        proposed.heartbeat.join()
+
+
+class _StaleTrials:
+    """Fails the study's trials whose worker stopped beating (they are queued again), at most once per
+    heartbeat interval: ``study.optimize`` asks before every trial."""
+
+    def __init__(self, study: optuna.Study) -> None:
+        self.study = study
+        storage = study._storage
+        self.every = (storage.get_heartbeat_interval() or 0) if is_heartbeat_enabled(storage) else None
+        self.checked = -float("inf")
+
+    def fail(self) -> None:
+        if self.every is None or time.monotonic() - self.checked < self.every:
+            return
+        with warnings.catch_warnings():  # experimental in Optuna 5, as study.optimize's own call says
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(self.study)
+        self.checked = time.monotonic()

@@ -1,0 +1,232 @@
+"""The measured latency model (search.latency) and latency jobs: the table is built once per model,
+device, precision and setting and read back from the artifact store; predictions are monotone and
+never favour odd widths; repair keeps every candidate within the latency budget; the budget is an
+Optuna constraint; a latency Pareto search returns points with predicted and measured latency.
+
+CPU timings here are noisy (a shared two-core machine): no test asserts a timing threshold. The
+table of the first two tests is timed for real; the search tests read a table of known figures from
+the artifact store (where a real one would be), so their budgets are feasible whatever the noise.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+from search.arch import ArchConfig, LayerArch
+from search.artifacts import ArtifactStore, model_fingerprint
+from search.candidates import SearchContext, prepare
+from search.families import read_shape
+from search.latency import LATENCY_TABLE, LatencyTable
+from search.loading import load_model
+from search.repair import Proposal, repair_within
+from search.spec import LatencySetting, read_local_config
+from search.study import run_search
+from search.trials import open_study, search_trials
+from tests.conftest import tiny_job_spec
+
+# A short setting and a coarse grid keep the table to about a second on the tiny model.
+SETTING = {"phase": "decode", "batch": 2, "context": 16}
+SPACE = {"ffn_alignment": 32}
+KNOWN = {"phase": "decode", "batch": 1, "context": 8}  # the setting of the table of known figures
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("latency-artifacts")
+
+
+def store_known_table(model: Path, artifacts: Path, alignment: int) -> LatencyTable:
+    """A table of known figures, stored where a worker would keep the one it timed for ``KNOWN``."""
+    shape = read_shape(read_local_config(str(model)))
+    table = LatencyTable(
+        setting=LatencySetting.model_validate(KNOWN),
+        device="cpu",
+        dtype="float32",
+        alignment=alignment,
+        intermediate_size=shape.intermediate_size,
+        base_ms=1.0,
+        attention_ms={h: 0.25 * h for h in range(0, shape.num_heads + 1, shape.group_size)},
+        mlp_points={c: c / 256 for c in range(0, shape.intermediate_size + 1, 64)},
+        build_seconds=0.0,
+    )
+    key = ("cpu", "float32", KNOWN["phase"], KNOWN["batch"], KNOWN["context"], alignment)
+    ArtifactStore(artifacts, str(model), None).put(LATENCY_TABLE.file(key), LATENCY_TABLE.encode(table))
+    return table
+
+
+@pytest.fixture(scope="module")
+def known_table(tiny_llama_dir: Path, artifacts: Path) -> LatencyTable:
+    return store_known_table(tiny_llama_dir, artifacts, 32)
+
+
+@pytest.fixture(scope="module")
+def latency_context(tiny_llama_dir: Path, artifacts: Path) -> SearchContext:
+    torch.manual_seed(0)
+    spec = tiny_job_spec(
+        tiny_llama_dir,
+        # 1.0: feasible whatever the noise made of the sub-blocks' costs (the dense model fits).
+        target={"latency_ratio": 1.0, "latency": SETTING},
+        search_space=SPACE,
+        n_trials=6,
+        seed=2,
+        verify_top_k=2,
+        audit_size=0,
+    )
+    return prepare(load_model(str(tiny_llama_dir), artifacts=artifacts), spec)
+
+
+def _table(context: SearchContext) -> LatencyTable:
+    assert context.latency is not None
+    return context.latency.table
+
+
+def test_the_table_is_built_once_and_the_next_job_reads_it_from_the_store(
+    latency_context: SearchContext, tiny_llama_dir: Path, artifacts: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = _table(latency_context)
+    assert first.source == "measured" and first.device == "cpu" and first.dtype == "float32"
+    stored = list((artifacts / model_fingerprint(str(tiny_llama_dir), None)).glob("latency-*"))
+    assert [p.name for p in stored] == ["latency-cpu-float32-decode-2-16-32.pt"]
+
+    def rebuilt(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("the latency table was timed again")
+
+    monkeypatch.setattr("search.latency.build_table", rebuilt)
+    # Another job on the same model, device and setting, in a fresh process (a new load, empty memory).
+    spec = latency_context.spec.model_copy(update={"objectives": ["score", "latency"], "sampler": "tpe"})
+    second = _table(prepare(load_model(str(tiny_llama_dir), artifacts=artifacts), spec))
+    assert second.source == "stored"
+    assert second.attention_ms == first.attention_ms and second.mlp_points == first.mlp_points
+    assert second.base_ms == first.base_ms
+
+
+def test_predicted_latency_is_monotone_in_heads_and_channels_and_odd_widths_cost_their_aligned_neighbour(
+    latency_context: SearchContext,
+) -> None:
+    table, shape = _table(latency_context), latency_context.shape
+    heads = range(0, shape.num_heads + 1, shape.group_size)
+    channels = range(0, shape.intermediate_size + 1)
+    for kept_heads in heads:
+        predictions = [table.predict_ms([LayerArch(kept_heads, c)] * shape.num_layers) for c in channels]
+        assert predictions == sorted(predictions)
+    for kept_channels in (0, 32, 100, shape.intermediate_size):
+        predictions = [table.predict_ms([LayerArch(h, kept_channels)] * shape.num_layers) for h in heads]
+        assert predictions == sorted(predictions)
+    for odd in (1, 33, 100, 255):
+        aligned = -(-odd // table.alignment) * table.alignment
+        assert table.mlp(odd) == table.mlp(aligned)
+    assert table.predict_ms([LayerArch(0, 0)] * shape.num_layers) == table.base_ms >= 0
+
+
+@pytest.fixture(scope="module")
+def known_context(tiny_llama_dir: Path, artifacts: Path, known_table: LatencyTable) -> SearchContext:
+    spec = tiny_job_spec(
+        tiny_llama_dir,
+        target={"latency_ratio": 0.6, "latency": KNOWN},
+        search_space=SPACE,
+        n_trials=6,
+        seed=2,
+        verify_top_k=2,
+        audit_size=0,
+    )
+    context = prepare(load_model(str(tiny_llama_dir), artifacts=artifacts), spec)
+    assert _table(context).source == "stored" and _table(context).base_ms == known_table.base_ms
+    return context
+
+
+def test_repair_within_lands_under_a_monotone_cap_and_keeps_the_proposal_shape(known_context: SearchContext) -> None:
+    shape, model = known_context.shape, known_context.latency
+    assert model is not None
+    proposal = Proposal((1.0, 0.5, 0.5, 1.0), (0.25, 1.0, 0.5, 1.0))
+    arch = repair_within(shape, proposal, lambda layers: model.fits(layers, 0.5), ffn_alignment=32)
+    assert model.ratio(arch.layers) <= 0.5
+    assert arch.layers[1].ffn_channels >= arch.layers[0].ffn_channels  # more MLP where more was proposed
+
+
+def test_latency_budget_is_an_optuna_constraint_that_every_trial_meets(known_context: SearchContext) -> None:
+    from search.trials import job_proxy
+
+    study = open_study(known_context, study_name="latency-constraint")
+    search_trials(known_context, job_proxy(known_context), study)
+    trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(trials) == 6
+    for trial in trials:
+        assert {"budget", "latency"} <= set(trial.constraints)
+        assert trial.constraints["latency"] <= 0  # repair keeps it within the budget
+        assert trial.user_attrs["latency_ratio"] <= 0.6
+        arch = ArchConfig.from_dict(trial.user_attrs["arch"])
+        assert trial.user_attrs["latency_ms"] == known_context.latency.predict_ms(arch.layers)  # type: ignore[union-attr]
+        # optuna-dashboard reads the plain list, in the same order.
+        assert trial.system_attrs["constraints"] == [trial.constraints["budget"], trial.constraints["latency"]]
+
+
+def test_with_both_budgets_every_trial_meets_both(
+    known_context: SearchContext, tiny_llama_dir: Path, artifacts: Path
+) -> None:
+    """param_ratio and latency_ratio together: the parameter budget becomes a cap, the latency budget binds."""
+    from search.trials import job_proxy
+
+    store_known_table(tiny_llama_dir, artifacts, 8)
+    spec = tiny_job_spec(
+        tiny_llama_dir, target={"param_ratio": 0.7, "latency_ratio": 0.5, "latency": KNOWN}, n_trials=5, seed=4
+    )
+    context = prepare(known_context.loaded, spec)
+    assert context.latency is not None and context.latency.table.alignment == 8
+    study = open_study(context, study_name="both-budgets")
+    search_trials(context, job_proxy(context), study)
+    trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(trials) == 5
+    for trial in trials:
+        assert trial.user_attrs["param_ratio"] <= 0.7 * 1.01 and trial.user_attrs["latency_ratio"] <= 0.5
+        assert trial.constraints["budget"] <= 0 and trial.constraints["latency"] <= 0
+
+
+def test_a_latency_pareto_search_returns_points_with_predicted_and_measured_latency(
+    known_context: SearchContext, tiny_llama_dir: Path
+) -> None:
+    spec = tiny_job_spec(
+        tiny_llama_dir,
+        target={"latency": KNOWN},
+        objectives=["score", "latency"],
+        search_space=SPACE,
+        n_trials=5,
+        seed=1,
+        verify_top_k=2,
+        audit_size=0,
+    )
+    context = prepare(known_context.loaded, spec)
+    result = run_search(context, study_name="latency-front")
+    by_number = {t.number: t for t in result.trials}
+    front = [by_number[n] for n in result.pareto]
+    assert front and all(t.latency_ms is not None and t.values == [t.value, t.latency_ms] for t in front)
+    assert result.verified and all("latency_ms" in v.metrics for v in result.verified.values())
+    report = result.latency
+    assert report is not None and (report.phase, report.batch, report.context) == ("decode", 1, 8)
+    assert sorted(c.trial_number for c in report.finalists) == sorted(result.verified)
+    for check in report.finalists:
+        assert check.predicted_ms == by_number[check.trial_number].latency_ms
+        assert check.measured_ms == result.verified[check.trial_number].metrics["latency_ms"] > 0
+    assert report.median_abs_error is not None and report.dense.measured_ms > 0
+
+
+def test_the_device_alignment_rule() -> None:
+    """16-bit on a GPU: multiples of 128 channels first (tensor-core tiles), then 64 and 32; a CPU: 32."""
+    from search.latency import device_alignment
+
+    assert device_alignment(torch.device("cuda"), torch.bfloat16, 14336) == (128, 64, 32)
+    assert device_alignment(torch.device("cuda"), torch.float16, 96) == (64, 32)
+    assert device_alignment(torch.device("cuda"), torch.float32, 14336) == (32,)
+    assert device_alignment(torch.device("cpu"), torch.bfloat16, 14336) == (32,)
+
+
+def test_a_latency_job_without_an_alignment_gets_the_devices(known_context: SearchContext) -> None:
+    """The spec leaves ffn_alignment null; the worker fills in its device's (32 on a CPU) before searching."""
+    assert known_context.spec.search_space.alignment == 32
+    unset = known_context.spec.model_copy(
+        update={"search_space": known_context.spec.search_space.model_copy(update={"ffn_alignment": None})}
+    )
+    assert prepare(known_context.loaded, unset).spec.search_space.ffn_alignment == 32
