@@ -25,12 +25,7 @@ import json
 import math
 import os
 import platform
-import secrets
 import shlex
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,15 +38,12 @@ from typing import Any
 from urllib.parse import urlencode
 
 import httpx
-from sqlalchemy import create_engine
-from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.deployment import ADMIN_URL, Deployment, exit_on_sigterm, free_port, wait_until  # noqa: E402
 from benchmarks.sections import write_section  # noqa: E402
-
-PRUNESEARCH = [sys.executable, "-m", "prunesearch"]
 
 
 @dataclass
@@ -75,112 +67,6 @@ def percentile(values: list[float], q: float) -> float:
     if not ordered:
         return float("nan")
     return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
-
-
-# --- the deployment -------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(condition: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-
-
-class Deployment:
-    """Everything the benchmark starts, stopped (and the database dropped) by ``close``."""
-
-    def __init__(self, admin_url: str, work: Path) -> None:
-        self.work = work
-        self.admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-        self.database = f"prunesearch_load_{secrets.token_hex(4)}"
-        with self.admin.connect() as connection:
-            connection.exec_driver_sql(f'CREATE DATABASE "{self.database}"')
-        self.database_url = make_url(admin_url).set(database=self.database).render_as_string(hide_password=False)
-        self.processes: list[subprocess.Popen[bytes]] = []
-        self.named: dict[str, subprocess.Popen[bytes]] = {}
-        redis_server = shutil.which("redis-server")
-        if redis_server is None:
-            raise SystemExit("redis-server is not on PATH")
-        redis_port = free_port()
-        self._spawn("redis", [redis_server, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                              "--appendonly", "no", "--dir", str(work)])  # fmt: skip
-        self.port = free_port()
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("PRUNESEARCH_")} | {
-            "PRUNESEARCH_DATA_DIR": str(work / "data"),
-            "PRUNESEARCH_DATABASE_URL": self.database_url,
-            "PRUNESEARCH_BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
-            "PRUNESEARCH_PORT": str(self.port),
-            "PRUNESEARCH_MODEL_ROOTS": str(work / "models"),
-            "HF_HUB_OFFLINE": "1",
-            "OMP_NUM_THREADS": "1",
-        }
-
-    def _spawn(self, name: str, args: list[str]) -> None:
-        log = (self.work / f"{name}.log").open("wb")
-        process = subprocess.Popen(args, env=getattr(self, "env", None), stdout=log, stderr=log)
-        self.processes.append(process)
-        self.named[name] = process
-
-    def stop(self, name: str) -> None:
-        """Stop one process the deployment started (SIGTERM, then wait)."""
-        process = self.named[name]
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-    def run(self, *args: str) -> str:
-        result = subprocess.run([*PRUNESEARCH, *args], env=self.env, capture_output=True, text=True, timeout=300)
-        if result.returncode != 0:
-            raise SystemExit(f"prunesearch {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
-        return result.stdout
-
-    def start(self) -> str:
-        """Migrate, create a key, start the API and a worker; returns the key."""
-        self.run("db", "upgrade")
-        key = self.run("keys", "create", "load-test").strip()
-        self._spawn("api", [*PRUNESEARCH, "api"])
-        self._spawn("worker", [*PRUNESEARCH, "worker"])
-        with httpx.Client(base_url=self.base_url, timeout=5) as client:
-
-            def ready() -> bool:
-                try:
-                    return client.get("/readyz").status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            wait_until(ready, 120, "the API to be ready")
-        return key
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def close(self) -> None:
-        for process in reversed(self.processes):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        with self.admin.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
-        self.admin.dispose()
 
 
 # --- the pollers ----------------------------------------------------------------------------------
@@ -297,7 +183,7 @@ def start_bare_app(deployment: Deployment, bodies: dict[str, Any]) -> str:
     path = deployment.work / "bare-bodies.json"
     path.write_text(json.dumps(bodies))
     port = free_port()
-    deployment._spawn("bare", [sys.executable, str(ROOT / "benchmarks" / "bare_app.py"), str(path), str(port)])
+    deployment.spawn("bare", [sys.executable, str(ROOT / "benchmarks" / "bare_app.py"), str(path), str(port)])
     url = f"http://127.0.0.1:{port}"
     with httpx.Client(base_url=url, timeout=5) as client:
 
@@ -413,12 +299,10 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=20.0, help="Seconds of polling per phase (upper bound).")
     parser.add_argument("--max-requests", type=int, default=200_000, help="Requests per phase (upper bound).")
     parser.add_argument("--trials", type=int, default=60, help="Trials of the polled job.")
-    parser.add_argument(
-        "--admin-url",
-        default=os.environ.get("PRUNESEARCH_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
-    )
+    parser.add_argument("--admin-url", default=ADMIN_URL)
     parser.add_argument("--write", type=Path, default=None, help="Markdown file to put the results in.")
     args = parser.parse_args()
+    exit_on_sigterm()
     python = Path(sys.executable)
     # The project's virtual environment, as the README sets it up, wherever this checkout's is.
     shown = ".venv/bin/python" if python.parent.parent.name == ".venv" else "python"
@@ -437,7 +321,8 @@ def main() -> int:
         model = build_demo_model(work / "models" / "tiny", size="tiny")
         deployment = Deployment(args.admin_url, work)
         stack.callback(deployment.close)
-        key = deployment.start()
+        key = deployment.start(key_owner="load-test")
+        assert key is not None
         body = {
             "model": str(model),
             "target": {"param_ratio": 0.6},
@@ -460,7 +345,7 @@ def main() -> int:
 
             print(f"job {job_id}: running {args.trials} trials ...", flush=True)
             wait_until(ended, 900, "the job to end", interval=2)
-            deployment.stop("worker")  # the API alone, as the bare app will be alone
+            deployment.stop("worker-0")  # the API alone, as the bare app will be alone
             bodies = capture_bodies(client, job_id, page=50)
         bare_url = start_bare_app(deployment, bodies)
         sizes = {

@@ -95,3 +95,23 @@ def test_search_has_no_import_cycles() -> None:
     graph = {name: _imports(name, path, known) for name, path in modules.items()}
     cycles = _cycles(graph)
     assert not cycles, "import cycles in search/: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def _imported_names(path: Path) -> Iterator[str]:
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            yield node.module
+
+
+def test_benchmarks_do_not_import_the_tests() -> None:
+    """A benchmark runs from a checkout without the test package: what it shares with the tests
+    (starting the service's processes) lives in benchmarks/, e.g. benchmarks/deployment.py."""
+    found = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in sorted((ROOT / "benchmarks").rglob("*.py"))
+        for name in _imported_names(path)
+        if name == "tests" or name.startswith("tests.")
+    ]
+    assert not found, "\n".join(found)

@@ -14,7 +14,7 @@ from service.api.metrics import install_metrics
 from service.api.middleware import install_limits
 from service.api.openapi import install_openapi
 from service.api.problems import install_problem_handlers
-from service.api.routes import health, jobs, options, results
+from service.api.routes import compare, health, jobs, options, results
 from service.api.web import install_web
 from service.api.web.router import STATIC_PREFIX
 from service.broker import make_celery
@@ -62,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router, dependencies=API_GUARDS, responses=GUARDED_RESPONSES)
     app.include_router(results.router, dependencies=API_GUARDS, responses=GUARDED_RESPONSES)
     app.include_router(options.router, dependencies=API_GUARDS, responses=GUARDED_RESPONSES)
+    app.include_router(compare.router, dependencies=API_GUARDS, responses=GUARDED_RESPONSES)
     app.include_router(health.router)
     install_web(app)
     return app

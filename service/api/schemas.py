@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import quote
@@ -10,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from search import names
 from search.arch import ModelShape
+from search.pareto import job_front
 from search.results import VALUES_DESCRIPTION, BestEntry, Figures, TrialInfo
 from search.spec import MAX_TRIALS_HARD_LIMIT, JobSpec, SearchSpace
 from service.api.exports import Export
@@ -289,6 +291,15 @@ class ParetoFront(BaseModel):
     objectives: list[Objective] = Field(description="What the front trades off, in the order of a trial's values.")
     items: list[ParetoPoint] = Field(description="The non-dominated complete trials, by param_ratio ascending.")
 
+    @classmethod
+    def of_job(cls, job: Job, complete_trials: Sequence[TrialResult]) -> ParetoFront:
+        """The front of ``job`` over its complete trials (``search.pareto.job_front``)."""
+        objectives, front = job_front(job.spec.get("objectives") or ["score"], complete_trials)
+        return cls(
+            objectives=[Objective(name=name, direction=direction) for name, direction in objectives],
+            items=[ParetoPoint.from_row(trial) for trial in front],
+        )
+
 
 class ModelWidths(BaseModel):
     """The dense model a job prunes: what the widths of its candidates are measured against."""
@@ -310,6 +321,87 @@ class ModelWidths(BaseModel):
             hidden_size=shape.hidden_size,
             dense_params=shape.dense_params(),
         )
+
+
+# GET /v1/compare: how many jobs one comparison may hold (a plot of more fronts is unreadable).
+MAX_COMPARED_JOBS = 8
+
+
+class SpecSummary(BaseModel):
+    """The choices that set jobs of one model apart: what a comparison shows beside their results."""
+
+    proxy: str | list[str] | None
+    sampler: str | None
+    objectives: list[str] = Field(description="'score' alone for a single-objective job.")
+    target: dict[str, Any] | None = Field(description="The job's target (param_ratio, scope, ...).")
+    n_trials: int | None
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> SpecSummary:
+        # Read with .get: a stored spec keeps the fields of the version that accepted it.
+        return cls(
+            proxy=spec.get("proxy"),
+            sampler=spec.get("sampler"),
+            objectives=spec.get("objectives") or ["score"],
+            target=spec.get("target"),
+            n_trials=spec.get("n_trials"),
+        )
+
+
+class VerifiedFigures(BaseModel):
+    """A job's held-out figures: its best architecture's and the dense model's, on the same tokens."""
+
+    primary: str | None = Field(description="The metric the finalists were ranked by, lower is better ('kl').")
+    best: Figures | None = Field(
+        description="The best architecture's figures (e.g. kl, ppl, tokens); null if unverified."
+    )
+    dense: Figures | None = Field(description="The dense model's figures, from the job's report; null before it.")
+
+    @classmethod
+    def of_job(cls, job: Job) -> VerifiedFigures:
+        verification = (job.report or {}).get("verification") or {}
+        best = (job.best or {}).get("verified")
+        primary = verification.get("primary") or (best or {}).get("primary")
+        return cls(primary=primary, best=best, dense=verification.get("dense"))
+
+
+class ComparedJob(BaseModel):
+    """One job of a comparison: enough to draw its front, its best architecture and its figures."""
+
+    id: str
+    status: JobStatus
+    spec: SpecSummary
+    progress: Progress
+    pareto: ParetoFront = Field(description="As GET /v1/jobs/{id}/pareto answers.")
+    best: BestOut | None = Field(description="The best architecture (arch.layers: one entry per layer).")
+    verified: VerifiedFigures
+    created_at: datetime
+    finished_at: datetime | None
+
+    @classmethod
+    def from_row(cls, job: Job, complete_trials: Sequence[TrialResult]) -> ComparedJob:
+        return cls(
+            id=job.id,
+            status=JobStatus(job.status),
+            spec=SpecSummary.from_spec(job.spec),
+            progress=_progress(job),
+            pareto=ParetoFront.of_job(job, complete_trials),
+            best=BestOut.model_validate(job.best) if job.best is not None else None,
+            verified=VerifiedFigures.of_job(job),
+            created_at=job.created_at,
+            finished_at=job.finished_at,
+        )
+
+
+class Comparison(BaseModel):
+    """The body of ``GET /v1/compare``: jobs of one model side by side, in the order asked."""
+
+    model: str
+    widths: ModelWidths | None = Field(
+        description="The dense model's widths (what the architectures are drawn against); null when this "
+        "server cannot read its config (a hub id)."
+    )
+    jobs: list[ComparedJob]
 
 
 class ArtifactFile(BaseModel):

@@ -60,10 +60,16 @@ def browser() -> Iterator[object]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The data folder of ``server``: its SQLite database holds the jobs' Optuna studies too."""
+    return tmp_path_factory.mktemp("browser-data")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, server_data_dir: Path) -> Iterator[str]:
     """``prunesearch serve`` (API + embedded worker, SQLite, filesystem broker) on a free port."""
     port = free_port()
-    env = base_env(tmp_path_factory.mktemp("browser-data"), port=str(port))
+    env = base_env(server_data_dir, port=str(port))
     process = Process("serve", [*PRUNESEARCH, "serve"], env, tmp_path_factory.mktemp("browser-logs"))
     base_url = f"http://127.0.0.1:{port}"
     try:

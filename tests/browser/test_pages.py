@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from pathlib import Path
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import httpx
 import pytest
@@ -807,3 +809,100 @@ def test_the_form_offers_exactly_the_names_a_spec_accepts(browser: Any, server: 
     assert proxies == list(names.proxy_names())
     assert samplers == ["", *names.SAMPLERS]
     page.context.close()
+
+
+# --- comparing jobs ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_finished_jobs(finished_job: dict[str, Any], server: str, tiny_llama_dir: Path) -> list[str]:
+    """The form's job and a smaller one on the same model and proxy, with another sampler."""
+    with httpx.Client(base_url=server, timeout=30) as api:
+        first = api.get(f"/v1/jobs/{finished_job['job_id']}").json()
+        body = flow.job_body(tiny_llama_dir, n_trials=6, verify_top_k=2, proxy=first["spec"]["proxy"], sampler="random")
+        second = flow.submit(api, body)
+        assert flow.wait_for(api, second, TERMINAL, timeout=300)["status"] == "succeeded"
+    return [first["id"], second]
+
+
+def test_two_jobs_ticked_on_the_list_open_side_by_side(
+    two_finished_jobs: list[str], browser: Any, server: str, api: httpx.Client, screenshot_dir: list[Path]
+) -> None:
+    page = new_page(browser, viewport=LAPTOP)
+    errors = _errors(page)
+    page.goto(f"{server}/")
+    assert page.is_disabled("#compare-selected")
+    for job_id in two_finished_jobs:
+        page.check(f"#jobs-body tr[data-job-id='{job_id}'] input.compare-box")
+    page.click("#compare-selected")
+    page.wait_for_url(re.compile(r".*/compare\?jobs=[0-9a-f,]+$"))
+    page.wait_for_selector("#compare-body:not([hidden])")
+
+    comparison = api.get("/v1/compare", params={"jobs": ",".join(two_finished_jobs)}).json()
+    # The plot: one coloured front per job, each named in the legend, the proxy's score by default.
+    legend = page.locator("#compare-legend li").evaluate_all("items => items.map(i => i.dataset.jobId)")
+    assert legend == two_finished_jobs
+    series = page.locator("svg.scatter g.series").evaluate_all("groups => groups.map(g => g.dataset.series)")
+    assert series == two_finished_jobs
+    for job in comparison["jobs"]:
+        plotted = page.locator(f"svg.scatter g.series[data-series='{job['id']}'] circle").count()
+        assert plotted == len(job["pareto"]["items"]) > 0
+    assert page.input_value("#compare-y") == "score"
+    page.select_option("#compare-y", "kl")  # the verified KL: the best of each job at least
+    for job_id in two_finished_jobs:
+        assert page.locator(f"svg.scatter g.series[data-series='{job_id}'] circle.best").count() == 1
+
+    # The tables: a column per job; the best architecture of each, layer by layer.
+    for table in ("#compare-figures", "#compare-layers"):
+        heads = page.locator(f"{table} thead th[data-job-id]").evaluate_all("cells => cells.map(c => c.dataset.jobId)")
+        assert heads == two_finished_jobs, table
+    figures = page.inner_text("#compare-figures")
+    assert "random" in figures and "Perplexity (best)" in figures
+    layers = comparison["jobs"][0]["best"]["arch"]["layers"]
+    assert page.locator("#compare-layers tbody tr").count() == len(layers)
+    first_heads = (
+        f"{layers[0]['heads']} of {comparison['widths']['num_heads']} heads" if layers[0]["heads"] else "dropped"
+    )
+    assert first_heads in page.inner_text(
+        f"#compare-layers tbody tr >> nth=0 >> td[data-job-id='{two_finished_jobs[0]}']"
+    )
+    save_screenshot(page, screenshot_dir, "compare.png", full_page=True)
+    assert errors == []
+    page.context.close()
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_optuna_dashboard_compares_the_same_jobs_studies(
+    two_finished_jobs: list[str], browser: Any, server_data_dir: Path
+) -> None:
+    """optuna-dashboard's WSGI app on the server's Optuna storage: its compare view shows both studies."""
+    import optuna_dashboard
+
+    from service.settings import Settings
+
+    storage = Settings(data_dir=server_data_dir).optuna_storage_url
+    dashboard = make_server("127.0.0.1", 0, optuna_dashboard.wsgi(storage), handler_class=_QuietHandler)
+    thread = threading.Thread(target=dashboard.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{dashboard.server_port}"
+    try:
+        studies = httpx.get(f"{base}/api/studies", timeout=30).json()["study_summaries"]
+        ids = {study["study_name"]: study["study_id"] for study in studies}
+        names = [f"job-{job_id}" for job_id in two_finished_jobs]
+        assert set(names) <= set(ids), ids
+        page = new_page(browser, viewport=LAPTOP)
+        page.goto(f"{base}/dashboard/compare-studies?ids={','.join(str(ids[name]) for name in names)}")
+        # The view lists every study; the compared ones are drawn, each named in the history plot's legend.
+        for name in names:
+            page.get_by_text(f"Best Value of {name}").first.wait_for()
+        drawn = page.locator("text=/^Best Value of /").all_text_contents()
+        assert sorted(drawn) == sorted(f"Best Value of {name}" for name in names), drawn
+        page.context.close()
+    finally:
+        dashboard.shutdown()
+        dashboard.server_close()
+        thread.join(timeout=10)

@@ -22,7 +22,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
 
 
 def test_the_pages_are_served_with_a_strict_content_security_policy(client: TestClient) -> None:
-    for path in ("/", "/jobs/0123456789abcdef0123456789abcdef"):
+    for path in ("/", "/jobs/0123456789abcdef0123456789abcdef", "/compare?jobs=a,b"):
         response = client.get(path)
         assert response.status_code == 200, path
         assert response.headers["content-type"].startswith("text/html")
@@ -53,7 +53,8 @@ def test_every_asset_is_served_locally_and_revalidated(client: TestClient) -> No
 
 def test_the_html_routes_stay_out_of_the_openapi_document(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
-    assert "/" not in paths and "/jobs/{job_id}" not in paths
+    assert "/" not in paths and "/jobs/{job_id}" not in paths and "/compare" not in paths
+    assert "/v1/compare" in paths
 
 
 def test_templates_reference_only_existing_assets() -> None:
@@ -66,7 +67,7 @@ def test_templates_reference_only_existing_assets() -> None:
 
 
 def test_the_pages_answer_head_like_get(client: TestClient) -> None:
-    for path in ("/", "/jobs/0123456789abcdef0123456789abcdef"):
+    for path in ("/", "/jobs/0123456789abcdef0123456789abcdef", "/compare"):
         head, get = client.head(path), client.get(path)
         assert head.status_code == 200, path
         assert head.headers["content-type"] == get.headers["content-type"] and head.content == b""

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from service.broker import JOB_QUEUE, NOTIFY_QUEUE
 from tests.compose.compose import (
     COMPOSE_FILE,
     DOCKERFILES,
@@ -56,12 +57,12 @@ def test_compose_refuses_to_start_without_passwords(tmp_path: Path) -> None:
 
 def test_services_wait_for_what_they_need(config: Any) -> None:
     services = config["services"]
-    assert set(services) == {"postgres", "redis", "migrate", "api", "worker", "dashboard"}
+    assert set(services) == {"postgres", "redis", "migrate", "api", "worker", "notify", "dashboard"}
     for name in ("postgres", "redis", "api"):
         assert services[name]["healthcheck"]["test"], name
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert services["migrate"]["command"] == ["prunesearch", "db", "upgrade"]
-    for name in ("api", "worker"):
+    for name in ("api", "worker", "notify"):
         depends = {service: rule["condition"] for service, rule in services[name]["depends_on"].items()}
         assert depends == {
             "migrate": "service_completed_successfully",
@@ -81,7 +82,7 @@ def test_services_wait_for_what_they_need(config: Any) -> None:
             services[name]["environment"]["PRUNESEARCH_OPTUNA_STORAGE_URL"],
             services[name]["environment"]["PRUNESEARCH_BROKER_URL"],
         )
-        for name in ("migrate", "api", "worker", "dashboard")
+        for name in ("migrate", "api", "worker", "notify", "dashboard")
     }
     assert len(set(urls.values())) == 1
     database, _optuna, broker = urls["api"]
@@ -121,7 +122,29 @@ def test_each_worker_reserves_its_own_gpu(env_file: Path) -> None:
     assert all(len(reserved) == 1 and reserved[0]["driver"] == "nvidia" for reserved in devices.values()), devices
     ids = [reserved[0]["device_ids"] for reserved in devices.values()]
     assert sorted(ids) == [[str(i)] for i in range(len(workers))], ids  # one GPU each, none shared
-    assert all(service["command"] == ["prunesearch", "worker"] for service in workers.values())
+    assert all(service["command"] == ["prunesearch", "worker", "--queues", JOB_QUEUE] for service in workers.values())
+
+
+def test_webhooks_have_a_worker_of_their_own_and_the_gpu_workers_leave_them_to_it(env_file: Path) -> None:
+    services = resolved(env_file, files=(COMPOSE_FILE, GPUS_FILE))["services"]
+    notify = services["notify"]
+    assert notify["command"] == ["prunesearch", "worker", "--queues", NOTIFY_QUEUE]
+    assert notify["image"] == services["worker"]["image"]  # the worker's code runs the deliveries
+    assert "deploy" not in notify and notify["environment"]["PRUNESEARCH_DEVICE"] == "cpu"  # no GPU
+    assert notify["restart"] == "unless-stopped"
+    # Every other worker consumes the jobs' queue alone: no delivery waits behind a search.
+    consumers = {
+        name: _queues(service["command"])
+        for name, service in services.items()
+        if "--queues" in (service.get("command") or [])
+    }
+    assert consumers == {"notify": [NOTIFY_QUEUE]} | {
+        name: [JOB_QUEUE] for name in services if name.startswith("worker")
+    }
+
+
+def _queues(command: list[str]) -> list[str]:
+    return command[command.index("--queues") + 1].split(",")
 
 
 def test_env_example_documents_every_variable_the_compose_files_read() -> None:

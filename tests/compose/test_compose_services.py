@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
+from service.broker import JOB_QUEUE, NOTIFY_QUEUE
 from tests.compose.api_image.api_image_rules import closure, foreign_modules, read_requirements
 from tests.compose.compose import API_REQUIREMENTS, container_command, resolved, write_env
 from tests.e2e import flow
@@ -110,6 +111,7 @@ def compose_stack(
     processes = [
         Process("api", container_command(services["api"]), api_env, logs),
         Process("worker", container_command(services["worker"]), worker_env, logs),
+        Process("notify", container_command(services["notify"]), local_env(services["notify"], overrides, base), logs),
     ]
     by_name = {process.name: process for process in processes}
     headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -125,6 +127,7 @@ def compose_stack(
             "api_env": api_env,
             "import_logs": import_logs,
             "processes": by_name,
+            "broker_url": redis_url,
         }
     except BaseException:
         for process in processes:
@@ -145,6 +148,27 @@ def test_the_compose_services_complete_a_job(compose_stack: dict[str, Any], tiny
     job_id = flow.submit(client, flow.job_body(tiny_llama_dir))
     flow.check_completed_job(client, job_id)
     compose_stack["job_id"] = job_id
+
+
+def test_the_gpu_worker_takes_jobs_and_the_notify_worker_webhooks_only(compose_stack: dict[str, Any]) -> None:
+    """Asked over the broker (Celery's active_queues), each worker names the queues it consumes."""
+    from celery import Celery
+
+    # `prunesearch worker` names its Celery node prunesearch-<its pid>@<host>.
+    expected = {f"prunesearch-{compose_stack['processes'][name].popen.pid}": queues for name, queues in
+                (("worker", [JOB_QUEUE]), ("notify", [NOTIFY_QUEUE]))}  # fmt: skip
+    app = Celery("compose-test", broker=compose_stack["broker_url"], set_as_current=False)
+
+    def consumed() -> dict[str, list[str]] | None:
+        replies = app.control.inspect(timeout=2).active_queues() or {}
+        queues = {node.partition("@")[0]: sorted(queue["name"] for queue in found) for node, found in replies.items()}
+        return queues if set(expected) <= set(queues) else None
+
+    try:
+        queues = wait_until(consumed, timeout=90, what="both workers to answer")
+    finally:
+        app.close()
+    assert {node: queues[node] for node in expected} == expected
 
 
 def test_the_dashboard_profile_opens_the_jobs_optuna_study(compose_stack: dict[str, Any]) -> None:

@@ -9,12 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
-from search.arch import ModelShape
-from search.errors import SearchError
-from search.families import read_shape
-from search.pareto import job_front
 from search.results import JobReport
-from search.spec import model_kind, read_local_config
 from service import repository
 from service.api import exports
 from service.api.deps import CeleryDep, SessionDep, SettingsDep
@@ -24,11 +19,10 @@ from service.api.schemas import (
     Artifact,
     ArtifactList,
     ModelWidths,
-    Objective,
     ParetoFront,
-    ParetoPoint,
     artifacts_path,
 )
+from service.api.widths import dense_shape
 from service.errors import NotFound
 
 router = APIRouter(prefix=f"{API_PREFIX}/jobs", tags=["results"])
@@ -54,13 +48,7 @@ def _binary(media_type: str, description: str) -> dict[int | str, dict[str, Any]
 )
 def get_pareto(job_id: str, session: SessionDep) -> ParetoFront:
     job = repository.require_job(session, job_id)
-    objectives, front = job_front(
-        job.spec.get("objectives") or ["score"], repository.list_complete_trials(session, job_id)
-    )
-    return ParetoFront(
-        objectives=[Objective(name=name, direction=direction) for name, direction in objectives],
-        items=[ParetoPoint.from_row(trial) for trial in front],
-    )
+    return ParetoFront.of_job(job, repository.list_complete_trials(session, job_id))
 
 
 @router.get(
@@ -85,17 +73,7 @@ def get_report(job_id: str, session: SessionDep) -> JobReport:
 )
 def get_model(job_id: str, session: SessionDep) -> ModelWidths:
     job = repository.require_job(session, job_id)
-    return ModelWidths.from_shape(_dense_shape(job.model))
-
-
-def _dense_shape(model: str) -> ModelShape:
-    # The path passed the submission's checks; a folder gone since or a hub id is simply not known here.
-    try:
-        if model_kind(model) == "local":
-            return read_shape(read_local_config(model))
-    except (SearchError, OSError) as error:
-        raise NotFound(f"the config of model {model!r} cannot be read: {error}") from error
-    raise NotFound(f"model {model!r} is a hub id: only the worker that downloads it reads its config")
+    return ModelWidths.from_shape(dense_shape(job.model))
 
 
 @router.get(

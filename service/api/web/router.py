@@ -1,4 +1,5 @@
-"""``/`` (jobs list and submit form), ``/jobs/{id}`` (one job, live) and ``/static`` (assets)."""
+"""``/`` (jobs list and submit form), ``/jobs/{id}`` (one job, live), ``/compare?jobs=a,b`` (jobs side by
+side) and ``/static`` (assets)."""
 
 from __future__ import annotations
 
@@ -93,6 +94,12 @@ def job_page(job_id: str = PathParam(max_length=64)) -> HTMLResponse:
     # The shell does not look the job up: the page asks the API (with the user's key) and says
     # "not found" itself, so a page never reveals more than the API would.
     return HTMLResponse(render("job.html", title=f"Job {job_id}", page="job", job_id=job_id), headers=_PAGE_HEADERS)
+
+
+@router.api_route("/compare", methods=["GET", "HEAD"], response_class=HTMLResponse)
+def compare_page() -> HTMLResponse:
+    # The jobs come from the query string, read by the page, which asks GET /v1/compare for them.
+    return HTMLResponse(render("compare.html", title="Compare jobs", page="compare", job_id=""), headers=_PAGE_HEADERS)
 
 
 def install_web(app: FastAPI) -> None:

@@ -23,7 +23,8 @@ export function denseScale(model, archs) {
   return { heads, ffn, exact: false };
 }
 
-function bar(kept, total, unit, kind, exact) {
+/** One layer's kept heads or channels as a bar against the dense width, or "dropped". */
+export function widthBar(kept, total, unit, kind, exact) {
   if (!isNumber(kept) || kept <= 0) {
     return h("span", { class: ["block", "dropped", kind] }, h("span", { class: "block-label" }, "dropped"));
   }
@@ -55,8 +56,8 @@ export function drawArch(tbody, arch, scale, { sparsityHead, note } = {}) {
         "tr",
         { class: removed ? "layer-removed" : null, dataset: { layer: String(index) } },
         h("th", { scope: "row", class: "num" }, String(index)),
-        h("td", {}, bar(layer.heads, scale.heads, "heads", "attn", scale.exact)),
-        h("td", {}, bar(layer.ffn_channels, scale.ffn, "channels", "mlp", scale.exact)),
+        h("td", {}, widthBar(layer.heads, scale.heads, "heads", "attn", scale.exact)),
+        h("td", {}, widthBar(layer.ffn_channels, scale.ffn, "channels", "mlp", scale.exact)),
         hasSparsity ? h("td", { class: "num" }, isNumber(layer.sparsity) ? percent(layer.sparsity, 0) : "—") : null,
       );
     }),

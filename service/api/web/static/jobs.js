@@ -12,7 +12,11 @@ const list = {
   jobs: new Map(), // id → job, newest first by created_at
   nextCursor: null,
   status: "",
+  selected: new Map(), // id → model of the jobs ticked for comparison, in the order ticked
 };
+
+// At most as many as GET /v1/compare takes (service.api.schemas.MAX_COMPARED_JOBS).
+const MAX_COMPARED = 8;
 
 // --- jobs list -----------------------------------------------------------------------------------
 
@@ -45,6 +49,7 @@ function row(job) {
   return h(
     "tr",
     { dataset: { jobId: job.id, status: job.status } },
+    h("td", { class: "select" }, selectBox(job)),
     h("th", { scope: "row" }, h("a", { href: `/jobs/${encodeURIComponent(job.id)}`, title: job.id }, h("code", {}, shortId(job.id)))),
     h("td", {}, statusBadge(job.status)),
     h("td", { title: job.model, class: "model" }, modelName(job.model)),
@@ -55,6 +60,41 @@ function row(job) {
   );
 }
 
+// --- choosing jobs to compare -------------------------------------------------------------------
+
+function selectBox(job) {
+  const chosen = list.selected.has(job.id);
+  const full = list.selected.size >= MAX_COMPARED && !chosen;
+  return h("input", {
+    type: "checkbox",
+    class: "compare-box",
+    checked: chosen,
+    disabled: full,
+    "aria-label": `Compare job ${shortId(job.id)}`,
+    onchange: (event) => {
+      if (event.target.checked) list.selected.set(job.id, job.model);
+      else list.selected.delete(job.id);
+      renderCompare(); // not the whole table: the box keeps the keyboard focus
+    },
+  });
+}
+
+function renderCompare() {
+  const models = new Set(list.selected.values());
+  const button = byId("compare-selected");
+  const hint = byId("compare-hint");
+  for (const box of document.querySelectorAll(".compare-box")) box.disabled = list.selected.size >= MAX_COMPARED && !box.checked;
+  button.disabled = list.selected.size < 2 || models.size > 1;
+  button.textContent = list.selected.size >= 2 ? `Compare ${list.selected.size} jobs` : "Compare selected";
+  if (models.size > 1) hint.textContent = "These jobs prune different models: tick jobs of one model.";
+  else if (list.selected.size < 2) hint.textContent = "Tick two or more jobs of one model to compare them.";
+  else hint.textContent = `Model ${modelName([...models][0])}.`;
+}
+
+function openComparison() {
+  if (list.selected.size >= 2) window.location.assign(`/compare?jobs=${[...list.selected.keys()].map(encodeURIComponent).join(",")}`);
+}
+
 function renderJobs() {
   const jobs = [...list.jobs.values()].sort((a, b) => Date.parse(b.created_at) - Date.parse(a.created_at) || (a.id < b.id ? 1 : -1));
   replace(byId("jobs-body"), jobs.map(row));
@@ -62,6 +102,7 @@ function renderJobs() {
   byId("jobs-empty").textContent = list.status ? `No ${list.status} jobs.` : "No jobs yet. Submit one with the form.";
   byId("jobs-more").hidden = !list.nextCursor;
   byId("jobs-updated").textContent = `Updated ${new Date().toLocaleTimeString()}`;
+  renderCompare();
   return jobs;
 }
 
@@ -266,6 +307,7 @@ form.addEventListener("input", () => {
   idempotencyKey = null;
 });
 byId("jobs-more").addEventListener("click", loadMore);
+byId("compare-selected").addEventListener("click", openComparison);
 byId("status-filter").addEventListener("change", (event) => {
   list.status = event.target.value;
   list.jobs = new Map();

@@ -1,4 +1,5 @@
-// An inline SVG scatter of trials: score against parameter ratio, the Pareto front highlighted.
+// Inline SVG plots against the parameter ratio: one job's trials with its Pareto front highlighted
+// (drawScatter), and several jobs' fronts in one colour each (drawFronts).
 
 import { replace, s } from "./dom.js";
 import { isNumber, percent, score as fmtScore } from "./format.js";
@@ -39,11 +40,10 @@ function tickLabel(value, step, asPercent) {
 }
 
 /**
- * Draw into `container`. points: [{number, x: param_ratio, y: score, label}], front: Set of numbers,
- * best: trial number or null, target: param ratio or null. A latency job's x is its predicted
- * milliseconds per step: xLabel names it and xPercent false prints plain numbers.
+ * The SVG, its scales and its grid, axes and target line: what every plot here shares. The x axis
+ * is the fraction of parameters kept unless xLabel names another quantity (xPercent false: plain numbers).
  */
-export function drawScatter(container, { points, front, best = null, target = null, yLabel = "score", xLabel = "parameters kept", xPercent = true }) {
+function frame(container, { xs, ys, target, yLabel, title, description, xLabel = "parameters kept", xPercent = true }) {
   const width = Math.max(300, Math.round(container.clientWidth || 640));
   const height = Math.round(Math.min(420, Math.max(240, width * 0.55)));
   const narrow = width < 480;
@@ -51,12 +51,11 @@ export function drawScatter(container, { points, front, best = null, target = nu
   const margin = { top: 24, right: 16, bottom: 46, left: narrow ? 58 : 70 };
   const plotW = width - margin.left - margin.right;
   const plotH = height - margin.top - margin.bottom;
-  const [x0, x1] = domain(points.map((p) => p.x), { include: isNumber(target) ? [target] : [] });
-  const [y0, y1] = domain(points.map((p) => p.y), { minSpan: 1e-6 });
+  const [x0, x1] = domain(xs, { include: isNumber(target) ? [target] : [] });
+  const [y0, y1] = domain(ys, { minSpan: 1e-6 });
   const sx = (x) => margin.left + ((x - x0) / (x1 - x0)) * plotW;
   const sy = (y) => margin.top + (1 - (y - y0) / (y1 - y0)) * plotH;
 
-  const onFront = points.filter((p) => front.has(p.number)).sort((a, b) => a.x - b.x);
   const svg = s(
     "svg",
     {
@@ -67,15 +66,8 @@ export function drawScatter(container, { points, front, best = null, target = nu
       role: "img",
       "aria-labelledby": "scatter-title scatter-desc",
     },
-    s("title", { id: "scatter-title" }, `Trials: ${yLabel} against ${xPercent ? "fraction of " : ""}${xLabel}`),
-    s(
-      "desc",
-      { id: "scatter-desc" },
-      points.length
-        ? `${points.length} trials plotted; ${onFront.length} on the Pareto front (higher ${yLabel}, ${xPercent ? "fewer parameters" : `lower ${xLabel}`}).` +
-            (best !== null ? ` Best trial: ${best}.` : "")
-        : "No finished trials yet.",
-    ),
+    s("title", { id: "scatter-title" }, title),
+    s("desc", { id: "scatter-desc" }, description),
   );
 
   const xt = ticks(x0, x1, narrow ? 4 : 6);
@@ -118,15 +110,42 @@ export function drawScatter(container, { points, front, best = null, target = nu
       ),
     );
   }
+  return { svg, sx, sy };
+}
+
+/** The front as a staircase: from each point (by x), keep its y until the next point's x. */
+function staircase(points, sx, sy) {
+  const steps = [];
+  points.forEach((p, i) => {
+    steps.push(`${sx(p.x)},${sy(p.y)}`);
+    const next = points[i + 1];
+    if (next) steps.push(`${sx(next.x)},${sy(p.y)}`);
+  });
+  return steps.join(" ");
+}
+
+/**
+ * Draw into `container`. points: [{number, x: param_ratio, y: score, label}], front: Set of numbers,
+ * best: trial number or null, target: param ratio or null. A latency job's x is its predicted
+ * milliseconds per step: xLabel names it and xPercent false prints plain numbers.
+ */
+export function drawScatter(container, { points, front, best = null, target = null, yLabel = "score", xLabel = "parameters kept", xPercent = true }) {
+  const onFront = points.filter((p) => front.has(p.number)).sort((a, b) => a.x - b.x);
+  const { svg, sx, sy } = frame(container, {
+    xs: points.map((p) => p.x),
+    ys: points.map((p) => p.y),
+    target,
+    yLabel,
+    xLabel,
+    xPercent,
+    title: `Trials: ${yLabel} against ${xPercent ? "fraction of " : ""}${xLabel}`,
+    description: points.length
+      ? `${points.length} trials plotted; ${onFront.length} on the Pareto front (higher ${yLabel}, ${xPercent ? "fewer parameters" : `lower ${xLabel}`}).` +
+        (best !== null ? ` Best trial: ${best}.` : "")
+      : "No finished trials yet.",
+  });
   if (onFront.length > 1) {
-    // The front as a staircase: from each point, keep its score until the next point's ratio.
-    const steps = [];
-    onFront.forEach((p, i) => {
-      steps.push(`${sx(p.x)},${sy(p.y)}`);
-      const next = onFront[i + 1];
-      if (next) steps.push(`${sx(next.x)},${sy(p.y)}`);
-    });
-    svg.append(s("polyline", { class: "front-line", points: steps.join(" "), "aria-hidden": "true" }));
+    svg.append(s("polyline", { class: "front-line", points: staircase(onFront, sx, sy), "aria-hidden": "true" }));
   }
   const dots = s("g", { class: "points" });
   // Front and best last, so they are drawn on top.
@@ -147,7 +166,7 @@ export function drawScatter(container, { points, front, best = null, target = nu
         s(
           "title",
           {},
-          `Trial ${p.number}${p.label ? ` (${p.label})` : ""}: ${yLabel} ${fmtScore(p.y)}, ${percent(p.x, 2)} of parameters` +
+          `Trial ${p.number}${p.label ? ` (${p.label})` : ""}: ${yLabel} ${fmtScore(p.y)}, ${xPercent ? `${percent(p.x, 2)} of parameters` : `${fmtScore(p.x)} ${xLabel}`}` +
             (isFront ? ", on the Pareto front" : "") +
             (isBest ? ", best" : ""),
         ),
@@ -158,3 +177,39 @@ export function drawScatter(container, { points, front, best = null, target = nu
   replace(container, svg);
   return svg;
 }
+
+/**
+ * Several fronts on one plot, one colour each (CSS class `series-<index>`). series: [{key, name,
+ * index, points: [{number, x, y, best}]}], the points of each already on its front.
+ */
+export function drawFronts(container, { series, target = null, yLabel = "score" }) {
+  const all = series.flatMap((one) => one.points);
+  const { svg, sx, sy } = frame(container, {
+    xs: all.map((p) => p.x),
+    ys: all.map((p) => p.y),
+    target,
+    yLabel,
+    title: `Pareto fronts: ${yLabel} against fraction of parameters kept`,
+    description: series.map((one) => `${one.name}: ${one.points.length} points`).join("; ") || "Nothing to plot.",
+  });
+  for (const one of series) {
+    const points = [...one.points].sort((a, b) => a.x - b.x);
+    const group = s("g", { class: ["series", `series-${one.index % SERIES_COLOURS}`], dataset: { series: one.key } });
+    if (points.length > 1) group.append(s("polyline", { class: "series-line", points: staircase(points, sx, sy), "aria-hidden": "true" }));
+    for (const p of points) {
+      group.append(
+        s(
+          "circle",
+          { class: ["series-point", p.best && "best"], cx: sx(p.x).toFixed(1), cy: sy(p.y).toFixed(1), r: p.best ? 7 : 5, dataset: { trial: String(p.number) } },
+          s("title", {}, `${one.name}, trial ${p.number}: ${yLabel} ${fmtScore(p.y)}, ${percent(p.x, 2)} of parameters${p.best ? ", best" : ""}`),
+        ),
+      );
+    }
+    svg.append(group);
+  }
+  replace(container, svg);
+  return svg;
+}
+
+// Distinct colours in app.css (.series-0 ... .series-7): one per job of a comparison (at most 8).
+export const SERIES_COLOURS = 8;
