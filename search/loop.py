@@ -16,6 +16,7 @@ sampler has not seen the current trial's score).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -26,9 +27,11 @@ from typing import Any, Generic, Protocol, TypeVar
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 
-# Optuna's own heartbeat helpers: the one place that says whether a storage runs heartbeats, and
-# the thread that beats for a running trial. The loop needs both, as ``study.optimize`` does.
-from optuna.storages._heartbeat import BaseHeartbeatThread, get_heartbeat_thread, is_heartbeat_enabled
+# Optuna's own helper: the one place that says whether a storage runs heartbeats.
+from optuna.storages._heartbeat import is_heartbeat_enabled
+
+# What ``study.tell`` and ``study.optimize`` call to finish a trial, minus tell's deep copy of it.
+from optuna.study._tell import _tell_with_warning
 from optuna.trial import FrozenTrial, TrialState
 
 log = logging.getLogger(__name__)
@@ -57,10 +60,9 @@ def complete_count(study: optuna.Study) -> int:
 
 @dataclass
 class _Proposed(Generic[P]):
-    """A running trial, its heartbeat, and its proposal (or why it has none)."""
+    """A running trial and its proposal (or why it has none)."""
 
     trial: optuna.Trial
-    heartbeat: BaseHeartbeatThread
     proposal: P | None = None
     error: BaseException | None = None
 
@@ -82,7 +84,7 @@ def run_trials(
     raised. ``callbacks`` receive each finished trial (one shared copy: they must not change it);
     ``should_stop`` is asked after each. Returns whether ``should_stop`` ended the loop."""
     stale = _StaleTrials(study)
-    with ThreadPoolExecutor(1, thread_name_prefix="propose") as pool:
+    with _Heartbeats(study) as beats, ThreadPoolExecutor(1, thread_name_prefix="propose") as pool:
         ahead: Future[_Proposed[Any]] | None = None
         try:
             for ran in range(max_trials):
@@ -90,14 +92,15 @@ def run_trials(
                 if ahead is None:
                     if complete_count(study) >= complete_target:
                         return False
-                    current = _ask_and_propose(study, objective)
+                    current = _ask_and_propose(study, objective, beats)
                 else:
                     current, ahead = ahead.result(), None
                 # Look ahead only when this trial's completing would not end the study (one worker
                 # asks exactly as many trials as it completes).
                 if lookahead and ran + 1 < max_trials and complete_count(study) + 1 < complete_target:
-                    ahead = pool.submit(_ask_and_propose, study, objective)
+                    ahead = pool.submit(_ask_and_propose, study, objective, beats)
                 finished = _score_and_tell(study, objective, current, catch, ahead)
+                beats.discard(current.trial)
                 for callback in callbacks:
                     callback(study, finished)
                 if should_stop is not None and should_stop():
@@ -106,13 +109,13 @@ def run_trials(
         finally:
             if ahead is not None:  # proposed, never scored: stopped, failed, or the study is complete
                 _abandon(study, ahead.result())
+                beats.discard(ahead.result().trial)
 
 
-def _ask_and_propose(study: optuna.Study, objective: StagedObjective[Any]) -> _Proposed[Any]:
+def _ask_and_propose(study: optuna.Study, objective: StagedObjective[Any], beats: _Heartbeats) -> _Proposed[Any]:
     trial = study.ask()
-    heartbeat = get_heartbeat_thread(trial._trial_id, study._storage)
-    heartbeat.start()
-    proposed: _Proposed[Any] = _Proposed(trial, heartbeat)
+    beats.add(trial)
+    proposed: _Proposed[Any] = _Proposed(trial)
     try:
         proposed.proposal = objective.propose(trial)
     except BaseException as error:  # raised in order, by the thread that scores
@@ -155,25 +158,75 @@ def _tell(
     state: TrialState | None = None,
 ) -> FrozenTrial:
     """Tell the trial once the next one is proposed (so the sampler never sees this one's score
-    sooner on one run than on another), then stop its heartbeat."""
+    sooner on one run than on another)."""
     if ahead is not None:
         ahead.exception()  # waits; its error is the next trial's to raise
     try:
-        return study.tell(current.trial, values, state)
+        return _told(study, current.trial, values, state)
     except UpdateFinishedTrialError:  # failed for missed heartbeats (a stalled worker) and queued again
         log.warning("trial %d was finished by another worker meanwhile; its result is dropped", current.trial.number)
         return study._storage.get_trial(current.trial._trial_id)
-    finally:
-        current.heartbeat.join()
+
+
+def _told(
+    study: optuna.Study, trial: optuna.Trial, values: float | Sequence[float] | None, state: TrialState | None
+) -> FrozenTrial:
+    """``study.tell`` without its deep copy of the finished trial (milliseconds at a hundred
+    parameters): the callbacks share the storage's copy."""
+    _tell_with_warning(study, trial, values, state, suppress_warning=True)
+    return study._storage.get_trial(trial._trial_id)
 
 
 def _abandon(study: optuna.Study, proposed: _Proposed[Any]) -> None:
     """Fail a trial proposed ahead that will not be scored, saying so."""
     proposed.trial.set_user_attr("error", "not scored: the search stopped before its turn")
-    try:
-        study.tell(proposed.trial, state=TrialState.FAIL)
-    finally:
-        proposed.heartbeat.join()
+    _told(study, proposed.trial, None, TrialState.FAIL)
+
+
+class _Heartbeats:
+    """One thread beats, every heartbeat interval and in one pass, for this loop's running trials
+    (at most two: the current one and the one proposed ahead). ``study.optimize`` starts a thread per
+    trial that writes a first beat at once: a thread and a commit per trial, fighting the loop for the
+    database. A trial that ends before the first beat has none, which is safe: a trial whose worker
+    died before its first beat is failed by the reaper on its start time (``workers.reaper``)."""
+
+    def __init__(self, study: optuna.Study) -> None:
+        storage = study._storage
+        self.storage = storage
+        self.every = storage.get_heartbeat_interval() if is_heartbeat_enabled(storage) else None
+        self.running: set[int] = set()
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name="trial-heartbeats", daemon=True)
+
+    def __enter__(self) -> _Heartbeats:
+        if self.every is not None:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stopped.set()
+        if self.thread.is_alive():
+            self.thread.join()
+
+    def add(self, trial: optuna.Trial) -> None:
+        with self.lock:
+            self.running.add(trial._trial_id)
+
+    def discard(self, trial: optuna.Trial) -> None:
+        with self.lock:
+            self.running.discard(trial._trial_id)
+
+    def _beat(self) -> None:
+        assert self.every is not None
+        while not self.stopped.wait(self.every):
+            with self.lock:
+                running = sorted(self.running)
+            for trial_id in running:
+                try:
+                    self.storage.record_heartbeat(trial_id)
+                except Exception:  # the next beat retries; the loop must go on
+                    log.warning("heartbeat of trial %d failed", trial_id, exc_info=True)
 
 
 class _StaleTrials:

@@ -354,7 +354,7 @@ def _replace(
     if replaced:
         session.execute(sqlalchemy.delete(model).where(model.trial_id == trial_id, getattr(model, key).in_(replaced)))
     if rows:
-        session.execute(sqlalchemy.insert(model), rows)
+        session.execute(sqlalchemy.insert(model.__table__), rows)  # Core executemany: no ORM objects
 
 
 @functools.lru_cache(maxsize=4096)
