@@ -51,11 +51,11 @@ from search.loading import LoadedModel, adapter_for  # noqa: E402
 from search.proxies import Proxy, ProxyScore  # noqa: E402
 from search.selection import Selection  # noqa: E402
 from search.spec import JobSpec  # noqa: E402
-from search.storage import make_storage  # noqa: E402
 from search.trials import SearchHooks, open_study, search_trials  # noqa: E402
 from service import repository  # noqa: E402
 from service.db import make_engine, make_sessionmaker, session_scope  # noqa: E402
 from service.migrate import upgrade  # noqa: E402
+from studystore import make_storage  # noqa: E402
 from workers.jobs import TrialRecorder  # noqa: E402
 
 WARMUP = 12  # the enqueued baselines and the evo sampler's first draws are not the steady state

@@ -51,8 +51,8 @@ def worker(args: argparse.Namespace) -> None:
     from search.candidates import prepare
     from search.coordination import search_chunk
     from search.spec import JobSpec
-    from search.storage import make_storage
     from search.trials import job_proxy, open_study
+    from studystore import make_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     run = Path(args.run_dir)

@@ -46,8 +46,8 @@ from search.loading import (  # noqa: E402
 from search.names import PROXIES  # noqa: E402
 from search.repair import Proposal  # noqa: E402
 from search.spec import JobSpec  # noqa: E402
-from search.storage import make_storage  # noqa: E402
 from search.trials import job_proxy, open_study, search_trials  # noqa: E402
+from studystore import make_storage  # noqa: E402
 
 SHAPES: dict[str, dict[str, int]] = {
     # hidden, layers, heads, kv heads, intermediate, vocab
@@ -421,7 +421,7 @@ def main() -> None:
             " dropped sub-blocks, so its forward+backward does the pruned model's work plus the sketch"
             " (one (out × r) product per linear inside the backward); *apply* is the gather.",
             "- Orchestration: a trial's parameters and attributes are written in one transaction when it"
-            " ends (`search.storage.BatchedRDBStorage`), the study's reads fetch only trials that changed, and"
+            " ends (`studystore.BatchedRDBStorage`), the study's reads fetch only trials that changed, and"
             " on a GPU the next candidate is sampled, repaired and selected while this one scores"
             " (`search.loop`); what is left is creating and finishing the trial and the study's reads"
             " (benchmarks/orchestration.py measures it without a model).",

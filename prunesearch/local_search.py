@@ -48,8 +48,8 @@ def _check_resume(spec: JobSpec, storage: str, study_name: str) -> None:
     """An existing study resumes (``run_search`` loads it) up to ``--trials``, checked as the service
     checks ``POST /v1/jobs/{id}/resume``, before the model loads: never fewer than it already completed."""
     from search.resume import resumed_spec
-    from search.storage import make_storage
     from search.trials import stored_complete_trials
+    from studystore import make_storage
 
     resumed_spec(spec, complete=stored_complete_trials(make_storage(storage), study_name), n_trials=spec.n_trials)
 
@@ -96,9 +96,9 @@ def _run_study(
     on_trial: Callable[[Any, Any], None],
     on_verify: Callable[[int, int], None],
 ) -> SearchResult:
-    from search.storage import make_storage
     from search.study import run_search
     from search.trials import SearchHooks
+    from studystore import make_storage
 
     hooks = SearchHooks(on_trial=[on_trial], on_verify=on_verify)
     return run_search(context, study_name=study_name, storage=make_storage(storage), hooks=hooks)

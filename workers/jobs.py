@@ -217,7 +217,7 @@ def _offer_chunks(job_id: str, remaining: int, settings: WorkerSettings) -> None
 
 
 def _storage(settings: WorkerSettings) -> optuna.storages.BaseStorage:
-    from search.storage import make_storage
+    from studystore import make_storage
 
     return make_storage(
         settings.optuna_storage_url,

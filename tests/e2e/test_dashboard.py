@@ -12,8 +12,8 @@ import pytest
 from search.candidates import prepare
 from search.loading import LoadedModel, load_model
 from search.spec import JobSpec
-from search.storage import make_storage
 from search.study import run_search
+from studystore import make_storage
 from tests.e2e.processes import Process, base_env, free_port, wait_until
 
 pytestmark = pytest.mark.e2e

@@ -12,10 +12,12 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from search.candidates import prepare
+from search.evo import CLAIM_ATTR
 from search.loading import LoadedModel
-from search.storage import make_storage
 from search.study import run_search
 from search.trials import SearchHooks, job_proxy, open_study, search_trials
+from studystore import make_storage
+from studystore.storage import IMMEDIATE_SYSTEM_ATTRS
 from tests.conftest import tiny_job_spec
 
 
@@ -56,6 +58,10 @@ def test_a_running_trials_writes_reach_the_database_when_it_ends(tmp_path: Path)
     assert stored.intermediate_values == {1: 0.5} and stored.system_attrs["constraints:budget"] == -0.1
     assert _trial_rows(stored) == _trial_rows(study.trials[0])  # this process reads what the database has
     assert _trial_rows(optuna.load_study(study_name="s", storage=url).trials[0]) == _trial_rows(stored)
+
+
+def test_the_evo_samplers_claims_are_written_at_once() -> None:
+    assert CLAIM_ATTR.startswith(IMMEDIATE_SYSTEM_ATTRS)
 
 
 def test_a_trial_failed_by_another_process_is_not_written_over(tmp_path: Path) -> None:

@@ -20,9 +20,9 @@ from search.evo import CLAIM_ATTR, EvoSampler, _digest, _write_claim, rescale
 from search.loading import LoadedModel
 from search.moves import arch_distance
 from search.repair import DEFAULT_TOLERANCE
-from search.storage import make_storage
 from search.study import run_search
 from search.trials import job_sampler, open_study
+from studystore import make_storage
 from tests.conftest import tiny_job_spec
 
 Fitness = Callable[[ArchConfig], float]

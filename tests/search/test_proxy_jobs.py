@@ -113,8 +113,8 @@ def test_a_worker_primes_a_jobs_proxy_once(
     from search.coordination import PrimedProxies, prime_proxy
     from search.ladder import Verifier
     from search.proxies import Ensemble
-    from search.storage import make_storage
     from search.trials import job_proxy, open_study
+    from studystore import make_storage
 
     context = prepare(tiny_loaded, _spec(tiny_llama_dir, proxy=["tracenas", "prunenet"]))
     proxy = job_proxy(context)

@@ -14,9 +14,9 @@ from search.families import read_shape
 from search.loading import LoadedModel
 from search.repair import Proposal, repair
 from search.spec import JobSpec
-from search.storage import make_storage
 from search.study import run_search
 from search.trials import SearchHooks
+from studystore import make_storage
 from tests.conftest import tiny_job_spec
 
 SHAPE = read_shape(

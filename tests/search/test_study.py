@@ -9,9 +9,9 @@ from search.candidates import prepare
 from search.loading import LoadedModel
 from search.results import TrialInfo, TrustReport, Verification, best_entry
 from search.spec import JobSpec
-from search.storage import make_storage
 from search.study import run_search
 from search.trials import SearchHooks, job_proxy
+from studystore import make_storage
 from tests.conftest import tiny_job_spec
 
 

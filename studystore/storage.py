@@ -31,7 +31,8 @@ from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
 
 # System attributes another process must see at once: the evo sampler's candidate claims
-# (search.evo.CLAIM_ATTR), re-checked by the other workers before they propose.
+# (search.evo.CLAIM_ATTR, the same string: tests/search/test_batched_storage.py checks it), re-checked
+# by the other workers before they propose.
 IMMEDIATE_SYSTEM_ATTRS = ("evo:candidate",)
 
 _FINAL_KEPT = 256  # finished trials kept for the next read of the study (normally one, read at once)
