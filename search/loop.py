@@ -108,8 +108,9 @@ def run_trials(
             return False
         finally:
             if ahead is not None:  # proposed, never scored: stopped, failed, or the study is complete
-                _abandon(study, ahead.result())
-                beats.discard(ahead.result().trial)
+                unscored = ahead.result()
+                _abandon(study, unscored)
+                beats.discard(unscored.trial)
 
 
 def _ask_and_propose(study: optuna.Study, objective: StagedObjective[Any], beats: _Heartbeats) -> _Proposed[Any]:

@@ -118,12 +118,7 @@ def open_study(context: SearchContext, *, study_name: str, storage: str | BaseSt
 
 def remaining_trials(study: optuna.Study, spec: JobSpec) -> int:
     """Trials still to complete, counted over every worker of the study."""
-    return spec.n_trials - complete_trials(study)
-
-
-def complete_trials(study: optuna.Study) -> int:
-    """Complete trials of the study: what a resume keeps (``search.resume.resumed_spec``)."""
-    return complete_count(study)
+    return spec.n_trials - complete_count(study)
 
 
 def stored_complete_trials(storage: str | BaseStorage, study_name: str) -> int:
@@ -132,7 +127,7 @@ def stored_complete_trials(storage: str | BaseStorage, study_name: str) -> int:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:  # Optuna's answer for a study name the storage does not hold
         return 0
-    return complete_trials(study)
+    return complete_count(study)  # what a resume keeps (search.resume.resumed_spec)
 
 
 def search_trials(
