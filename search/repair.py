@@ -101,37 +101,20 @@ def repair(
 ) -> ArchConfig:
     """Return the architecture closest to ``proposal`` whose parameter count is within ``tolerance``
     (relative) of ``param_ratio`` times the dense count."""
-    layers_n = shape.num_layers
-    if len(proposal.attention) != layers_n or len(proposal.mlp) != layers_n:
-        raise BudgetInfeasible(f"proposal has {len(proposal.attention)} layers, model has {layers_n}")
-    sparsity = [round(min(_clip(x), MAX_SPARSITY), 2) for x in proposal.sparsity] or [0.0] * layers_n
-    if len(sparsity) != layers_n:
-        raise BudgetInfeasible(f"proposal has {len(sparsity)} sparsity ratios, model has {layers_n} layers")
-    grid = _Grid(shape, max(1, min(ffn_alignment, shape.intermediate_size)), depth, width)
+    scaling = _Scaling.of(shape, proposal, ffn_alignment=ffn_alignment, depth=depth, width=width)
+    grid, snap = scaling.grid, scaling.snap
     budget = param_ratio * shape.dense_params()
     low, high = budget * (1 - tolerance), budget * (1 + tolerance)
-    attention = [_clip(x) for x in proposal.attention]
-    mlp = [_clip(x) for x in proposal.mlp]
-    if max(attention + mlp) == 0.0:
-        # Nothing proposed: start from uniform so there is a shape to scale.
-        attention, mlp = [1.0] * layers_n, [1.0] * layers_n
-
-    def snap(scale: float) -> list[LayerArch]:
-        return [
-            grid.legal(LayerArch(grid.heads(a * scale), grid.channels(m * scale), s))
-            for a, m, s in zip(attention, mlp, sparsity, strict=True)
-        ]
-
     # The largest useful factor makes the smallest positive fraction reach 1; if even that is under
     # budget (the proposal drops too much), ``_adjust`` adds units back.
-    lo_scale, hi_scale = 0.0, 1.0 / min(x for x in attention + mlp if x > 0)
+    lo_scale, hi_scale = 0.0, scaling.top
     while hi_scale - lo_scale > 1e-6 * hi_scale:  # ~20 steps: finer scales change no unit
         mid = (lo_scale + hi_scale) / 2
         if grid.count(snap(mid)) > budget:
             hi_scale = mid
         else:
             lo_scale = mid
-    layers = _adjust(grid, (attention, mlp), snap(lo_scale), low, high)
+    layers = _adjust(grid, (scaling.attention, scaling.mlp), snap(lo_scale), low, high)
     arch = ArchConfig(tuple(layers))
     shape.validate(arch)
     return arch
@@ -151,23 +134,8 @@ def repair_within(
     ``fits`` must be monotone (what fits still fits with fewer units), like a cap on parameters or
     on predicted latency (``search.latency``). Unlike ``repair``, this lands at or under a cap rather
     than on a count: it is the repair of budgets that are upper bounds."""
-    layers_n = shape.num_layers
-    if len(proposal.attention) != layers_n or len(proposal.mlp) != layers_n:
-        raise BudgetInfeasible(f"proposal has {len(proposal.attention)} layers, model has {layers_n}")
-    sparsity = [round(min(_clip(x), MAX_SPARSITY), 2) for x in proposal.sparsity] or [0.0] * layers_n
-    grid = _Grid(shape, max(1, min(ffn_alignment, shape.intermediate_size)), depth, width)
-    attention = [_clip(x) for x in proposal.attention]
-    mlp = [_clip(x) for x in proposal.mlp]
-    if max(attention + mlp) == 0.0:
-        attention, mlp = [1.0] * layers_n, [1.0] * layers_n
-
-    def snap(scale: float) -> list[LayerArch]:
-        return [
-            grid.legal(LayerArch(grid.heads(a * scale), grid.channels(m * scale), s))
-            for a, m, s in zip(attention, mlp, sparsity, strict=True)
-        ]
-
-    top = 1.0 / min(x for x in attention + mlp if x > 0)
+    scaling = _Scaling.of(shape, proposal, ffn_alignment=ffn_alignment, depth=depth, width=width)
+    snap, top = scaling.snap, scaling.top
     # The smallest scale that keeps a sub-block: a candidate that keeps nothing cannot be exported.
     lo_scale, hi_scale = _least_scale(lambda scale: any(x.heads or x.ffn_channels for x in snap(scale)), top), top
     if not fits(snap(lo_scale)):
@@ -183,6 +151,45 @@ def repair_within(
     arch = ArchConfig(tuple(snap(lo_scale)))
     shape.validate(arch)
     return arch
+
+
+@dataclass(frozen=True)
+class _Scaling:
+    """A proposal's fractions on a model's grid: ``snap(scale)`` is the architecture that keeps every
+    fraction times one common factor, snapped to legal units. Both repairs search that factor."""
+
+    grid: _Grid
+    attention: list[float]
+    mlp: list[float]
+    sparsity: list[float]
+
+    @classmethod
+    def of(cls, shape: ModelShape, proposal: Proposal, *, ffn_alignment: int, depth: str, width: bool) -> _Scaling:
+        layers_n = shape.num_layers
+        if len(proposal.attention) != layers_n or len(proposal.mlp) != layers_n:
+            raise BudgetInfeasible(f"proposal has {len(proposal.attention)} layers, model has {layers_n}")
+        sparsity = [round(min(_clip(x), MAX_SPARSITY), 2) for x in proposal.sparsity] or [0.0] * layers_n
+        if len(sparsity) != layers_n:
+            raise BudgetInfeasible(f"proposal has {len(sparsity)} sparsity ratios, model has {layers_n} layers")
+        grid = _Grid(shape, max(1, min(ffn_alignment, shape.intermediate_size)), depth, width)
+        attention = [_clip(x) for x in proposal.attention]
+        mlp = [_clip(x) for x in proposal.mlp]
+        if max(attention + mlp) == 0.0:
+            # Nothing proposed: start from uniform so there is a shape to scale.
+            attention, mlp = [1.0] * layers_n, [1.0] * layers_n
+        return cls(grid, attention, mlp, sparsity)
+
+    @property
+    def top(self) -> float:
+        """The factor at which the smallest positive fraction reaches 1: no larger one changes a unit."""
+        return 1.0 / min(x for x in self.attention + self.mlp if x > 0)
+
+    def snap(self, scale: float) -> list[LayerArch]:
+        grid = self.grid
+        return [
+            grid.legal(LayerArch(grid.heads(a * scale), grid.channels(m * scale), s))
+            for a, m, s in zip(self.attention, self.mlp, self.sparsity, strict=True)
+        ]
 
 
 def _least_scale(keeps: Callable[[float], bool], top: float) -> float:
