@@ -69,14 +69,18 @@ def kendall(x: Sequence[float], y: Sequence[float]) -> float | None:
     return (concordant - discordant) / denominator if denominator > 0 else None
 
 
-def pearson_tensors(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Pearson correlation of two tensors' values (flattened alike); 0 where one is constant."""
-    a = a.double() - a.double().mean()
-    b = b.double() - b.double().mean()
-    denominator = a.norm() * b.norm()
-    if denominator == 0:
-        return 0.0
-    return float((a @ b) / denominator)
+def pearson_tensors(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> list[float]:
+    """Pearson correlation of each pair of tensors' values (flattened alike); 0 where one is constant.
+    All pairs are computed on their device before one read back: one wait for the device, not one per pair."""
+    if not pairs:
+        return []
+    values = pairs[0][0].new_empty(len(pairs)).double()
+    for i, (a, b) in enumerate(pairs):
+        a = a.double() - a.double().mean()
+        b = b.double() - b.double().mean()
+        denominator = a.norm() * b.norm()
+        values[i] = ((a @ b) / denominator).where(denominator > 0, 0.0)
+    return values.tolist()
 
 
 def spearman_tensors(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -90,8 +90,10 @@ def _gather(adapter: Adapter, block: Block, kept: LayerSelection, slices: Slices
             for matrix in adapter.matrices(block, kept):
                 module = matrix.module
                 weight, bias = module.weight, module.bias
-                rows = None if matrix.rows is None else matrix.rows.to(weight.device)
-                cols = None if matrix.cols is None else matrix.cols.to(weight.device)
+                # non_blocking: a plain copy waits for the device to finish what it was queued (a
+                # stall per matrix); the indices are staged from host memory at once either way.
+                rows = None if matrix.rows is None else matrix.rows.to(weight.device, non_blocking=True)
+                cols = None if matrix.cols is None else matrix.cols.to(weight.device, non_blocking=True)
                 sliced = weight if rows is None else weight.index_select(0, rows)
                 sliced = sliced if cols is None else sliced.index_select(1, cols)
                 saved.append((module, weight, bias))

@@ -148,29 +148,32 @@ class KL(Proxy):
         if held:
             sums.seconds += self._hold_seconds
             self._hold_seconds = 0.0
+        kl_and_tokens: list[torch.Tensor] = []  # decoders, per batch: (Σ KL, real tokens), on the device
         with nullcontext() if held else apply_arch(self.adapter, selection):
             for batch in forward_batches(self.tokens, sums.sequences, sequences, self.batch_size, self.adapter.device):
                 output = self.adapter.forward(batch)
                 if self.causal:
-                    self._add_kl(sums, output, batch["attention_mask"][:, 1:].bool())
+                    kl_and_tokens.append(self._batch_kl(output, batch["attention_mask"][:, 1:], sums.sequences))
                 else:
                     sums.embeddings.append(output.float())
                     sums.tokens += int(batch["attention_mask"].sum())
                 sums.sequences += len(output)
-        if self.adapter.device.type == "cuda":
+        if kl_and_tokens:
+            kl, tokens = torch.stack(kl_and_tokens).sum(0).tolist()  # the extension's one wait for the device
+            sums.kl += kl
+            sums.tokens += round(tokens)
+        elif self.adapter.device.type == "cuda":
             torch.cuda.synchronize(self.adapter.device)
         sums.seconds += time.perf_counter() - started
 
-    def _add_kl(self, sums: _Sums, logits: torch.Tensor, real: torch.Tensor) -> None:
-        """Add one batch's KL over its real positions; ``logits`` (B, T, V), ``real`` (B, T-1)."""
+    def _batch_kl(self, logits: torch.Tensor, mask: torch.Tensor, first: int) -> torch.Tensor:
+        """(Σ KL over the batch's real positions, their count), float64 on the device; ``logits`` (B, T, V),
+        ``mask`` (B, T-1). No host sync: a trial waits for the device once, not once per batch."""
         reference = self.reference
         assert not isinstance(reference, DenseEmbeddings)
-        total = torch.zeros((), dtype=torch.float64, device=logits.device)
-        for b in range(len(logits)):
-            kl = reference.kl(logits[b, :-1], sums.sequences + b)  # (T-1,)
-            total += kl[real[b]].double().sum()
-        sums.kl += float(total)  # one device sync per batch
-        sums.tokens += int(real.sum())
+        real = mask.bool()
+        kl = torch.where(real, reference.kl(logits[:, :-1], first), 0.0)  # (B, T-1)
+        return torch.stack([kl.sum(dtype=torch.float64), real.sum(dtype=torch.float64)])
 
     def _figure(self, sums: _Sums) -> ProxyScore:
         timings = {"forward_s": sums.seconds}

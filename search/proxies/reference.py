@@ -31,7 +31,10 @@ from search.artifacts import Artifact
 from search.calibration import TokenSet
 
 FULL_BUDGET_BYTES = 256 * 2**20  # the largest exact (N, T-1, V) float32 form kept on the model's device
-CHUNK_ELEMENTS = 2**24  # float32 log-probabilities formed at once: 64 MiB (128 positions of a 128k vocabulary)
+# float32 log-probabilities formed at once: 256 MiB (512 positions of a 128k vocabulary). Each chunk is
+# ~25 kernel launches: smaller chunks made the KL of a 1B model's 4,096 tokens 800 launches, more
+# than its forward, and the trial bound by the host, not the GPU.
+CHUNK_ELEMENTS = 2**26
 FULL, EMBEDDINGS = "full", "embeddings"
 
 
@@ -39,14 +42,14 @@ FULL, EMBEDDINGS = "full", "embeddings"
 class FullLogProbs:
     logprobs: torch.Tensor  # (N, T-1, V) float32
 
-    def kl(self, logits: torch.Tensor, sequence: int) -> torch.Tensor:
-        """KL(dense ‖ candidate) at every position of one sequence; ``logits`` (T-1, V)."""
+    def kl(self, logits: torch.Tensor, first: int) -> torch.Tensor:
+        """KL(dense ‖ candidate) at every position of sequences ``first``.. ; ``logits`` (B, T-1, V) → (B, T-1)."""
         parts = []
-        for lo, hi in _chunks(logits):
-            candidate = F.log_softmax(logits[lo:hi].float(), dim=-1)  # (c, V)
-            dense = self.logprobs[sequence, lo:hi]
+        for b, lo, hi in _chunks(logits):
+            candidate = F.log_softmax(logits[b, lo:hi].float(), dim=-1)  # (c, V)
+            dense = self.logprobs[first + b, lo:hi]
             parts.append(F.kl_div(candidate, dense, log_target=True, reduction="none").sum(-1))
-        return torch.cat(parts)  # (T-1,)
+        return torch.cat(parts).view(logits.shape[:-1])
 
 
 @dataclass(frozen=True)
@@ -55,17 +58,19 @@ class TopKLogProbs:
     indices: torch.Tensor  # (N, T-1, k) int32: their token ids
     rest: torch.Tensor  # (N, T-1) float32: log of the dense mass outside them (-inf when k = V)
 
-    def kl(self, logits: torch.Tensor, sequence: int) -> torch.Tensor:
-        """KL between the coarsened distributions (k tokens + the rest) at every position; ``logits`` (T-1, V)."""
+    def kl(self, logits: torch.Tensor, first: int) -> torch.Tensor:
+        """KL between the coarsened distributions (k tokens + the rest) at every position of sequences
+        ``first``.. ; ``logits`` (B, T-1, V) → (B, T-1)."""
         parts = []
-        for lo, hi in _chunks(logits):
-            top, rest = _coarsen(logits[lo:hi], self.indices[sequence, lo:hi].long())
+        for b, lo, hi in _chunks(logits):
+            sequence = first + b
+            top, rest = _coarsen(logits[b, lo:hi], self.indices[sequence, lo:hi].long())
             dense, dense_rest = self.values[sequence, lo:hi], self.rest[sequence, lo:hi]
             head = F.kl_div(top, dense, log_target=True, reduction="none").sum(-1)  # (c,)
             # 0·log 0 = 0: an empty rest (k = V) contributes nothing.
             tail = torch.where(torch.isinf(dense_rest), 0.0, dense_rest.exp() * (dense_rest - rest))
             parts.append(head + tail)
-        return torch.cat(parts)
+        return torch.cat(parts).view(logits.shape[:-1])
 
 
 @dataclass(frozen=True)
@@ -108,10 +113,10 @@ def compute_reference(adapter: Adapter, tokens: TokenSet, form: str, batch_size:
 def _dense_positions(logits: torch.Tensor, form: str) -> tuple[torch.Tensor, ...]:
     """One sequence's reference from its logits (T-1, V): the full log-probabilities, or top-k and rest."""
     if form == FULL:
-        return (torch.cat([F.log_softmax(logits[lo:hi].float(), dim=-1) for lo, hi in _chunks(logits)]),)
+        return (torch.cat([F.log_softmax(logits[lo:hi].float(), dim=-1) for _, lo, hi in _chunks(logits[None])]),)
     k = int(form.removeprefix("top"))
     values, indices, rests = [], [], []
-    for lo, hi in _chunks(logits):
+    for _, lo, hi in _chunks(logits[None]):
         chunk = logits[lo:hi].float()
         top = chunk.topk(k, dim=-1).indices  # (c, k)
         logprobs, rest = _coarsen(chunk, top)
@@ -131,10 +136,12 @@ def _coarsen(logits: torch.Tensor, top: torch.Tensor) -> tuple[torch.Tensor, tor
     return chosen, rest
 
 
-def _chunks(logits: torch.Tensor) -> Iterator[tuple[int, int]]:
+def _chunks(logits: torch.Tensor) -> Iterator[tuple[int, int, int]]:
+    """(sequence, first position, end) of each chunk of ``logits`` (B, T, V)."""
     rows = max(1, CHUNK_ELEMENTS // logits.shape[-1])
-    for lo in range(0, logits.shape[0], rows):
-        yield lo, min(lo + rows, logits.shape[0])
+    for b in range(logits.shape[0]):
+        for lo in range(0, logits.shape[1], rows):
+            yield b, lo, min(lo + rows, logits.shape[1])
 
 
 def moved(reference: Reference, device: torch.device) -> Reference:

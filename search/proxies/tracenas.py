@@ -90,11 +90,12 @@ class TraceNAS(Proxy):
             return self._memo[1]
         candidate = self._sketch(selection, timings)
         started = time.perf_counter()
-        terms = {}
+        pairs = []
         for block, parts in candidate.items():
             dense = _flat(self._dense[block])
             # A model split over devices sketches each layer where it runs; the dense sketch is on the main one.
-            terms[block] = pearson_tensors(_flat(parts).to(dense.device), dense)
+            pairs.append((_flat(parts).to(dense.device), dense))
+        terms = dict(zip(candidate, pearson_tensors(pairs), strict=True))
         timings["correlation_s"] = time.perf_counter() - started
         self._memo = (selection, terms)
         return terms
