@@ -192,7 +192,15 @@ def floor(loaded: LoadedModel, context: Any, proposal: Proposal, repeats: int) -
 
 
 def measure(
-    name: str, proxy: str, loaded: LoadedModel, tokens: TokenSet, trials: int, workdir: Path, parameterization: str
+    name: str,
+    proxy: str,
+    loaded: LoadedModel,
+    tokens: TokenSet,
+    trials: int,
+    workdir: Path,
+    parameterization: str,
+    *,
+    lookahead: bool = False,
 ) -> Row:
     """``proxy``: a proxy name, scored on every token; ``NAME+schedule`` for a multi-fidelity proxy
     with the job's default token schedule."""
@@ -226,16 +234,15 @@ def measure(
     # Warm-up: kernels, allocator, storage tables; with a token schedule, also the trials it scores in
     # full before comparing (full_trials), so the measured ones are the schedule's steady state.
     warmup = spec.token_schedule.full_trials if variant == "schedule" else 1
-    search_trials(context, scorer, study, max_trials=warmup)
+    search_trials(context, scorer, study, max_trials=warmup, lookahead=lookahead)
     began = _now()
-    search_trials(context, scorer, study, max_trials=trials)
+    search_trials(context, scorer, study, max_trials=trials, lookahead=lookahead)
     wall = _now() - began
     measured = [t for t in study.get_trials(deepcopy=False) if t.number >= warmup and t.state == TrialState.COMPLETE]
     wall /= len(measured)
     records = [t.user_attrs["timings"] for t in measured]
     mean = {key: statistics.mean(r.get(key, 0.0) for r in records) for key in records[0]}
-    # On a GPU the next candidate is sampled and realised while this one scores (search.loop's lookahead):
-    # what the trial costs beyond its scoring is what the GPU waits for.
+    # What the trial costs beyond its scoring is what the GPU waits for.
     proxy_time = mean["score_s"]
     uniform = Proposal.uniform(context.shape.num_layers)
     return Row(
@@ -310,10 +317,15 @@ def render(rows: list[Row], meta: dict[str, Any], command: str) -> str:
         "Per trial, mean over the measured trials (one warm-up trial excluded). *floor* = one forward+backward",
         "of the physically pruned model (uniform width at 50% of the parameters) over the same tokens, weight",
         "gradients on, measured in the same run. *orchestration* = wall time per trial minus the proxy's scoring",
-        "(apply, forward, backward, correlation): what the GPU waits for, the study's reads and writes and",
-        "whatever of sampling and realising the next candidate the loop's lookahead (`search.loop`: the next",
-        "trial is proposed in a second thread while the GPU scores this one) did not hide; *realise* = repair",
-        "to the budget and selection of heads and channels (on a GPU, overlapped with scoring); *apply* =",
+        "(apply, forward, backward, correlation): what the GPU waits for: sampling, realising, the study's reads",
+        "and writes"
+        + (
+            " (with lookahead, `--lookahead`: what of sampling and realising the next candidate the loop's second"
+            " thread did not hide while the GPU scored this one);"
+            if meta["lookahead"]
+            else ";"
+        ),
+        "*realise* = repair to the budget and selection of heads and channels; *apply* =",
         "swapping in the candidate (dropped sub-blocks, gathers of the kept heads / channels, sparse zeroing).",
         "*space*: `per_layer` samples 2 parameters per layer, `compact` 5. Trials run through the service's own",
         "loop (`search.trials.search_trials`, the job's default `evo` sampler) on the embedded SQLite storage.",
@@ -372,6 +384,9 @@ def main() -> None:
     parser.add_argument(
         "--skip", default="", help="comma-separated proxy:shape pairs not to measure (e.g. prunenet:llama-8b)"
     )
+    parser.add_argument(
+        "--lookahead", action="store_true", help="propose the next candidate in a second thread (search.loop)"
+    )
     parser.add_argument("--disk-load", default="", help="comma-separated shape names to save and load from disk")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "performance.md")
     parser.add_argument(
@@ -396,7 +411,11 @@ def main() -> None:
                     continue
                 for space in args.spaces.split(","):
                     print(f"{name} / {proxy} / {space} ...", flush=True)
-                    rows.append(measure(name, proxy, loaded, tokens, args.trials, Path(workdir), space))
+                    rows.append(
+                        measure(
+                            name, proxy, loaded, tokens, args.trials, Path(workdir), space, lookahead=args.lookahead
+                        )
+                    )
                     print(f"  {rows[-1]}", flush=True)
             load[name] = {"load_s": load_s}
             if gpu:
@@ -414,6 +433,7 @@ def main() -> None:
         "torch": torch.__version__,
         "dtype": "bf16" if gpu else "float32",
         "python": platform.python_version(),
+        "lookahead": args.lookahead,
         "load": load,
         "disk": disk,
         "reading": [
@@ -421,10 +441,9 @@ def main() -> None:
             " dropped sub-blocks, so its forward+backward does the pruned model's work plus the sketch"
             " (one (out × r) product per linear inside the backward); *apply* is the gather.",
             "- Orchestration: a trial's parameters and attributes are written in one transaction when it"
-            " ends (`studystore.BatchedRDBStorage`), the study's reads fetch only trials that changed, and"
-            " on a GPU the next candidate is sampled, repaired and selected while this one scores"
-            " (`search.loop`); what is left is creating and finishing the trial and the study's reads"
-            " (benchmarks/orchestration.py measures it without a model).",
+            " ends (`studystore.BatchedRDBStorage`) and the study's reads fetch only trials that changed;"
+            " what is left is sampling, realising, creating and finishing the trial and the study's reads"
+            " (benchmarks/orchestration.py measures the storage's part without a model).",
             *kl_reading(rows),
         ],
     }

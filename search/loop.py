@@ -7,10 +7,15 @@ trial for every callback, a log line that looks up the best trial, a stale-trial
 
 A trial has two stages: ``propose`` (the CPU's: sample, repair, select) and ``score`` (the
 device's). With ``lookahead`` the next trial is asked and proposed in a second thread while the
-device scores the current one, so the sampler's time hides behind the GPU's. The next trial is
-always proposed while the current one is running and told only once the proposal is made, so a
-seeded search draws the same candidates on every run (one trial later than without lookahead: the
-sampler has not seen the current trial's score).
+device scores the current one. The next trial is always proposed while the current one is running
+and told only once the proposal is made, so a seeded search draws the same candidates on every run
+(one trial later than without lookahead: the sampler has not seen the current trial's score).
+
+Lookahead is off by default. Measured on an H200 (docs/performance.md), scoring a candidate is
+bound by the host launching kernels, not by the GPU, and every kernel launch gives up the GIL: a
+proposing thread then holds it for up to the interpreter's switch interval (5 ms), so the
+candidate's forward took 1.4-3.6x as long and the trial 1.1-2.6x, more than proposing costs.
+It pays only where scoring mostly waits on the device without the GIL.
 """
 
 from __future__ import annotations

@@ -137,13 +137,13 @@ def search_trials(
     *,
     max_trials: int | None = None,
     hooks: SearchHooks = NO_HOOKS,
-    lookahead: bool | None = None,
+    lookahead: bool = False,
 ) -> bool:
     """Run trials until the study holds ``n_trials`` complete ones, counting every worker's (or this
     call has run ``max_trials``). Several processes may do this on one study at once: the storage
     hands each waiting seed to one of them and the sampler sees the others' running trials.
     ``lookahead`` proposes the next candidate while the device scores the current one
-    (``search.loop``); by default on a GPU, where it hides the sampler's time.
+    (``search.loop`` says why it is off by default).
     Returns whether ``hooks.should_stop`` stopped it (the caller asked before; this asks after every trial)."""
     spec = context.spec
     remaining = remaining_trials(study, spec)
@@ -159,7 +159,7 @@ def search_trials(
         callbacks=hooks.on_trial,
         catch=(ProxyError,),
         should_stop=hooks.should_stop,
-        lookahead=context.loaded.adapter.device.type == "cuda" if lookahead is None else lookahead,
+        lookahead=lookahead,
     )
 
 
