@@ -180,6 +180,14 @@ def test_async_key_reads_agree_with_the_session_and_survive_stale_connections(
     asyncio.run(reads.close())
 
 
+def test_an_unreachable_database_is_a_503_on_the_event_loop_read(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, database_url="postgresql://nobody@127.0.0.1:1/none")
+    with TestClient(create_app(settings)) as client:
+        answer = client.get("/v1/jobs/" + "0" * 32, headers=_bearer("psk_000000000000_" + "a" * 43))
+    assert_problem(answer, 503, "database is unavailable")
+    assert answer.headers["Retry-After"]
+
+
 def test_sqlite_keeps_the_thread_pool_read(sqlite_settings: Settings) -> None:
     assert AsyncReads.for_engine(make_engine(sqlite_settings.database_url)) is None
 
