@@ -99,8 +99,9 @@ class _LoopConnections:
         self.free = asyncio.Semaphore(size)
         self.idle: list[psycopg.AsyncConnection[Any]] = []
 
-    def abandon(self) -> None:
-        # The loop these belonged to has ended (a test client's portal); nothing can await them now.
+    def drop_idle(self) -> None:
+        """Close the idle connections without awaiting: their loop has ended (a test client's portal),
+        or one of them was found dead, so the others, opened before, most likely are too."""
         for connection in self.idle:
             _close_now(connection)
         self.idle.clear()
@@ -123,7 +124,8 @@ class AsyncReads:
     SQLAlchemy once and run on psycopg directly.
 
     No ping before each use: a connection that went stale while idle (server restart, idle timeout)
-    fails its read, is closed, and the read is retried once on a fresh connection. Errors come out as
+    fails its read, is closed with the other idle ones, and the read is retried once on a fresh
+    connection. Errors come out as
     SQLAlchemy's (``DBAPIError`` and its subclasses, ``TimeoutError`` for a full pool), as the engine's
     would, so the API's single handler answers them alike.
 
@@ -182,7 +184,9 @@ class AsyncReads:
                 _close_now(connection)
                 self._checkin(None)
                 if reused and attempt == 0:
-                    continue  # went stale while idle: once more, on a fresh connection
+                    # Went stale while idle (a server restart drops them all): once more, on a fresh one.
+                    self._loop_connections().drop_idle()
+                    continue
                 raise DBAPIError.instance(prepared.sql, parameters, error, psycopg.Error) from error
             except psycopg.Error as error:
                 _close_now(connection)
@@ -201,7 +205,7 @@ class AsyncReads:
         connections = self._connections
         if connections is None or connections.loop is not loop:
             if connections is not None:
-                connections.abandon()
+                connections.drop_idle()
             connections = self._connections = _LoopConnections(loop, self._size)
         return connections
 
