@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from sqlalchemy import Engine, Executable, create_engine, event
+from sqlalchemy import Engine, Select, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -125,9 +125,8 @@ class AsyncReads:
 
     No ping before each use: a connection that went stale while idle (server restart, idle timeout)
     fails its read, is closed with the other idle ones, and the read is retried once on a fresh
-    connection. Errors come out as
-    SQLAlchemy's (``DBAPIError`` and its subclasses, ``TimeoutError`` for a full pool), as the engine's
-    would, so the API's single handler answers them alike.
+    connection. Errors come out as SQLAlchemy's (``DBAPIError`` and its subclasses, ``TimeoutError``
+    for a full pool), as the engine's would, so the API's single handler answers them alike.
 
     Only for PostgreSQL through psycopg (``for_engine`` answers ``None`` otherwise). The statements'
     parameters are sent as given (no bind processing): pass strings and numbers.
@@ -145,7 +144,7 @@ class AsyncReads:
         self._size = size
         self._timeout_s = timeout_s
         self._connect = connect
-        self._prepared: dict[Executable, _PreparedRead] = {}
+        self._prepared: dict[Select[Any], _PreparedRead] = {}
         self._connections: _LoopConnections | None = None
 
     @classmethod
@@ -161,19 +160,20 @@ class AsyncReads:
 
         return cls(engine, size=size, timeout_s=timeout_s, connect=connect)
 
-    def _prepare(self, statement: Executable) -> _PreparedRead:
+    def _prepare(self, statement: Select[Any]) -> _PreparedRead:
         prepared = self._prepared.get(statement)
         if prepared is None:
             compiled = statement.compile(dialect=self._dialect)
-            columns = getattr(statement, "selected_columns", ())
             processors = tuple(
-                column.type.dialect_impl(self._dialect).result_processor(self._dialect, None) for column in columns
+                column.type.dialect_impl(self._dialect).result_processor(self._dialect, None)
+                for column in statement.selected_columns
             )
             prepared = self._prepared[statement] = _PreparedRead(str(compiled), processors)
         return prepared
 
-    async def one_or_none(self, statement: Executable, parameters: dict[str, Any]) -> tuple[Any, ...] | None:
-        """The statement's only row (its columns processed as the engine would), or ``None``."""
+    async def one_or_none(self, statement: Select[Any], parameters: dict[str, Any]) -> tuple[Any, ...] | None:
+        """The row a statement selects by a unique key (its columns processed as the engine would), or
+        ``None``. A second row is not looked for."""
         prepared = self._prepare(statement)
         for attempt in range(2):
             connection, reused = await self._checkout()
