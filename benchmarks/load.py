@@ -4,11 +4,13 @@ Starts the production shape on this machine (a fresh PostgreSQL database, a priv
 and one worker as separate processes, an API key), runs a job on a tiny model to the end (60 trials,
 ~120 KB of inline calibration texts, as the issue that asked for this measured), then lets
 ``--pollers`` clients poll ``GET /v1/jobs/{id}`` and page through ``GET /v1/jobs/{id}/trials`` as
-fast as they can: first the service, then ``benchmarks/bare_app.py``, a bare FastAPI app on the same
-uvicorn settings answering the same paths with the service's bodies held in memory. Reports
+fast as they can: the service, and ``benchmarks/bare_app.py``, a bare FastAPI app on the same
+uvicorn settings answering the same paths with the service's bodies held in memory. The two take
+turns (``--rounds``), so a change in the machine's other load weighs on both alike. Reports
 requests per second and latency percentiles of both, the service's share of the bare app's
-throughput per GET, and every failed request (a non-2xx answer or a transport error), and writes
-them, with the exact command, to ``--write`` (``docs/reliability.md``).
+throughput per GET, each server's CPU time per request, and every failed request (a non-2xx
+answer or a transport error), and writes them, with the exact command, to ``--write``
+(``docs/reliability.md``).
 
     .venv/bin/python benchmarks/load.py --pollers 4 200 --duration 20 --write docs/reliability.md
 
@@ -210,9 +212,24 @@ class Run:
     pollers: int
     samples: Samples
     wall_s: float
+    cpu_s: float  # the server process's CPU time (user + system) while it was polled
 
     def rate(self, endpoint: str) -> float:
         return len(self.samples.latencies[endpoint]) / self.wall_s
+
+    def cpu_ms_per_request(self) -> float:
+        served = sum(len(values) for values in self.samples.latencies.values())
+        return self.cpu_s / served * 1000 if served else float("nan")
+
+    def add(self, other: Run) -> Run:
+        """This run and ``other`` (a later round of the same server and pollers) as one."""
+        samples = Samples(failures=self.samples.failures + other.samples.failures)
+        for endpoint in {*self.samples.latencies, *other.samples.latencies}:
+            samples.latencies[endpoint] = self.samples.latencies[endpoint] + other.samples.latencies[endpoint]
+        samples.stale_connection_retries = (
+            self.samples.stale_connection_retries + other.samples.stale_connection_retries
+        )
+        return Run(self.server, self.pollers, samples, self.wall_s + other.wall_s, self.cpu_s + other.cpu_s)
 
 
 def table(service: Run, bare: Run) -> str:
@@ -231,7 +248,8 @@ def table(service: Run, bare: Run) -> str:
             ]
         ratio = service.rate(endpoint) / bare.rate(endpoint) if bare.rate(endpoint) else float("nan")
         lines.append(f"| {endpoint} | {' | '.join(cells)} | **{ratio:.2f}×** |")
-    return "\n".join(lines)
+    cpu = f"{service.cpu_ms_per_request():.2f} ms for the service, {bare.cpu_ms_per_request():.2f} ms for the bare app"
+    return "\n".join(lines) + f"\n\nServer CPU time per request (user + system, both GETs): {cpu}."
 
 
 def report(
@@ -266,11 +284,13 @@ request; the worker had finished the job and was stopped.
 
 One finished job: {sizes["trials"]} trials, ~{sizes["texts"] // 1000} KB of inline calibration texts in its spec.
 Clients each alternate `GET /v1/jobs/{{id}}` with the next page of
-`GET /v1/jobs/{{id}}/trials?limit=50` (following `next_cursor`, then starting over), for
-{args.duration:.0f} s per phase, never sending `If-None-Match`, so every answer is a whole 200
-body ({sizes["job"]:,} bytes for the job, {sizes["page"]:,} for a full page of trials). Then the same
-clients poll `benchmarks/bare_app.py`: a bare FastAPI app on the same uvicorn settings answering
-the same paths with those bytes from memory (no authentication, database or rendering).
+`GET /v1/jobs/{{id}}/trials?limit=50` (following `next_cursor`, then starting over), never sending
+`If-None-Match`, so every answer is a whole 200 body ({sizes["job"]:,} bytes for the job,
+{sizes["page"]:,} for a full page of trials). The same clients poll `benchmarks/bare_app.py`: a bare
+FastAPI app on the same uvicorn settings answering the same paths with those bytes from memory (no
+authentication, database or rendering). The two take turns, {args.rounds} rounds each of
+{args.duration / args.rounds:.0f} s ({args.duration:.0f} s per server and number of pollers), so a
+change in the other work on the machine weighs on both alike.
 
 {tables}
 
@@ -286,17 +306,42 @@ Failed requests: {listed}
     return text, not failures
 
 
-def run_phase(server: str, url: str, key: str, job_id: str, pollers: int, args: argparse.Namespace) -> Run:
-    print(f"{server}: {pollers} pollers for {args.duration:.0f} s ...", flush=True)
-    started = time.monotonic()
-    samples = asyncio.run(load(url, key, job_id, pollers, args.duration, args.max_requests))
-    return Run(server, pollers, samples, time.monotonic() - started)
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_round(server: str, url: str, pid: int, key: str, job_id: str, pollers: int, args: argparse.Namespace) -> Run:
+    seconds = args.duration / args.rounds
+    print(f"{server}: {pollers} pollers for {seconds:.0f} s ...", flush=True)
+    started, cpu = time.monotonic(), cpu_seconds(pid)
+    samples = asyncio.run(load(url, key, job_id, pollers, seconds, args.max_requests // args.rounds))
+    return Run(server, pollers, samples, time.monotonic() - started, cpu_seconds(pid) - cpu)
+
+
+def run_phase(
+    servers: dict[str, tuple[str, int]], key: str, job_id: str, pollers: int, args: argparse.Namespace
+) -> tuple[Run, Run]:
+    """The service and the bare app (``servers``: name to URL and process id), taking turns."""
+    totals: dict[str, Run] = {}
+    for _ in range(args.rounds):
+        for server, (url, pid) in servers.items():
+            run = run_round(server, url, pid, key, job_id, pollers, args)
+            totals[server] = totals[server].add(run) if server in totals else run
+    return totals["service"], totals["bare app"]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pollers", type=int, nargs="+", default=[4, 200])
-    parser.add_argument("--duration", type=float, default=20.0, help="Seconds of polling per phase (upper bound).")
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=20.0,
+        help="Seconds of polling per server and number of pollers (upper bound).",
+    )
+    parser.add_argument("--rounds", type=int, default=4, help="Turns each server takes within --duration.")
     parser.add_argument("--max-requests", type=int, default=200_000, help="Requests per phase (upper bound).")
     parser.add_argument("--trials", type=int, default=60, help="Trials of the polled job.")
     parser.add_argument("--admin-url", default=ADMIN_URL)
@@ -355,13 +400,11 @@ def main() -> int:
             "page": len(bodies["trials"][""].encode()),
         }
         load_average = os.getloadavg()[0]
-        runs = [
-            (
-                run_phase("service", deployment.base_url, key, job_id, pollers, args),
-                run_phase("bare app", bare_url, key, job_id, pollers, args),
-            )
-            for pollers in args.pollers
-        ]
+        servers = {
+            "service": (deployment.base_url, deployment.named["api"].pid),
+            "bare app": (bare_url, deployment.named["bare"].pid),
+        }
+        runs = [run_phase(servers, key, job_id, pollers, args) for pollers in args.pollers]
     text, ok = report(runs, args, sizes, command, load_average)
     print(text)
     if args.write is not None:

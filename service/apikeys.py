@@ -16,12 +16,15 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Select, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from service import repository
+from service.db import AsyncReads
 from service.errors import InvalidRequest, NotFound
 from service.models import OWNER_LENGTH, ApiKey, Job, utcnow
 
@@ -138,22 +141,50 @@ def verify_key_and_stamp(
     The key's row is read on every call (by primary key), so a revoked key is refused by the next
     request, in every API process.
     """
-    match = _KEY.fullmatch(key)
-    if match is None:
+    key_id = _key_id(key)
+    if key_id is None:
         return None, None
-    key_id = match.group(1)
-    connection = session.connection()
+    statement, parameters = _key_read(key_id, job_id)
+    row = session.connection().execute(statement, parameters).one_or_none()
+    return _verified(row, key, key_id, job_id)
+
+
+async def verify_key_and_stamp_async(
+    reads: AsyncReads, key: str, job_id: str | None
+) -> tuple[VerifiedKey | None, repository.JobStamp | None]:
+    """``verify_key_and_stamp`` in the event loop (PostgreSQL): the same read, the same checks."""
+    key_id = _key_id(key)
+    if key_id is None:
+        return None, None
+    statement, parameters = _key_read(key_id, job_id)
+    return _verified(await reads.one_or_none(statement, parameters), key, key_id, job_id)
+
+
+def _key_id(key: str) -> str | None:
+    match = _KEY.fullmatch(key)
+    return None if match is None else match.group(1)
+
+
+def _key_read(key_id: str, job_id: str | None) -> tuple[Select[Any], dict[str, str]]:
     if job_id is None:
-        row = connection.execute(_KEY_ROW, {"key_id": key_id}).one_or_none()
-    else:
-        row = connection.execute(_KEY_ROW_AND_STAMP, {"key_id": key_id, "job_id": job_id}).one_or_none()
-    if row is None or row.revoked_at is not None:
+        return _KEY_ROW, {"key_id": key_id}
+    return _KEY_ROW_AND_STAMP, {"key_id": key_id, "job_id": job_id}
+
+
+def _verified(
+    row: Sequence[Any] | None, key: str, key_id: str, job_id: str | None
+) -> tuple[VerifiedKey | None, repository.JobStamp | None]:
+    """The key and stamp from a row of ``_KEY_ROW`` (or ``_KEY_ROW_AND_STAMP``), if the key is valid."""
+    if row is None:
+        return None, None
+    owner, secret_hash, revoked_at = row[0], row[1], row[2]
+    if revoked_at is not None:
         return None, None
     # Constant-time comparison: response timing must not reveal how much of a guess was right.
-    if not hmac.compare_digest(row.secret_hash, _digest(key)):
+    if not hmac.compare_digest(secret_hash, _digest(key)):
         return None, None
     stamp = repository.JobStamp.from_columns(row[3:]) if job_id is not None else None
-    return VerifiedKey(key_id, row.owner), stamp
+    return VerifiedKey(key_id, owner), stamp
 
 
 def any_active_key(session: Session) -> bool:

@@ -18,18 +18,23 @@ from service.api.routes import compare, health, jobs, options, results
 from service.api.web import install_web
 from service.api.web.router import STATIC_PREFIX
 from service.broker import make_celery
-from service.db import make_engine, make_sessionmaker
+from service.db import AsyncReads, make_engine, make_sessionmaker
 from service.settings import Settings, get_settings
 
 API_VERSION = "0.1.0"
 # Rendered poll bodies kept per process (service.api.conditional): a few hundred jobs' pages.
 RENDERED_BODIES_BYTES = 32 * 2**20
+# Connections per API process for the guard's reads in the event loop, beside the engine's pool: a
+# read takes well under a millisecond of the database, so a few serve hundreds of concurrent polls.
+GUARD_READ_CONNECTIONS = 8
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app: engine, sessions and the Celery client live on ``app.state``."""
     settings = settings or get_settings()
     engine = make_engine(settings.database_url)
+    # The guard's per-request read in the event loop (PostgreSQL; None on SQLite: the thread pool).
+    async_reads = AsyncReads.for_engine(engine, size=GUARD_READ_CONNECTIONS)
     celery_app = make_celery(settings, "prunesearch-api")
 
     @asynccontextmanager
@@ -37,6 +42,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         # Return pooled connections (database and broker) on shutdown.
         celery_app.close()
+        if async_reads is not None:
+            await async_reads.close()
         engine.dispose()
 
     # /docs and /redoc load Swagger UI and ReDoc from the installed package, not a CDN: they work offline.
@@ -50,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)
+    app.state.async_reads = async_reads
     app.state.celery = celery_app
     app.state.rendered_bodies = RenderedBodies(RENDERED_BODIES_BYTES)
     install_problem_handlers(app)

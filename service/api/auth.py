@@ -21,6 +21,9 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import anyio
+import anyio.to_thread
+from anyio.lowlevel import RunVar
 from fastapi import Depends, FastAPI, Request, Security
 from fastapi.params import Depends as DependsParam
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -29,6 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service import apikeys, repository
 from service.api.deps import SessionDep, SettingsDep
 from service.api.openapi import problem_responses
+from service.db import AsyncReads
 from service.errors import NotFound, Unauthorized
 from service.models import Job
 from service.settings import Settings
@@ -98,32 +102,69 @@ def _arrived_on_loopback(request: Request) -> bool:
         return True
 
 
-def _authorize(
+async def _authorize(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
 ) -> None:
     """``API_GUARDS``: who is calling, and whether the path's ``{job_id}`` is theirs, in one step.
 
-    One thread-pool step, one connection checkout and (with a key) one query per request: the
-    principal and the job's stamp (owner and stored version, no JSON: ``repository.JobStamp``)
-    are kept on ``request.state``. A polled route answers from the stamp alone when nothing
-    changed (``service.api.conditional``); the others load the job themselves.
+    One read per request for a caller with a key (who is every caller on a server that has keys):
+    the key's row and the job's stamp (owner and stored version, no JSON: ``repository.JobStamp``),
+    kept on ``request.state``. A polled route answers from the stamp alone when nothing changed
+    (``service.api.conditional``); the others load the job themselves.
 
-    Its own short session, and the settings from the app, rather than ``SessionDep`` and
-    ``SettingsDep``: FastAPI solves each dependency of each request anew (a shared one too), and
-    on a poll that bookkeeping cost more CPU than the query.
+    On PostgreSQL that read runs in the event loop (``service.db.AsyncReads``): no thread, no
+    session. Otherwise (SQLite, or no key) it runs in the thread pool on a short session, at most
+    ``GUARD_CONCURRENCY`` at a time.
+
+    Takes the settings and sessions from the app rather than ``SessionDep`` and ``SettingsDep``:
+    FastAPI solves each dependency of each request anew (a shared one too), and on a poll that
+    bookkeeping cost more CPU than the query.
     """
-    settings: Settings = request.app.state.settings
-    with request.app.state.sessionmaker() as session:
-        # A read-only step: no transaction (no BEGIN and COMMIT round trips around its one query).
-        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-        job_id = request.path_params.get("job_id")
-        wanted = str(job_id) if job_id is not None and _JOB_ID.fullmatch(str(job_id)) else None
-        principal, stamp = _principal_and_stamp(request, session, settings, credentials, wanted)
+    job_id = request.path_params.get("job_id")
+    wanted = str(job_id) if job_id is not None and _JOB_ID.fullmatch(str(job_id)) else None
+    reads: AsyncReads | None = request.app.state.async_reads
+    if credentials is not None and reads is not None:
+        key, stamp = await apikeys.verify_key_and_stamp_async(reads, credentials.credentials, wanted)
+        if key is None:
+            raise _invalid_key()
+        principal = Principal(owner=key.owner, key_id=key.id)
+    else:
+        principal, stamp = await anyio.to_thread.run_sync(
+            _read_in_thread, request, credentials, wanted, limiter=_guard_threads()
+        )
     if job_id is not None:
         if stamp is None or stamp.owner != principal.owner:
             raise NotFound(f"job {job_id!r} does not exist")
         request.state.job_stamp = stamp
     request.state.principal = principal
+
+
+def _read_in_thread(
+    request: Request, credentials: HTTPAuthorizationCredentials | None, job_id: str | None
+) -> tuple[Principal, repository.JobStamp | None]:
+    settings: Settings = request.app.state.settings
+    with request.app.state.sessionmaker() as session:
+        # A read-only step: no transaction (no BEGIN and COMMIT round trips around its one query).
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        return _principal_and_stamp(request, session, settings, credentials, job_id)
+
+
+# At most GUARD_CONCURRENCY guards read in the thread pool at once (the others wait in the event
+# loop, holding no thread and no connection): with 200 concurrent polls, 200 threads contending for
+# the GIL and for the database pool's 15 connections cost three times the CPU per request of 4
+# threads taking turns, and served fewer requests than 4 or 8 (benchmarks/load.py, 200 pollers).
+GUARD_CONCURRENCY = 4
+# One limiter per event loop (a test client runs each in its own).
+_GUARD_THREADS: RunVar[anyio.CapacityLimiter] = RunVar("prunesearch_guard_threads")
+
+
+def _guard_threads() -> anyio.CapacityLimiter:
+    try:
+        return _GUARD_THREADS.get()
+    except LookupError:
+        limiter = anyio.CapacityLimiter(GUARD_CONCURRENCY)
+        _GUARD_THREADS.set(limiter)
+        return limiter
 
 
 async def _current_principal(request: Request) -> Principal:
@@ -251,13 +292,7 @@ def owned_stamp(request: Request, job_id: str, principal: Principal) -> reposito
 # Include every /v1 router with ``dependencies=API_GUARDS, responses=GUARDED_RESPONSES``: the
 # second documents the 401 the first can answer, so the published schema stays true. (A route
 # with a {job_id} documents its 404 itself.)
-#
-# At most GUARD_CONCURRENCY guards run at once (the others wait in the event loop, holding no
-# thread and no connection): with 200 concurrent polls, 200 threads contending for the GIL and
-# for the database pool's 15 connections cost three times the CPU per request of 4 threads
-# taking turns, and served fewer requests than 4 or 8 (benchmarks/load.py, 200 pollers).
-GUARD_CONCURRENCY = 4
-API_GUARDS: list[DependsParam] = [Depends(_authorize, max_concurrency=GUARD_CONCURRENCY)]
+API_GUARDS: list[DependsParam] = [Depends(_authorize)]
 GUARDED_RESPONSES: dict[int | str, dict[str, Any]] = problem_responses(401)
 
 

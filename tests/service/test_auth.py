@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 from collections.abc import Callable, Iterator
@@ -15,7 +16,7 @@ from sqlalchemy.orm import Session
 from service import apikeys, repository
 from service.api.app import create_app
 from service.api.auth import check_bind, is_loopback
-from service.db import make_sessionmaker
+from service.db import AsyncReads, make_engine, make_sessionmaker
 from service.models import ApiKey
 from service.settings import Settings
 from tests.e2e.processes import PRUNESEARCH, base_env
@@ -128,6 +129,68 @@ def test_revoked_keys_stop_working_at_once(
     apikeys.revoke_key(pg_session, key_id)
     pg_session.commit()
     assert_problem(pg_client.get("/v1/jobs", headers=_bearer(alice)), 401, "revoked")
+
+
+def test_a_revoked_key_is_refused_by_the_next_poll(
+    pg_client: TestClient, keys: Callable[[str], str], pg_session: Session
+) -> None:
+    """On PostgreSQL the guard reads the key in the event loop (``AsyncReads``): still every request."""
+    assert pg_client.app.state.async_reads is not None  # type: ignore[attr-defined]
+    alice = keys("alice")
+    job = repository.create_job(pg_session, spec={}, model="m", trials_total=1, owner="alice")
+    pg_session.commit()
+    assert pg_client.get(f"/v1/jobs/{job.id}", headers=_bearer(alice)).status_code == 200
+    apikeys.revoke_key(pg_session, alice.split("_")[1])
+    pg_session.commit()
+    assert_problem(pg_client.get(f"/v1/jobs/{job.id}", headers=_bearer(alice)), 401, "revoked")
+
+
+def test_async_key_reads_agree_with_the_session_and_survive_stale_connections(
+    clean_postgres: Engine, keys: Callable[[str], str], pg_session: Session
+) -> None:
+    """The event-loop read gives what the session's gives (UTC stamps, owners, refusals); connections
+    killed while idle (every one, as a server restart does) are replaced on the next read, and a new
+    event loop gets connections of its own."""
+    alice = keys("alice")
+    job = repository.create_job(pg_session, spec={}, model="m", trials_total=1, owner="alice")
+    pg_session.commit()
+    expected = apikeys.verify_key_and_stamp(pg_session, alice, job.id)
+    assert expected[0] is not None and expected[1] is not None
+    pg_session.close()
+    reads = AsyncReads.for_engine(clean_postgres, size=2)
+    assert reads is not None
+
+    async def read(key: str, job_id: str | None) -> tuple[apikeys.VerifiedKey | None, repository.JobStamp | None]:
+        return await apikeys.verify_key_and_stamp_async(reads, key, job_id)
+
+    async def read_kill_read() -> None:
+        assert await asyncio.gather(read(alice, job.id), read(alice, job.id)) == [expected, expected]  # 2 idle
+        assert await read(alice, "0" * 32) == (expected[0], None)  # no such job
+        assert await read(alice[:-1] + "x", job.id) == (None, None)  # wrong secret
+        with clean_postgres.connect() as connection:  # the idle read connection dies (server restart)
+            connection.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid() AND application_name = ''"
+                )
+            )
+        assert await read(alice, job.id) == expected
+
+    asyncio.run(read_kill_read())
+    asyncio.run(read_kill_read())  # another loop: the first loop's connections are not reused
+    asyncio.run(reads.close())
+
+
+def test_an_unreachable_database_is_a_503_on_the_event_loop_read(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, database_url="postgresql://nobody@127.0.0.1:1/none")
+    with TestClient(create_app(settings)) as client:
+        answer = client.get("/v1/jobs/" + "0" * 32, headers=_bearer("psk_000000000000_" + "a" * 43))
+    assert_problem(answer, 503, "database is unavailable")
+    assert answer.headers["Retry-After"]
+
+
+def test_sqlite_keeps_the_thread_pool_read(sqlite_settings: Settings) -> None:
+    assert AsyncReads.for_engine(make_engine(sqlite_settings.database_url)) is None
 
 
 def test_keys_are_stored_as_digests_only(
