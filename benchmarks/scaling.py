@@ -13,8 +13,9 @@ Measured after every worker is ready, so model loading is reported separately.
 
 Reports, per worker count: trials per minute, scaling efficiency (throughput / (workers × one
 worker's)), duplicate candidates (a trial whose architecture an earlier trial of the study already
-had), each worker's trial count, and on GPUs the utilisation of each GPU and each worker process
-(``nvidia-smi``). Writes a JSON file and a Markdown section (``--out``).
+had), each worker's trial count, the mean time a trial took to propose (sample, repair, select) and
+to score, as the workers measured them (what contention between workers slows), and on GPUs the
+utilisation of each GPU and each worker process (``nvidia-smi``). Writes a JSON file and a Markdown section (``--out``).
 """
 
 from __future__ import annotations
@@ -166,6 +167,7 @@ def run_once(args: argparse.Namespace, world: int, workdir: Path) -> dict[str, A
     study = optuna.load_study(study_name=STUDY, storage=storage)
     trials = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
     archs = Counter(json.dumps(t.user_attrs.get("arch"), sort_keys=True) for t in trials)
+    timings = [t.user_attrs.get("timings", {}) for t in trials]
     utilisation = {}
     if sampler.per_gpu:
         utilisation["per_gpu"] = {str(k): _mean(v) for k, v in sampler.per_gpu.items()}
@@ -178,6 +180,9 @@ def run_once(args: argparse.Namespace, world: int, workdir: Path) -> dict[str, A
         "trials_per_min": 60 * len(trials) / wall,
         "per_worker_trials": [d["trials"] for d in done],
         "duplicates": sum(n - 1 for n in archs.values()),
+        # Per trial, as each worker measured it: proposing (sampling, repair, selection) and scoring.
+        "propose_s": _mean([r.get("sample_s", 0.0) + r.get("realise_s", 0.0) for r in timings]),
+        "score_s": _mean([r.get("score_s", 0.0) for r in timings]),
         "load_s": [r["load_s"] for r in ready],
         "utilisation": utilisation,
     }
@@ -194,7 +199,7 @@ def _wait(condition: Any, processes: list[subprocess.Popen[bytes]], timeout: flo
         time.sleep(0.05)
 
 
-def _mean(values: list[int]) -> float:
+def _mean(values: list[int] | list[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
@@ -208,8 +213,9 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"Hardware: {meta['hardware']}; torch {meta['torch']}; Python {meta['python']}.",
         "",
         "| workers | devices | trials | wall s | trials / min | scaling efficiency | trials per worker"
-        " | duplicate candidates | GPU utilisation % (per GPU) | SM % per worker | load s per worker |",
-        "|---:|---|---:|---:|---:|---:|---|---:|---|---|---|",
+        " | duplicate candidates | propose s | score s | GPU utilisation % (per GPU) | SM % per worker"
+        " | load s per worker |",
+        "|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---|---|---|",
     ]
     for r in results:
         efficiency = r["trials_per_min"] / (r["workers"] * base)
@@ -219,7 +225,8 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         lines.append(
             f"| {r['workers']} | {', '.join(r['gpus'])} | {r['trials']} | {r['wall_s']:.1f} | "
             f"{r['trials_per_min']:.1f} | {efficiency:.2f} | {', '.join(map(str, r['per_worker_trials']))} | "
-            f"{r['duplicates']} | {per_gpu} | {per_worker} | {', '.join(f'{s:.1f}' for s in r['load_s'])} |"
+            f"{r['duplicates']} | {r.get('propose_s', 0.0):.3f} | {r.get('score_s', 0.0):.3f} | "
+            f"{per_gpu} | {per_worker} | {', '.join(f'{s:.1f}' for s in r['load_s'])} |"
         )
     return "\n".join(lines) + "\n"
 
