@@ -14,8 +14,9 @@ where a layer that keeps nothing is left out (as an export leaves it out), and a
 costs nothing beyond its layer's fixed cost (its stub is in that). ``base`` (embeddings, final norm,
 LM head, what a forward does once), ``layer`` and ``scale`` are then fitted to a few whole models
 timed the same way (``search.latency_calibration``): a short stack shows the host's per-layer work
-and the cache's behaviour of a deep model in a different proportion, which the sum of parts alone
-got 25-27% wrong on an H200. The table lives in the model's artifact store (``LATENCY_TABLE``), so a
+and the cache's behaviour of a deep model in a different proportion. (The two-layer table this
+replaces, with a running maximum over its widths and no per-layer cost, was 25-27% off the exported
+models' measured steps on an H200.) The table lives in the model's artifact store (``LATENCY_TABLE``), so a
 later job on the same GPU type reads it instead of timing again, and a prediction is a few
 dictionary lookups (microseconds).
 
@@ -80,6 +81,8 @@ class LatencyTable:
     layer_ms: float = 0.0  # a kept layer's fixed cost: its call, norms, residual adds, a dropped sub-block's stub
     scale: float = 1.0  # what the sub-blocks' stack timings are multiplied by in a whole model (the fit's)
     calibration: tuple[calibration.Point, ...] = ()  # the whole models the fit is of
+    stack_base_ms: float | None = None  # base and layer as the stacks alone gave them (before the fit)
+    stack_layer_ms: float | None = None
     source: str = "measured"  # "measured" by this process, or "stored" (read from the artifact store)
     _mlp_grid: dict[int, float] = field(default_factory=dict, repr=False, compare=False)
 
@@ -115,6 +118,14 @@ class LatencyTable:
     def subblocks_ms(self, layers: Sequence[LayerArch]) -> float:
         """The sub-blocks' stack timings summed, unscaled (what the calibration fits the scale of)."""
         return sum(self.attention_ms[layer.heads] + self._mlp_timed(layer.ffn_channels) for layer in layers)
+
+    def uncalibrated(self) -> LatencyTable:
+        """The table as the stacks alone gave it (no fit): what the calibration is measured against."""
+        if self.stack_base_ms is None or self.stack_layer_ms is None:
+            return self
+        return dataclasses.replace(
+            self, base_ms=self.stack_base_ms, layer_ms=self.stack_layer_ms, scale=1.0, calibration=()
+        )
 
     @property
     def calibration_error(self) -> float | None:
@@ -187,6 +198,8 @@ def _encode(table: LatencyTable) -> dict[str, Any]:
         "layer_ms": table.layer_ms,
         "scale": table.scale,
         "calibration": [dataclasses.asdict(point) for point in table.calibration],
+        "stack_base_ms": table.stack_base_ms,
+        "stack_layer_ms": table.stack_layer_ms,
     }
 
 
@@ -206,6 +219,8 @@ def _decode(payload: dict[str, Any]) -> LatencyTable:
         layer_ms=float(payload["layer_ms"]),
         scale=float(payload["scale"]),
         calibration=tuple(calibration.Point(**point) for point in payload["calibration"]),
+        stack_base_ms=payload["stack_base_ms"],
+        stack_layer_ms=payload["stack_layer_ms"],
         source="stored",
     )
 
@@ -256,14 +271,39 @@ def build_table(
     width included), on the adapter's device in ``dtype``; then fit base, layer and scale to whole
     models (``calibrate``; without it they are the stacks' own figures and the scale 1)."""
     started = time.perf_counter()
-    shape = adapter.shape
-    alignment = max(1, min(alignment, shape.intermediate_size))
-    depth = max(1, min(STACK, shape.num_layers - 1))
-    stack = _stack_steppers(adapter, setting, dtype, depth)
+    alignment = max(1, min(alignment, adapter.shape.intermediate_size))
 
     def timed(*steppers: Stepper) -> list[float]:
         return interleaved_ms(list(steppers), warmup=warmup, repeats=repeats, min_seconds=min_seconds)
 
+    table = _stacks_table(adapter, setting, dtype, alignment, max_mlp_points, timed)
+    if calibrate:
+        archs = calibration.calibration_archs(adapter.shape, alignment)
+        points = calibration.measure(
+            adapter, setting, dtype, table.subblocks_ms, archs,
+            warmup=warmup, repeats=repeats, min_seconds=CALIBRATION_SECONDS,
+        )  # fmt: skip
+        if points:  # none where the device has no room for even a quarter of the model: the stacks' figures
+            fit = calibration.fit(points, measured_layer_ms=table.layer_ms)
+            table = dataclasses.replace(
+                table, base_ms=fit.base_ms, layer_ms=fit.layer_ms, scale=fit.scale, calibration=fit.points
+            )
+    return dataclasses.replace(table, build_seconds=time.perf_counter() - started)
+
+
+def _stacks_table(
+    adapter: Adapter,
+    setting: LatencySetting,
+    dtype: torch.dtype,
+    alignment: int,
+    max_mlp_points: int,
+    timed: Callable[..., list[float]],
+) -> LatencyTable:
+    """The table as the stacks give it: each width's stack beside the empty one, the empty one beside
+    the anchor alone (a kept layer's fixed cost), and the anchor's remainder (the base)."""
+    shape = adapter.shape
+    depth = max(1, min(STACK, shape.num_layers - 1))
+    stack = _stack_steppers(adapter, setting, dtype, depth)
     empty, anchor = stack(0, 0), stack(0, 0, depth=0)
     # Untimed first: a process's first steps may pay one-off costs (lazy initialisation, a GPU's library
     # handles and kernel loading) that would make the first widths look dear.
@@ -280,35 +320,21 @@ def build_table(
     attention = _monotone({h: cost_ms(h, 0) for h in heads})
     mlp = _monotone({c: cost_ms(0, c) for c in _timed_widths(shape.intermediate_size, alignment, max_mlp_points)})
     # The anchor is a kept layer of full attention: the rest of its time is the base.
-    table = LatencyTable(
+    base = max(anchor_ms - layer - attention[shape.num_heads], 0.0)
+    return LatencyTable(
         setting=setting,
         device=device_name(adapter.device),
         dtype=dtype_name(dtype),
         alignment=alignment,
         intermediate_size=shape.intermediate_size,
-        base_ms=max(anchor_ms - layer - attention[shape.num_heads], 0.0),
+        base_ms=base,
         attention_ms=attention,
         mlp_points=mlp,
         build_seconds=0.0,
         layer_ms=layer,
+        stack_base_ms=base,
+        stack_layer_ms=layer,
     )
-    if calibrate:
-        points = calibration.measure(
-            adapter,
-            setting,
-            dtype,
-            table.subblocks_ms,
-            calibration.calibration_archs(shape, alignment),
-            warmup=warmup,
-            repeats=repeats,
-            min_seconds=CALIBRATION_SECONDS,
-        )
-        if points:  # none where the device has no room for even a quarter of the model: the stacks' figures
-            fit = calibration.fit(points, measured_layer_ms=layer)
-            table = dataclasses.replace(
-                table, base_ms=fit.base_ms, layer_ms=fit.layer_ms, scale=fit.scale, calibration=fit.points
-            )
-    return dataclasses.replace(table, build_seconds=time.perf_counter() - started)
 
 
 def _stack_steppers(

@@ -56,6 +56,7 @@ def check_latency(context: SearchContext, result: SearchResult) -> LatencyReport
         ffn_alignment=table.alignment,
         table=table.source,
         table_seconds=table.build_seconds,
+        table_fit_error=table.calibration_error,
         budget_ratio=spec.target.latency_ratio,
         dense=LatencyCheck(
             trial_number=None,
