@@ -263,18 +263,20 @@ def build_table(
     max_mlp_points: int = MAX_MLP_POINTS,
     warmup: int = TABLE_WARMUP,
     repeats: int = TABLE_REPEATS,
-    min_seconds: float = TABLE_SECONDS,
+    min_seconds: float | None = None,
     calibrate: bool = True,
 ) -> LatencyTable:
     """Time stacks of ``adapter``'s family (module docstring) at every attention width and up to
     ``max_mlp_points`` FFN widths of the alignment grid (evenly spread, the smallest and the full
     width included), on the adapter's device in ``dtype``; then fit base, layer and scale to whole
-    models (``calibrate``; without it they are the stacks' own figures and the scale 1)."""
+    models (``calibrate``; without it they are the stacks' own figures and the scale 1). Each
+    comparison runs for at least ``min_seconds`` (default ``TABLE_SECONDS``)."""
     started = time.perf_counter()
     alignment = max(1, min(alignment, adapter.shape.intermediate_size))
+    seconds = TABLE_SECONDS if min_seconds is None else min_seconds
 
     def timed(*steppers: Stepper) -> list[float]:
-        return interleaved_ms(list(steppers), warmup=warmup, repeats=repeats, min_seconds=min_seconds)
+        return interleaved_ms(list(steppers), warmup=warmup, repeats=repeats, min_seconds=seconds)
 
     table = _stacks_table(adapter, setting, dtype, alignment, max_mlp_points, timed)
     if calibrate:

@@ -10,6 +10,7 @@ the artifact store (where a real one would be), so their budgets are feasible wh
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -33,6 +34,17 @@ from tests.conftest import tiny_job_spec
 SETTING = {"phase": "decode", "batch": 2, "context": 16}
 SPACE = {"ffn_alignment": 32}
 KNOWN = {"phase": "decode", "batch": 1, "context": 8}  # the setting of the table of known figures
+
+
+@pytest.fixture(scope="module", autouse=True)
+def short_timings() -> Iterator[None]:
+    """Each comparison of a table, calibration model and finalist timed for a few steps, not a tenth of a
+    second or more: these tests check what is built and kept, not how precise it is."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("search.latency.TABLE_SECONDS", 0.0)
+        patch.setattr("search.latency.CALIBRATION_SECONDS", 0.0)
+        patch.setattr("search.latency_check.MEASURE_SECONDS", 0.0)
+        yield
 
 
 @pytest.fixture(scope="module")
