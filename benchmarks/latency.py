@@ -8,7 +8,12 @@ For each shape (random weights, so speed only; shapes and random tokens from ben
    then a parameter-targeted search at the parameter count the latency-targeted best reached;
 3. dense, the latency-targeted best and the parameter-targeted best, each materialised as exported
    and timed: decode tokens/s at batch 1 and 16 (context 512), prefill time at batch 8 × 512, each
-   beside the latency table's prediction.
+   beside the latency table's prediction;
+4. the table's accuracy over more architectures: ``--random-candidates`` random per-layer
+   architectures (widths on the alignment grid, some sub-blocks and layers dropped), each built as
+   its export would be (random weights) and timed in every setting beside its prediction. The
+   section gives the median |prediction error| per setting over all of them and the bests (goal:
+   within 10%), and each table's build time and calibration fit error.
 
     python benchmarks/latency.py                                   # GPU: llama-1b and llama-8b, ~6 min on an H200
     python benchmarks/latency.py --shapes tiny --context 32 --decode-batches 1,2 --prefill-batch 2 \\
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import random
 import statistics
 import sys
 import time
@@ -37,17 +43,17 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.sections import write_section  # noqa: E402
 from benchmarks.throughput import SHAPES, build, random_tokens  # noqa: E402
-from search.arch import ArchConfig  # noqa: E402
+from search.arch import ArchConfig, LayerArch, ModelShape  # noqa: E402
 from search.candidates import SearchContext, prepare  # noqa: E402
-from search.export import materialize  # noqa: E402
-from search.latency import LATENCY_TABLE, build_table, device_name, step_ms  # noqa: E402
+from search.export import build_skeleton, export_config, materialize  # noqa: E402
+from search.latency import LATENCY_TABLE, LatencyTable, build_table, device_name, step_ms  # noqa: E402
 from search.loading import LoadedModel  # noqa: E402
 from search.spec import JobSpec, LatencySetting  # noqa: E402
 from search.study import run_search  # noqa: E402
 
 SECTION = "latency"
 HEADING = "## Latency-aware search"
-MEASURE_WARMUP, MEASURE_REPEATS = 3, 10
+MEASURE_WARMUP, MEASURE_REPEATS, MEASURE_SECONDS = 3, 10, 0.5  # as search.latency_check times finalists
 
 
 def settings(args: argparse.Namespace) -> dict[str, LatencySetting]:
@@ -154,22 +160,79 @@ def search(loaded: LoadedModel, spec: JobSpec, tokens: Any, name: str) -> tuple[
 # --- 3. timing the bests -----------------------------------------------------------------------------
 
 
+def table_for(loaded: LoadedModel, setting: LatencySetting, dtype: torch.dtype, alignment: int) -> LatencyTable:
+    """The setting's latency table: from the store, timed the first time (as a job would)."""
+    adapter = loaded.adapter
+    key = (device_name(adapter.device), str(dtype).removeprefix("torch."), setting.phase, setting.batch,
+           setting.context, alignment)  # fmt: skip
+    return loaded.artifacts.get(
+        LATENCY_TABLE, key, lambda: build_table(adapter, setting, dtype=dtype, alignment=alignment)
+    )
+
+
 def timed(
     loaded: LoadedModel, model: nn.Module, arch: ArchConfig, rows: dict[str, LatencySetting], alignment: int
 ) -> dict[str, Any]:
     """Predicted (from the table of each setting) and measured milliseconds per step of ``model``."""
-    adapter = loaded.adapter
     dtype = next(model.parameters()).dtype
     figures = {}
     for label, setting in rows.items():
-        key = (device_name(adapter.device), str(dtype).removeprefix("torch."), setting.phase, setting.batch,
-               setting.context, alignment)  # fmt: skip
-        table = loaded.artifacts.get(
-            LATENCY_TABLE, key, lambda s=setting: build_table(adapter, s, dtype=dtype, alignment=alignment)
-        )
-        measured = step_ms(model, setting, causal=True, warmup=MEASURE_WARMUP, repeats=MEASURE_REPEATS)
+        table = table_for(loaded, setting, dtype, alignment)
+        measured = step_ms(model, setting, causal=True, warmup=MEASURE_WARMUP, repeats=MEASURE_REPEATS,
+                           min_seconds=MEASURE_SECONDS)  # fmt: skip
         figures[label] = {"predicted_ms": table.predict_ms(arch.layers), "measured_ms": measured,
+                          "stacks_ms": table.uncalibrated().predict_ms(arch.layers),
                           "batch": setting.batch, "phase": setting.phase}  # fmt: skip
+    return figures
+
+
+# --- 4. the table's accuracy over random architectures --------------------------------------------------
+
+
+def random_arch(shape: ModelShape, alignment: int, rng: random.Random) -> ArchConfig:
+    """Per-layer widths drawn from the grid a search chooses from: KV groups and aligned FFN widths, 0
+    (dropped) among them, and about one layer in seven dropped whole."""
+    heads = [0, *range(shape.group_size, shape.num_heads + 1, shape.group_size)]
+    channels = [0, *range(alignment, shape.intermediate_size + 1, alignment)]
+    layers = []
+    for _ in range(shape.num_layers):
+        layer = LayerArch(rng.choice(heads), rng.choice(channels))
+        layers.append(LayerArch(0, 0) if rng.random() < 0.15 else layer)
+    if not any(layer.heads or layer.ffn_channels for layer in layers):
+        layers[0] = LayerArch(shape.num_heads, shape.intermediate_size)
+    return ArchConfig(tuple(layers))
+
+
+def accuracy(
+    loaded: LoadedModel, rows: dict[str, LatencySetting], alignment: int, count: int, dtype: torch.dtype
+) -> list[dict[str, Any]]:
+    """``count`` random architectures built as exported (random weights), predicted and timed."""
+    adapter, rng = loaded.adapter, random.Random(0)
+    figures = []
+    for _ in range(count):
+        arch = random_arch(adapter.shape, alignment, rng)
+        _, config = export_config(adapter, arch)
+        model = build_skeleton(config, device=adapter.device, dtype=dtype)
+        figures.append({"arch": arch.to_dict(), "param_ratio": adapter.shape.count_params(arch) /
+                        adapter.shape.dense_params()} | timed(loaded, model, arch, rows, alignment))  # fmt: skip
+        del model
+        if adapter.device.type == "cuda":
+            torch.cuda.empty_cache()
+    return figures
+
+
+def tables(loaded: LoadedModel, rows: dict[str, LatencySetting], alignment: int, dtype: torch.dtype) -> dict[str, Any]:
+    """Each setting's table: how long it took and how well its fit matched the calibration models."""
+    figures = {}
+    for label, setting in rows.items():
+        table = table_for(loaded, setting, dtype, alignment)
+        figures[label] = {
+            "seconds": table.build_seconds,
+            "base_ms": table.base_ms,
+            "layer_ms": table.layer_ms,
+            "scale": table.scale,
+            "calibration_error": table.calibration_error,
+        }
     return figures
 
 
@@ -208,6 +271,9 @@ def measure_shape(name: str, device: torch.device, args: argparse.Namespace) -> 
                 "kl": best["kl"],
             }
             del model
+    dtype = next(loaded.adapter.model.parameters()).dtype
+    print(f"{name}: {args.random_candidates} random architectures ...", flush=True)
+    randoms = accuracy(loaded, rows, alignment_used, args.random_candidates, dtype)
     figures = {
         "shape": name,
         "params": shape.dense_params(),
@@ -217,6 +283,8 @@ def measure_shape(name: str, device: torch.device, args: argparse.Namespace) -> 
         "latency_search": latency_best,
         "params_search": params_best,
         "candidates": candidates,
+        "random_candidates": randoms,
+        "tables": tables(loaded, rows, alignment_used, dtype),
     }
     del loaded, latency_context
     if device.type == "cuda":
@@ -254,14 +322,12 @@ def render(shapes: list[dict[str, Any]], meta: dict[str, Any], command: str, row
         for label, setting_row in rows.items():
             header.append(f"{label} tokens/s" if setting_row.phase == "decode" else f"{label}×{setting_row.context} ms")
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        errors = []
         for label, candidate in figures["candidates"].items():
             cells = [label, f"{candidate['param_ratio']:.3f}", _kl(candidate.get("kl"))]
             for key, setting_row in rows.items():
                 figure = candidate[key]
                 predicted, measured = figure["predicted_ms"], figure["measured_ms"]
                 error = predicted / measured - 1
-                errors.append(abs(error))
                 if setting_row.phase == "decode":
                     cells.append(
                         f"{setting_row.batch / measured * 1000:,.0f} ({setting_row.batch / predicted * 1000:,.0f};"
@@ -270,21 +336,46 @@ def render(shapes: list[dict[str, Any]], meta: dict[str, Any], command: str, row
                 else:
                     cells.append(f"{_ms(measured)} ({_ms(predicted)}; {error:+.0%})")
             lines.append("| " + " | ".join(cells) + " |")
-        lines += [
-            "",
-            f"Median |prediction error| over these cells: {statistics.median(errors):.1%} (goal: within 10%).",
-            "",
-        ]
+        lines += ["", *_accuracy_lines(figures, rows), ""]
         check = figures["latency_search"].get("latency_check")
         if check:
             lines.append(
                 f"The latency-targeted job's own check (its verified candidates, decode batch {check['batch']}):"
                 f" median |error| {check['median_abs_error']:.1%}; table {check['table']}"
-                f" in {check['table_seconds']:.1f} s."
+                f" in {check['table_seconds']:.1f} s"
+                + (f", calibration fit error {check['table_fit_error']:.1%}." if check.get("table_fit_error") else ".")
             )
             lines.append("")
         lines += _alignment_lines(figures["alignment"])
     return "\n".join(lines)
+
+
+def _accuracy_lines(figures: dict[str, Any], rows: dict[str, LatencySetting]) -> list[str]:
+    """Per setting: the median |prediction error| over the three models above and the random
+    architectures, and the setting's table (build time, fitted figures, calibration fit error)."""
+    randoms = figures.get("random_candidates", [])
+    models = [*figures["candidates"].values(), *randoms]
+    lines = [
+        f"Prediction error per setting, over the three models above and {len(randoms)} random per-layer"
+        " architectures (built as exported, random weights); goal: median within 10%. *Stacks alone*: the"
+        " same table before its calibration fit (the stacks' own base and per-layer cost, scale 1):",
+        "",
+        "| setting | median abs error | worst | stacks alone: median | table build s | base ms"
+        " | per kept layer ms | scale | calibration fit error |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label in rows:
+        errors = [abs(m[label]["predicted_ms"] / m[label]["measured_ms"] - 1) for m in models]
+        stacks = [abs(m[label]["stacks_ms"] / m[label]["measured_ms"] - 1) for m in models]
+        table = figures.get("tables", {}).get(label, {})
+        fit = table.get("calibration_error")
+        lines.append(
+            f"| {label} | {statistics.median(errors):.1%} | {max(errors):.1%} | {statistics.median(stacks):.1%} |"
+            f" {table.get('seconds', 0):.1f} |"
+            f" {_ms(table.get('base_ms', 0))} | {_ms(table.get('layer_ms', 0))} | {table.get('scale', 1):.2f} |"
+            f" {'–' if fit is None else f'{fit:.1%}'} |"
+        )
+    return lines
 
 
 def _kl(value: Any) -> str:
@@ -312,6 +403,8 @@ def main() -> None:
     parser.add_argument("--prefill-batch", type=int, default=8)
     parser.add_argument("--latency-ratio", type=float, default=0.5)
     parser.add_argument("--trials", type=int, default=12 if gpu else 3)
+    parser.add_argument("--random-candidates", type=int, default=8 if gpu else 2,
+                        help="random architectures the table's accuracy is also measured on")  # fmt: skip
     parser.add_argument("--tokens", type=int, default=2048 if gpu else 256)
     parser.add_argument("--seq-len", type=int, default=256 if gpu else 32)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "performance.md")

@@ -195,6 +195,7 @@ def latency_table(report: LatencyReport) -> Table:
         title=f"Latency per step: {report.phase}, batch {report.batch}, context {report.context} on {report.device} "
         f"({report.dtype}; table {report.table}); median |error| "
         + (f"{report.median_abs_error:.1%}" if report.median_abs_error is not None else "n/a")
+        + (f" (table's calibration fit {report.table_fit_error:.1%})" if report.table_fit_error is not None else "")
     )
     for column in ("candidate", "predicted ms", "measured ms", "error"):
         table.add_column(column, justify="right")

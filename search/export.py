@@ -167,10 +167,7 @@ def materialize(
     shape = adapter.shape
     arch = selection.arch
     kept_layers = _kept_layers(arch)
-    if not kept_layers:
-        raise InvalidArchConfig("the architecture keeps no layer; there is nothing to export")
-    kind = "standard" if is_standard(shape, arch) else "per_layer"
-    config = _config_for(adapter, arch, kept_layers, kind)
+    kind, config = export_config(adapter, arch)
     dtype = export_dtype(adapter.model, source)
     model = build_skeleton(config, device=device, dtype=dtype)
     weights = _DenseWeights(adapter.model, source, sparse=arch.sparse)
@@ -240,6 +237,17 @@ def build_skeleton(
         if shape.causal:
             _number_caches(adapter, [index for index, layer in enumerate(layers) if layer["heads"]])
     return model.to(dtype=dtype).eval() if dtype is not None else model.eval()
+
+
+def export_config(adapter: Adapter, arch: ArchConfig) -> tuple[str, dict[str, Any]]:
+    """(kind, config) of the export of ``arch``: its kept layers only, "standard" where the family's own
+    config expresses it. ``build_skeleton(config)`` is then the exported model with placeholder weights
+    (what ``search.latency`` calibrates its table against)."""
+    kept_layers = _kept_layers(arch)
+    if not kept_layers:
+        raise InvalidArchConfig("the architecture keeps no layer; there is nothing to export")
+    kind = "standard" if is_standard(adapter.shape, arch) else "per_layer"
+    return kind, _config_for(adapter, arch, kept_layers, kind)
 
 
 def layers_config(adapter: Adapter, layers: Sequence[LayerArch]) -> dict[str, Any]:

@@ -1,22 +1,28 @@
 """A measured latency model: what one step of a candidate costs on the worker's own device.
 
-Once per (model, device, precision, setting, FFN alignment) the worker times two-layer models of the
-model's own family (``search.export.build_skeleton``, random weights): a first layer of full
-attention, and a second layer at every width the search can choose: only attention at k KV groups,
-only an MLP at c channels, or nothing. A sub-block's cost is its model's time less the one whose
-second layer is empty; the base (embeddings, final norm, LM head, and what a forward does once when
-it has attention, such as the causal mask) is the empty one's less a full attention sub-block. A
-candidate's predicted latency is
+Once per (model, device, precision, setting, FFN alignment) the worker times models of the model's
+own family (``search.export.build_skeleton``, random weights): a first layer of full attention (the
+anchor), then a stack of ``STACK`` layers all at one width the search can choose: only attention at k
+KV groups, only an MLP at c channels, or nothing. A sub-block's cost is its stack's time less the
+empty stack's, over the stack's depth (a stack, not one layer, so the difference stands well above
+the noise of a step); a kept layer's fixed cost is the empty stack's time less the anchor's alone,
+over the depth. A candidate's predicted latency is
 
-    base + Σ_layers attention(heads) + mlp(channels)
+    base + Σ_kept layers (layer + scale × (attention(heads) + mlp(channels)))
 
-(dropped sub-blocks cost nothing, exactly as an export drops them). The table lives in the model's
-artifact store (``LATENCY_TABLE``), so a later job on the same GPU type reads it instead of timing
-again, and a prediction is a few dictionary lookups (microseconds).
+where a layer that keeps nothing is left out (as an export leaves it out), and a dropped sub-block
+costs nothing beyond its layer's fixed cost (its stub is in that). ``base`` (embeddings, final norm,
+LM head, what a forward does once), ``layer`` and ``scale`` are then fitted to a few whole models
+timed the same way (``search.latency_calibration``): a short stack shows the host's per-layer work
+and the cache's behaviour of a deep model in a different proportion. (The two-layer table this
+replaces, with a running maximum over its widths and no per-layer cost, was 25-27% off the exported
+models' measured steps on an H200.) The table lives in the model's artifact store (``LATENCY_TABLE``), so a
+later job on the same GPU type reads it instead of timing again, and a prediction is a few
+dictionary lookups (microseconds).
 
 Two rules keep predictions usable by repair's bisection and honest about hardware:
-- monotone: a sub-block's cost never falls as it keeps more (a running maximum over the widths,
-  which also absorbs timing noise on a shared machine);
+- monotone: a sub-block's cost never falls as it keeps more (an isotonic fit over the widths, which
+  averages timing noise out rather than ratcheting up to its highest draw as a running maximum did);
 - aligned: widths are timed on the job's FFN alignment grid, and a width between two grid points
   costs what the next grid point costs, so an odd width is never predicted faster than its aligned
   neighbour. Where an alignment is not given, ``device_alignment`` picks it (see there).
@@ -27,29 +33,32 @@ Unstructured sparsity is ignored: zeros in dense tensors save no time.
 from __future__ import annotations
 
 import bisect
-import inspect
-import statistics
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
 
+from search import latency_calibration as calibration
 from search.adapters import Adapter
 from search.arch import ArchConfig, LayerArch
 from search.artifacts import Artifact
 from search.errors import BudgetInfeasible
 from search.export import build_skeleton, layers_config
+from search.latency_timing import Stepper, interleaved_ms, step_ms
 from search.precision import dtype_name
 from search.spec import JobSpec, LatencySetting
 
-TABLE_VERSION = 1
+TABLE_VERSION = 2  # 2: stacks, a kept layer's fixed cost, the calibration fit (base, layer, scale)
 TIE_MS = 1e-6  # a nanosecond: the least one more width costs in the table
-MAX_MLP_POINTS = 33  # MLP widths timed per table; the grid points between are interpolated
+MAX_MLP_POINTS = 9  # MLP widths timed per table; the grid points between are interpolated
+STACK = 4  # layers of one width per timed model (at most the model's depth less the anchor)
 TABLE_WARMUP = 2
 TABLE_REPEATS = 5
+TABLE_SECONDS = 0.1  # each comparison of the table runs its steps for at least this long
+CALIBRATION_SECONDS = 0.2  # each calibration model likewise
 # 16-bit tensor-core tiles on NVIDIA GPUs (Ampere's mma and Hopper's wgmma) are 64 or 128 channels wide:
 # an MLP whose width is not a multiple runs partly empty tiles (benchmarks/latency.py measures it).
 GPU_ALIGNMENTS = (128, 64, 32)
@@ -65,10 +74,15 @@ class LatencyTable:
     dtype: str
     alignment: int  # FFN channels are timed on multiples of this
     intermediate_size: int
-    base_ms: float  # embeddings, final norm, LM head (the empty one-layer model)
-    attention_ms: dict[int, float]  # kept query heads (whole KV groups, 0 included) → ms
-    mlp_points: dict[int, float]  # timed FFN widths (0 included) → ms
+    base_ms: float  # embeddings, final norm, LM head, what a forward does once
+    attention_ms: dict[int, float]  # kept query heads (whole KV groups, 0 included) → ms, as timed in stacks
+    mlp_points: dict[int, float]  # timed FFN widths (0 included) → ms, as timed in stacks
     build_seconds: float
+    layer_ms: float = 0.0  # a kept layer's fixed cost: its call, norms, residual adds, a dropped sub-block's stub
+    scale: float = 1.0  # what the sub-blocks' stack timings are multiplied by in a whole model (the fit's)
+    calibration: tuple[calibration.Point, ...] = ()  # the whole models the fit is of
+    stack_base_ms: float | None = None  # base and layer as the stacks alone gave them (before the fit)
+    stack_layer_ms: float | None = None
     source: str = "measured"  # "measured" by this process, or "stored" (read from the artifact store)
     _mlp_grid: dict[int, float] = field(default_factory=dict, repr=False, compare=False)
 
@@ -82,9 +96,12 @@ class LatencyTable:
         object.__setattr__(self, "_mlp_grid", grid)
 
     def attention(self, heads: int) -> float:
-        return self.attention_ms[heads] if heads else 0.0
+        return self.scale * self.attention_ms[heads] if heads else 0.0
 
     def mlp(self, channels: int) -> float:
+        return self.scale * self._mlp_timed(channels)
+
+    def _mlp_timed(self, channels: int) -> float:
         if not channels:
             return 0.0
         aligned = min(-(-channels // self.alignment) * self.alignment, self.intermediate_size)
@@ -92,7 +109,29 @@ class LatencyTable:
 
     def predict_ms(self, layers: Sequence[LayerArch]) -> float:
         """Predicted milliseconds of one step of a model with these layers."""
-        return self.base_ms + sum(self.attention(layer.heads) + self.mlp(layer.ffn_channels) for layer in layers)
+        return self.base_ms + sum(
+            self.layer_ms + self.attention(layer.heads) + self.mlp(layer.ffn_channels)
+            for layer in layers
+            if layer.heads or layer.ffn_channels
+        )
+
+    def subblocks_ms(self, layers: Sequence[LayerArch]) -> float:
+        """The sub-blocks' stack timings summed, unscaled (what the calibration fits the scale of)."""
+        return sum(self.attention_ms[layer.heads] + self._mlp_timed(layer.ffn_channels) for layer in layers)
+
+    def uncalibrated(self) -> LatencyTable:
+        """The table as the stacks alone gave it (no fit): what the calibration is measured against."""
+        if self.stack_base_ms is None or self.stack_layer_ms is None:
+            return self
+        return dataclasses.replace(
+            self, base_ms=self.stack_base_ms, layer_ms=self.stack_layer_ms, scale=1.0, calibration=()
+        )
+
+    @property
+    def calibration_error(self) -> float | None:
+        """Median |predicted / measured − 1| over the calibration models (None: not calibrated)."""
+        fit = calibration.Fit(self.base_ms, self.layer_ms, self.scale, self.calibration)
+        return fit.error
 
 
 def _grid(full: int, alignment: int) -> list[int]:
@@ -117,14 +156,31 @@ def _interpolate(widths: list[int], points: dict[int, float], width: int) -> flo
 
 
 def _monotone(values: dict[int, float]) -> dict[int, float]:
-    """Increasing in the width: a running maximum (timing noise cannot make a wider sub-block
-    cheaper), each width at least ``TIE_MS`` above the narrower one (what noise hid still costs
-    something, so a table of a fast device or a noisy machine still ranks widths)."""
-    result, highest = {}, -TIE_MS
-    for width in sorted(values):
-        highest = max(highest + TIE_MS, values[width], 0.0)
+    """Increasing in the width, 0 at width 0: the isotonic (least-squares non-decreasing) fit of the
+    timed costs, so noise that made one width look dearer or cheaper is pooled with its neighbours
+    rather than carried up to every wider one; then each width at least ``TIE_MS`` above the narrower
+    one (what noise hid still costs something, so a table of a fast device or a noisy machine still
+    ranks widths)."""
+    widths = sorted(w for w in values if w)
+    fitted = _isotonic([values[w] for w in widths])
+    result, highest = {0: 0.0}, 0.0
+    for width, value in zip(widths, fitted, strict=True):
+        highest = max(highest + TIE_MS, value)
         result[width] = highest
     return result
+
+
+def _isotonic(values: list[float]) -> list[float]:
+    """Pool adjacent violators: the non-decreasing sequence nearest ``values`` in squares."""
+    blocks: list[list[float]] = []  # [mean, count]
+    for value in values:
+        blocks.append([value, 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            mean, count = blocks.pop()
+            previous = blocks[-1]
+            previous[0] = (previous[0] * previous[1] + mean * count) / (previous[1] + count)
+            previous[1] += count
+    return [mean for mean, count in blocks for _ in range(int(count))]
 
 
 def _encode(table: LatencyTable) -> dict[str, Any]:
@@ -139,6 +195,11 @@ def _encode(table: LatencyTable) -> dict[str, Any]:
         "attention": [[heads, ms] for heads, ms in sorted(table.attention_ms.items())],
         "mlp": [[width, ms] for width, ms in sorted(table.mlp_points.items())],
         "build_seconds": table.build_seconds,
+        "layer_ms": table.layer_ms,
+        "scale": table.scale,
+        "calibration": [dataclasses.asdict(point) for point in table.calibration],
+        "stack_base_ms": table.stack_base_ms,
+        "stack_layer_ms": table.stack_layer_ms,
     }
 
 
@@ -155,6 +216,11 @@ def _decode(payload: dict[str, Any]) -> LatencyTable:
         attention_ms={int(h): float(ms) for h, ms in payload["attention"]},
         mlp_points={int(c): float(ms) for c, ms in payload["mlp"]},
         build_seconds=float(payload["build_seconds"]),
+        layer_ms=float(payload["layer_ms"]),
+        scale=float(payload["scale"]),
+        calibration=tuple(calibration.Point(**point) for point in payload["calibration"]),
+        stack_base_ms=payload["stack_base_ms"],
+        stack_layer_ms=payload["stack_layer_ms"],
         source="stored",
     )
 
@@ -185,93 +251,6 @@ def device_alignment(device: torch.device, dtype: torch.dtype, intermediate_size
     return (CPU_ALIGNMENT,)
 
 
-# --- timing ------------------------------------------------------------------------------------
-
-
-def random_ids(vocab: int, batch: int, tokens: int, device: torch.device) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(0)
-    return torch.randint(0, vocab, (batch, tokens), generator=generator).to(device)
-
-
-class Stepper:
-    """One step of ``model`` in ``setting``, ready to time again and again: a forward over batch ×
-    context tokens (prefill), or one new token per sequence against a KV cache of ``context`` tokens
-    (decode; the cache is cropped back after every step, so every step sees the same context)."""
-
-    @torch.no_grad()
-    def __init__(self, model: nn.Module, setting: LatencySetting, *, causal: bool) -> None:
-        self.model, self.device = model, next(model.parameters()).device
-        ids = random_ids(int(getattr(model.config, "vocab_size", 2)), setting.batch, setting.context, self.device)
-        self.cache: Any = None
-        if setting.phase == "prefill":
-            self.inputs: dict[str, Any] = {"input_ids": ids} | ({"use_cache": False} if causal else {})
-            return
-        output = model(input_ids=ids, use_cache=True)
-        cache = getattr(output, "cache", None)  # an empty cache is falsy: compare with None
-        self.cache = cache if cache is not None else output.past_key_values
-        # transformers 5 renames ``past_key_values`` to ``cache``; the old name still works, with a warning.
-        name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-        self.inputs = {"input_ids": ids[:, :1], "use_cache": True, name: self.cache}
-
-    @torch.no_grad()
-    def once(self) -> float:
-        """Milliseconds of one step."""
-        _synchronize(self.device)
-        started = time.perf_counter()
-        self.model(**self.inputs)
-        _synchronize(self.device)
-        elapsed = (time.perf_counter() - started) * 1000
-        if self.cache is not None:
-            _drop_step_token(self.cache)
-        return elapsed
-
-
-def _drop_step_token(cache: Any) -> None:
-    """Crop the step's token from the cache, so it holds ``context`` tokens again. Layer by layer: a
-    layer without attention (dropped) holds no keys, and ``Cache.crop`` of transformers 5.17 fails on it."""
-    layers = getattr(cache, "layers", None)
-    if layers is None:
-        cache.crop(-1)
-        return
-    for layer in layers:
-        if getattr(layer, "keys", None) is not None:
-            layer.crop(-1)
-
-
-def step_ms(
-    model: nn.Module,
-    setting: LatencySetting,
-    *,
-    causal: bool,
-    warmup: int = TABLE_WARMUP,
-    repeats: int = TABLE_REPEATS,
-) -> float:
-    """Median milliseconds of one step of ``model`` in ``setting`` (``Stepper``), after ``warmup`` steps."""
-    stepper = Stepper(model, setting, causal=causal)
-    for _ in range(warmup):
-        stepper.once()
-    return statistics.median(stepper.once() for _ in range(repeats))
-
-
-def paired_ms(reference: Stepper, other: Stepper, *, warmup: int, repeats: int) -> tuple[float, float]:
-    """Median milliseconds of each, the two taking turns (the order alternating), so drift on a shared
-    machine hits both alike and their difference is the other's own cost."""
-    for _ in range(warmup):
-        reference.once()
-        other.once()
-    times: tuple[list[float], list[float]] = ([], [])
-    for repeat in range(repeats):
-        order = ((0, reference), (1, other)) if repeat % 2 == 0 else ((1, other), (0, reference))
-        for index, stepper in order:
-            times[index].append(stepper.once())
-    return statistics.median(times[0]), statistics.median(times[1])
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 # --- the table -----------------------------------------------------------------------------------
 
 
@@ -284,53 +263,95 @@ def build_table(
     max_mlp_points: int = MAX_MLP_POINTS,
     warmup: int = TABLE_WARMUP,
     repeats: int = TABLE_REPEATS,
+    min_seconds: float | None = None,
+    calibrate: bool = True,
 ) -> LatencyTable:
-    """Time two-layer models of ``adapter``'s family (module docstring) at every attention width and up to
+    """Time stacks of ``adapter``'s family (module docstring) at every attention width and up to
     ``max_mlp_points`` FFN widths of the alignment grid (evenly spread, the smallest and the full
-    width included), on the adapter's device in ``dtype``."""
+    width included), on the adapter's device in ``dtype``; then fit base, layer and scale to whole
+    models (``calibrate``; without it they are the stacks' own figures and the scale 1). Each
+    comparison runs for at least ``min_seconds`` (default ``TABLE_SECONDS``)."""
     started = time.perf_counter()
-    shape, device = adapter.shape, adapter.device
-    alignment = max(1, min(alignment, shape.intermediate_size))
-    stepper = _two_layer_steppers(adapter, setting, dtype)
-    empty = stepper(0, 0)
-    empty_times: list[float] = []
+    alignment = max(1, min(alignment, adapter.shape.intermediate_size))
+    seconds = TABLE_SECONDS if min_seconds is None else min_seconds
+
+    def timed(*steppers: Stepper) -> list[float]:
+        return interleaved_ms(list(steppers), warmup=warmup, repeats=repeats, min_seconds=seconds)
+
+    table = _stacks_table(adapter, setting, dtype, alignment, max_mlp_points, timed)
+    if calibrate:
+        archs = calibration.calibration_archs(adapter.shape, alignment)
+        points = calibration.measure(
+            adapter, setting, dtype, table.subblocks_ms, archs,
+            warmup=warmup, repeats=repeats, min_seconds=CALIBRATION_SECONDS,
+        )  # fmt: skip
+        if points:  # none where the device has no room for even a quarter of the model: the stacks' figures
+            fit = calibration.fit(points, measured_layer_ms=table.layer_ms)
+            table = dataclasses.replace(
+                table, base_ms=fit.base_ms, layer_ms=fit.layer_ms, scale=fit.scale, calibration=fit.points
+            )
+    return dataclasses.replace(table, build_seconds=time.perf_counter() - started)
+
+
+def _stacks_table(
+    adapter: Adapter,
+    setting: LatencySetting,
+    dtype: torch.dtype,
+    alignment: int,
+    max_mlp_points: int,
+    timed: Callable[..., list[float]],
+) -> LatencyTable:
+    """The table as the stacks give it: each width's stack beside the empty one, the empty one beside
+    the anchor alone (a kept layer's fixed cost), and the anchor's remainder (the base)."""
+    shape = adapter.shape
+    depth = max(1, min(STACK, shape.num_layers - 1))
+    stack = _stack_steppers(adapter, setting, dtype, depth)
+    empty, anchor = stack(0, 0), stack(0, 0, depth=0)
+    # Untimed first: a process's first steps may pay one-off costs (lazy initialisation, a GPU's library
+    # handles and kernel loading) that would make the first widths look dear.
+    timed(anchor, empty)
+    anchor_ms, empty_ms = timed(anchor, empty)
+    layer = max(empty_ms - anchor_ms, 0.0) / depth
 
     def cost_ms(heads: int, channels: int) -> float:
-        """What the second layer's sub-block adds: timed beside the empty model, turn about."""
-        reference, own = paired_ms(empty, stepper(heads, channels), warmup=warmup, repeats=repeats)
-        empty_times.append(reference)
-        return own - reference
+        """What a layer of these widths adds over an empty one: its stack timed beside the empty stack."""
+        reference, own = timed(empty, stack(heads, channels))
+        return (own - reference) / depth
 
     heads = range(shape.group_size, shape.num_heads + 1, shape.group_size)
-    attention = _monotone({0: 0.0} | {h: cost_ms(h, 0) for h in heads})
-    mlp = _monotone(
-        {0: 0.0} | {c: cost_ms(0, c) for c in _timed_widths(shape.intermediate_size, alignment, max_mlp_points)}
-    )
-    # The anchor's own attention is a full one: the rest of the empty model is the base.
-    base = max(statistics.median(empty_times) - attention[shape.num_heads], 0.0)
+    attention = _monotone({h: cost_ms(h, 0) for h in heads})
+    mlp = _monotone({c: cost_ms(0, c) for c in _timed_widths(shape.intermediate_size, alignment, max_mlp_points)})
+    # The anchor is a kept layer of full attention: the rest of its time is the base.
+    base = max(anchor_ms - layer - attention[shape.num_heads], 0.0)
     return LatencyTable(
         setting=setting,
-        device=device_name(device),
+        device=device_name(adapter.device),
         dtype=dtype_name(dtype),
         alignment=alignment,
         intermediate_size=shape.intermediate_size,
         base_ms=base,
         attention_ms=attention,
         mlp_points=mlp,
-        build_seconds=time.perf_counter() - started,
+        build_seconds=0.0,
+        layer_ms=layer,
+        stack_base_ms=base,
+        stack_layer_ms=layer,
     )
 
 
-def _two_layer_steppers(adapter: Adapter, setting: LatencySetting, dtype: torch.dtype) -> Callable[[int, int], Stepper]:
-    """``stepper(heads, channels)``: a two-layer model of the family, its second layer at these widths.
+def _stack_steppers(
+    adapter: Adapter, setting: LatencySetting, dtype: torch.dtype, depth: int
+) -> Callable[..., Stepper]:
+    """``stepper(heads, channels, depth=depth)``: a model of the family whose first layer is full
+    attention (the anchor) and whose next ``depth`` layers all keep these widths.
 
-    Every model has a first layer of full attention, so what a forward does once when it has any
-    attention (the causal mask, rotary tables) is in the base, not in every attention sub-block."""
+    Every model has the anchor, so what a forward does once when it has any attention (the causal mask,
+    rotary tables) is in the base, not in every attention sub-block."""
     shape, device = adapter.shape, adapter.device
     anchor = LayerArch(shape.num_heads, 0)
 
-    def stepper(heads: int, channels: int) -> Stepper:
-        config = layers_config(adapter, [anchor, LayerArch(heads, channels)])
+    def stepper(heads: int, channels: int, depth: int = depth) -> Stepper:
+        config = layers_config(adapter, [anchor] + [LayerArch(heads, channels)] * depth)
         return Stepper(build_skeleton(config, device=device, dtype=dtype), setting, causal=shape.causal)
 
     return stepper
@@ -357,11 +378,11 @@ class LatencyModel:
         return self.predict_ms(layers) <= latency_ratio * self.dense_ms
 
     def floor_ratio(self) -> float:
-        """The least a candidate can cost: the embeddings and LM head, and the cheapest one sub-block
-        (a candidate keeps at least one, or there is no model to export)."""
+        """The least a candidate can cost: the embeddings and LM head, and one layer with the cheapest
+        one sub-block (a candidate keeps at least one, or there is no model to export)."""
         table = self.table
         cheapest = min(table.attention(min(h for h in table.attention_ms if h)), table.mlp(table.alignment))
-        return (table.base_ms + cheapest) / self.dense_ms
+        return (table.base_ms + table.layer_ms + cheapest) / self.dense_ms
 
 
 def latency_model(adapter: Adapter, artifacts: Any, spec: JobSpec, dtype: torch.dtype) -> LatencyModel:

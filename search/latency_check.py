@@ -12,6 +12,7 @@ from __future__ import annotations
 import statistics
 
 import torch
+from torch import nn
 
 from search.arch import ArchConfig
 from search.candidates import SearchContext
@@ -19,10 +20,12 @@ from search.export import materialize
 from search.latency import step_ms
 from search.precision import export_dtype
 from search.results import LatencyCheck, LatencyReport, SearchResult, TrialInfo
+from search.spec import LatencySetting
 from search.speed import dense_in
 
 MEASURE_WARMUP = 3
 MEASURE_REPEATS = 10
+MEASURE_SECONDS = 0.5  # and at least this long: a decode step of a few milliseconds is timed ~100 times
 
 
 def check_latency(context: SearchContext, result: SearchResult) -> LatencyReport:
@@ -35,7 +38,7 @@ def check_latency(context: SearchContext, result: SearchResult) -> LatencyReport
     dtype = export_dtype(adapter.model, loaded.source)
     causal = adapter.shape.causal
     with dense_in(loaded, dtype) as dense:
-        dense_ms = step_ms(dense, setting, causal=causal, warmup=MEASURE_WARMUP, repeats=MEASURE_REPEATS)
+        dense_ms = _measure(dense, setting, causal=causal)
     trials = {trial.number: trial for trial in result.trials}
     checks = {number: _check(context, trials[number]) for number in sorted(result.verified)}
     for number, check in checks.items():
@@ -53,6 +56,7 @@ def check_latency(context: SearchContext, result: SearchResult) -> LatencyReport
         ffn_alignment=table.alignment,
         table=table.source,
         table_seconds=table.build_seconds,
+        table_fit_error=table.calibration_error,
         budget_ratio=spec.target.latency_ratio,
         dense=LatencyCheck(
             trial_number=None,
@@ -74,7 +78,7 @@ def _check(context: SearchContext, trial: TrialInfo) -> LatencyCheck:
     arch = ArchConfig.from_dict(trial.arch)  # type: ignore[arg-type]
     exported, _, _ = materialize(adapter, context.selection(arch), device=adapter.device, source=loaded.source)
     setting = context.spec.target.latency
-    measured = step_ms(exported, setting, causal=adapter.shape.causal, warmup=MEASURE_WARMUP, repeats=MEASURE_REPEATS)
+    measured = _measure(exported, setting, causal=adapter.shape.causal)
     del exported
     _empty_cache()
     predicted = context.latency.predict_ms(arch.layers)
@@ -84,6 +88,12 @@ def _check(context: SearchContext, trial: TrialInfo) -> LatencyCheck:
         predicted_ms=predicted,
         measured_ms=measured,
         error=predicted / measured - 1,
+    )
+
+
+def _measure(model: nn.Module, setting: LatencySetting, *, causal: bool) -> float:
+    return step_ms(
+        model, setting, causal=causal, warmup=MEASURE_WARMUP, repeats=MEASURE_REPEATS, min_seconds=MEASURE_SECONDS
     )
 
 

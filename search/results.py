@@ -355,6 +355,11 @@ class LatencyReport(_Frozen):
     ffn_alignment: int
     table: str = Field(description="'measured' by this job, or 'stored' (read from the artifact store).")
     table_seconds: float = Field(description="What timing the table took (when it was measured).")
+    table_fit_error: float | None = Field(
+        default=None,
+        description="Median |error| of the table's fit to the whole models it was calibrated on at build "
+        "(null: not calibrated).",
+    )
     budget_ratio: float | None = Field(description="target.latency_ratio; null without a latency budget.")
     dense: LatencyCheck
     finalists: list[LatencyCheck]

@@ -74,11 +74,16 @@ def test_latency_benchmark_runs_on_a_tiny_shape(tmp_path: Path, monkeypatch: pyt
 
     from benchmarks import latency
 
+    # A few steps per timing, not a tenth of a second or more: this checks what the benchmark writes.
+    for name in ("search.latency.TABLE_SECONDS", "search.latency.CALIBRATION_SECONDS",
+                 "search.latency_check.MEASURE_SECONDS", "benchmarks.latency.MEASURE_SECONDS"):  # fmt: skip
+        monkeypatch.setattr(name, 0.0)
     out = tmp_path / "performance.md"
     monkeypatch.setattr(sys, "argv", [
         "latency.py", "--shapes", "tiny", "--context", "16", "--decode-batches", "1,2", "--prefill-batch", "2",
         "--trials", "2", "--tokens", "128", "--seq-len", "32", "--out", str(out),
         "--latency-ratio", "1.0",  # feasible whatever a noisy CPU makes of the sub-blocks' costs
+        "--random-candidates", "1",
     ])  # fmt: skip
     verbosity = optuna.logging.get_verbosity()
     try:
@@ -96,3 +101,7 @@ def test_latency_benchmark_runs_on_a_tiny_shape(tmp_path: Path, monkeypatch: pyt
     assert set(shape["alignment"]) == {"decode b2", "prefill"}
     text = out.read_text()
     assert "<!-- latency -->" in text and "| latency-targeted |" in text and "MLP (gate, up, down)" in text
+    # The table's accuracy over random architectures too, per setting, beside the stacks alone.
+    assert len(shape["random_candidates"]) == 1 and set(shape["tables"]) == {"decode b1", "decode b2", "prefill b2"}
+    assert all(t["calibration_error"] is not None for t in shape["tables"].values())
+    assert "| decode b1 |" in text and "| prefill b2 |" in text and "Stacks alone" in text

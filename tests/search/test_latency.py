@@ -10,6 +10,7 @@ the artifact store (where a real one would be), so their budgets are feasible wh
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -20,7 +21,8 @@ from search.arch import ArchConfig, LayerArch
 from search.artifacts import ArtifactStore, model_fingerprint
 from search.candidates import SearchContext, prepare
 from search.families import read_shape
-from search.latency import LATENCY_TABLE, LatencyTable
+from search.latency import LATENCY_TABLE, LatencyTable, _monotone
+from search.latency_calibration import SCALE_RANGE, Point, calibration_archs, fit
 from search.loading import load_model
 from search.repair import Proposal, repair_within
 from search.spec import LatencySetting, read_local_config
@@ -32,6 +34,17 @@ from tests.conftest import tiny_job_spec
 SETTING = {"phase": "decode", "batch": 2, "context": 16}
 SPACE = {"ffn_alignment": 32}
 KNOWN = {"phase": "decode", "batch": 1, "context": 8}  # the setting of the table of known figures
+
+
+@pytest.fixture(scope="module", autouse=True)
+def short_timings() -> Iterator[None]:
+    """Each comparison of a table, calibration model and finalist timed for a few steps, not a tenth of a
+    second or more: these tests check what is built and kept, not how precise it is."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("search.latency.TABLE_SECONDS", 0.0)
+        patch.setattr("search.latency.CALIBRATION_SECONDS", 0.0)
+        patch.setattr("search.latency_check.MEASURE_SECONDS", 0.0)
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +114,18 @@ def test_the_table_is_built_once_and_the_next_job_reads_it_from_the_store(
     second = _table(prepare(load_model(str(tiny_llama_dir), artifacts=artifacts), spec))
     assert second.source == "stored"
     assert second.attention_ms == first.attention_ms and second.mlp_points == first.mlp_points
-    assert second.base_ms == first.base_ms
+    assert (second.base_ms, second.layer_ms, second.scale) == (first.base_ms, first.layer_ms, first.scale)
+    assert second.calibration == first.calibration and second.calibration_error == first.calibration_error
+
+
+def test_the_table_is_fitted_to_whole_models_timed_at_build(latency_context: SearchContext) -> None:
+    """Five whole models of the family (at most about half the dense parameters each) were built as
+    exported and timed; base, per-layer cost and scale are the fit's, within their bounds."""
+    table = _table(latency_context)
+    assert [p.name for p in table.calibration] == list(calibration_archs(latency_context.shape, 32))
+    assert all(p.measured_ms > 0 and p.subblocks_ms > 0 and p.kept_layers >= 1 for p in table.calibration)
+    assert table.base_ms >= 0 and table.layer_ms >= 0 and SCALE_RANGE[0] <= table.scale <= SCALE_RANGE[1]
+    assert table.calibration_error is not None and table.calibration_error >= 0
 
 
 def test_predicted_latency_is_monotone_in_heads_and_channels_and_odd_widths_cost_their_aligned_neighbour(
@@ -230,3 +254,47 @@ def test_a_latency_job_without_an_alignment_gets_the_devices(known_context: Sear
         update={"search_space": known_context.spec.search_space.model_copy(update={"ffn_alignment": None})}
     )
     assert prepare(known_context.loaded, unset).spec.search_space.ffn_alignment == 32
+
+
+def test_a_kept_layer_costs_its_fixed_cost_once_and_a_layer_that_keeps_nothing_costs_nothing() -> None:
+    table = LatencyTable(
+        setting=LatencySetting.model_validate(KNOWN),
+        device="cpu",
+        dtype="float32",
+        alignment=32,
+        intermediate_size=64,
+        base_ms=1.0,
+        attention_ms={0: 0.0, 2: 0.25},
+        mlp_points={0: 0.0, 32: 0.5, 64: 1.0},
+        build_seconds=0.0,
+        layer_ms=0.125,
+        scale=2.0,
+    )
+    assert table.predict_ms([LayerArch(0, 0)] * 3) == 1.0
+    assert table.predict_ms([LayerArch(2, 64), LayerArch(0, 0)]) == 1.0 + 0.125 + 2 * (0.25 + 1.0)
+    assert table.predict_ms([LayerArch(2, 0), LayerArch(0, 33)]) == 1.0 + 2 * 0.125 + 2 * (0.25 + 1.0)
+
+
+def test_noise_in_one_width_is_pooled_with_its_neighbours_not_carried_to_every_wider_one() -> None:
+    """A running maximum made every width after one slow draw as slow as it: tables overestimated."""
+    timed = {32: 1.0, 64: 5.0, 96: 1.2, 128: 1.4, 160: 6.0, 192: 7.0}
+    table = _monotone(timed)
+    assert table[0] == 0.0 and list(table.values()) == sorted(set(table.values()))  # strictly increasing
+    assert table[64] == pytest.approx((5.0 + 1.2 + 1.4) / 3) and table[128] == pytest.approx(table[64])
+    assert (table[32], table[160], table[192]) == (1.0, 6.0, 7.0)
+    assert 0 < _monotone({32: -0.2, 64: 0.5})[32] < 1e-3  # a negative draw: the least a kept width costs
+
+
+def test_the_calibration_fit_recovers_base_layer_and_scale_and_keeps_them_in_bounds() -> None:
+    def points(base: float, layer: float, scale: float) -> list[Point]:
+        shapes = [(8, 4.0), (4, 4.0), (2, 2.0), (8, 2.5), (8, 1.0)]
+        return [Point(f"m{i}", k, s, base + k * layer + scale * s) for i, (k, s) in enumerate(shapes)]
+
+    exact = fit(points(2.0, 0.3, 1.25), measured_layer_ms=0.0)
+    assert (exact.base_ms, exact.layer_ms, exact.scale) == pytest.approx((2.0, 0.3, 1.25))
+    assert exact.error == pytest.approx(0.0, abs=1e-9)
+    clipped = fit(points(2.0, 0.3, 3.0), measured_layer_ms=0.0)  # a scale beyond the range is clipped
+    assert clipped.scale == SCALE_RANGE[1] and clipped.base_ms >= 0 and clipped.layer_ms >= 0
+    assert clipped.error is not None and clipped.error > 0
+    one_depth = [p for p in points(2.0, 0.3, 1.0) if p.kept_layers == 8]  # base and layer cannot be told apart
+    assert fit(one_depth, measured_layer_ms=0.3).layer_ms == 0.3

@@ -355,7 +355,8 @@ function latencyRow(check) {
 function latencyPart(latency) {
   const checks = [latency.dense, ...list(latency.finalists)].filter(isRecord);
   const setting = latency.phase === "prefill" ? `prefill, batch ${latency.batch} × ${latency.context} tokens` : `decode, batch ${latency.batch}, context ${latency.context}`;
-  const error = isNumber(latency.median_abs_error) ? ` Median prediction error: ${(latency.median_abs_error * 100).toFixed(1)}%.` : "";
+  const fit = isNumber(latency.table_fit_error) ? ` (the table's fit to the whole models it was calibrated on: ${(latency.table_fit_error * 100).toFixed(1)}%)` : "";
+  const error = isNumber(latency.median_abs_error) ? ` Median prediction error: ${(latency.median_abs_error * 100).toFixed(1)}%${fit}.` : "";
   const how =
     `Time per step (${setting}) on ${latency.device} in ${latency.dtype}, predicted from the latency table ` +
     `(${latency.table === "stored" ? "read from the artifact store" : "measured by this job"}) and measured on each verified candidate built as exported.${error}`;

@@ -1,0 +1,115 @@
+"""Timing one step of a model in a latency setting (``search.spec.LatencySetting``) on its own device.
+
+A step is timed from the host, both ends synchronised with the device, so what the host does per
+layer (Python, kernel launches) counts as much as the device's work: at small batches it is most of a
+decode step on a GPU. Medians over repeats, and repeats for at least ``min_seconds`` where a step is
+short, so a few slow steps on a shared machine (or a GPU changing clocks) do not move the figure.
+"""
+
+from __future__ import annotations
+
+import inspect
+import statistics
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from search.spec import LatencySetting
+
+MAX_REPEATS = 2000  # the most steps ``min_seconds`` may ask for (a step of a few microseconds)
+
+
+def random_ids(vocab: int, batch: int, tokens: int, device: torch.device) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(0, vocab, (batch, tokens), generator=generator).to(device)
+
+
+class Stepper:
+    """One step of ``model`` in ``setting``, ready to time again and again: a forward over batch ×
+    context tokens (prefill), or one new token per sequence against a KV cache of ``context`` tokens
+    (decode; the cache is cropped back after every step, so every step sees the same context)."""
+
+    @torch.no_grad()
+    def __init__(self, model: nn.Module, setting: LatencySetting, *, causal: bool) -> None:
+        self.model, self.device = model, next(model.parameters()).device
+        ids = random_ids(int(getattr(model.config, "vocab_size", 2)), setting.batch, setting.context, self.device)
+        self.cache: Any = None
+        if setting.phase == "prefill":
+            self.inputs: dict[str, Any] = {"input_ids": ids} | ({"use_cache": False} if causal else {})
+            return
+        output = model(input_ids=ids, use_cache=True)
+        cache = getattr(output, "cache", None)  # an empty cache is falsy: compare with None
+        self.cache = cache if cache is not None else output.past_key_values
+        # transformers 5 renames ``past_key_values`` to ``cache``; the old name still works, with a warning.
+        name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self.inputs = {"input_ids": ids[:, :1], "use_cache": True, name: self.cache}
+
+    @torch.no_grad()
+    def once(self) -> float:
+        """Milliseconds of one step."""
+        _synchronize(self.device)
+        started = time.perf_counter()
+        self.model(**self.inputs)
+        _synchronize(self.device)
+        elapsed = (time.perf_counter() - started) * 1000
+        if self.cache is not None:
+            _drop_step_token(self.cache)
+        return elapsed
+
+
+def _drop_step_token(cache: Any) -> None:
+    """Crop the step's token from the cache, so it holds ``context`` tokens again. Layer by layer: a
+    layer without attention (dropped) holds no keys, and ``Cache.crop`` of transformers 5.17 fails on it."""
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        cache.crop(-1)
+        return
+    for layer in layers:
+        if getattr(layer, "keys", None) is not None:
+            layer.crop(-1)
+
+
+def _enough(done: int, repeats: int, started: float, min_seconds: float) -> bool:
+    if done < repeats:
+        return False
+    return done >= MAX_REPEATS or time.perf_counter() - started >= min_seconds
+
+
+def step_ms(
+    model: nn.Module,
+    setting: LatencySetting,
+    *,
+    causal: bool,
+    warmup: int,
+    repeats: int,
+    min_seconds: float = 0.0,
+) -> float:
+    """Median milliseconds of one step of ``model`` in ``setting`` (``Stepper``), after ``warmup``
+    steps, over at least ``repeats`` steps and ``min_seconds``."""
+    return interleaved_ms(
+        [Stepper(model, setting, causal=causal)], warmup=warmup, repeats=repeats, min_seconds=min_seconds
+    )[0]
+
+
+def interleaved_ms(steppers: list[Stepper], *, warmup: int, repeats: int, min_seconds: float = 0.0) -> list[float]:
+    """Median milliseconds of each, taking turns (the order reversed every round), so drift on a shared
+    machine hits all alike and their differences are their own costs. At least ``repeats`` rounds and
+    ``min_seconds``."""
+    for _ in range(warmup):
+        for stepper in steppers:
+            stepper.once()
+    times: list[list[float]] = [[] for _ in steppers]
+    started, rounds = time.perf_counter(), 0
+    while not _enough(rounds, repeats, started, min_seconds):
+        order = list(enumerate(steppers))
+        for index, stepper in order if rounds % 2 == 0 else reversed(order):
+            times[index].append(stepper.once())
+        rounds += 1
+    return [statistics.median(each) for each in times]
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
