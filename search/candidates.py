@@ -95,7 +95,15 @@ class SearchContext:
         high = self.ratio_range()[1]
         if self.latency is None or high < 1.0:
             return high
-        uniform = self.arch(Proposal.uniform(self.shape.num_layers), high)
+        try:
+            uniform = self.arch(Proposal.uniform(self.shape.num_layers), high)
+        except BudgetInfeasible:
+            # Where a kept layer's fixed cost dominates (decoding a small model: kernel launches),
+            # no uniform width is fast enough and only depth is; latency then falls with depth about
+            # as parameters do, so the seeds get the latency budget's share of the parameters.
+            bound = self.latency_high()
+            assert bound is not None
+            return min(high, bound)
         return self.shape.count_params(uniform) / self.shape.dense_params()
 
     def latency_range(self) -> tuple[float, float] | None:

@@ -22,7 +22,7 @@ import optuna
 from optuna.storages import BaseStorage
 
 from search.candidates import SearchContext
-from search.errors import ProxyError
+from search.errors import BudgetInfeasible, ProxyError
 from search.fidelity import TokenLadder
 from search.latency_budget import TrialLatency, sampled_budget, second_objective
 from search.loop import TrialCallback, complete_count, run_trials
@@ -157,7 +157,7 @@ def search_trials(
         max_trials=budget if max_trials is None else min(budget, max_trials),
         complete_target=spec.n_trials,
         callbacks=hooks.on_trial,
-        catch=(ProxyError,),
+        catch=(ProxyError, BudgetInfeasible),
         should_stop=hooks.should_stop,
         lookahead=lookahead,
     )
@@ -191,7 +191,13 @@ class _Objective:
         sampled_params = self.multi and not self.context.spec.latency_objective
         budget = trial.suggest_float("param_ratio", self.low, self.high) if sampled_params else self.high
         sampled = time.perf_counter()
-        selection = self.context.candidate(proposal, budget, latency_budget)
+        try:
+            selection = self.context.candidate(proposal, budget, latency_budget)
+        except BudgetInfeasible as error:
+            # A latency budget this proposal's shape cannot meet at any scale (a uniform width where
+            # a kept layer's fixed cost dominates): the trial fails, said why; the search goes on.
+            trial.set_user_attr("error", str(error))
+            raise
         param_count = self.context.shape.count_params(selection.arch)
         realised = time.perf_counter()
         param_ratio = self._record_candidate(trial, selection, param_count, budget, latency_budget)
