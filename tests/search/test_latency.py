@@ -55,18 +55,32 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def store_known_table(model: Path, artifacts: Path, alignment: int) -> LatencyTable:
     """A table of known figures, stored where a worker would keep the one it timed for ``KNOWN``."""
     shape = read_shape(read_local_config(str(model)))
+    return store_table(
+        model,
+        artifacts,
+        KNOWN,
+        alignment,
+        base_ms=1.0,
+        attention_ms={h: 0.25 * h for h in range(0, shape.num_heads + 1, shape.group_size)},
+        mlp_points={c: c / 256 for c in range(0, shape.intermediate_size + 1, 64)},
+    )
+
+
+def store_table(
+    model: Path, artifacts: Path, setting: dict[str, object], alignment: int, **figures: object
+) -> LatencyTable:
+    """A table of given figures, stored where a worker would keep the one it timed for ``setting``."""
+    shape = read_shape(read_local_config(str(model)))
     table = LatencyTable(
-        setting=LatencySetting.model_validate(KNOWN),
+        setting=LatencySetting.model_validate(setting),
         device="cpu",
         dtype="float32",
         alignment=alignment,
         intermediate_size=shape.intermediate_size,
-        base_ms=1.0,
-        attention_ms={h: 0.25 * h for h in range(0, shape.num_heads + 1, shape.group_size)},
-        mlp_points={c: c / 256 for c in range(0, shape.intermediate_size + 1, 64)},
         build_seconds=0.0,
+        **figures,  # type: ignore[arg-type]
     )
-    key = ("cpu", "float32", KNOWN["phase"], KNOWN["batch"], KNOWN["context"], alignment)
+    key = ("cpu", "float32", setting["phase"], setting["batch"], setting["context"], alignment)
     ArtifactStore(artifacts, str(model), None).put(LATENCY_TABLE.file(key), LATENCY_TABLE.encode(table))
     return table
 
@@ -298,3 +312,47 @@ def test_the_calibration_fit_recovers_base_layer_and_scale_and_keeps_them_in_bou
     assert clipped.error is not None and clipped.error > 0
     one_depth = [p for p in points(2.0, 0.3, 1.0) if p.kept_layers == 8]  # base and layer cannot be told apart
     assert fit(one_depth, measured_layer_ms=0.3).layer_ms == 0.3
+
+
+def test_a_budget_only_depth_can_meet_fails_the_proposals_that_cannot_and_the_search_goes_on(
+    tiny_llama_dir: Path, artifacts: Path
+) -> None:
+    """Decoding a small model is bound by a kept layer's fixed cost (kernel launches): at 60% of the
+    dense step no uniform width fits, only fewer layers. The seeds get the budget's share of the
+    parameters and a proposal that cannot fit at any scale fails its trial, said why."""
+    shape = read_shape(read_local_config(str(tiny_llama_dir)))
+    setting = {"phase": "decode", "batch": 3, "context": 8}
+    store_table(
+        tiny_llama_dir,
+        artifacts,
+        setting,
+        32,
+        base_ms=0.1,
+        layer_ms=10.0,
+        attention_ms={h: 0.001 * h for h in range(0, shape.num_heads + 1, shape.group_size)},
+        mlp_points={c: c / 1e5 for c in range(0, shape.intermediate_size + 1, 32)},
+    )
+    spec = tiny_job_spec(
+        tiny_llama_dir,
+        target={"latency_ratio": 0.6, "latency": setting},
+        search_space=SPACE,
+        n_trials=8,
+        seed=2,
+        verify_top_k=0,
+        audit_size=0,
+    )
+    context = prepare(load_model(str(tiny_llama_dir), artifacts=artifacts), spec)
+    latency = context.latency
+    assert latency is not None and latency.table.layer_ms == 10.0
+    assert context.seed_ratio() == context.latency_high()
+
+    from search.trials import job_proxy
+
+    study = open_study(context, study_name="latency-depth-only")
+    search_trials(context, job_proxy(context), study)  # did not raise
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    failed = study.get_trials(states=(optuna.trial.TrialState.FAIL,))
+    assert complete and failed  # the uniform seed cannot fit; others do
+    for trial in complete:
+        assert latency.ratio(ArchConfig.from_dict(trial.user_attrs["arch"]).layers) <= 0.6
+    assert all("fits the budget" in trial.user_attrs["error"] for trial in failed)
