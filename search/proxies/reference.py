@@ -113,10 +113,10 @@ def compute_reference(adapter: Adapter, tokens: TokenSet, form: str, batch_size:
 def _dense_positions(logits: torch.Tensor, form: str) -> tuple[torch.Tensor, ...]:
     """One sequence's reference from its logits (T-1, V): the full log-probabilities, or top-k and rest."""
     if form == FULL:
-        return (torch.cat([F.log_softmax(logits[lo:hi].float(), dim=-1) for _, lo, hi in _chunks(logits[None])]),)
+        return (torch.cat([F.log_softmax(logits[lo:hi].float(), dim=-1) for lo, hi in _spans(*logits.shape)]),)
     k = int(form.removeprefix("top"))
     values, indices, rests = [], [], []
-    for _, lo, hi in _chunks(logits[None]):
+    for lo, hi in _spans(*logits.shape):
         chunk = logits[lo:hi].float()
         top = chunk.topk(k, dim=-1).indices  # (c, k)
         logprobs, rest = _coarsen(chunk, top)
@@ -136,12 +136,18 @@ def _coarsen(logits: torch.Tensor, top: torch.Tensor) -> tuple[torch.Tensor, tor
     return chosen, rest
 
 
+def _spans(positions: int, vocabulary: int) -> Iterator[tuple[int, int]]:
+    """(first, end) of each chunk of ``positions`` rows of ``vocabulary`` logits."""
+    rows = max(1, CHUNK_ELEMENTS // vocabulary)
+    for lo in range(0, positions, rows):
+        yield lo, min(lo + rows, positions)
+
+
 def _chunks(logits: torch.Tensor) -> Iterator[tuple[int, int, int]]:
     """(sequence, first position, end) of each chunk of ``logits`` (B, T, V)."""
-    rows = max(1, CHUNK_ELEMENTS // logits.shape[-1])
     for b in range(logits.shape[0]):
-        for lo in range(0, logits.shape[1], rows):
-            yield b, lo, min(lo + rows, logits.shape[1])
+        for lo, hi in _spans(logits.shape[1], logits.shape[2]):
+            yield b, lo, hi
 
 
 def moved(reference: Reference, device: torch.device) -> Reference:
