@@ -111,6 +111,7 @@ class BatchedRDBStorage(RDBStorage):
 
     def _watch(self) -> None:
         self._postgres = self.engine.dialect.name == "postgresql"
+        self._pipelined = self._postgres and self.engine.dialect.driver == "psycopg"  # psycopg 3's pipeline mode
         if self._postgres and not self.engine_kwargs.get("pool_pre_ping"):
             postgres.watch_connections(self.engine)
 
@@ -124,7 +125,7 @@ class BatchedRDBStorage(RDBStorage):
     # A trial becomes this process's when it is created running, or popped from the queue.
 
     def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
-        if self._postgres and template_trial is None:
+        if self._pipelined and template_trial is None:
             frozen = self._create_running_trial(study_id)
         else:
             frozen = super()._create_new_trial(study_id, template_trial)
@@ -134,14 +135,10 @@ class BatchedRDBStorage(RDBStorage):
         return frozen
 
     def _create_running_trial(self, study_id: int) -> FrozenTrial:
-        """What ``study.ask`` creates, as Optuna creates it (numbered under the study's lock), in
-        one transaction of two statements instead of four."""
+        """What ``study.ask`` creates, as Optuna creates it, in one round trip."""
         now = datetime.datetime.now()
-        with self.engine.begin() as connection:
-            connection.execute(postgres.lock_study(), {"study": study_id})
-            created = connection.execute(
-                postgres.insert_running_trial(), {"study": study_id, "started": _utc(now)}
-            ).one_or_none()
+        with self._autocommit() as connection:
+            created = postgres.create_running_trial(connection, study_id, _utc(now))
         if created is None:
             raise KeyError(models.NOT_FOUND_MSG)
         trial_id, number = created
@@ -298,7 +295,13 @@ class BatchedRDBStorage(RDBStorage):
         parameters and attributes."""
         with self._autocommit() as connection:
             found = connection.execute(
-                self._changed_trials(study_id, states, included_trial_ids, trial_id_greater_than)
+                _changed_trials(self._postgres, states is not None),
+                {
+                    "study": study_id,
+                    "states": None if states is None else list(states),  # type: ignore[call-overload]
+                    "included": [i for i in included_trial_ids if i <= trial_id_greater_than],
+                    "newer_than": trial_id_greater_than,  # -1 (trial ids start at 1): every trial
+                },
             ).all()
         if not found:
             raise KeyError(models.NOT_FOUND_MSG)  # what Optuna raises for a study that is gone
@@ -316,29 +319,6 @@ class BatchedRDBStorage(RDBStorage):
         unknown = {trial_id for trial_id, _ in rows if trial_id not in known}
         loaded = super()._get_trials(study_id, states, unknown, max(unknown)) if unknown else []
         return sorted([*known.values(), *(t for t in loaded if t._trial_id not in known)], key=lambda t: t._trial_id)
-
-    def _changed_trials(
-        self, study_id: int, states: Container[TrialState] | None, included_trial_ids: set[int], greater_than: int
-    ) -> sqlalchemy.Select[tuple[Any, Any]]:
-        """The study's row, outer-joined to its trials that Optuna's cached storage asks about: one
-        row of NULLs when there are none, no row when the study does not exist."""
-        studies, trials = models.StudyModel.__table__, models.TrialModel.__table__
-        joined = [trials.c.study_id == studies.c.study_id]
-        if states is not None:
-            joined.append(trials.c.state.in_(list(states)))  # type: ignore[call-overload]
-        if greater_than > -1:
-            newer = trials.c.trial_id > greater_than
-            included = [i for i in included_trial_ids if i <= greater_than]
-            if included and self._postgres:  # an array: one statement text, whatever the count
-                ids = sqlalchemy.bindparam("included", included, type_=postgresql.ARRAY(sqlalchemy.Integer))
-                joined.append(sqlalchemy.or_(trials.c.trial_id == sqlalchemy.any_(ids), newer))
-            else:
-                joined.append(sqlalchemy.or_(trials.c.trial_id.in_(included), newer) if included else newer)
-        return (
-            sqlalchemy.select(trials.c.trial_id, trials.c.state)
-            .select_from(studies.outerjoin(trials, sqlalchemy.and_(*joined)))
-            .where(studies.c.study_id == study_id)
-        )
 
     def _build_frozen_trial_from_trial_model(self, trial: Any) -> FrozenTrial:
         """Optuna's conversion of a trial's rows, with each distinct distribution parsed once: a trial
@@ -405,6 +385,30 @@ class BatchedRDBStorage(RDBStorage):
         finally:
             session.close()
         return final
+
+
+@functools.cache
+def _changed_trials(postgres: bool, with_states: bool) -> sqlalchemy.Select[tuple[Any, Any]]:
+    """The study's row, outer-joined to the trials that Optuna's cached storage asks about (those
+    in ``included`` and those after ``newer_than``): one row of NULLs when there are none, no row
+    when the study does not exist. Built once: building a query costs more than running it."""
+    studies, trials = models.StudyModel.__table__, models.TrialModel.__table__
+    if postgres:  # an array: one statement text whatever the count, which PostgreSQL prepares once
+        included = sqlalchemy.bindparam("included", type_=postgresql.ARRAY(sqlalchemy.Integer))
+        asked = trials.c.trial_id == sqlalchemy.any_(included)
+    else:
+        asked = trials.c.trial_id.in_(sqlalchemy.bindparam("included", expanding=True))
+    joined = [
+        trials.c.study_id == studies.c.study_id,
+        sqlalchemy.or_(asked, trials.c.trial_id > sqlalchemy.bindparam("newer_than")),
+    ]
+    if with_states:
+        joined.append(trials.c.state.in_(sqlalchemy.bindparam("states", expanding=True)))
+    return (
+        sqlalchemy.select(trials.c.trial_id, trials.c.state)
+        .select_from(studies.outerjoin(trials, sqlalchemy.and_(*joined)))
+        .where(studies.c.study_id == sqlalchemy.bindparam("study"))
+    )
 
 
 def _rows(pending: _Pending, values: Sequence[float] | None) -> dict[str, list[dict[str, Any]]]:
