@@ -416,7 +416,7 @@ def _rows(pending: _Pending, values: Sequence[float] | None) -> dict[str, list[d
     tables (without the trial's id)."""
     return {
         "params": [
-            {"param_name": name, "param_value": value, "distribution_json": distributions.distribution_to_json(d)}
+            {"param_name": name, "param_value": value, "distribution_json": _distribution_json(d)}
             for name, (value, d) in pending.params.items()
         ],
         "user_attrs": [{"key": key, "value_json": json.dumps(value)} for key, value in pending.user_attrs.items()],
@@ -468,6 +468,13 @@ def _replace(
 def _distribution(distribution_json: str) -> distributions.BaseDistribution:
     """Distributions are immutable, and a study has a few of them, stored once per parameter row."""
     return distributions.json_to_distribution(distribution_json)
+
+
+@functools.lru_cache(maxsize=4096)
+def _distribution_json(distribution: distributions.BaseDistribution) -> str:
+    """The other way: a trial writes a hundred parameters of a few distributions (looking one up
+    costs a third of encoding it)."""
+    return distributions.distribution_to_json(distribution)
 
 
 def _utc(local: datetime.datetime | None) -> datetime.datetime | None:
