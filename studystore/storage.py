@@ -7,8 +7,9 @@ steps (benchmarks/orchestration.py). ``BatchedRDBStorage`` keeps what a running 
 process writes in memory and commits it with the trial's final state in one transaction. The
 tables are Optuna's own, so optuna-dashboard, ``optuna.load_study`` and the other workers read the
 study as before; what they no longer see is a trial's parameters while it runs. On PostgreSQL, where
-each statement is a round trip, the trial's creation and final write take Optuna's statements fewer
-at a time (``studystore.postgres``), and reads of the study run outside a transaction.
+each statement is a round trip, a trial's creation and its final write are one round trip each
+(``studystore.postgres``), a read of the study is one query outside a transaction, and a pooled
+connection is not pinged at every checkout.
 """
 
 from __future__ import annotations
@@ -317,7 +318,10 @@ class BatchedRDBStorage(RDBStorage):
                 elif final is not None and state == final.state:
                     known[trial_id] = _copy(self._final.pop(trial_id))
         unknown = {trial_id for trial_id, _ in rows if trial_id not in known}
-        loaded = super()._get_trials(study_id, states, unknown, max(unknown)) if unknown else []
+        # Optuna loads the ids asked for and every later one: later than all the query saw, so only
+        # the unknown trials (and any created since) are loaded with their rows, not those held here.
+        newest = max(trial_id for trial_id, _ in rows)
+        loaded = super()._get_trials(study_id, states, unknown, newest) if unknown else []
         return sorted([*known.values(), *(t for t in loaded if t._trial_id not in known)], key=lambda t: t._trial_id)
 
     def _build_frozen_trial_from_trial_model(self, trial: Any) -> FrozenTrial:
@@ -388,12 +392,12 @@ class BatchedRDBStorage(RDBStorage):
 
 
 @functools.cache
-def _changed_trials(postgres: bool, with_states: bool) -> sqlalchemy.Select[tuple[Any, Any]]:
+def _changed_trials(on_postgres: bool, with_states: bool) -> sqlalchemy.Select[tuple[Any, Any]]:
     """The study's row, outer-joined to the trials that Optuna's cached storage asks about (those
     in ``included`` and those after ``newer_than``): one row of NULLs when there are none, no row
     when the study does not exist. Built once: building a query costs more than running it."""
     studies, trials = models.StudyModel.__table__, models.TrialModel.__table__
-    if postgres:  # an array: one statement text whatever the count, which PostgreSQL prepares once
+    if on_postgres:  # an array: one statement text whatever the count, which PostgreSQL prepares once
         included = sqlalchemy.bindparam("included", type_=postgresql.ARRAY(sqlalchemy.Integer))
         asked = trials.c.trial_id == sqlalchemy.any_(included)
     else:

@@ -130,6 +130,24 @@ def test_workers_creating_trials_at_once_number_them_as_optuna_does(url: str) ->
     assert sorted((t._trial_id, t.number) for t in stored) == sorted(created)
 
 
+def test_a_worker_reads_the_other_workers_trials_as_optuna_does(url: str) -> None:
+    """The others' trials that changed since the last read are loaded, and only those: what the
+    study reads is what Optuna's own storage reads, in order, whichever worker wrote it."""
+    ours = optuna.create_study(study_name="s", storage=make_storage(url))
+    theirs = optuna.load_study(study_name="s", storage=make_storage(url))
+    slow = theirs.ask()  # running while later trials finish
+    ours.tell(ours.ask(), 0.0)
+    for value in (1.0, 2.0):
+        trial = theirs.ask()
+        trial.suggest_float("x", 0.0, 1.0)
+        theirs.tell(trial, value)
+    theirs.tell(slow, 3.0)
+    ours.ask()  # a read: the slow trial finished, two are new, one is ours and running
+
+    expected = [_trial_rows(t) for t in optuna.load_study(study_name="s", storage=url).trials]
+    assert [_trial_rows(t) for t in ours.get_trials(deepcopy=False)] == expected
+
+
 def test_a_study_deleted_elsewhere_is_reported_as_optuna_reports_it(url: str) -> None:
     study = optuna.create_study(study_name="s", storage=make_storage(url))
     study.ask()
