@@ -8,6 +8,7 @@ twice. Floats and JSON are scrubbed of NaN/inf on the way in (``service.jsonsafe
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -537,7 +538,7 @@ def record_trial(session: Session, job_id: str, trial: TrialInfo) -> None:
         "created_at": now,
         "finished_at": None if state is TrialState.RUNNING else now,
     }
-    session.execute(_upsert_trial(session, row), execution_options={"synchronize_session": False})
+    session.execute(_trial_upsert(session.get_bind().dialect.name, tuple(row)), row)
     _recount(session, job_id, now=now)
     _forget_trial(session, job_id, trial.number)
 
@@ -560,22 +561,36 @@ def set_report(session: Session, job_id: str, report: JobReport) -> None:
     _update_job(session, job_id, report=_stored(report), updated_at=utcnow())
 
 
-def _upsert_trial(session: Session, row: dict[str, Any]) -> Any:
+# The two statements of every trial a worker records are built once, and executed with the row's
+# values: building one costs more than running it (benchmarks/orchestration.py).
+
+
+@functools.cache
+def _trial_upsert(dialect: str, columns: tuple[str, ...]) -> Any:
     # ON CONFLICT is spelled the same in SQLite and PostgreSQL, but SQLAlchemy builds it per dialect.
-    dialect = session.get_bind().dialect.name
     insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(dialect)
     if insert is None:
         raise NotImplementedError(f"record_trial supports PostgreSQL and SQLite, not {dialect}")
-    stmt = insert(TrialResult).values(**row)
+    stmt = insert(TrialResult.__table__)  # the table's columns take the row's values when it runs
     key = {"job_id", "number", "created_at"}  # a redelivered trial keeps its row's identity and first write
     return stmt.on_conflict_do_update(
         index_elements=[TrialResult.job_id, TrialResult.number],
-        set_={name: stmt.excluded[name] for name in row if name not in key},
+        set_={name: stmt.excluded[name] for name in columns if name not in key},
     )
 
 
 def _recount(session: Session, job_id: str, *, now: Any) -> None:
+    stmt, values = _recount_statement(), {"counted_job": job_id, "counted_at": now}
+    if _rowcount(session.execute(stmt, values, execution_options={"synchronize_session": False})) == 0:
+        raise NotFound(f"job {job_id!r} does not exist")
+    _forget(session, job_id)
+
+
+@functools.cache
+def _recount_statement() -> Any:
     # Counting from the table (not incrementing) keeps the counters right under redelivery.
+    job_id = bindparam("counted_job", type_=Job.id.type)
+
     def count(states: frozenset[TrialState]) -> Any:
         return (
             select(func.count())
@@ -584,13 +599,16 @@ def _recount(session: Session, job_id: str, *, now: Any) -> None:
             .scalar_subquery()
         )
 
-    _update_job(
-        session,
-        job_id,
-        trials_completed=count(COMPLETED_TRIAL_STATES),
-        trials_failed=count(frozenset({TrialState.FAILED})),
-        heartbeat_at=now,
-        updated_at=now,
+    now = bindparam("counted_at", type_=Job.updated_at.type)
+    return (
+        update(Job)
+        .where(Job.id == job_id)
+        .values(
+            trials_completed=count(COMPLETED_TRIAL_STATES),
+            trials_failed=count(frozenset({TrialState.FAILED})),
+            heartbeat_at=now,
+            updated_at=now,
+        )
     )
 
 

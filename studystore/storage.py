@@ -6,7 +6,10 @@ an 8B model (64 parameters, a dozen attributes) made ~80 commits, 0.1–0.4 s of
 steps (benchmarks/orchestration.py). ``BatchedRDBStorage`` keeps what a running trial of this
 process writes in memory and commits it with the trial's final state in one transaction. The
 tables are Optuna's own, so optuna-dashboard, ``optuna.load_study`` and the other workers read the
-study as before; what they no longer see is a trial's parameters while it runs.
+study as before; what they no longer see is a trial's parameters while it runs. On PostgreSQL, where
+each statement is a round trip, a trial's creation and its final write are one round trip each
+(``studystore.postgres``), a read of the study is one query outside a transaction, and a pooled
+connection is not pinged at every checkout.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import functools
 import json
 import sqlite3
 import threading
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +33,9 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 # inserts into them. Optuna has no public bulk write.
 from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.dialects import postgresql
+
+from studystore import postgres
 
 # System attributes another process must see at once: the evo sampler's candidate claims
 # (search.evo.CLAIM_ATTR, the same string: tests/search/test_batched_storage.py checks it), re-checked
@@ -40,14 +47,18 @@ _FINAL_KEPT = 256  # finished trials kept for the next read of the study (normal
 
 def make_storage(url: str, *, heartbeat_interval: int = 30, grace_period: int = 120, max_retry: int = 2) -> RDBStorage:
     """RDB storage with heartbeats (a trial whose worker died is failed and retried) and batched trial writes."""
-    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
+        engine_kwargs["pool_pre_ping"] = True
         engine_kwargs["connect_args"] = {"timeout": 30, "factory": _WalConnection}
     elif url.startswith("postgresql"):
         # A commit need not wait for the server's disk (2 ms here, four commits a trial): a trial lost
         # with a crashed server's last fraction of a second is failed by its heartbeat and run again.
-        # The database stays consistent either way.
+        # The database stays consistent either way. No pre-ping: the storage watches its
+        # connections without a round trip (``postgres.watch_connections``).
         engine_kwargs["connect_args"] = {"options": "-c synchronous_commit=off"}
+    else:
+        engine_kwargs["pool_pre_ping"] = True
     return BatchedRDBStorage(
         url,
         engine_kwargs=engine_kwargs,
@@ -87,6 +98,7 @@ class BatchedRDBStorage(RDBStorage):
         # Trials finished here, until a read of the study has taken them (a trial is final once finished).
         self._final: dict[int, FrozenTrial] = {}
         self._lock = threading.RLock()  # heartbeat threads and a prefetching sampler share the storage
+        self._watch()
 
     def __getstate__(self) -> dict[Any, Any]:
         state = super().__getstate__()
@@ -96,15 +108,55 @@ class BatchedRDBStorage(RDBStorage):
     def __setstate__(self, state: dict[Any, Any]) -> None:
         super().__setstate__(state)
         self._pending, self._final, self._lock = {}, {}, threading.RLock()
+        self._watch()
+
+    def _watch(self) -> None:
+        self._postgres = self.engine.dialect.name == "postgresql"
+        self._pipelined = self._postgres and self.engine.dialect.driver == "psycopg"  # psycopg 3's pipeline mode
+        if self._postgres and not self.engine_kwargs.get("pool_pre_ping"):
+            postgres.watch_connections(self.engine)
+
+    @contextmanager
+    def _autocommit(self) -> Iterator[sqlalchemy.Connection]:
+        """A connection whose every statement is its own transaction: a single statement needs no
+        ``BEGIN`` and ``COMMIT`` (two round trips on PostgreSQL), and a read none either."""
+        with self.engine.connect() as connection:
+            yield connection.execution_options(isolation_level="AUTOCOMMIT")
 
     # A trial becomes this process's when it is created running, or popped from the queue.
 
     def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
-        frozen = super()._create_new_trial(study_id, template_trial)
+        if self._pipelined and template_trial is None:
+            frozen = self._create_running_trial(study_id)
+        else:
+            frozen = super()._create_new_trial(study_id, template_trial)
         if frozen.state == TrialState.RUNNING:
             with self._lock:
                 self._pending[frozen._trial_id] = _Pending(_copy(frozen), frozen)
         return frozen
+
+    def _create_running_trial(self, study_id: int) -> FrozenTrial:
+        """What ``study.ask`` creates, as Optuna creates it, in one round trip."""
+        now = datetime.datetime.now()
+        with self._autocommit() as connection:
+            created = postgres.create_running_trial(connection, study_id, _utc(now))
+        if created is None:
+            raise KeyError(models.NOT_FOUND_MSG)
+        trial_id, number = created
+        return FrozenTrial(
+            number=number,
+            state=TrialState.RUNNING,
+            value=None,
+            values=None,
+            datetime_start=now,
+            datetime_complete=None,
+            params={},
+            distributions={},
+            user_attrs={},
+            system_attrs={},
+            intermediate_values={},
+            trial_id=trial_id,
+        )
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
         with self._lock:
@@ -129,11 +181,12 @@ class BatchedRDBStorage(RDBStorage):
         """Take a waiting trial (an enqueued baseline, a retry): one conditional UPDATE, so of two
         workers that pop the same trial at once exactly one gets it (Optuna's read-then-write lets
         both through on SQLite, which has no row locks). The trial is then this process's."""
-        with self.engine.begin() as connection:
+        trials = models.TrialModel.__table__
+        with self._autocommit() as connection:
             taken = connection.execute(
-                sqlalchemy.update(models.TrialModel)
-                .where(models.TrialModel.trial_id == trial_id, models.TrialModel.state == TrialState.WAITING)
-                .values(state=TrialState.RUNNING, datetime_start=datetime.datetime.now())
+                sqlalchemy.update(trials)
+                .where(trials.c.trial_id == trial_id, trials.c.state == TrialState.WAITING)
+                .values(state=TrialState.RUNNING, datetime_start=_utc(datetime.datetime.now()))
             )
         if taken.rowcount != 1:
             return False
@@ -179,7 +232,15 @@ class BatchedRDBStorage(RDBStorage):
                 if not key.startswith(IMMEDIATE_SYSTEM_ATTRS):
                     pending.system_attrs[key] = pending.trial.system_attrs[key]
                     return
-        super().set_trial_system_attr(trial_id, key, value)
+        if pending is not None and self._postgres:
+            with self._autocommit() as connection:
+                written = connection.execute(
+                    postgres.set_running_trial_system_attr(),
+                    {"trial": trial_id, "attr_key": key, "attr_value": json.dumps(value)},
+                ).first()
+            if written is not None:
+                return
+        super().set_trial_system_attr(trial_id, key, value)  # or Optuna's error: the trial has finished
 
     def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
         with self._lock:
@@ -229,22 +290,25 @@ class BatchedRDBStorage(RDBStorage):
         trial_id_greater_than: int,
     ) -> list[FrozenTrial]:
         """Optuna's cached storage asks for the trials that may have changed (the unfinished ones and
-        the new ones) several times a trial. One light query says which they are and in what state;
-        only those this process does not hold in memory (running here, or finished here and not read
-        back yet) are loaded with their parameters and attributes."""
-        query = sqlalchemy.select(models.TrialModel.trial_id, models.TrialModel.state).where(
-            models.TrialModel.study_id == study_id
-        )
-        if states is not None:
-            query = query.where(models.TrialModel.state.in_(list(states)))  # type: ignore[call-overload]
-        if trial_id_greater_than > -1:
-            newer = models.TrialModel.trial_id > trial_id_greater_than
-            included = [i for i in included_trial_ids if i <= trial_id_greater_than]
-            query = query.where(sqlalchemy.or_(models.TrialModel.trial_id.in_(included), newer) if included else newer)
-        with self.engine.connect() as connection:
-            rows = connection.execute(query).all()
+        the new ones) several times a trial. One light query, outside a transaction, says whether the
+        study exists and which trials they are and in what state; only those this process does not
+        hold in memory (running here, or finished here and not read back yet) are loaded with their
+        parameters and attributes."""
+        with self._autocommit() as connection:
+            found = connection.execute(
+                _changed_trials(self._postgres, states is not None),
+                {
+                    "study": study_id,
+                    "states": None if states is None else list(states),  # type: ignore[call-overload]
+                    "included": [i for i in included_trial_ids if i <= trial_id_greater_than],
+                    "newer_than": trial_id_greater_than,  # -1 (trial ids start at 1): every trial
+                },
+            ).all()
+        if not found:
+            raise KeyError(models.NOT_FOUND_MSG)  # what Optuna raises for a study that is gone
+        rows = [(trial_id, state) for trial_id, state in found if trial_id is not None]
         if not rows:
-            return super()._get_trials(study_id, states, included_trial_ids, trial_id_greater_than)
+            return []
         known: dict[int, FrozenTrial] = {}
         with self._lock:
             for trial_id, state in rows:
@@ -254,7 +318,10 @@ class BatchedRDBStorage(RDBStorage):
                 elif final is not None and state == final.state:
                     known[trial_id] = _copy(self._final.pop(trial_id))
         unknown = {trial_id for trial_id, _ in rows if trial_id not in known}
-        loaded = super()._get_trials(study_id, states, unknown, max(unknown)) if unknown else []
+        # Optuna loads the ids asked for and every later one: later than all the query saw, so only
+        # the unknown trials (and any created since) are loaded with their rows, not those held here.
+        newest = max(trial_id for trial_id, _ in rows)
+        loaded = super()._get_trials(study_id, states, unknown, newest) if unknown else []
         return sorted([*known.values(), *(t for t in loaded if t._trial_id not in known)], key=lambda t: t._trial_id)
 
     def _build_frozen_trial_from_trial_model(self, trial: Any) -> FrozenTrial:
@@ -296,16 +363,21 @@ class BatchedRDBStorage(RDBStorage):
         final = _copy(pending.trial)
         final.state, final.values = state, None if values is None else [float(v) for v in values]
         final.datetime_complete = datetime.datetime.now() if state.is_finished() else None
+        if self._postgres:
+            parameters = postgres.finish_parameters(
+                trial_id, state, _utc(final.datetime_complete), _rows(pending, values)
+            )
+            with self._autocommit() as connection:
+                if connection.execute(postgres.finish_trial(), parameters).scalar_one() != 1:
+                    raise UpdateFinishedTrialError(f"trial {trial_id} was finished by another process")
+            return final
+        trials = models.TrialModel.__table__
         session = self.scoped_session()
         try:
             finished = session.execute(
-                sqlalchemy.update(models.TrialModel)
-                .where(models.TrialModel.trial_id == trial_id, models.TrialModel.state == TrialState.RUNNING)
-                .values(
-                    state=state,
-                    datetime_complete=final.datetime_complete,
-                )
-                .execution_options(synchronize_session=False)
+                sqlalchemy.update(trials)
+                .where(trials.c.trial_id == trial_id, trials.c.state == TrialState.RUNNING)
+                .values(state=state, datetime_complete=_utc(final.datetime_complete))
             )
             if finished.rowcount != 1:
                 raise UpdateFinishedTrialError(f"trial {trial_id} was finished by another process")
@@ -319,30 +391,68 @@ class BatchedRDBStorage(RDBStorage):
         return final
 
 
+@functools.cache
+def _changed_trials(on_postgres: bool, with_states: bool) -> sqlalchemy.Select[tuple[Any, Any]]:
+    """The study's row, outer-joined to the trials that Optuna's cached storage asks about (those
+    in ``included`` and those after ``newer_than``): one row of NULLs when there are none, no row
+    when the study does not exist. Built once: building a query costs more than running it."""
+    studies, trials = models.StudyModel.__table__, models.TrialModel.__table__
+    if on_postgres:  # an array: one statement text whatever the count, which PostgreSQL prepares once
+        included = sqlalchemy.bindparam("included", type_=postgresql.ARRAY(sqlalchemy.Integer))
+        asked = trials.c.trial_id == sqlalchemy.any_(included)
+    else:
+        asked = trials.c.trial_id.in_(sqlalchemy.bindparam("included", expanding=True))
+    joined = [
+        trials.c.study_id == studies.c.study_id,
+        sqlalchemy.or_(asked, trials.c.trial_id > sqlalchemy.bindparam("newer_than")),
+    ]
+    if with_states:
+        joined.append(trials.c.state.in_(sqlalchemy.bindparam("states", expanding=True)))
+    return (
+        sqlalchemy.select(trials.c.trial_id, trials.c.state)
+        .select_from(studies.outerjoin(trials, sqlalchemy.and_(*joined)))
+        .where(studies.c.study_id == sqlalchemy.bindparam("study"))
+    )
+
+
+def _rows(pending: _Pending, values: Sequence[float] | None) -> dict[str, list[dict[str, Any]]]:
+    """A pending trial's parameters, attributes, intermediate values and values, as rows of Optuna's
+    tables (without the trial's id)."""
+    return {
+        "params": [
+            {"param_name": name, "param_value": value, "distribution_json": _distribution_json(d)}
+            for name, (value, d) in pending.params.items()
+        ],
+        "user_attrs": [{"key": key, "value_json": json.dumps(value)} for key, value in pending.user_attrs.items()],
+        "system_attrs": [{"key": key, "value_json": json.dumps(value)} for key, value in pending.system_attrs.items()],
+        "intermediate_values": [
+            {"step": step, **_stored(models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(value),
+                                     "intermediate_value", "intermediate_value_type")}
+            for step, value in pending.intermediate_values.items()
+        ],
+        "values": [
+            {"objective": objective,
+             **_stored(models.TrialValueModel.value_to_stored_repr(value), "value", "value_type")}
+            for objective, value in enumerate(values or ())
+        ],
+    }  # fmt: skip
+
+
 def _insert_rows(session: Any, trial_id: int, pending: _Pending, values: Sequence[float] | None) -> None:
-    """A pending trial's parameters, attributes, intermediate values and values, as Optuna's tables hold them."""
-    stored = pending.stored
-    _replace(session, models.TrialParamModel, trial_id, "param_name", stored.params, [
-        {"param_name": name, "param_value": value, "distribution_json": distributions.distribution_to_json(d)}
-        for name, (value, d) in pending.params.items()
-    ])  # fmt: skip
-    for model, attrs, existing in (
-        (models.TrialUserAttributeModel, pending.user_attrs, stored.user_attrs),
-        (models.TrialSystemAttributeModel, pending.system_attrs, stored.system_attrs),
-    ):
-        _replace(session, model, trial_id, "key", existing, [
-            {"key": key, "value_json": json.dumps(value)} for key, value in attrs.items()
-        ])  # fmt: skip
-    _replace(session, models.TrialIntermediateValueModel, trial_id, "step", stored.intermediate_values, [
-        {"step": step, **_stored(models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(value),
-                                 "intermediate_value", "intermediate_value_type")}
-        for step, value in pending.intermediate_values.items()
-    ])  # fmt: skip
-    _replace(session, models.TrialValueModel, trial_id, "objective", (), [
-        {"objective": objective,
-         **_stored(models.TrialValueModel.value_to_stored_repr(value), "value", "value_type")}
-        for objective, value in enumerate(values or ())
-    ])  # fmt: skip
+    """A pending trial's rows, inserted; those whose key the stored trial already has replace its rows."""
+    stored, rows = pending.stored, _rows(pending, values)
+    _replace(session, models.TrialParamModel, trial_id, "param_name", stored.params, rows["params"])
+    _replace(session, models.TrialUserAttributeModel, trial_id, "key", stored.user_attrs, rows["user_attrs"])
+    _replace(session, models.TrialSystemAttributeModel, trial_id, "key", stored.system_attrs, rows["system_attrs"])
+    _replace(
+        session,
+        models.TrialIntermediateValueModel,
+        trial_id,
+        "step",
+        stored.intermediate_values,
+        rows["intermediate_values"],
+    )
+    _replace(session, models.TrialValueModel, trial_id, "objective", (), rows["values"])
 
 
 def _replace(
@@ -362,6 +472,18 @@ def _replace(
 def _distribution(distribution_json: str) -> distributions.BaseDistribution:
     """Distributions are immutable, and a study has a few of them, stored once per parameter row."""
     return distributions.json_to_distribution(distribution_json)
+
+
+@functools.lru_cache(maxsize=4096)
+def _distribution_json(distribution: distributions.BaseDistribution) -> str:
+    """The other way: a trial writes a hundred parameters of a few distributions (looking one up
+    costs a third of encoding it)."""
+    return distributions.distribution_to_json(distribution)
+
+
+def _utc(local: datetime.datetime | None) -> datetime.datetime | None:
+    """A naive local time as Optuna's trial table keeps it: naive UTC (``models.TrialModel``'s setters)."""
+    return None if local is None else local.astimezone(datetime.UTC).replace(tzinfo=None)
 
 
 def _stored(stored: tuple[float | None, Any], value_column: str, type_column: str) -> dict[str, Any]:

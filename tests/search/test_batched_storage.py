@@ -1,8 +1,12 @@
-"""The batched storage writes what plain RDB storage writes, in one transaction when a trial ends;
-the lookahead loop proposes the next trial while the current one scores, reproducibly."""
+"""The batched storage writes what plain RDB storage writes, in one transaction when a trial ends
+(on SQLite and on PostgreSQL, whose statements differ); the lookahead loop proposes the next trial
+while the current one scores, reproducibly."""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -10,6 +14,7 @@ import pytest
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
+from sqlalchemy import create_engine, text
 
 from search.candidates import prepare
 from search.evo import CLAIM_ATTR
@@ -19,6 +24,17 @@ from search.trials import SearchHooks, job_proxy, open_study, search_trials
 from studystore import make_storage
 from studystore.storage import IMMEDIATE_SYSTEM_ATTRS
 from tests.conftest import tiny_job_spec
+
+STORAGES = ("sqlite", "postgresql")
+
+
+@pytest.fixture(params=STORAGES)
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database of each kind the storage supports."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/optuna.sqlite3"
+    factory: Callable[[], str] = request.getfixturevalue("postgres_database_factory")
+    return factory()
 
 
 def _trial_rows(trial: optuna.trial.FrozenTrial) -> tuple[object, ...]:
@@ -34,8 +50,7 @@ def _trial_rows(trial: optuna.trial.FrozenTrial) -> tuple[object, ...]:
     )
 
 
-def test_a_running_trials_writes_reach_the_database_when_it_ends(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/optuna.sqlite3"
+def test_a_running_trials_writes_reach_the_database_when_it_ends(url: str) -> None:
     study = optuna.create_study(study_name="s", storage=make_storage(url))
     study.enqueue_trial({"x": 0.25}, user_attrs={"origin": "seed"})
     plain = RDBStorage(url)  # another process's view: Optuna's own storage on the same database
@@ -64,10 +79,9 @@ def test_the_evo_samplers_claims_are_written_at_once() -> None:
     assert CLAIM_ATTR.startswith(IMMEDIATE_SYSTEM_ATTRS)
 
 
-def test_a_trial_failed_by_another_process_is_not_written_over(tmp_path: Path) -> None:
+def test_a_trial_failed_by_another_process_is_not_written_over(url: str) -> None:
     """A worker that missed its heartbeats finds its trial failed (and retried elsewhere): its late
     result is refused, as Optuna refuses it, and none of its buffered writes land."""
-    url = f"sqlite:///{tmp_path}/optuna.sqlite3"
     study = optuna.create_study(study_name="s", storage=make_storage(url))
     trial = study.ask()
     trial.suggest_float("x", 0.0, 1.0)
@@ -78,6 +92,114 @@ def test_a_trial_failed_by_another_process_is_not_written_over(tmp_path: Path) -
         study.tell(trial, 1.0)
     stored = plain.get_trial(trial._trial_id)
     assert stored.state == TrialState.FAIL and stored.params == {} and stored.values is None
+
+
+def test_a_claim_is_seen_at_once_and_refused_once_the_trial_has_finished(url: str) -> None:
+    study = optuna.create_study(study_name="s", storage=make_storage(url))
+    trial = study.ask()
+    plain = RDBStorage(url)
+    study._storage.set_trial_system_attr(trial._trial_id, CLAIM_ATTR, "candidate-1")
+    study._storage.set_trial_system_attr(trial._trial_id, CLAIM_ATTR, "candidate-2")  # a redraw replaces it
+    assert plain.get_trial(trial._trial_id).system_attrs == {CLAIM_ATTR: "candidate-2"}
+
+    assert plain.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    with pytest.raises(UpdateFinishedTrialError):
+        study._storage.set_trial_system_attr(trial._trial_id, CLAIM_ATTR, "candidate-3")
+    assert plain.get_trial(trial._trial_id).system_attrs == {CLAIM_ATTR: "candidate-2"}
+
+
+def test_workers_creating_trials_at_once_number_them_as_optuna_does(url: str) -> None:
+    """Each worker its own storage (its own connections): numbers are the creation order, no gaps,
+    no repeats, as Optuna's own creation (under the study's lock) gives them."""
+    optuna.create_study(study_name="s", storage=make_storage(url))
+    created: list[tuple[int, int]] = []
+
+    def worker() -> None:
+        study = optuna.load_study(study_name="s", storage=make_storage(url))
+        for _ in range(8):
+            trial = study.ask()
+            created.append((trial._trial_id, trial.number))
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [number for _, number in sorted(created)] == list(range(32))
+    stored = RDBStorage(url).get_all_trials(RDBStorage(url).get_study_id_from_name("s"))
+    assert sorted((t._trial_id, t.number) for t in stored) == sorted(created)
+
+
+def test_a_worker_reads_the_other_workers_trials_as_optuna_does(url: str) -> None:
+    """The others' trials that changed since the last read are loaded, and only those: what the
+    study reads is what Optuna's own storage reads, in order, whichever worker wrote it."""
+    ours = optuna.create_study(study_name="s", storage=make_storage(url))
+    theirs = optuna.load_study(study_name="s", storage=make_storage(url))
+    slow = theirs.ask()  # running while later trials finish
+    ours.tell(ours.ask(), 0.0)
+    for value in (1.0, 2.0):
+        trial = theirs.ask()
+        trial.suggest_float("x", 0.0, 1.0)
+        theirs.tell(trial, value)
+    theirs.tell(slow, 3.0)
+    ours.ask()  # a read: the slow trial finished, two are new, one is ours and running
+
+    expected = [_trial_rows(t) for t in optuna.load_study(study_name="s", storage=url).trials]
+    assert [_trial_rows(t) for t in ours.get_trials(deepcopy=False)] == expected
+
+
+def test_a_study_deleted_elsewhere_is_reported_as_optuna_reports_it(url: str) -> None:
+    study = optuna.create_study(study_name="s", storage=make_storage(url))
+    study.ask()
+    assert len(study.get_trials(deepcopy=False)) == 1
+    optuna.delete_study(study_name="s", storage=url)
+    with pytest.raises(KeyError):
+        study.get_trials(deepcopy=False)
+
+
+def test_trial_times_are_stored_in_utc_as_optuna_stores_them(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Optuna keeps naive UTC in its table and gives back local time: a storage that wrote local
+    time would read back hours off anywhere but UTC."""
+    monkeypatch.setenv("TZ", "Asia/Kolkata")  # +05:30, no daylight saving
+    time.tzset()
+    try:
+        study = optuna.create_study(study_name="s", storage=make_storage(url))
+        study.enqueue_trial({"x": 0.5})
+        for _ in range(2):  # the popped baseline, then a trial created here
+            trial = study.ask()
+            trial.suggest_float("x", 0.0, 1.0)
+            study.tell(trial, 1.0)
+        ours = study.trials
+        theirs = optuna.load_study(study_name="s", storage=url).trials
+        for mine, stored in zip(ours, theirs, strict=True):
+            assert abs((stored.datetime_start - mine.datetime_start).total_seconds()) < 2
+            assert abs((stored.datetime_complete - mine.datetime_complete).total_seconds()) < 2
+            assert stored.datetime_start <= stored.datetime_complete
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_connections_the_server_dropped_are_replaced(postgres_database_factory: Callable[[], str]) -> None:
+    """What a PostgreSQL restart does to the pool: every connection is terminated while idle. The
+    storage pings no connection at checkout, but sees a terminated one and replaces it."""
+    url = postgres_database_factory()
+    study = optuna.create_study(study_name="s", storage=make_storage(url))
+    study.tell(study.ask(), 1.0)
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            terminated = connection.execute(
+                text(
+                    "SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            ).scalar_one()
+        assert terminated >= 1
+        study.tell(study.ask(), 2.0)  # reads, creates and finishes on fresh connections
+        assert [t.value for t in study.trials] == [1.0, 2.0]
+    finally:
+        admin.dispose()
 
 
 def test_lookahead_runs_the_same_search_on_every_run(
