@@ -43,31 +43,8 @@ from benchmarks.sections import write_section  # noqa: E402
 STUDY = "scaling"
 
 
-def physical_cores() -> list[list[int]]:
-    """The CPUs this process may use, grouped by physical core (hyperthread siblings together)."""
-    cores: dict[tuple[str, str], list[int]] = {}
-    for cpu in sorted(os.sched_getaffinity(0)):
-        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
-        try:
-            key = ((topology / "physical_package_id").read_text(), (topology / "core_id").read_text())
-        except OSError:
-            key = (str(cpu), "")
-        cores.setdefault(key, []).append(cpu)
-    return list(cores.values())
-
-
-def pin(rank: int, world: int) -> list[int]:
-    """Restrict this process to its share of the physical cores (dealt round-robin, siblings kept
-    together), so no two workers' threads run on one core's hyperthreads."""
-    mine = [cpu for i, core in enumerate(physical_cores()) if i % world == rank for cpu in core]
-    os.sched_setaffinity(0, mine)
-    return mine
-
-
 def worker(args: argparse.Namespace) -> None:
     """One worker process: load, prepare, say ready, wait for the start signal, run trials."""
-    if args.pin:
-        pin(args.rank, args.world)
     import optuna
     import torch
     from throughput import build, random_tokens
@@ -169,7 +146,7 @@ def run_once(args: argparse.Namespace, world: int, workdir: Path) -> dict[str, A
             sys.executable, __file__, "--role", "worker", "--rank", str(rank), "--world", str(world),
             "--run-dir", str(run), "--storage", storage, "--shape", args.shape, "--proxy", args.proxy,
             "--space", args.space, "--trials", str(args.trials), "--tokens", str(args.tokens),
-            "--seq-len", str(args.seq_len), *(["--pin"] if args.pin else []),
+            "--seq-len", str(args.seq_len),
         ]  # fmt: skip
         processes.append(subprocess.Popen(command, env=env))
         if rank == 0:  # the study must exist before the others look for it
@@ -262,7 +239,6 @@ def main() -> None:
     parser.add_argument("--space", default="per_layer")
     parser.add_argument("--workers", default="1,2", help="worker counts to run, one after the other")
     parser.add_argument("--gpus", default="", help="CUDA devices, assigned to workers round-robin")
-    parser.add_argument("--pin", action="store_true", help="give each worker its own physical CPU cores")
     parser.add_argument("--trials", type=int, default=40, help="the job's n_trials")
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--seq-len", type=int, default=1024)
