@@ -79,7 +79,7 @@ def pearson_tensors(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> list[
         a = a.double() - a.double().mean()
         b = b.double() - b.double().mean()
         denominator = a.norm() * b.norm()
-        values[i] = ((a @ b) / denominator).where(denominator > 0, 0.0)
+        values[i] = ((a @ b) / denominator).where(denominator != 0, 0.0)  # NaN stays NaN: not finite
     return values.tolist()
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -176,9 +178,16 @@ def test_async_key_reads_agree_with_the_session_and_survive_stale_connections(
             )
         assert await read(alice, job.id) == expected
 
-    asyncio.run(read_kill_read())
-    asyncio.run(read_kill_read())  # another loop: the first loop's connections are not reused
-    asyncio.run(reads.close())
+    run_in_new_loop(read_kill_read())
+    run_in_new_loop(read_kill_read())  # another loop: the first loop's connections are not reused
+    run_in_new_loop(reads.close())
+
+
+def run_in_new_loop(coroutine: Coroutine[Any, Any, None]) -> None:
+    """``asyncio.run`` on a thread of its own: the browser tests' session-wide Playwright keeps an event
+    loop running on the main thread, where ``asyncio.run`` refuses to start another."""
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, coroutine).result()
 
 
 def test_an_unreachable_database_is_a_503_on_the_event_loop_read(tmp_path: Path) -> None:
