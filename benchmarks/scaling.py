@@ -225,7 +225,7 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         lines.append(
             f"| {r['workers']} | {', '.join(r['gpus'])} | {r['trials']} | {r['wall_s']:.1f} | "
             f"{r['trials_per_min']:.1f} | {efficiency:.2f} | {', '.join(map(str, r['per_worker_trials']))} | "
-            f"{r['duplicates']} | {r.get('propose_s', 0.0):.3f} | {r.get('score_s', 0.0):.3f} | "
+            f"{r['duplicates']} | {r['propose_s']:.3f} | {r['score_s']:.3f} | "
             f"{per_gpu} | {per_worker} | {', '.join(f'{s:.1f}' for s in r['load_s'])} |"
         )
     return "\n".join(lines) + "\n"
