@@ -45,8 +45,9 @@ from search.loading import (  # noqa: E402
 )
 from search.names import PROXIES  # noqa: E402
 from search.repair import Proposal  # noqa: E402
+from search.replay import AUTO, GATHER, TIMED_CANDIDATES  # noqa: E402
 from search.spec import JobSpec  # noqa: E402
-from search.trials import job_proxy, open_study, search_trials  # noqa: E402
+from search.trials import job_proxy, named_proxy, open_study, search_trials  # noqa: E402
 from studystore import make_storage  # noqa: E402
 
 SHAPES: dict[str, dict[str, int]] = {
@@ -97,6 +98,7 @@ class Row:
     orchestration_s: float
     floor_s: float
     prepare_s: float
+    execution: str = ""  # how the proxy scored the measured trials (search.replay): gather or replay
 
     @property
     def ratio(self) -> float:
@@ -201,6 +203,7 @@ def measure(
     parameterization: str,
     *,
     lookahead: bool = False,
+    execution: str = AUTO,
 ) -> Row:
     """``proxy``: a proxy name, scored on every token; ``NAME+schedule`` for a multi-fidelity proxy
     with the job's default token schedule."""
@@ -222,18 +225,21 @@ def measure(
     )
     started = _now()
     context = prepare(loaded, spec, tokens=tokens)
-    scorer = job_proxy(context)  # the proxy's dense reference is part of the preparation timed here
+    # The proxy's dense reference is part of the preparation timed here.
+    scorer = job_proxy(context) if execution == AUTO else named_proxy(context, proxy_name, execution=execution)
     prepare_s = _now() - started
 
     # The service's own trial loop (search.trials.search_trials): sampler, repair, selection, proxy and
     # every write a trial makes, on the embedded SQLite storage.
     storage = make_storage(
-        f"sqlite:///{workdir}/{name.replace('/', '_')}-{proxy_name}-{variant}-{parameterization}.sqlite3"
+        f"sqlite:///{workdir}/{name.replace('/', '_')}-{proxy_name}-{variant}-{parameterization}-{execution}.sqlite3"
     )
     study = open_study(context, study_name="throughput", storage=storage)
     # Warm-up: kernels, allocator, storage tables; with a token schedule, also the trials it scores in
     # full before comparing (full_trials), so the measured ones are the schedule's steady state.
     warmup = spec.token_schedule.full_trials if variant == "schedule" else 1
+    # ``auto`` scores its first candidates both ways to choose (search.replay): part of the warm-up.
+    warmup = max(warmup, TIMED_CANDIDATES + 1)
     search_trials(context, scorer, study, max_trials=warmup, lookahead=lookahead)
     began = _now()
     search_trials(context, scorer, study, max_trials=trials, lookahead=lookahead)
@@ -263,6 +269,7 @@ def measure(
         orchestration_s=max(0.0, wall - proxy_time),
         floor_s=floor(loaded, context, uniform, repeats=3),
         prepare_s=prepare_s,
+        execution=getattr(getattr(scorer, "execution", None), "mode", GATHER),
     )
 
 
@@ -314,7 +321,8 @@ def render(rows: list[Row], meta: dict[str, Any], command: str) -> str:
         "",
         f"Hardware: {meta['device_name']}; torch {meta['torch']}; {meta['dtype']}; Python {meta['python']}.",
         "",
-        "Per trial, mean over the measured trials (one warm-up trial excluded). *floor* = one forward+backward",
+        f"Per trial, mean over the measured trials ({TIMED_CANDIDATES + 1} warm-up trials excluded). *floor* = one"
+        " forward+backward",
         "of the physically pruned model (uniform width at 50% of the parameters) over the same tokens, weight",
         "gradients on, measured in the same run. *orchestration* = wall time per trial minus the proxy's scoring",
         "(apply, forward, backward, correlation): what the GPU waits for: sampling, realising, the study's reads",
@@ -327,16 +335,20 @@ def render(rows: list[Row], meta: dict[str, Any], command: str) -> str:
         ),
         "*realise* = repair to the budget and selection of heads and channels; *apply* =",
         "swapping in the candidate (dropped sub-blocks, gathers of the kept heads / channels, sparse zeroing).",
+        "*execution*: how the proxy scored (`search.replay`): `gather` = in place on gathers of the kept units,"
+        " `replay` = one replayed CUDA graph of the full-width model with the candidate as masks (forward,"
+        " backward and correlation all under *forward*); `auto` chooses by timing both on its first candidates.",
         "*space*: `per_layer` samples 2 parameters per layer, `compact` 5. Trials run through the service's own",
         "loop (`search.trials.search_trials`, the job's default `evo` sampler) on the embedded SQLite storage.",
         "",
-        "| model | params | proxy | space | tokens | scored tokens | trial s | realise | apply | forward | backward"
-        " | correlation | orchestration | floor s | trial / floor | prepare s |",
-        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | params | proxy | space | execution | tokens | scored tokens | trial s | realise | apply | forward"
+        " | backward | correlation | orchestration | floor s | trial / floor | prepare s |",
+        "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r.model} | {r.params / 1e6:,.1f}M | {r.proxy} | {r.space} | {r.tokens:,} | {r.scored_tokens:,.0f} | "
+            f"| {r.model} | {r.params / 1e6:,.1f}M | {r.proxy} | {r.space} | {r.execution} | {r.tokens:,} |"
+            f" {r.scored_tokens:,.0f} | "
             f"{r.trial_s:.3f} | "
             f"{r.realise_s:.3f} | {r.apply_s:.3f} | "
             f"{r.forward_s:.3f} | {r.backward_s:.3f} | {r.correlation_s:.3f} | {r.orchestration_s:.3f} | "
@@ -387,6 +399,11 @@ def main() -> None:
     parser.add_argument(
         "--lookahead", action="store_true", help="propose the next candidate in a second thread (search.loop)"
     )
+    parser.add_argument(
+        "--executions",
+        default=AUTO,
+        help="comma-separated ways to score (search.replay): auto, gather, replay; several measure side by side",
+    )
     parser.add_argument("--disk-load", default="", help="comma-separated shape names to save and load from disk")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "performance.md")
     parser.add_argument(
@@ -410,13 +427,22 @@ def main() -> None:
                 if f"{proxy}:{name}" in args.skip.split(","):
                     continue
                 for space in args.spaces.split(","):
-                    print(f"{name} / {proxy} / {space} ...", flush=True)
-                    rows.append(
-                        measure(
-                            name, proxy, loaded, tokens, args.trials, Path(workdir), space, lookahead=args.lookahead
+                    for execution in args.executions.split(","):
+                        print(f"{name} / {proxy} / {space} / {execution} ...", flush=True)
+                        rows.append(
+                            measure(
+                                name,
+                                proxy,
+                                loaded,
+                                tokens,
+                                args.trials,
+                                Path(workdir),
+                                space,
+                                lookahead=args.lookahead,
+                                execution=execution,
+                            )
                         )
-                    )
-                    print(f"  {rows[-1]}", flush=True)
+                        print(f"  {rows[-1]}", flush=True)
             load[name] = {"load_s": load_s}
             if gpu:
                 load[name]["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30

@@ -72,15 +72,19 @@ def kendall(x: Sequence[float], y: Sequence[float]) -> float | None:
 def pearson_tensors(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> list[float]:
     """Pearson correlation of each pair of tensors' values (flattened alike); 0 where one is constant.
     All pairs are computed on their device before one read back: one wait for the device, not one per pair."""
-    if not pairs:
-        return []
+    return pearson_stack(pairs).tolist() if pairs else []
+
+
+def pearson_stack(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """``pearson_tensors`` as a float64 tensor on the pairs' device, never read back (so it can be part
+    of a captured CUDA graph, ``search.replay``)."""
     values = pairs[0][0].new_empty(len(pairs)).double()
     for i, (a, b) in enumerate(pairs):
         a = a.double() - a.double().mean()
         b = b.double() - b.double().mean()
         denominator = a.norm() * b.norm()
         values[i] = ((a @ b) / denominator).where(denominator != 0, 0.0)  # NaN stays NaN: not finite
-    return values.tolist()
+    return values
 
 
 def spearman_tensors(a: torch.Tensor, b: torch.Tensor) -> float:

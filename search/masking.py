@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from search.adapters import Adapter, Block
+from search.arch import LayerArch
 from search.selection import Selection, SparsityScorer, sparse_positions
 from search.units import LayerSelection
 
@@ -59,10 +60,9 @@ def apply_arch(adapter: Adapter, selection: Selection, *, physical: bool = True)
                 stack.enter_context(_swap(*swap))
             if layer.sparsity > 0 and selection.sparsity is not None:
                 # Before any slicing: the scores and positions are in the full matrices' coordinates.
-                blocks = [
-                    Block(i, kind) for kind, on in (("attention", layer.attention_kept), ("mlp", layer.mlp_kept)) if on
-                ]
-                stack.enter_context(_sparsify(adapter, selection.sparsity, blocks, layer.sparsity, kept))
+                stack.enter_context(
+                    _sparsify(adapter, selection.sparsity, _kept_blocks(i, layer), layer.sparsity, kept)
+                )
             narrow_attention = layer.attention_kept and layer.heads < shape.num_heads
             narrow_mlp = layer.mlp_kept and layer.ffn_channels < shape.intermediate_size
             if physical:
@@ -79,6 +79,24 @@ def apply_arch(adapter: Adapter, selection: Selection, *, physical: bool = True)
                 mask[kept.channels] = 1.0
                 stack.enter_context(_mask_input(adapter.mlp_output(i), mask))
         yield slices
+
+
+@contextmanager
+def sparsified(adapter: Adapter, selection: Selection) -> Iterator[None]:
+    """Only the candidate's unstructured sparsity, zeroed in place and restored on exit (``apply_arch``
+    does the same before it slices; ``search.replay`` masks the rest)."""
+    with ExitStack() as stack:
+        if selection.sparsity is not None:
+            for i, (layer, kept) in enumerate(zip(selection.arch.layers, selection.layers, strict=True)):
+                if layer.sparsity > 0 and (layer.attention_kept or layer.mlp_kept):
+                    stack.enter_context(
+                        _sparsify(adapter, selection.sparsity, _kept_blocks(i, layer), layer.sparsity, kept)
+                    )
+        yield
+
+
+def _kept_blocks(layer: int, arch: LayerArch) -> list[Block]:
+    return [Block(layer, kind) for kind, on in (("attention", arch.attention_kept), ("mlp", arch.mlp_kept)) if on]
 
 
 @contextmanager

@@ -63,9 +63,10 @@ def job_proxy(context: SearchContext) -> Proxy:
     return named_proxy(context, spec.proxy if isinstance(spec.proxy, str) else tuple(spec.proxy))
 
 
-def named_proxy(context: SearchContext, name: str | tuple[str, ...]) -> Proxy:
+def named_proxy(context: SearchContext, name: str | tuple[str, ...], **options: Any) -> Proxy:
     """The proxy ``name`` built as the job's is (its model, calibration, seed and artifacts), so a
-    proxy the job also uses is the same object (the neighbourhood audit compares them)."""
+    proxy the job also uses is the same object (the neighbourhood audit compares them); ``options``
+    as ``create_proxy``'s."""
     spec = context.spec
     return create_proxy(
         name,
@@ -75,6 +76,7 @@ def named_proxy(context: SearchContext, name: str | tuple[str, ...]) -> Proxy:
         batch_size=context.batch_size,
         stats=context.stats,
         artifacts=context.loaded.artifacts,
+        **options,
     )
 
 

@@ -119,7 +119,7 @@ class ProxyBuild:
     """What a proxy is built from: the model, its calibration tokens and artifacts, and the job's
     options (``attention_weight`` and ``order`` for PruneNet, ``top_fraction`` and
     ``ensemble_weighting`` for ensembles, ``min_records``, ``metanet_epochs`` and
-    ``metanet_tracenas`` for the meta-network, ``kl_top_k`` for KL)."""
+    ``metanet_tracenas`` for the meta-network, ``kl_top_k`` for KL, ``execution`` for TraceNAS and KL)."""
 
     adapter: Adapter
     tokens: TokenSet

@@ -15,6 +15,9 @@ log-probabilities when they fit ``FULL_BUDGET_BYTES``, else the top ``kl_top_k``
 
 Multi-fidelity: ``score_on(selection, n)`` scores the first n calibration sequences; a later, larger
 n for the same selection extends the sums it accumulated instead of starting again.
+
+On a GPU a decoder's batches may instead be replayed CUDA graphs of the full-width model with the
+candidate as masks (``search.replay``; ``execution``), one graph per span of sequences a rung scores.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from search.calibration import TokenSet
 from search.correlation import spearman
 from search.errors import ProxyError
 from search.ladder import min_sequences
-from search.masking import apply_arch
+from search.masking import apply_arch, sparsified
 from search.proxies.base import COST_FORWARD, Proxy, ProxyBuild, ProxyScore
 from search.proxies.reference import (
     DENSE_REFERENCE,
@@ -44,6 +47,17 @@ from search.proxies.reference import (
     moved,
     reference_bytes,
     reference_form,
+)
+from search.replay import (
+    AUTO,
+    EXECUTION_OPTION,
+    REPLAY,
+    Execution,
+    MaskSlots,
+    Replay,
+    attention_backends,
+    replayable_batch,
+    timed,
 )
 from search.selection import Selection
 from search.verify import similarity_agreement
@@ -75,8 +89,10 @@ class KL(Proxy):
         top_k: int | None = None,
         batch_size: int = 8,
         artifacts: ModelArtifacts | None = None,
+        execution: str = AUTO,
     ) -> None:
-        """``top_k``: as the ``kl_top_k`` option; ``artifacts``: the model's (the dense reference is kept there)."""
+        """``top_k``: as the ``kl_top_k`` option; ``artifacts``: the model's (the dense reference is kept
+        there); ``execution``: ``search.replay.Execution`` (decoders)."""
         self.adapter, self.tokens, self.batch_size = adapter, tokens, batch_size
         self.causal = adapter.shape.causal
         self.form = reference_form(adapter, tokens, top_k, DEFAULT_TOP_K)
@@ -90,6 +106,11 @@ class KL(Proxy):
         self._memo: tuple[Selection, _Sums] | None = None  # the last candidate's sums, for a later rung
         self._held: Selection | None = None  # the candidate ``hold`` keeps applied across rungs
         self._hold_seconds = 0.0
+        self.execution = Execution(execution, adapter, self.name)
+        self._masks: MaskSlots | None = None
+        self._graphs: dict[tuple[int, int], Replay[None]] = {}  # per span of sequences, captured when first scored
+        self._pool: tuple[int, int] | None = None
+        self._sums = torch.zeros(2, dtype=torch.float64, device=adapter.device)  # the replays' Σ KL and tokens
 
     @classmethod
     def create(cls, build: ProxyBuild) -> KL:
@@ -97,11 +118,17 @@ class KL(Proxy):
         top_k = None if option is None else int(option)
         if top_k is not None and top_k < 0:
             raise ProxyError(f"{TOP_K_OPTION} must be 0 (the exact KL) or a positive number of tokens, not {top_k}")
-        key = ("kl", build.tokens.digest, build.batch_size, top_k)
+        execution = build.options.get(EXECUTION_OPTION, AUTO)
+        key = ("kl", build.tokens.digest, build.batch_size, top_k, execution)
         return build.reuse(
             key,
             lambda: cls(
-                build.adapter, build.tokens, top_k=top_k, batch_size=build.batch_size, artifacts=build.artifacts
+                build.adapter,
+                build.tokens,
+                top_k=top_k,
+                batch_size=build.batch_size,
+                artifacts=build.artifacts,
+                execution=execution,
             ),
         )
 
@@ -130,14 +157,22 @@ class KL(Proxy):
 
     @contextmanager
     def hold(self, selection: Selection) -> Iterator[None]:
+        if self.execution.timing:  # both ways score each rung from scratch while they are timed
+            yield
+            return
         started = time.perf_counter()
-        with apply_arch(self.adapter, selection):
+        with self._realised(selection):
             self._held = selection
             self._hold_seconds = time.perf_counter() - started  # counted once, with the first rung
             try:
                 yield
             finally:
                 self._held = None
+
+    @contextmanager
+    def _realised(self, selection: Selection) -> Iterator[None]:
+        with self._replayed(selection) if self.execution.mode == REPLAY else apply_arch(self.adapter, selection):
+            yield
 
     @torch.no_grad()
     def _extend(self, selection: Selection, sums: _Sums, sequences: int) -> None:
@@ -148,23 +183,81 @@ class KL(Proxy):
         if held:
             sums.seconds += self._hold_seconds
             self._hold_seconds = 0.0
-        kl_and_tokens: list[torch.Tensor] = []  # decoders, per batch: (Σ KL, real tokens), on the device
-        with nullcontext() if held else apply_arch(self.adapter, selection):
-            for batch in forward_batches(self.tokens, sums.sequences, sequences, self.batch_size, self.adapter.device):
-                output = self.adapter.forward(batch)
-                if self.causal:
-                    kl_and_tokens.append(self._batch_kl(output, batch["attention_mask"][:, 1:], sums.sequences))
-                else:
-                    sums.embeddings.append(output.float())
-                    sums.tokens += int(batch["attention_mask"].sum())
-                sums.sequences += len(output)
-        if kl_and_tokens:
-            kl, tokens = torch.stack(kl_and_tokens).sum(0).tolist()  # the extension's one wait for the device
+        if self.causal:
+            kl, tokens = self._kl(selection, sums.sequences, sequences, held)
             sums.kl += kl
             sums.tokens += round(tokens)
-        elif self.adapter.device.type == "cuda":
-            torch.cuda.synchronize(self.adapter.device)
+            sums.sequences = sequences
+        else:
+            with nullcontext() if held else apply_arch(self.adapter, selection):
+                for batch in forward_batches(
+                    self.tokens, sums.sequences, sequences, self.batch_size, self.adapter.device
+                ):
+                    output = self.adapter.forward(batch)
+                    sums.embeddings.append(output.float())
+                    sums.tokens += int(batch["attention_mask"].sum())
+                    sums.sequences += len(output)
         sums.seconds += time.perf_counter() - started
+
+    def _kl(self, selection: Selection, first: int, end: int, held: bool) -> tuple[float, float]:
+        """(Σ KL, real tokens) of sequences ``first``..``end``."""
+        device = self.adapter.device
+        if self.execution.timing:
+            gathered, gather_s = timed(device, lambda: self._gathered_kl(selection, first, end, held))
+            replayed, replay_s = timed(device, lambda: self._replayed_kl(selection, first, end, held))
+            per_token = [kl / max(tokens, 1.0) for kl, tokens in (gathered, replayed)]
+            self.execution.record(
+                gather_s, replay_s, agree=abs(per_token[0] - per_token[1]) <= 0.01 + 0.02 * per_token[0]
+            )
+            return gathered
+        if self.execution.mode == REPLAY:
+            return self._replayed_kl(selection, first, end, held)
+        return self._gathered_kl(selection, first, end, held)
+
+    def _gathered_kl(self, selection: Selection, first: int, end: int, held: bool) -> tuple[float, float]:
+        sums: list[torch.Tensor] = []  # per batch: (Σ KL, real tokens), on the device
+        with nullcontext() if held else apply_arch(self.adapter, selection):
+            for batch in forward_batches(self.tokens, first, end, self.batch_size, self.adapter.device):
+                sums.append(self._batch_kl(self.adapter.forward(batch), batch["attention_mask"][:, 1:], first))
+                first += len(batch["input_ids"])
+        kl, tokens = torch.stack(sums).sum(0).tolist()  # the extension's one wait for the device
+        return kl, tokens
+
+    def _replayed_kl(self, selection: Selection, first: int, end: int, held: bool) -> tuple[float, float]:
+        spans = list(_spans(first, end, self.batch_size))
+        with nullcontext() if held else self._replayed(selection):
+            for span in spans:
+                if span not in self._graphs:  # capturing runs it too: before the sums are reset
+                    self._graphs[span] = self._capture(*span)
+            self._sums.zero_()
+            for span in spans:
+                self._graphs[span].replay()
+            kl, tokens = self._sums.tolist()  # the extension's one wait for the device
+        return kl, tokens
+
+    @contextmanager
+    def _replayed(self, selection: Selection) -> Iterator[None]:
+        if self._masks is None:
+            self._masks = MaskSlots(self.adapter)
+        self._masks.load(selection)
+        with sparsified(self.adapter, selection):
+            yield
+
+    def _capture(self, first: int, end: int) -> Replay[None]:
+        """A graph that adds the (Σ KL, tokens) of sequences ``first``..``end`` (one batch) to ``_sums``."""
+        assert self._masks is not None
+        device = self.adapter.device
+        batch = next(forward_batches(self.tokens, first, end, self.batch_size, device))
+        inputs, mask = replayable_batch(batch), batch["attention_mask"][:, 1:]
+        masks = self._masks
+
+        def run() -> None:
+            with masks.installed(), attention_backends():
+                self._sums.add_(self._batch_kl(self.adapter.forward(inputs), mask, first))
+
+        if self._pool is None and device.type == "cuda":
+            self._pool = torch.cuda.graph_pool_handle()
+        return Replay(run, device, self._pool)
 
     def _batch_kl(self, logits: torch.Tensor, mask: torch.Tensor, first: int) -> torch.Tensor:
         """(Σ KL over the batch's real positions, their count), float64 on the device; ``logits`` (B, T, V),
@@ -189,6 +282,14 @@ class KL(Proxy):
             raise ProxyError("the similarity agreement is not finite (constant embeddings?)")
         extras = {"similarity_agreement": agreement, "similarity_gap": 1.0 - agreement}
         return ProxyScore(agreement - 1.0, extras, timings, tokens=sums.tokens)
+
+
+def _spans(first: int, end: int, batch_size: int) -> Iterator[tuple[int, int]]:
+    """The (first, end) of each batch ``forward_batches`` makes of sequences ``first``..``end``."""
+    while first < end:
+        stop = min((first // batch_size + 1) * batch_size, end)
+        yield first, stop
+        first = stop
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,9 @@ gradient is ever materialised and the model's parameters never receive ``.grad``
 The dense sketch is computed once; each candidate costs one forward+backward. A sub-block's term
 is the Pearson correlation of its sketch with the dense one; the score is the mean over kept
 sub-blocks (the authors' sum favours deep candidates; it is reported as ``tracenas_sum``).
+
+On a GPU the whole of it (forward, backward, sketches, correlations) may instead be one replayed CUDA
+graph of the full-width model with the candidate as masks (``search.replay``; ``execution``).
 """
 
 from __future__ import annotations
@@ -23,10 +26,21 @@ from torch import nn
 from search.adapters import Adapter, Batch, Block
 from search.artifacts import Artifact, ModelArtifacts
 from search.calibration import TokenSet
-from search.correlation import pearson_tensors
+from search.correlation import pearson_stack, pearson_tensors
 from search.errors import ProxyError
-from search.masking import Slices, apply_arch
+from search.masking import Slices, apply_arch, sparsified
 from search.proxies.base import COST_BACKWARD, Proxy, ProxyBuild, ProxyScore
+from search.replay import (
+    AUTO,
+    EXECUTION_OPTION,
+    REPLAY,
+    Execution,
+    MaskSlots,
+    Replay,
+    attention_backends,
+    replayable_batch,
+    timed,
+)
 from search.selection import Selection
 
 Sketches = dict[Block, dict[str, torch.Tensor]]
@@ -45,8 +59,10 @@ class TraceNAS(Proxy):
         seed: int = 0,
         batch_size: int = 8,
         artifacts: ModelArtifacts | None = None,
+        execution: str = AUTO,
     ) -> None:
-        """``artifacts``: the model's; with an artifact store, the dense sketch is kept on disk."""
+        """``artifacts``: the model's; with an artifact store, the dense sketch is kept on disk.
+        ``execution``: ``search.replay.Execution``."""
         self.adapter = adapter
         self.batches: list[Batch] = list(tokens.batches("calibration", batch_size, adapter.device))
         self.rank = rank
@@ -59,14 +75,24 @@ class TraceNAS(Proxy):
         key = SketchKey(tokens.digest, seed, rank, batch_size, dtype)
         dense = (artifacts or ModelArtifacts()).get(DENSE_SKETCH, key, lambda: self._sketch(None))
         self._dense = {block: {n: g.to(adapter.device) for n, g in parts.items()} for block, parts in dense.items()}
+        self.execution = Execution(execution, adapter, self.name)
+        self._masks: MaskSlots | None = None
+        self._replay: Replay[torch.Tensor] | None = None  # captured on the first candidate it scores
+        self._replay_batches: list[Batch] = []
 
     @classmethod
     def create(cls, build: ProxyBuild) -> TraceNAS:
-        key = ("tracenas", build.tokens.digest, build.seed, build.batch_size)
+        execution = build.options.get(EXECUTION_OPTION, AUTO)
+        key = ("tracenas", build.tokens.digest, build.seed, build.batch_size, execution)
         return build.reuse(
             key,
             lambda: cls(
-                build.adapter, build.tokens, seed=build.seed, batch_size=build.batch_size, artifacts=build.artifacts
+                build.adapter,
+                build.tokens,
+                seed=build.seed,
+                batch_size=build.batch_size,
+                artifacts=build.artifacts,
+                execution=execution,
             ),
         )
 
@@ -88,6 +114,18 @@ class TraceNAS(Proxy):
     def _terms(self, selection: Selection, timings: dict[str, float]) -> dict[Block, float]:
         if self._memo is not None and self._memo[0] is selection:
             return self._memo[1]
+        if self.execution.timing:
+            terms, gather_s = timed(self.adapter.device, lambda: self._gathered_terms(selection, timings))
+            replayed, replay_s = timed(self.adapter.device, lambda: self._replayed_terms(selection, {}))
+            self.execution.record(gather_s, replay_s, agree=_agree(terms, replayed))
+        elif self.execution.mode == REPLAY:
+            terms = self._replayed_terms(selection, timings)
+        else:
+            terms = self._gathered_terms(selection, timings)
+        self._memo = (selection, terms)
+        return terms
+
+    def _gathered_terms(self, selection: Selection, timings: dict[str, float]) -> dict[Block, float]:
         candidate = self._sketch(selection, timings)
         started = time.perf_counter()
         pairs = []
@@ -97,8 +135,44 @@ class TraceNAS(Proxy):
             pairs.append((_flat(parts).to(dense.device), dense))
         terms = dict(zip(candidate, pearson_tensors(pairs), strict=True))
         timings["correlation_s"] = time.perf_counter() - started
-        self._memo = (selection, terms)
         return terms
+
+    def _replayed_terms(self, selection: Selection, timings: dict[str, float]) -> dict[Block, float]:
+        """Every sub-block's ρ from one replay (forward, backward and correlations under ``forward_s``);
+        the kept ones are the candidate's terms."""
+        started = time.perf_counter()
+        if self._replay is None:
+            self._masks = MaskSlots(self.adapter)
+            self._replay_batches = [replayable_batch(batch) for batch in self.batches]
+            self._replay = Replay(self._replayed_correlations, self.adapter.device)
+        assert self._masks is not None
+        self._masks.load(selection)
+        with sparsified(self.adapter, selection):
+            applied = time.perf_counter()
+            values = self._replay.replay().tolist()  # the trial's one wait for the device
+        timings |= {"apply_s": applied - started, "forward_s": time.perf_counter() - applied}
+        kept = {
+            Block(i, kind)
+            for i, layer in enumerate(selection.arch.layers)
+            for kind, on in (("attention", layer.attention_kept), ("mlp", layer.mlp_kept))
+            if on
+        }
+        return {block: value for block, value in zip(self._dense, values, strict=True) if block in kept}
+
+    def _replayed_correlations(self) -> torch.Tensor:
+        """What the graph runs: the full-width, masked model's sketches correlated with the dense ones,
+        in ``self._dense``'s block order."""
+        assert self._masks is not None
+        sketches: Sketches = {}
+        with (
+            _frozen_parameters(self.adapter.model),
+            self._hooks(sketches, {}),
+            self._masks.installed(),
+            attention_backends(),
+        ):
+            for batch, reference in zip(self._replay_batches, self._references, strict=True):
+                self.adapter.loss(batch, reference).backward()
+        return pearson_stack([(_flat(sketches[block]), _flat(dense)) for block, dense in self._dense.items()])
 
     def _projection(self, width: int, like: torch.Tensor) -> torch.Tensor:
         key = (width, like.device, like.dtype)
@@ -240,3 +314,8 @@ DENSE_SKETCH: Artifact[SketchKey, Sketches] = Artifact(
 
 def _flat(parts: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat([parts[name].flatten() for name in sorted(parts)])
+
+
+def _agree(gathered: dict[Block, float], replayed: dict[Block, float]) -> bool:
+    """Whether both ways found the same terms (up to the rounding of different kernels)."""
+    return gathered.keys() == replayed.keys() and all(abs(gathered[b] - replayed[b]) <= 1e-2 for b in gathered)

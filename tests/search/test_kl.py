@@ -4,6 +4,7 @@ score, the dense reference read back by a second process, encoders, and a real s
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -219,3 +220,24 @@ def test_a_search_with_the_kl_proxy(tiny_loaded: LoadedModel, tiny_llama_dir: Pa
     assert all(t.scores["kl_per_token"] == -t.scores["kl"] for t in complete)
     assert result.best is not None and result.best.verified is not None
     assert result.trust is not None and "kl" in result.trust.proxies
+
+
+def test_replayed_masks_score_as_gathered_widths(tiny_loaded: LoadedModel, tiny_tokens: TokenSet) -> None:
+    """``execution="replay"`` (full width, the candidate as masks: on a GPU replayed graphs, here the
+    same computation run eagerly) gives the gathered KL on every rung, held or not, sparse or not."""
+    sparse = random_selection(
+        tiny_loaded, ArchConfig((LayerArch(2, 64, 0.5), LayerArch(0, 192), LayerArch(4, 0, 0.3), LayerArch(0, 0)))
+    )
+    candidates = [random_selection(tiny_loaded, ARCHS[name]) for name in ("narrow", "shallow")] + [sparse]
+    gathered = KL(tiny_loaded.adapter, tiny_tokens, batch_size=4, execution="gather")
+    for selection in candidates:
+        replayed = KL(tiny_loaded.adapter, tiny_tokens, batch_size=4, execution="replay")
+        with replayed.hold(selection):
+            rungs = [replayed.score_on(selection, n) for n in replayed.rungs]
+        expected = gathered.score(selection)
+        assert expected.value < -1e-3  # a real difference from the dense model to reproduce
+        assert rungs[-1].tokens == expected.tokens
+        assert rungs[-1].value == pytest.approx(expected.value, rel=1e-4)
+        unheld = replayed.score(dataclasses.replace(selection))  # another object: nothing memoised
+        assert unheld.value == pytest.approx(expected.value, rel=1e-4)
+    assert gathered.score(random_selection(tiny_loaded, ARCHS["dense"])).value == pytest.approx(0.0, abs=1e-6)

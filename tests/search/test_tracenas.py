@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import torch
+
 from search.arch import ArchConfig, LayerArch
 from search.calibration import TokenSet
 from search.criteria import compute_importance
 from search.loading import LoadedModel
-from search.proxies import create_proxy
+from search.proxies import TraceNAS, create_proxy
 from search.selection import select_units
 from search.stats import collect_stats
 
@@ -77,3 +79,29 @@ def test_physically_sliced_width_scores_as_masked_width(
         assert a.value < 0.999  # a real difference from the dense model to reproduce
         assert abs(a.value - b.value) < 1e-5, (a.value, b.value)
         assert abs(a.extras["tracenas_sum"] - b.extras["tracenas_sum"]) < 1e-5
+
+
+def test_replayed_masks_score_as_gathered_widths(tiny_loaded: LoadedModel, tiny_tokens: TokenSet) -> None:
+    """``execution="replay"`` keeps the model at full width with the candidate as masks (on a GPU, one
+    captured graph; here the same computation runs eagerly): every term equals the gathered one, for
+    narrow, dropped and sparse sub-blocks, and the model is left as it was."""
+    from search.replay import REPLAY
+    from tests.search.selections import random_selection
+
+    adapter = tiny_loaded.adapter
+    sparse = random_selection(
+        tiny_loaded, ArchConfig((LayerArch(2, 64, 0.5), LayerArch(0, 192), LayerArch(4, 0, 0.3), LayerArch(0, 0)))
+    )
+    _, half_depth, narrow = _selections(tiny_loaded, tiny_tokens)
+    weights = {name: p.detach().clone() for name, p in adapter.model.named_parameters()}
+    gathered = TraceNAS(adapter, tiny_tokens, batch_size=4, execution="gather")
+    replayed = TraceNAS(adapter, tiny_tokens, batch_size=4, execution="replay")
+    assert replayed.execution.mode == REPLAY
+    for selection in (narrow, half_depth, sparse):
+        expected, actual = gathered.block_terms(selection), replayed.block_terms(selection)
+        assert actual.keys() == expected.keys()
+        assert min(expected.values()) < 0.99  # a real difference from the dense model to reproduce
+        for block, value in expected.items():
+            assert abs(actual[block] - value) < 1e-5, (block, actual[block], value)
+    assert all(torch.equal(p, weights[name]) for name, p in adapter.model.named_parameters())
+    assert all(p.grad is None for p in adapter.model.parameters())

@@ -1,0 +1,199 @@
+"""Score candidates by replaying one captured CUDA graph of the dense model, with the candidate as masks.
+
+A trial evaluated in place (``search.masking.apply_arch``) gathers the kept rows and columns of every
+projection and then runs a forward (and, for TraceNAS, a backward) over layers of uneven widths: on a
+GPU that is thousands of kernel launches, each of which the host issues one at a time, so a model
+that is small for its GPU keeps it idle most of the trial (the profile in docs/performance.md). Here
+the model keeps its full width and the candidate is data: each layer's output projections multiply
+their input by a mask (zero for pruned heads and channels, all zero for a dropped sub-block), which
+computes what the physically pruned model computes (for families whose output projections have no
+bias; a dropped layer is then its residual connection). Shapes never change, so the whole scoring
+(forward, backward, the proxy's own reduction) is captured once as a CUDA graph and each candidate
+costs one mask copy and one replay: the host's work per trial no longer grows with the model.
+
+The price is full-width arithmetic, about twice the pruned model's at half the parameters, so the
+proxies time both ways on their first candidates and keep the faster (``Execution``): replay wins
+where the host is the bottleneck (small and mid-sized models), gathering where the GPU is.
+On a CPU the same masked computation runs eagerly (no capture); that is what tests exercise.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Generic, TypeVar
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from search.adapters import Adapter, Batch, head_rows
+from search.selection import Selection
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+GATHER, REPLAY, AUTO = "gather", "replay", "auto"
+EXECUTIONS = (AUTO, GATHER, REPLAY)
+EXECUTION_OPTION = "execution"  # ProxyBuild.options: one of EXECUTIONS (TraceNAS, KL); absent = auto
+TIMED_CANDIDATES = 3  # scored both ways before ``auto`` settles; the first of them warms up and is not compared
+
+# cuDNN's attention builds an execution plan per new shape on the host (50-80 ms each in the profile)
+# and is not known to capture; flash and memory-efficient attention do neither.
+_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def unsupported(adapter: Adapter) -> str | None:
+    """Why a model cannot be scored by masks, or None where it can."""
+    shape = adapter.shape
+    if not (shape.causal and adapter.slices_width):
+        return "only decoders with per-head projections are masked"
+    if shape.o_bias or shape.mlp_bias:
+        return "an output projection has a bias, so a masked input does not drop the sub-block"
+    if any(p.device != adapter.device for p in adapter.model.parameters()):
+        return "the model is split over devices"
+    return None
+
+
+class MaskSlots:
+    """The candidate as two device tensors: per layer, the kept inputs of the attention's and the MLP's
+    output projections. Written once per candidate (one copy); read by forward pre-hooks, so a graph
+    captured with the hooks installed sees every later candidate."""
+
+    def __init__(self, adapter: Adapter) -> None:
+        shape = self.shape = adapter.shape
+        self.adapter = adapter
+        self.attention_width = shape.num_heads * shape.head_dim
+        dtype = next(adapter.model.parameters()).dtype
+        self.device_masks = torch.ones(
+            shape.num_layers, self.attention_width + shape.intermediate_size, device=adapter.device, dtype=dtype
+        )
+        # Staged in page-locked memory so the copy does not wait for the device. Reusing it is safe: every
+        # candidate's score is read back (a wait for the device) before the next candidate is loaded.
+        self._host = torch.empty(self.device_masks.shape, dtype=dtype, pin_memory=adapter.device.type == "cuda")
+
+    def load(self, selection: Selection) -> None:
+        host = self._host
+        host.zero_()
+        for i, (layer, kept) in enumerate(zip(selection.arch.layers, selection.layers, strict=True)):
+            if layer.attention_kept:
+                host[i, head_rows(self.shape, kept.kv_groups)[0]] = 1
+            if layer.mlp_kept:
+                host[i, self.attention_width + kept.channels] = 1
+        self.device_masks.copy_(host, non_blocking=True)
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        attention, mlp = self.device_masks.split([self.attention_width, self.shape.intermediate_size], dim=1)
+        with ExitStack() as stack:
+            for i in range(self.shape.num_layers):
+                stack.enter_context(_masked_input(self.adapter.attention_output(i), attention[i]))
+                stack.enter_context(_masked_input(self.adapter.mlp_output(i), mlp[i]))
+            yield
+
+
+@contextmanager
+def _masked_input(module: torch.nn.Module, mask: torch.Tensor) -> Iterator[None]:
+    handle = module.register_forward_pre_hook(lambda _m, args: (args[0] * mask, *args[1:]))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def attention_backends() -> Iterator[None]:
+    with sdpa_kernel(_ATTENTION):
+        yield
+
+
+class Replay(Generic[T]):
+    """``run`` (static inputs, no host synchronisation) captured once as a CUDA graph on ``device``;
+    ``replay`` runs it again and returns the same output tensors, refilled. On a CPU ``run`` is called
+    each time. Graphs share ``pool`` (one per proxy): they run one after another and keep no output
+    in it (results go to tensors allocated before capture), so one graph's scratch is the next's."""
+
+    def __init__(self, run: Callable[[], T], device: torch.device, pool: tuple[int, int] | None = None) -> None:
+        self._run = run
+        self._graph: torch.cuda.CUDAGraph | None = None
+        if device.type != "cuda":
+            return
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(2):  # kernels chosen, workspaces and the allocator warmed before capture
+                run()
+        torch.cuda.current_stream(device).wait_stream(side)
+        self._graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self._graph, pool=pool):
+            self._output = run()
+
+    def replay(self) -> T:
+        if self._graph is None:
+            return self._run()
+        self._graph.replay()
+        return self._output
+
+
+class Execution:
+    """Which way a proxy scores: ``gather`` (in place, physically sliced), ``replay`` (masks and a
+    captured graph), or ``auto``: the first ``TIMED_CANDIDATES`` candidates are scored both ways and
+    the faster is kept (the first pair only warms both up). Both ways compute the same values; the
+    proxy returns the gathered score while timing, so a job's first scores do not depend on the choice."""
+
+    def __init__(self, requested: str, adapter: Adapter, proxy: str) -> None:
+        if requested not in EXECUTIONS:
+            raise ValueError(f"execution must be one of {', '.join(EXECUTIONS)}, not {requested!r}")
+        reason = unsupported(adapter)
+        if requested == REPLAY and reason is not None:
+            raise ValueError(f"{proxy} cannot replay this model: {reason}")
+        if requested == AUTO and (reason is not None or adapter.device.type != "cuda"):
+            requested = GATHER
+        self.mode = requested
+        self.proxy = proxy
+        self._timings: list[tuple[float, float]] = []
+
+    @property
+    def timing(self) -> bool:
+        return self.mode == AUTO
+
+    def record(self, gather_s: float, replay_s: float, *, agree: bool) -> None:
+        if not agree:  # a family whose masked model is not its pruned one: never trust the replay
+            self.mode = GATHER
+            log.warning("%s: the replayed scores differ from the gathered ones; scoring by gathering", self.proxy)
+            return
+        self._timings.append((gather_s, replay_s))
+        if len(self._timings) < TIMED_CANDIDATES:
+            return
+        measured = self._timings[1:]
+        gather, replay = (statistics.median(t[k] for t in measured) for k in (0, 1))
+        self.mode = REPLAY if replay < gather else GATHER
+        log.info(
+            "%s scores by %s (median %.1f ms gathering, %.1f ms replaying)",
+            self.proxy,
+            self.mode,
+            gather * 1e3,
+            replay * 1e3,
+        )
+
+
+def replayable_batch(batch: Batch) -> Batch:
+    """The batch without an attention mask that masks nothing: the model then needs no look at the
+    mask's values, a wait for the device that a graph cannot capture. Called before capture."""
+    if bool(batch["attention_mask"].all()):
+        return {name: value for name, value in batch.items() if name != "attention_mask"}
+    return batch
+
+
+def timed(device: torch.device, work: Callable[[], T]) -> tuple[T, float]:
+    """``work()`` and its wall time, the device's queue drained at both ends."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    result = work()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return result, time.perf_counter() - started

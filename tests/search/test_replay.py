@@ -1,0 +1,70 @@
+"""Scoring by replaying a captured graph of the masked model (``search.replay``): where it applies, what
+``auto`` settles on, and on a GPU that the captured graphs score what gathering scores."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from search.arch import ArchConfig, LayerArch
+from search.calibration import TokenSet, tokenize_windows
+from search.calibration_texts import default_texts
+from search.loading import LoadedModel, load_model
+from search.proxies.kl import KL
+from search.proxies.tracenas import TraceNAS
+from search.replay import GATHER, REPLAY, TIMED_CANDIDATES, Execution, unsupported
+from tests.search.selections import random_selection
+
+REFERENCE = Path(__file__).resolve().parents[2] / "models" / "ref-llama-13m"
+
+
+def test_execution_is_checked_and_auto_gathers_without_a_gpu(tiny_loaded: LoadedModel) -> None:
+    with pytest.raises(ValueError, match="execution must be one of auto, gather, replay"):
+        Execution("graph", tiny_loaded.adapter, "kl")
+    assert Execution("auto", tiny_loaded.adapter, "kl").mode == GATHER  # no GPU: nothing to replay for
+    assert Execution("replay", tiny_loaded.adapter, "kl").mode == REPLAY
+
+
+def test_models_whose_masks_are_not_their_pruning_are_refused(tiny_loaded: LoadedModel, monkeypatch) -> None:
+    monkeypatch.setattr(tiny_loaded.adapter, "shape", dataclasses.replace(tiny_loaded.adapter.shape, o_bias=True))
+    assert "bias" in (unsupported(tiny_loaded.adapter) or "")
+    with pytest.raises(ValueError, match="tracenas cannot replay this model: an output projection has a bias"):
+        Execution("replay", tiny_loaded.adapter, "tracenas")
+
+
+def test_auto_keeps_the_faster_way_and_never_a_way_that_disagrees(tiny_loaded: LoadedModel) -> None:
+    execution = Execution("replay", tiny_loaded.adapter, "kl")
+    execution.mode = "auto"  # as on a GPU
+    for _ in range(TIMED_CANDIDATES):
+        assert execution.timing
+        execution.record(0.030, 0.010, agree=True)
+    assert execution.mode == REPLAY
+    execution.mode = "auto"
+    execution.record(0.030, 0.010, agree=False)
+    assert execution.mode == GATHER
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_captured_graphs_score_what_gathering_scores() -> None:
+    loaded = load_model(str(REFERENCE), device="cuda")
+    tokens: TokenSet = tokenize_windows(loaded.tokenizer, default_texts(), seq_len=128, n_calibration=16, n_heldout=4)
+    layers = loaded.adapter.shape.num_layers
+    archs = [
+        ArchConfig(tuple(LayerArch(5 + 5 * (i % 2), 256 + 128 * (i % 3), 0.3 * (i == 1)) for i in range(layers))),
+        ArchConfig(tuple(LayerArch(0 if i % 3 == 0 else 5, 0 if i % 4 == 1 else 512) for i in range(layers))),
+    ]
+    selections = [random_selection(loaded, arch, seed=i) for i, arch in enumerate(archs)]
+    for proxy in (TraceNAS, KL):
+        gathered = proxy(loaded.adapter, tokens, batch_size=8, execution="gather")
+        replayed = proxy(loaded.adapter, tokens, batch_size=8, execution="replay")
+        auto = proxy(loaded.adapter, tokens, batch_size=8)
+        for selection in selections * 2:  # the second round replays graphs captured in the first
+            expected, actual = gathered.score(selection).value, replayed.score(selection).value
+            assert actual == pytest.approx(expected, rel=0.02, abs=5e-3), (proxy.name, expected, actual)
+        for selection in selections * TIMED_CANDIDATES:
+            auto.score(selection)
+        assert auto.execution.mode in (GATHER, REPLAY)  # settled, by timing both
