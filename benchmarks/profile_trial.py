@@ -28,8 +28,9 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.throughput import build, random_tokens  # noqa: E402
 from search.candidates import prepare  # noqa: E402
+from search.replay import AUTO, TIMED_CANDIDATES  # noqa: E402
 from search.spec import JobSpec  # noqa: E402
-from search.trials import job_proxy, open_study, search_trials  # noqa: E402
+from search.trials import named_proxy, open_study, search_trials  # noqa: E402
 from studystore import make_storage  # noqa: E402
 
 
@@ -63,7 +64,7 @@ def python_functions(events: list[dict[str, Any]], top: int) -> list[tuple[str, 
     return [(name, totals[name], calls[name]) for name in ranked]
 
 
-def run(shape: str, proxy: str, space: str, trials: int, tokens: int, seq_len: int, out: Path) -> str:
+def run(shape: str, proxy: str, space: str, execution: str, trials: int, tokens: int, seq_len: int, out: Path) -> str:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     loaded, _ = build(shape, device)
     token_set = random_tokens(loaded, tokens, seq_len)
@@ -79,14 +80,14 @@ def run(shape: str, proxy: str, space: str, trials: int, tokens: int, seq_len: i
         calibration={"n_samples": len(token_set.calibration), "seq_len": seq_len, "heldout_samples": 1},
     )
     context = prepare(loaded, spec, tokens=token_set)
-    scorer = job_proxy(context)
+    scorer = named_proxy(context, proxy, execution=execution)
     workdir = Path(tempfile.mkdtemp())
     study = open_study(context, study_name="profile", storage=make_storage(f"sqlite:///{workdir}/study.sqlite3"))
-    search_trials(context, scorer, study, max_trials=3)  # kernels, allocator, storage tables
+    search_trials(context, scorer, study, max_trials=TIMED_CANDIDATES + 1)  # kernels, allocator, storage tables
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities, with_stack=True) as prof:
         search_trials(context, scorer, study, max_trials=trials)
-    name = f"{shape.replace('/', '_')}-{proxy}-{space}"
+    name = f"{shape.replace('/', '_')}-{proxy}-{space}-{execution}"
     trace = workdir / f"{name}.json"
     prof.export_chrome_trace(str(trace))
     events = json.loads(trace.read_text())["traceEvents"]
@@ -116,6 +117,7 @@ def main() -> None:
     parser.add_argument("--shape", default="llama-1b")
     parser.add_argument("--proxy", default="tracenas")
     parser.add_argument("--space", default="per_layer", help="comma-separated: per_layer,compact")
+    parser.add_argument("--execution", default=AUTO, help="comma-separated: auto, gather, replay (search.replay)")
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--seq-len", type=int, default=1024)
@@ -124,9 +126,11 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for space in args.space.split(","):
         for proxy in args.proxy.split(","):
-            report = run(args.shape, proxy, space, args.trials, args.tokens, args.seq_len, args.out)
-            print(report, flush=True)
-            (args.out / f"{args.shape.replace('/', '_')}-{proxy}-{space}.txt").write_text(report + "\n")
+            for execution in args.execution.split(","):
+                report = run(args.shape, proxy, space, execution, args.trials, args.tokens, args.seq_len, args.out)
+                print(report, flush=True)
+                name = f"{args.shape.replace('/', '_')}-{proxy}-{space}-{execution}"
+                (args.out / f"{name}.txt").write_text(report + "\n")
 
 
 if __name__ == "__main__":

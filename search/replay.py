@@ -41,8 +41,9 @@ EXECUTIONS = (AUTO, GATHER, REPLAY)
 EXECUTION_OPTION = "execution"  # ProxyBuild.options: one of EXECUTIONS (TraceNAS, KL); absent = auto
 TIMED_CANDIDATES = 3  # scored both ways before ``auto`` settles; the first of them warms up and is not compared
 
-# cuDNN's attention builds an execution plan per new shape on the host (50-80 ms each in the profile)
-# and is not known to capture; flash and memory-efficient attention do neither.
+# The proxies' attention, gathered or replayed. cuDNN's (PyTorch's first choice on Hopper) builds an
+# execution plan on the host for every new shape, 50-80 ms each in the profile (docs/performance.md),
+# and candidates keep bringing new head counts; flash and memory-efficient attention build nothing.
 _ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 

@@ -216,7 +216,7 @@ class KL(Proxy):
 
     def _gathered_kl(self, selection: Selection, first: int, end: int, held: bool) -> tuple[float, float]:
         sums: list[torch.Tensor] = []  # per batch: (Σ KL, real tokens), on the device
-        with nullcontext() if held else apply_arch(self.adapter, selection):
+        with nullcontext() if held else apply_arch(self.adapter, selection), attention_backends():
             for batch in forward_batches(self.tokens, first, end, self.batch_size, self.adapter.device):
                 sums.append(self._batch_kl(self.adapter.forward(batch), batch["attention_mask"][:, 1:], first))
                 first += len(batch["input_ids"])

@@ -192,6 +192,7 @@ class TraceNAS(Proxy):
             _frozen_parameters(self.adapter.model),
             self._hooks(sketches, slices),
             _arch(self.adapter, selection) as realised,
+            attention_backends(),
         ):
             slices.update(realised)
             applied = _now(self.adapter.device)
