@@ -204,7 +204,11 @@ class KL(Proxy):
         device = self.adapter.device
         if self.execution.timing:
             gathered, gather_s = timed(device, lambda: self._gathered_kl(selection, first, end, held))
-            replayed, replay_s = timed(device, lambda: self._replayed_kl(selection, first, end, held))
+            try:
+                replayed, replay_s = timed(device, lambda: self._replayed_kl(selection, first, end, held))
+            except RuntimeError as error:  # a kernel or a check of the model's that a graph cannot hold
+                self.execution.cannot_capture(error)
+                return gathered
             per_token = [kl / max(tokens, 1.0) for kl, tokens in (gathered, replayed)]
             self.execution.record(
                 gather_s, replay_s, agree=abs(per_token[0] - per_token[1]) <= 0.01 + 0.02 * per_token[0]
@@ -252,7 +256,7 @@ class KL(Proxy):
         masks = self._masks
 
         def run() -> None:
-            with masks.installed(), attention_backends():
+            with masks.installed(), attention_backends(replayed=True):
                 self._sums.add_(self._batch_kl(self.adapter.forward(inputs), mask, first))
 
         if self._pool is None and device.type == "cuda":

@@ -116,8 +116,12 @@ class TraceNAS(Proxy):
             return self._memo[1]
         if self.execution.timing:
             terms, gather_s = timed(self.adapter.device, lambda: self._gathered_terms(selection, timings))
-            replayed, replay_s = timed(self.adapter.device, lambda: self._replayed_terms(selection, {}))
-            self.execution.record(gather_s, replay_s, agree=_agree(terms, replayed))
+            try:
+                replayed, replay_s = timed(self.adapter.device, lambda: self._replayed_terms(selection, {}))
+            except RuntimeError as error:  # a kernel or a check of the model's that a graph cannot hold
+                self.execution.cannot_capture(error)
+            else:
+                self.execution.record(gather_s, replay_s, agree=_agree(terms, replayed))
         elif self.execution.mode == REPLAY:
             terms = self._replayed_terms(selection, timings)
         else:
@@ -168,7 +172,7 @@ class TraceNAS(Proxy):
             _frozen_parameters(self.adapter.model),
             self._hooks(sketches, {}),
             self._masks.installed(),
-            attention_backends(),
+            attention_backends(replayed=True),
         ):
             for batch, reference in zip(self._replay_batches, self._references, strict=True):
                 self.adapter.loss(batch, reference).backward()
