@@ -73,6 +73,7 @@ def worker(args: argparse.Namespace) -> None:
         seed=0,
         verify_top_k=0,
         search_space={"parameterization": args.space},
+        token_schedule={"enabled": args.token_schedule},
         calibration={"n_samples": len(tokens.calibration), "seq_len": args.seq_len, "heldout_samples": 1},
     )
     context = prepare(loaded, spec, tokens=tokens)
@@ -146,7 +147,7 @@ def run_once(args: argparse.Namespace, world: int, workdir: Path) -> dict[str, A
             sys.executable, __file__, "--role", "worker", "--rank", str(rank), "--world", str(world),
             "--run-dir", str(run), "--storage", storage, "--shape", args.shape, "--proxy", args.proxy,
             "--space", args.space, "--trials", str(args.trials), "--tokens", str(args.tokens),
-            "--seq-len", str(args.seq_len),
+            "--seq-len", str(args.seq_len), "--token-schedule" if args.token_schedule else "--no-token-schedule",
         ]  # fmt: skip
         processes.append(subprocess.Popen(command, env=env))
         if rank == 0:  # the study must exist before the others look for it
@@ -183,6 +184,8 @@ def run_once(args: argparse.Namespace, world: int, workdir: Path) -> dict[str, A
         # Per trial, as each worker measured it: proposing (sampling, repair, selection) and scoring.
         "propose_s": _mean([r.get("sample_s", 0.0) + r.get("realise_s", 0.0) for r in timings]),
         "score_s": _mean([r.get("score_s", 0.0) for r in timings]),
+        # A multi-fidelity proxy scores a trial on as many tokens as the token schedule promotes it to.
+        "scored_tokens": _mean([t.user_attrs.get("tokens", args.tokens) for t in trials]),
         "load_s": [r["load_s"] for r in ready],
         "utilisation": utilisation,
     }
@@ -206,16 +209,17 @@ def _mean(values: list[int] | list[float]) -> float:
 def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     base = results[0]["trials_per_min"] / results[0]["workers"]
     lines = [
-        f"### {meta['shape']}, {meta['proxy']}, {meta['space']} space, {meta['tokens']:,} tokens per trial",
+        f"### {meta['shape']}, {meta['proxy']}, {meta['space']} space, {meta['tokens']:,} tokens per trial"
+        + ("" if meta["token_schedule"] else ", no token schedule"),
         "",
         f"Command: `{meta['command']}`",
         "",
         f"Hardware: {meta['hardware']}; torch {meta['torch']}; Python {meta['python']}.",
         "",
         "| workers | devices | trials | wall s | trials / min | scaling efficiency | trials per worker"
-        " | duplicate candidates | propose s | score s | GPU utilisation % (per GPU) | SM % per worker"
-        " | load s per worker |",
-        "|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---|---|---|",
+        " | duplicate candidates | propose s | score s | scored tokens | GPU utilisation % (per GPU)"
+        " | SM % per worker | load s per worker |",
+        "|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|---|---|",
     ]
     for r in results:
         efficiency = r["trials_per_min"] / (r["workers"] * base)
@@ -225,7 +229,7 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         lines.append(
             f"| {r['workers']} | {', '.join(r['gpus'])} | {r['trials']} | {r['wall_s']:.1f} | "
             f"{r['trials_per_min']:.1f} | {efficiency:.2f} | {', '.join(map(str, r['per_worker_trials']))} | "
-            f"{r['duplicates']} | {r['propose_s']:.3f} | {r['score_s']:.3f} | "
+            f"{r['duplicates']} | {r['propose_s']:.3f} | {r['score_s']:.3f} | {r.get('scored_tokens', 0):,.0f} | "
             f"{per_gpu} | {per_worker} | {', '.join(f'{s:.1f}' for s in r['load_s'])} |"
         )
     return "\n".join(lines) + "\n"
@@ -242,6 +246,12 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=40, help="the job's n_trials")
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--seq-len", type=int, default=1024)
+    parser.add_argument(
+        "--token-schedule",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the job's token schedule (search.fidelity), on by default as in a job",
+    )
     parser.add_argument("--out", type=Path, default=None, help="Markdown section to write (JSON beside it)")
     parser.add_argument("--rank", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--world", type=int, default=1, help=argparse.SUPPRESS)
@@ -266,6 +276,7 @@ def main() -> None:
         "proxy": args.proxy,
         "space": args.space,
         "tokens": args.tokens,
+        "token_schedule": args.token_schedule,
         "command": "python benchmarks/scaling.py " + " ".join(a for a in sys.argv[1:]),
         "hardware": (
             f"{torch.cuda.device_count()}× {torch.cuda.get_device_name()}, {os.cpu_count()} CPU cores"
@@ -282,10 +293,11 @@ def main() -> None:
             "## Scaling: several workers on one job\n\n"
             "Generated by `benchmarks/scaling.py` (its docstring says what is measured)."
         )
-        write_section(args.out, f"scaling: {args.shape} {args.space} gpus={args.gpus or 'cpu'}", text, heading=heading)
+        key = f"{args.shape} {args.space} gpus={args.gpus or 'cpu'}" + ("" if args.token_schedule else " no-schedule")
+        write_section(args.out, f"scaling: {key}", text, heading=heading)
         figures = args.out.with_name(args.out.stem + "-scaling.json")
         previous = json.loads(figures.read_text()) if figures.exists() else {}
-        previous[f"{args.shape} {args.space} gpus={args.gpus or 'cpu'}"] = {"results": results, "meta": meta}
+        previous[key] = {"results": results, "meta": meta}
         figures.write_text(json.dumps(previous, indent=2))
 
 

@@ -94,12 +94,15 @@ class TokenLadder:
     def _climb(self, trial: optuna.Trial, selection: Selection) -> ProxyScore:
         origin = str(trial.user_attrs.get("origin", "sampler"))
         unconditional = origin.startswith("seed:") or trial.number < self.full_trials
+        peers: list[FrozenTrial] | None = None
         for sequences in self.rungs[:-1]:
             score = self.proxy.score_on(selection, sequences)
             step = _report(trial, score, sequences)
             if unconditional:
                 continue
-            peers = self._peers(trial)
+            # Read once per trial, not per rung: a read of the study also reloads every trial still
+            # running in other workers, the largest cost a second worker adds (docs/performance.md).
+            peers = self._peers(trial) if peers is None else peers
             scored = [t.intermediate_values[step] for t in peers if step in t.intermediate_values]
             if not promoted(score.value, scored, self.share):
                 return self._stopped(score, step, peers)
