@@ -23,19 +23,29 @@ from service import jsonsafe
 SQLITE_BUSY_TIMEOUT_S = 30
 
 
-def make_engine(url: str, *, sqlite_foreign_keys: bool = True) -> Engine:
+def make_engine(
+    url: str, *, sqlite_foreign_keys: bool = True, pre_ping: bool = True, synchronous_commit: bool = True
+) -> Engine:
     """An engine for ``url``. For SQLite: creates the file's folder, WAL, busy timeout, foreign keys.
 
     ``sqlite_foreign_keys=False`` is for migrations: SQLite batch migrations rebuild tables, and
     with enforcement on, dropping the old ``job`` table would cascade-delete every trial.
+    ``pre_ping=False`` leaves checking a pooled connection to the caller (the worker's engine looks
+    at the socket instead: ``workers.runtime.worker_engine``). ``synchronous_commit=False``: on
+    PostgreSQL, every connection's commits return before the server's disk has them (set when the
+    connection opens, not per transaction); a server crash may lose the last fraction of a second of
+    them, and the database stays consistent.
     """
     parsed = make_url(url)
-    kwargs: dict[str, Any] = {"pool_pre_ping": True, "json_serializer": jsonsafe.dumps}
+    kwargs: dict[str, Any] = {"pool_pre_ping": pre_ping, "json_serializer": jsonsafe.dumps}
     is_sqlite = parsed.get_backend_name() == "sqlite"
     if is_sqlite:
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    elif not synchronous_commit and parsed.get_backend_name() == "postgresql":
+        given = parsed.query.get("options")  # the URL's own server options, kept (connect_args replace them)
+        kwargs["connect_args"] = {"options": " ".join(filter(None, [given, "-c synchronous_commit=off"]))}
     engine = create_engine(parsed, **kwargs)
     if is_sqlite:
         _configure_sqlite(engine, foreign_keys=sqlite_foreign_keys)

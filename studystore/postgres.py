@@ -45,7 +45,8 @@ def watch_connections(engine: Engine) -> None:
     """Replace ``pool_pre_ping``'s round trip at every checkout with a look at the socket: a
     backend that was terminated (a server restart, ``pg_terminate_backend``) has sent its last
     message and closed the connection, so the socket reads as ready and the connection is pinged,
-    and replaced if it fails. A connection idle for ``IDLE_PING_S`` is pinged anyway."""
+    and replaced if it fails. A connection idle for ``IDLE_PING_S`` is pinged anyway. Used by this
+    storage's engine and by the worker's own (``workers.runtime.worker_engine``)."""
 
     @sqlalchemy.event.listens_for(engine, "connect")
     def _connected(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
@@ -68,7 +69,7 @@ def watch_connections(engine: Engine) -> None:
 
 def _has_input(dbapi_connection: Any) -> bool:
     """Whether an idle connection's socket is readable (or gone): the server never speaks first on
-    a healthy idle connection this storage uses (no LISTEN), so it has closed or is closing it."""
+    a healthy idle connection that never listens (no LISTEN), so it has closed or is closing it."""
     try:
         poller = select.poll()
         poller.register(dbapi_connection.fileno(), select.POLLIN | select.POLLPRI)
