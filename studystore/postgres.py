@@ -112,7 +112,16 @@ def _creation(dialect: sqlalchemy.Dialect) -> tuple[str, str]:
     study = sqlalchemy.bindparam("study", type_=sqlalchemy.Integer)
     # Optuna's trial creation takes the same lock, so trials are numbered one creation at a time.
     lock = sqlalchemy.select(_STUDIES.c.study_id).where(_STUDIES.c.study_id == study).with_for_update()
-    # Optuna numbers a trial by the count of the study's trials before it: under the lock, all of them.
+    return str(lock.compile(dialect=dialect)), str(numbered_insert().compile(dialect=dialect))
+
+
+@functools.cache
+def numbered_insert() -> Executable:
+    """A running trial of study ``study``, numbered as Optuna numbers it: by the count of the
+    study's trials before it, all of them when creations are serialised (under PostgreSQL's lock on
+    the study, or SQLite's one writer: there a single statement is atomic). Returns ``(trial_id,
+    number)``, or no row when the study does not exist."""
+    study = sqlalchemy.bindparam("study", type_=sqlalchemy.Integer)
     number = sqlalchemy.select(sqlalchemy.func.count()).where(_TRIALS.c.study_id == study).scalar_subquery()
     source = sqlalchemy.select(
         number,
@@ -120,12 +129,11 @@ def _creation(dialect: sqlalchemy.Dialect) -> tuple[str, str]:
         sqlalchemy.bindparam("running", type_=_TRIALS.c.state.type),
         sqlalchemy.bindparam("started", type_=_TRIALS.c.datetime_start.type),
     ).where(_STUDIES.c.study_id == study)
-    insert = (
+    return (
         sqlalchemy.insert(_TRIALS)
         .from_select(["number", "study_id", "state", "datetime_start"], source)
         .returning(_TRIALS.c.trial_id, _TRIALS.c.number)
     )
-    return str(lock.compile(dialect=dialect)), str(insert.compile(dialect=dialect))
 
 
 # The tables a trial's final write fills: (model, the column unique per trial, the other columns).
