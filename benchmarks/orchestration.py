@@ -53,10 +53,11 @@ from search.selection import Selection  # noqa: E402
 from search.spec import JobSpec  # noqa: E402
 from search.trials import SearchHooks, open_study, search_trials  # noqa: E402
 from service import repository  # noqa: E402
-from service.db import make_engine, make_sessionmaker, session_scope  # noqa: E402
+from service.db import make_sessionmaker, session_scope  # noqa: E402
 from service.migrate import upgrade  # noqa: E402
 from studystore import make_storage  # noqa: E402
 from workers.jobs import TrialRecorder  # noqa: E402
+from workers.runtime import worker_engine  # noqa: E402
 
 WARMUP = 12  # the enqueued baselines and the evo sampler's first draws are not the steady state
 
@@ -123,7 +124,7 @@ def project_loop(loaded: LoadedModel, url: str, sampler: str, trials: int) -> tu
         calibration={"n_samples": 2, "seq_len": 16, "heldout_samples": 2},
     )
     context = prepare(loaded, spec, tokens=tokens)
-    sessions = make_sessionmaker(make_engine(url))
+    sessions = make_sessionmaker(worker_engine(url))  # the worker's, as it records trials
     with session_scope(sessions) as session:
         job_id = repository.create_job(
             session, spec=spec.model_dump(mode="json"), model="m", trials_total=spec.n_trials

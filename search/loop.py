@@ -26,8 +26,9 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
@@ -63,6 +64,21 @@ def complete_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 
+@runtime_checkable
+class OneReadStorage(Protocol):
+    """A storage that answers reads of a study made microseconds apart with one query
+    (``studystore.BatchedRDBStorage``): the loop counts the complete trials, then ``ask`` looks for
+    waiting ones."""
+
+    def one_read(self) -> AbstractContextManager[None]: ...
+
+
+def _one_read(study: optuna.Study) -> AbstractContextManager[None]:
+    storage = study._storage
+    backend = getattr(storage, "_backend", storage)  # Optuna wraps an RDB storage in its cache
+    return backend.one_read() if isinstance(backend, OneReadStorage) else nullcontext()
+
+
 @dataclass
 class _Proposed(Generic[P]):
     """A running trial and its proposal (or why it has none)."""
@@ -95,9 +111,11 @@ def run_trials(
             for ran in range(max_trials):
                 stale.fail()
                 if ahead is None:
-                    if complete_count(study) >= complete_target:
-                        return False
-                    current = _ask_and_propose(study, objective, beats)
+                    with _one_read(study):
+                        if complete_count(study) >= complete_target:
+                            return False
+                        trial = _ask(study, beats)
+                    current = _propose(objective, trial)
                 else:
                     current, ahead = ahead.result(), None
                 # Look ahead only when this trial's completing would not end the study (one worker
@@ -119,8 +137,16 @@ def run_trials(
 
 
 def _ask_and_propose(study: optuna.Study, objective: StagedObjective[Any], beats: _Heartbeats) -> _Proposed[Any]:
+    return _propose(objective, _ask(study, beats))
+
+
+def _ask(study: optuna.Study, beats: _Heartbeats) -> optuna.Trial:
     trial = study.ask()
     beats.add(trial)
+    return trial
+
+
+def _propose(objective: StagedObjective[Any], trial: optuna.Trial) -> _Proposed[Any]:
     proposed: _Proposed[Any] = _Proposed(trial)
     try:
         proposed.proposal = objective.propose(trial)

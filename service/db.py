@@ -23,26 +23,36 @@ from service import jsonsafe
 SQLITE_BUSY_TIMEOUT_S = 30
 
 
-def make_engine(url: str, *, sqlite_foreign_keys: bool = True) -> Engine:
+def make_engine(
+    url: str, *, sqlite_foreign_keys: bool = True, pre_ping: bool = True, synchronous_commit: bool = True
+) -> Engine:
     """An engine for ``url``. For SQLite: creates the file's folder, WAL, busy timeout, foreign keys.
 
     ``sqlite_foreign_keys=False`` is for migrations: SQLite batch migrations rebuild tables, and
     with enforcement on, dropping the old ``job`` table would cascade-delete every trial.
+    ``pre_ping=False`` leaves checking a pooled connection to the caller (the worker's engine looks
+    at the socket instead: ``workers.runtime.worker_engine``). ``synchronous_commit=False``: a
+    commit returns before the disk has it, set when a connection opens, not per transaction. On
+    PostgreSQL a server crash may lose the last fraction of a second of commits; on SQLite (WAL,
+    ``synchronous=NORMAL``) a power loss may, a crashed process never. The database stays consistent.
     """
     parsed = make_url(url)
-    kwargs: dict[str, Any] = {"pool_pre_ping": True, "json_serializer": jsonsafe.dumps}
+    kwargs: dict[str, Any] = {"pool_pre_ping": pre_ping, "json_serializer": jsonsafe.dumps}
     is_sqlite = parsed.get_backend_name() == "sqlite"
     if is_sqlite:
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    elif not synchronous_commit and parsed.get_backend_name() == "postgresql":
+        given = parsed.query.get("options")  # the URL's own server options, kept (connect_args replace them)
+        kwargs["connect_args"] = {"options": " ".join(filter(None, [given, "-c synchronous_commit=off"]))}
     engine = create_engine(parsed, **kwargs)
     if is_sqlite:
-        _configure_sqlite(engine, foreign_keys=sqlite_foreign_keys)
+        _configure_sqlite(engine, foreign_keys=sqlite_foreign_keys, synchronous=synchronous_commit)
     return engine
 
 
-def _configure_sqlite(engine: Engine, *, foreign_keys: bool) -> None:
+def _configure_sqlite(engine: Engine, *, foreign_keys: bool, synchronous: bool) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
@@ -51,6 +61,8 @@ def _configure_sqlite(engine: Engine, *, foreign_keys: bool) -> None:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
             cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
+            if not synchronous:  # in WAL mode, no fsync per commit (the study's storage does the same)
+                cursor.execute("PRAGMA synchronous=NORMAL")
         finally:
             cursor.close()
 

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from pydantic import BaseModel
-from sqlalchemy import CursorResult, Result, and_, bindparam, func, inspect, literal, null, or_, select, text, update
+from sqlalchemy import CursorResult, Result, and_, bindparam, func, inspect, literal, null, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -523,14 +523,12 @@ def record_trial(session: Session, job_id: str, trial: TrialInfo) -> None:
     there (and in a migration) only. Idempotent: a retried or redelivered trial overwrites its row,
     verified figures included (the worker attaches them again with ``record_verification``). Also
     touches the heartbeat, since recording a trial proves the worker is alive. ``ValueError`` for a
-    state the table does not keep (``waiting``).
+    state the table does not keep (``waiting``). Whether the commit waits for the disk is the
+    engine's: the worker's does not (``workers.runtime.worker_engine``; the study is the trial's
+    record, and the worker writes every trial again from it at the end of the job).
     """
     state = TrialState(trial.state)
     now = utcnow()
-    if session.get_bind().dialect.name == "postgresql":
-        # The study is the trial's record; the worker writes every trial again from it at the end of
-        # the job, so this commit need not wait for the disk.
-        session.execute(text("SET LOCAL synchronous_commit TO off"))
     row: dict[str, Any] = _stored(trial) | {
         "job_id": job_id,
         "state": state.value,

@@ -45,7 +45,8 @@ def watch_connections(engine: Engine) -> None:
     """Replace ``pool_pre_ping``'s round trip at every checkout with a look at the socket: a
     backend that was terminated (a server restart, ``pg_terminate_backend``) has sent its last
     message and closed the connection, so the socket reads as ready and the connection is pinged,
-    and replaced if it fails. A connection idle for ``IDLE_PING_S`` is pinged anyway."""
+    and replaced if it fails. A connection idle for ``IDLE_PING_S`` is pinged anyway. Used by this
+    storage's engine and by the worker's own (``workers.runtime.worker_engine``)."""
 
     @sqlalchemy.event.listens_for(engine, "connect")
     def _connected(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
@@ -68,7 +69,7 @@ def watch_connections(engine: Engine) -> None:
 
 def _has_input(dbapi_connection: Any) -> bool:
     """Whether an idle connection's socket is readable (or gone): the server never speaks first on
-    a healthy idle connection this storage uses (no LISTEN), so it has closed or is closing it."""
+    a healthy idle connection that never listens (no LISTEN), so it has closed or is closing it."""
     try:
         poller = select.poll()
         poller.register(dbapi_connection.fileno(), select.POLLIN | select.POLLPRI)
@@ -111,7 +112,16 @@ def _creation(dialect: sqlalchemy.Dialect) -> tuple[str, str]:
     study = sqlalchemy.bindparam("study", type_=sqlalchemy.Integer)
     # Optuna's trial creation takes the same lock, so trials are numbered one creation at a time.
     lock = sqlalchemy.select(_STUDIES.c.study_id).where(_STUDIES.c.study_id == study).with_for_update()
-    # Optuna numbers a trial by the count of the study's trials before it: under the lock, all of them.
+    return str(lock.compile(dialect=dialect)), str(numbered_insert().compile(dialect=dialect))
+
+
+@functools.cache
+def numbered_insert() -> Executable:
+    """A running trial of study ``study``, numbered as Optuna numbers it: by the count of the
+    study's trials before it, all of them when creations are serialised (under PostgreSQL's lock on
+    the study, or SQLite's one writer: there a single statement is atomic). Returns ``(trial_id,
+    number)``, or no row when the study does not exist."""
+    study = sqlalchemy.bindparam("study", type_=sqlalchemy.Integer)
     number = sqlalchemy.select(sqlalchemy.func.count()).where(_TRIALS.c.study_id == study).scalar_subquery()
     source = sqlalchemy.select(
         number,
@@ -119,12 +129,11 @@ def _creation(dialect: sqlalchemy.Dialect) -> tuple[str, str]:
         sqlalchemy.bindparam("running", type_=_TRIALS.c.state.type),
         sqlalchemy.bindparam("started", type_=_TRIALS.c.datetime_start.type),
     ).where(_STUDIES.c.study_id == study)
-    insert = (
+    return (
         sqlalchemy.insert(_TRIALS)
         .from_select(["number", "study_id", "state", "datetime_start"], source)
         .returning(_TRIALS.c.trial_id, _TRIALS.c.number)
     )
-    return str(lock.compile(dialect=dialect)), str(insert.compile(dialect=dialect))
 
 
 # The tables a trial's final write fills: (model, the column unique per trial, the other columns).

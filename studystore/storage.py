@@ -98,20 +98,35 @@ class BatchedRDBStorage(RDBStorage):
         # Trials finished here, until a read of the study has taken them (a trial is final once finished).
         self._final: dict[int, FrozenTrial] = {}
         self._lock = threading.RLock()  # heartbeat threads and a prefetching sampler share the storage
+        self._one_read = _OneRead()
         self._watch()
 
     def __getstate__(self) -> dict[Any, Any]:
         state = super().__getstate__()
-        del state["_pending"], state["_final"], state["_lock"]
+        del state["_pending"], state["_final"], state["_lock"], state["_one_read"]
         return state
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
         super().__setstate__(state)
-        self._pending, self._final, self._lock = {}, {}, threading.RLock()
+        self._pending, self._final, self._lock, self._one_read = {}, {}, threading.RLock(), _OneRead()
         self._watch()
+
+    @contextmanager
+    def one_read(self) -> Iterator[None]:
+        """In this thread, until the block ends or this process writes, every read of a study is
+        answered by the block's first read of it: reads microseconds apart (the loop's count of
+        complete trials, then ``ask``'s look for waiting trials) make one query, not one each.
+        What another process writes meanwhile is seen by the next read after the block, as if it
+        had been written a moment later."""
+        self._one_read.answers = {}
+        try:
+            yield
+        finally:
+            self._one_read.answers = None
 
     def _watch(self) -> None:
         self._postgres = self.engine.dialect.name == "postgresql"
+        self._sqlite = self.engine.dialect.name == "sqlite"
         self._pipelined = self._postgres and self.engine.dialect.driver == "psycopg"  # psycopg 3's pipeline mode
         if self._postgres and not self.engine_kwargs.get("pool_pre_ping"):
             postgres.watch_connections(self.engine)
@@ -126,7 +141,8 @@ class BatchedRDBStorage(RDBStorage):
     # A trial becomes this process's when it is created running, or popped from the queue.
 
     def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
-        if self._pipelined and template_trial is None:
+        self._one_read.forget()
+        if (self._pipelined or self._sqlite) and template_trial is None:
             frozen = self._create_running_trial(study_id)
         else:
             frozen = super()._create_new_trial(study_id, template_trial)
@@ -136,10 +152,15 @@ class BatchedRDBStorage(RDBStorage):
         return frozen
 
     def _create_running_trial(self, study_id: int) -> FrozenTrial:
-        """What ``study.ask`` creates, as Optuna creates it, in one round trip."""
+        """What ``study.ask`` creates, as Optuna creates it: in one round trip on PostgreSQL, in one
+        statement on SQLite (Optuna's ORM session takes milliseconds)."""
         now = datetime.datetime.now()
         with self._autocommit() as connection:
-            created = postgres.create_running_trial(connection, study_id, _utc(now))
+            if self._sqlite:
+                parameters = {"study": study_id, "running": TrialState.RUNNING, "started": _utc(now)}
+                created = connection.execute(postgres.numbered_insert(), parameters).first()
+            else:
+                created = postgres.create_running_trial(connection, study_id, _utc(now))
         if created is None:
             raise KeyError(models.NOT_FOUND_MSG)
         trial_id, number = created
@@ -159,6 +180,7 @@ class BatchedRDBStorage(RDBStorage):
         )
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
+        self._one_read.forget()
         with self._lock:
             pending = self._pending.pop(trial_id, None)
         if pending is None and state == TrialState.RUNNING:
@@ -293,7 +315,21 @@ class BatchedRDBStorage(RDBStorage):
         the new ones) several times a trial. One light query, outside a transaction, says whether the
         study exists and which trials they are and in what state; only those this process does not
         hold in memory (running here, or finished here and not read back yet) are loaded with their
-        parameters and attributes."""
+        parameters and attributes. Inside ``one_read``, only the block's first read of the study is made."""
+        shared = self._one_read.trials(study_id, states, included_trial_ids, trial_id_greater_than)
+        if shared is not None:
+            return shared
+        trials = self._read_trials(study_id, states, included_trial_ids, trial_id_greater_than)
+        self._one_read.keep(study_id, states, included_trial_ids, trial_id_greater_than, trials)
+        return trials
+
+    def _read_trials(
+        self,
+        study_id: int,
+        states: Container[TrialState] | None,
+        included_trial_ids: set[int],
+        trial_id_greater_than: int,
+    ) -> list[FrozenTrial]:
         with self._autocommit() as connection:
             found = connection.execute(
                 _changed_trials(self._postgres, states is not None),
@@ -389,6 +425,52 @@ class BatchedRDBStorage(RDBStorage):
         finally:
             session.close()
         return final
+
+
+class _OneRead(threading.local):
+    """``BatchedRDBStorage.one_read``'s answers, per thread: for each study read in the block, what
+    its first read asked for (the trials named, and every trial after an id) and returned; None
+    outside a block."""
+
+    answers: dict[int, tuple[set[int], int, list[FrozenTrial]]] | None = None
+
+    def trials(
+        self, study_id: int, states: Container[TrialState] | None, included: set[int], newer_than: int
+    ) -> list[FrozenTrial] | None:
+        """What a read of the study would return now, from the block's first read; None without one,
+        or when this read asks for a trial that one did not. Optuna's cached storage asks for the
+        trials that may have changed since its last read: those that read returned unfinished, and
+        any after the last it returned finished, all within what that read asked for."""
+        first = None if self.answers is None else self.answers.get(study_id)
+        if first is None:
+            return None
+        asked, asked_newer_than, returned = first
+        known = asked | {t._trial_id for t in returned}
+        if newer_than < asked_newer_than or any(i <= asked_newer_than and i not in known for i in included):
+            return None
+        return [
+            _copy(t)
+            for t in returned
+            if (t._trial_id in included or t._trial_id > newer_than) and (states is None or t.state in states)
+        ]
+
+    def keep(
+        self,
+        study_id: int,
+        states: Container[TrialState] | None,
+        included: set[int],
+        newer_than: int,
+        trials: list[FrozenTrial],
+    ) -> None:
+        """Keep a study's first read in the block (a read of every state: a filtered one answers for
+        fewer trials than it asked about)."""
+        if self.answers is not None and states is None and study_id not in self.answers:
+            self.answers[study_id] = (set(included), newer_than, [_copy(t) for t in trials])
+
+    def forget(self) -> None:
+        """This process wrote: the block's later reads go to the database."""
+        if self.answers:
+            self.answers = {}
 
 
 @functools.cache

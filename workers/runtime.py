@@ -8,6 +8,8 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -25,7 +27,25 @@ T = TypeVar("T")
 
 @lru_cache(maxsize=1)
 def sessions() -> sessionmaker[Session]:
-    return make_sessionmaker(make_engine(get_worker_settings().database_url))
+    return make_sessionmaker(worker_engine(get_worker_settings().database_url))
+
+
+def worker_engine(url: str) -> Engine:
+    """The worker's engine, which writes every trial's ``trial_result`` row as the trial ends. Its
+    commits do not wait for the disk, as the study's do not: a crash of the database server (or, on
+    SQLite, of the machine) may lose the last fraction of a second of them, which the job's
+    recovery redoes (the reaper requeues a job whose heartbeat is lost, and the worker writes every
+    trial again from the study at the end of the job). On PostgreSQL, where each statement is a
+    round trip, a pooled connection is checked by a look at its socket, as the study's are
+    (``studystore.postgres.watch_connections``), instead of a ping at every checkout."""
+    if make_url(url).get_backend_name() != "postgresql":
+        return make_engine(url, synchronous_commit=False)
+    # studystore loads Optuna, which the worker's parent process never needs (as ``jobs._storage``).
+    from studystore.postgres import watch_connections
+
+    engine = make_engine(url, pre_ping=False, synchronous_commit=False)
+    watch_connections(engine)
+    return engine
 
 
 def prepare_spec(

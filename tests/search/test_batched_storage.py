@@ -14,7 +14,7 @@ import pytest
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, text
 
 from search.candidates import prepare
 from search.evo import CLAIM_ATTR
@@ -236,3 +236,34 @@ def test_a_stopped_lookahead_search_fails_the_trial_it_proposed_and_resumes(
 
     result = run_search(context, study_name="stopped", storage=storage)  # a resume completes the study
     assert sum(t.state == "complete" for t in result.trials) == 6
+
+
+def test_reads_made_at_once_are_one_query_until_this_process_writes(url: str) -> None:
+    """The loop counts the complete trials, then ``ask`` looks for waiting ones: inside ``one_read``
+    the second read is answered by the first, a write of this process sends the next read to the
+    database, and another process's trial written meanwhile is seen by that read."""
+    storage = make_storage(url)
+    study = optuna.create_study(study_name="s", storage=storage)
+    theirs = optuna.load_study(study_name="s", storage=make_storage(url))
+    study.tell(study.ask(), 0.0)
+    reads: list[str] = []
+
+    @event.listens_for(storage.engine, "before_cursor_execute")
+    def _count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if statement.startswith("SELECT trials.trial_id, trials.state"):  # a read of the study's changed trials
+            reads.append(statement)
+
+    with storage.one_read():
+        assert len(study.get_trials(deepcopy=False)) == 1
+        theirs.tell(theirs.ask(), 1.0)
+        assert len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) == 1  # the first read's answer
+        assert len(reads) == 1
+        study.ask()  # looks for waiting trials in the first read's answer, then creates one: a write
+        assert [t.state for t in study.get_trials(deepcopy=False)] == [
+            TrialState.COMPLETE,
+            TrialState.COMPLETE,
+            TrialState.RUNNING,
+        ]
+    assert len(reads) == 2
+    assert len(study.get_trials(deepcopy=False)) == 3  # outside the block every read is made
+    assert len(reads) == 3
