@@ -353,12 +353,43 @@ class BatchedRDBStorage(RDBStorage):
                     known[trial_id] = _copy(pending.trial)
                 elif final is not None and state == final.state:
                     known[trial_id] = _copy(self._final.pop(trial_id))
+        # A trial running in another worker has written only its row and its immediate system attributes
+        # (the rest waits for its end, see the module docstring), and Optuna's cache reads it again on every
+        # read of the study: one query for what it has, instead of Optuna's seven for every table.
+        elsewhere = {trial_id for trial_id, state in rows if state == TrialState.RUNNING and trial_id not in known}
+        known |= self._running_elsewhere(elsewhere)
         unknown = {trial_id for trial_id, _ in rows if trial_id not in known}
         # Optuna loads the ids asked for and every later one: later than all the query saw, so only
         # the unknown trials (and any created since) are loaded with their rows, not those held here.
         newest = max(trial_id for trial_id, _ in rows)
         loaded = super()._get_trials(study_id, states, unknown, newest) if unknown else []
         return sorted([*known.values(), *(t for t in loaded if t._trial_id not in known)], key=lambda t: t._trial_id)
+
+    def _running_elsewhere(self, trial_ids: set[int]) -> dict[int, FrozenTrial]:
+        """Trials other processes are running, as far as they are stored: number, start, system attributes."""
+        if not trial_ids:
+            return {}
+        with self._autocommit() as connection:
+            found = connection.execute(_running_rows(self._postgres), {"ids": sorted(trial_ids)}).all()
+        trials: dict[int, FrozenTrial] = {}
+        for trial_id, number, started, key, value in found:
+            if trial_id not in trials:
+                trials[trial_id] = FrozenTrial(
+                    number=number,
+                    state=TrialState.RUNNING,
+                    value=None,
+                    datetime_start=started,
+                    datetime_complete=None,
+                    params={},
+                    distributions={},
+                    user_attrs={},
+                    system_attrs={},
+                    intermediate_values={},
+                    trial_id=trial_id,
+                )
+            if key is not None:
+                trials[trial_id].system_attrs[key] = json.loads(value)
+        return trials
 
     def _build_frozen_trial_from_trial_model(self, trial: Any) -> FrozenTrial:
         """Optuna's conversion of a trial's rows, with each distinct distribution parsed once: a trial
@@ -471,6 +502,25 @@ class _OneRead(threading.local):
         """This process wrote: the block's later reads go to the database."""
         if self.answers:
             self.answers = {}
+
+
+@functools.cache
+def _running_rows(on_postgres: bool) -> sqlalchemy.Select[tuple[Any, ...]]:
+    """Trials ``ids`` with their system attributes, a row per attribute (one of NULLs for none)."""
+    trials, attributes = models.TrialModel.__table__, models.TrialSystemAttributeModel.__table__
+    if on_postgres:
+        asked = trials.c.trial_id == sqlalchemy.any_(
+            sqlalchemy.bindparam("ids", type_=postgresql.ARRAY(sqlalchemy.Integer))
+        )
+    else:
+        asked = trials.c.trial_id.in_(sqlalchemy.bindparam("ids", expanding=True))
+    return (
+        sqlalchemy.select(
+            trials.c.trial_id, trials.c.number, trials.c.datetime_start, attributes.c.key, attributes.c.value_json
+        )
+        .select_from(trials.outerjoin(attributes, attributes.c.trial_id == trials.c.trial_id))
+        .where(asked)
+    )
 
 
 @functools.cache

@@ -148,6 +148,26 @@ def test_a_worker_reads_the_other_workers_trials_as_optuna_does(url: str) -> Non
     assert [_trial_rows(t) for t in ours.get_trials(deepcopy=False)] == expected
 
 
+def test_a_trial_running_in_another_worker_is_read_as_stored_and_in_full_once_it_ends(url: str) -> None:
+    """What another worker's running trial has stored (its row and immediate system attributes, an
+    enqueued trial's fixed parameters among them) is read in one query, and equals what Optuna's own
+    storage reads; once it ends, its parameters and values are read too."""
+    ours = optuna.create_study(study_name="s", storage=make_storage(url))
+    theirs = optuna.load_study(study_name="s", storage=make_storage(url))
+    theirs.enqueue_trial({"x": 0.25})
+    running = theirs.ask()
+    running.suggest_float("x", 0.0, 1.0)
+    theirs._storage.set_trial_system_attr(running._trial_id, f"{IMMEDIATE_SYSTEM_ATTRS[0]}:abc", [1, 2])
+    plain = optuna.load_study(study_name="s", storage=RDBStorage(url))
+    seen = ours.get_trials(deepcopy=False)
+    assert [_trial_rows(t) for t in seen] == [_trial_rows(t) for t in plain.get_trials(deepcopy=False)]
+    assert seen[0].state == TrialState.RUNNING and seen[0].params == {}  # batched in the other worker
+    assert seen[0].system_attrs[f"{IMMEDIATE_SYSTEM_ATTRS[0]}:abc"] == [1, 2]
+    theirs.tell(running, 1.0)
+    (finished,) = ours.get_trials(deepcopy=False)
+    assert (finished.state, finished.params, finished.value) == (TrialState.COMPLETE, {"x": 0.25}, 1.0)
+
+
 def test_a_study_deleted_elsewhere_is_reported_as_optuna_reports_it(url: str) -> None:
     study = optuna.create_study(study_name="s", storage=make_storage(url))
     study.ask()
