@@ -51,6 +51,7 @@ from search.proxies.reference import (
 from search.replay import (
     AUTO,
     EXECUTION_OPTION,
+    GATHER,
     REPLAY,
     Execution,
     MaskSlots,
@@ -208,11 +209,13 @@ class KL(Proxy):
                 replayed, replay_s = timed(device, lambda: self._replayed_kl(selection, first, end, held))
             except RuntimeError as error:  # a kernel or a check of the model's that a graph cannot hold
                 self.execution.cannot_capture(error)
-                return gathered
-            per_token = [kl / max(tokens, 1.0) for kl, tokens in (gathered, replayed)]
-            self.execution.record(
-                gather_s, replay_s, agree=abs(per_token[0] - per_token[1]) <= 0.01 + 0.02 * per_token[0]
-            )
+            else:
+                per_token = [kl / max(tokens, 1.0) for kl, tokens in (gathered, replayed)]
+                agree = abs(per_token[0] - per_token[1]) <= 0.01 + 0.02 * per_token[0]
+                self.execution.record(gather_s, replay_s, agree=agree)
+            if self.execution.mode == GATHER:  # the graphs' memory (a batch's logits each) goes back
+                self._graphs.clear()
+                self._masks = self._pool = None
             return gathered
         if self.execution.mode == REPLAY:
             return self._replayed_kl(selection, first, end, held)

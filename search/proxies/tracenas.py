@@ -33,6 +33,7 @@ from search.proxies.base import COST_BACKWARD, Proxy, ProxyBuild, ProxyScore
 from search.replay import (
     AUTO,
     EXECUTION_OPTION,
+    GATHER,
     REPLAY,
     Execution,
     MaskSlots,
@@ -122,6 +123,8 @@ class TraceNAS(Proxy):
                 self.execution.cannot_capture(error)
             else:
                 self.execution.record(gather_s, replay_s, agree=_agree(terms, replayed))
+            if self.execution.mode == GATHER:  # the graph's memory (a full-width backward's) goes back
+                self._masks = self._replay = None
         elif self.execution.mode == REPLAY:
             terms = self._replayed_terms(selection, timings)
         else:
