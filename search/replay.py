@@ -30,6 +30,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from search.adapters import Adapter, Batch, head_rows
+from search.masking import sparsified
 from search.selection import Selection
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,13 @@ class MaskSlots:
                 host[i].index_fill_(0, self.attention_width + kept.channels, True)
         self._staged.copy_(host, non_blocking=True)
         self.device_masks.copy_(self._staged)
+
+    @contextmanager
+    def realised(self, selection: Selection) -> Iterator[None]:
+        """``selection`` in the slots, and its unstructured sparsity zeroed in the weights until exit."""
+        self.load(selection)
+        with sparsified(self.adapter, selection):
+            yield
 
     @contextmanager
     def installed(self) -> Iterator[None]:

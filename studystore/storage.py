@@ -164,20 +164,7 @@ class BatchedRDBStorage(RDBStorage):
         if created is None:
             raise KeyError(models.NOT_FOUND_MSG)
         trial_id, number = created
-        return FrozenTrial(
-            number=number,
-            state=TrialState.RUNNING,
-            value=None,
-            values=None,
-            datetime_start=now,
-            datetime_complete=None,
-            params={},
-            distributions={},
-            user_attrs={},
-            system_attrs={},
-            intermediate_values={},
-            trial_id=trial_id,
-        )
+        return _running_trial(trial_id, number, now)
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
         self._one_read.forget()
@@ -374,19 +361,7 @@ class BatchedRDBStorage(RDBStorage):
         trials: dict[int, FrozenTrial] = {}
         for trial_id, number, started, key, value in found:
             if trial_id not in trials:
-                trials[trial_id] = FrozenTrial(
-                    number=number,
-                    state=TrialState.RUNNING,
-                    value=None,
-                    datetime_start=started,
-                    datetime_complete=None,
-                    params={},
-                    distributions={},
-                    user_attrs={},
-                    system_attrs={},
-                    intermediate_values={},
-                    trial_id=trial_id,
-                )
+                trials[trial_id] = _running_trial(trial_id, number, started)
             if key is not None:
                 trials[trial_id].system_attrs[key] = json.loads(value)
         return trials
@@ -622,6 +597,24 @@ def _stored(stored: tuple[float | None, Any], value_column: str, type_column: st
     """A value as Optuna's table keeps it: a float (or NULL) and its kind (finite, ±inf, NaN)."""
     value, kind = stored
     return {value_column: value, type_column: kind}
+
+
+def _running_trial(trial_id: int, number: int, started: datetime.datetime) -> FrozenTrial:
+    """A running trial with nothing written yet."""
+    return FrozenTrial(
+        number=number,
+        state=TrialState.RUNNING,
+        value=None,
+        values=None,
+        datetime_start=started,
+        datetime_complete=None,
+        params={},
+        distributions={},
+        user_attrs={},
+        system_attrs={},
+        intermediate_values={},
+        trial_id=trial_id,
+    )
 
 
 def _copy(trial: FrozenTrial) -> FrozenTrial:

@@ -35,7 +35,7 @@ from search.calibration import TokenSet
 from search.correlation import spearman
 from search.errors import ProxyError
 from search.ladder import min_sequences
-from search.masking import apply_arch, sparsified
+from search.masking import apply_arch
 from search.proxies.base import COST_FORWARD, Proxy, ProxyBuild, ProxyScore
 from search.proxies.reference import (
     DENSE_REFERENCE,
@@ -246,8 +246,7 @@ class KL(Proxy):
     def _replayed(self, selection: Selection) -> Iterator[None]:
         if self._masks is None:
             self._masks = MaskSlots(self.adapter)
-        self._masks.load(selection)
-        with sparsified(self.adapter, selection):
+        with self._masks.realised(selection):
             yield
 
     def _capture(self, first: int, end: int) -> Replay[None]:

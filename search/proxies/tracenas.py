@@ -28,7 +28,7 @@ from search.artifacts import Artifact, ModelArtifacts
 from search.calibration import TokenSet
 from search.correlation import pearson_stack, pearson_tensors
 from search.errors import ProxyError
-from search.masking import Slices, apply_arch, sparsified
+from search.masking import Slices, apply_arch
 from search.proxies.base import COST_BACKWARD, Proxy, ProxyBuild, ProxyScore
 from search.replay import (
     AUTO,
@@ -153,8 +153,7 @@ class TraceNAS(Proxy):
             self._replay_batches = [replayable_batch(batch) for batch in self.batches]
             self._replay = Replay(self._replayed_correlations, self.adapter.device)
         assert self._masks is not None
-        self._masks.load(selection)
-        with sparsified(self.adapter, selection):
+        with self._masks.realised(selection):
             applied = time.perf_counter()
             values = self._replay.replay().tolist()  # the trial's one wait for the device
         timings |= {"apply_s": applied - started, "forward_s": time.perf_counter() - applied}
