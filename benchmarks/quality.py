@@ -236,6 +236,7 @@ def spec_for(model: str, args: argparse.Namespace, ratio: float, *, encoder: boo
         seed=args.seed,
         verify_top_k=args.verify_top_k,
         audit_size=args.audit,
+        neighbourhood_size=args.neighbourhood,
         calibration={
             "source": str(args.calibration_text),
             "n_samples": args.calibration,
@@ -1231,6 +1232,12 @@ def main() -> None:
     )
     parser.add_argument("--verify-top-k", type=int, default=4)
     parser.add_argument("--audit", type=int, default=24, help="audited candidates per search (trust, meta-network)")
+    parser.add_argument(
+        "--neighbourhood",
+        type=int,
+        default=JobSpec.model_fields["neighbourhood_size"].default,
+        help="candidates of each search's neighbourhood audit (the job's default unless given)",
+    )
     parser.add_argument("--parameterization", default="per_layer", choices=["per_layer", "compact"])
     parser.add_argument("--calibration", type=int, default=16, help="calibration sequences (validation split)")
     parser.add_argument("--seq-len", type=int, default=256)
@@ -1322,6 +1329,8 @@ def main() -> None:
         for k, v in vars(args).items()
         if k not in ("write", "render", "append", "train_text", "train_plain", "calibration_text", "methods", "minilm")
         and k != "speed_workload"
+        # Recorded only when changed, so runs saved before the flag existed stay comparable (--append).
+        and not (k == "neighbourhood" and v == parser.get_default("neighbourhood"))
     } | {"texts_match_manifest": {"train": train_ok, "valid": valid_ok}, "speed": args.speed_workload.model_dump()}
     results: list[dict[str, Any]] = []
     earlier_s, commands = 0.0, [command]
