@@ -50,6 +50,8 @@ def apply_arch(adapter: Adapter, selection: Selection, *, physical: bool = True)
     slices: Slices = {}
     physical = physical and adapter.slices_width
     with ExitStack() as stack:
+        # Before any slicing: the sparsity scores and positions are in the full matrices' coordinates.
+        stack.enter_context(sparsified(adapter, selection))
         for i, (layer, kept) in enumerate(zip(selection.arch.layers, selection.layers, strict=True)):
             if not layer.attention_kept and not layer.mlp_kept:
                 stack.enter_context(_swap(*adapter.skip_layer(i)))
@@ -58,11 +60,6 @@ def apply_arch(adapter: Adapter, selection: Selection, *, physical: bool = True)
                 adapter.drop_mlp(i) if not layer.mlp_kept else []
             ):
                 stack.enter_context(_swap(*swap))
-            if layer.sparsity > 0 and selection.sparsity is not None:
-                # Before any slicing: the scores and positions are in the full matrices' coordinates.
-                stack.enter_context(
-                    _sparsify(adapter, selection.sparsity, _kept_blocks(i, layer), layer.sparsity, kept)
-                )
             narrow_attention = layer.attention_kept and layer.heads < shape.num_heads
             narrow_mlp = layer.mlp_kept and layer.ffn_channels < shape.intermediate_size
             if physical:
@@ -84,7 +81,7 @@ def apply_arch(adapter: Adapter, selection: Selection, *, physical: bool = True)
 @contextmanager
 def sparsified(adapter: Adapter, selection: Selection) -> Iterator[None]:
     """Only the candidate's unstructured sparsity, zeroed in place and restored on exit (``apply_arch``
-    does the same before it slices; ``search.replay`` masks the rest)."""
+    starts with it; ``search.replay`` masks the rest)."""
     with ExitStack() as stack:
         if selection.sparsity is not None:
             for i, (layer, kept) in enumerate(zip(selection.arch.layers, selection.layers, strict=True)):

@@ -479,16 +479,19 @@ class _OneRead(threading.local):
             self.answers = {}
 
 
+def _one_of(column: sqlalchemy.Column[Any], name: str, on_postgres: bool) -> sqlalchemy.ColumnElement[bool]:
+    """``column`` in the list bound as ``name``. On PostgreSQL an array: one statement text whatever
+    the count, which the server prepares once."""
+    if on_postgres:
+        return column == sqlalchemy.any_(sqlalchemy.bindparam(name, type_=postgresql.ARRAY(sqlalchemy.Integer)))
+    return column.in_(sqlalchemy.bindparam(name, expanding=True))
+
+
 @functools.cache
 def _running_rows(on_postgres: bool) -> sqlalchemy.Select[tuple[Any, ...]]:
     """Trials ``ids`` with their system attributes, a row per attribute (one of NULLs for none)."""
     trials, attributes = models.TrialModel.__table__, models.TrialSystemAttributeModel.__table__
-    if on_postgres:
-        asked = trials.c.trial_id == sqlalchemy.any_(
-            sqlalchemy.bindparam("ids", type_=postgresql.ARRAY(sqlalchemy.Integer))
-        )
-    else:
-        asked = trials.c.trial_id.in_(sqlalchemy.bindparam("ids", expanding=True))
+    asked = _one_of(trials.c.trial_id, "ids", on_postgres)
     return (
         sqlalchemy.select(
             trials.c.trial_id, trials.c.number, trials.c.datetime_start, attributes.c.key, attributes.c.value_json
@@ -504,11 +507,7 @@ def _changed_trials(on_postgres: bool, with_states: bool) -> sqlalchemy.Select[t
     in ``included`` and those after ``newer_than``): one row of NULLs when there are none, no row
     when the study does not exist. Built once: building a query costs more than running it."""
     studies, trials = models.StudyModel.__table__, models.TrialModel.__table__
-    if on_postgres:  # an array: one statement text whatever the count, which PostgreSQL prepares once
-        included = sqlalchemy.bindparam("included", type_=postgresql.ARRAY(sqlalchemy.Integer))
-        asked = trials.c.trial_id == sqlalchemy.any_(included)
-    else:
-        asked = trials.c.trial_id.in_(sqlalchemy.bindparam("included", expanding=True))
+    asked = _one_of(trials.c.trial_id, "included", on_postgres)
     joined = [
         trials.c.study_id == studies.c.study_id,
         sqlalchemy.or_(asked, trials.c.trial_id > sqlalchemy.bindparam("newer_than")),

@@ -27,7 +27,7 @@ from search.loading import load_model
 from search.repair import Proposal, repair_within
 from search.spec import LatencySetting, read_local_config
 from search.study import run_search
-from search.trials import open_study, search_trials
+from search.trials import job_proxy, open_study, search_trials
 from tests.conftest import tiny_job_spec
 
 # A short setting and a coarse grid keep the table to about a second on the tiny model.
@@ -160,18 +160,25 @@ def test_predicted_latency_is_monotone_in_heads_and_channels_and_odd_widths_cost
     assert table.predict_ms([LayerArch(0, 0)] * shape.num_layers) == table.base_ms >= 0
 
 
-@pytest.fixture(scope="module")
-def known_context(tiny_llama_dir: Path, artifacts: Path, known_table: LatencyTable) -> SearchContext:
+def _latency_context(
+    model: Path, artifacts: Path, setting: dict[str, object], *, n_trials: int, verify_top_k: int
+) -> SearchContext:
+    """A search at 60% of the dense step in ``setting``, reading the table stored for it."""
     spec = tiny_job_spec(
-        tiny_llama_dir,
-        target={"latency_ratio": 0.6, "latency": KNOWN},
+        model,
+        target={"latency_ratio": 0.6, "latency": setting},
         search_space=SPACE,
-        n_trials=6,
+        n_trials=n_trials,
         seed=2,
-        verify_top_k=2,
+        verify_top_k=verify_top_k,
         audit_size=0,
     )
-    context = prepare(load_model(str(tiny_llama_dir), artifacts=artifacts), spec)
+    return prepare(load_model(str(model), artifacts=artifacts), spec)
+
+
+@pytest.fixture(scope="module")
+def known_context(tiny_llama_dir: Path, artifacts: Path, known_table: LatencyTable) -> SearchContext:
+    context = _latency_context(tiny_llama_dir, artifacts, KNOWN, n_trials=6, verify_top_k=2)
     assert _table(context).source == "stored" and _table(context).base_ms == known_table.base_ms
     return context
 
@@ -186,8 +193,6 @@ def test_repair_within_lands_under_a_monotone_cap_and_keeps_the_proposal_shape(k
 
 
 def test_latency_budget_is_an_optuna_constraint_that_every_trial_meets(known_context: SearchContext) -> None:
-    from search.trials import job_proxy
-
     study = open_study(known_context, study_name="latency-constraint")
     search_trials(known_context, job_proxy(known_context), study)
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
@@ -206,7 +211,6 @@ def test_with_both_budgets_every_trial_meets_both(
     known_context: SearchContext, tiny_llama_dir: Path, artifacts: Path
 ) -> None:
     """param_ratio and latency_ratio together: the parameter budget becomes a cap, the latency budget binds."""
-    from search.trials import job_proxy
 
     store_known_table(tiny_llama_dir, artifacts, 8)
     spec = tiny_job_spec(
@@ -332,22 +336,10 @@ def test_a_budget_only_depth_can_meet_fails_the_proposals_that_cannot_and_the_se
         attention_ms={h: 0.001 * h for h in range(0, shape.num_heads + 1, shape.group_size)},
         mlp_points={c: c / 1e5 for c in range(0, shape.intermediate_size + 1, 32)},
     )
-    spec = tiny_job_spec(
-        tiny_llama_dir,
-        target={"latency_ratio": 0.6, "latency": setting},
-        search_space=SPACE,
-        n_trials=8,
-        seed=2,
-        verify_top_k=0,
-        audit_size=0,
-    )
-    context = prepare(load_model(str(tiny_llama_dir), artifacts=artifacts), spec)
+    context = _latency_context(tiny_llama_dir, artifacts, setting, n_trials=8, verify_top_k=0)
     latency = context.latency
     assert latency is not None and latency.table.layer_ms == 10.0
     assert context.seed_ratio() == context.latency_high()
-
-    from search.trials import job_proxy
-
     study = open_study(context, study_name="latency-depth-only")
     search_trials(context, job_proxy(context), study)  # did not raise
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
