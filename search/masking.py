@@ -87,12 +87,13 @@ def sparsified(adapter: Adapter, selection: Selection) -> Iterator[None]:
             for i, (layer, kept) in enumerate(zip(selection.arch.layers, selection.layers, strict=True)):
                 if layer.sparsity > 0 and (layer.attention_kept or layer.mlp_kept):
                     stack.enter_context(
-                        _sparsify(adapter, selection.sparsity, _kept_blocks(i, layer), layer.sparsity, kept)
+                        _sparsify(adapter, selection.sparsity, kept_blocks(i, layer), layer.sparsity, kept)
                     )
         yield
 
 
-def _kept_blocks(layer: int, arch: LayerArch) -> list[Block]:
+def kept_blocks(layer: int, arch: LayerArch) -> list[Block]:
+    """The sub-blocks of layer ``layer`` that ``arch`` keeps."""
     return [Block(layer, kind) for kind, on in (("attention", arch.attention_kept), ("mlp", arch.mlp_kept)) if on]
 
 

@@ -170,13 +170,34 @@ class Execution:
             requested = GATHER
         self.mode = requested
         self.proxy = proxy
+        self.device = adapter.device
         self._timings: list[tuple[float, float]] = []
 
     @property
     def timing(self) -> bool:
         return self.mode == AUTO
 
-    def cannot_capture(self, error: Exception) -> None:
+    def compare(
+        self,
+        gather: Callable[[], T],
+        replay: Callable[[], T],
+        agree: Callable[[T, T], bool],
+        release: Callable[[], None],
+    ) -> T:
+        """One candidate scored both ways while ``auto`` times them; returns the gathered result.
+        ``release`` drops what replaying holds (its graphs' memory) once gathering is chosen."""
+        gathered, gather_s = _timed(self.device, gather)
+        try:
+            replayed, replay_s = _timed(self.device, replay)
+        except RuntimeError as error:  # a kernel or a check of the model's that a graph cannot hold
+            self._cannot_capture(error)
+        else:
+            self.record(gather_s, replay_s, agree=agree(gathered, replayed))
+        if self.mode == GATHER:
+            release()
+        return gathered
+
+    def _cannot_capture(self, error: Exception) -> None:
         self.mode = GATHER
         log.warning(
             "%s: the model's scoring could not be captured as a CUDA graph (%s); scoring by gathering",
@@ -212,7 +233,7 @@ def replayable_batch(batch: Batch) -> Batch:
     return batch
 
 
-def timed(device: torch.device, work: Callable[[], T]) -> tuple[T, float]:
+def _timed(device: torch.device, work: Callable[[], T]) -> tuple[T, float]:
     """``work()`` and its wall time, the device's queue drained at both ends."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -51,14 +51,12 @@ from search.proxies.reference import (
 from search.replay import (
     AUTO,
     EXECUTION_OPTION,
-    GATHER,
     REPLAY,
     Execution,
     MaskSlots,
     Replay,
     attention_backends,
     replayable_batch,
-    timed,
 )
 from search.selection import Selection
 from search.verify import similarity_agreement
@@ -202,24 +200,20 @@ class KL(Proxy):
 
     def _kl(self, selection: Selection, first: int, end: int, held: bool) -> tuple[float, float]:
         """(Σ KL, real tokens) of sequences ``first``..``end``."""
-        device = self.adapter.device
         if self.execution.timing:
-            gathered, gather_s = timed(device, lambda: self._gathered_kl(selection, first, end, held))
-            try:
-                replayed, replay_s = timed(device, lambda: self._replayed_kl(selection, first, end, held))
-            except RuntimeError as error:  # a kernel or a check of the model's that a graph cannot hold
-                self.execution.cannot_capture(error)
-            else:
-                per_token = [kl / max(tokens, 1.0) for kl, tokens in (gathered, replayed)]
-                agree = abs(per_token[0] - per_token[1]) <= 0.01 + 0.02 * per_token[0]
-                self.execution.record(gather_s, replay_s, agree=agree)
-            if self.execution.mode == GATHER:  # the graphs' memory (a batch's logits each) goes back
-                self._graphs.clear()
-                self._masks = self._pool = None
-            return gathered
+            return self.execution.compare(
+                lambda: self._gathered_kl(selection, first, end, held),
+                lambda: self._replayed_kl(selection, first, end, held),
+                _same_kl,
+                self._release,
+            )
         if self.execution.mode == REPLAY:
             return self._replayed_kl(selection, first, end, held)
         return self._gathered_kl(selection, first, end, held)
+
+    def _release(self) -> None:
+        self._graphs.clear()
+        self._masks = self._pool = None
 
     def _gathered_kl(self, selection: Selection, first: int, end: int, held: bool) -> tuple[float, float]:
         sums: list[torch.Tensor] = []  # per batch: (Σ KL, real tokens), on the device
@@ -288,6 +282,12 @@ class KL(Proxy):
             raise ProxyError("the similarity agreement is not finite (constant embeddings?)")
         extras = {"similarity_agreement": agreement, "similarity_gap": 1.0 - agreement}
         return ProxyScore(agreement - 1.0, extras, timings, tokens=sums.tokens)
+
+
+def _same_kl(gathered: tuple[float, float], replayed: tuple[float, float]) -> bool:
+    """Whether both ways found the same KL per token (up to the rounding of different kernels)."""
+    per_token = [kl / max(tokens, 1.0) for kl, tokens in (gathered, replayed)]
+    return abs(per_token[0] - per_token[1]) <= 0.01 + 0.02 * per_token[0]
 
 
 def _spans(first: int, end: int, batch_size: int) -> Iterator[tuple[int, int]]:

@@ -28,19 +28,17 @@ from search.artifacts import Artifact, ModelArtifacts
 from search.calibration import TokenSet
 from search.correlation import pearson_stack, pearson_tensors
 from search.errors import ProxyError
-from search.masking import Slices, apply_arch
+from search.masking import Slices, apply_arch, kept_blocks
 from search.proxies.base import COST_BACKWARD, Proxy, ProxyBuild, ProxyScore
 from search.replay import (
     AUTO,
     EXECUTION_OPTION,
-    GATHER,
     REPLAY,
     Execution,
     MaskSlots,
     Replay,
     attention_backends,
     replayable_batch,
-    timed,
 )
 from search.selection import Selection
 
@@ -116,15 +114,12 @@ class TraceNAS(Proxy):
         if self._memo is not None and self._memo[0] is selection:
             return self._memo[1]
         if self.execution.timing:
-            terms, gather_s = timed(self.adapter.device, lambda: self._gathered_terms(selection, timings))
-            try:
-                replayed, replay_s = timed(self.adapter.device, lambda: self._replayed_terms(selection, {}))
-            except RuntimeError as error:  # a kernel or a check of the model's that a graph cannot hold
-                self.execution.cannot_capture(error)
-            else:
-                self.execution.record(gather_s, replay_s, agree=_agree(terms, replayed))
-            if self.execution.mode == GATHER:  # the graph's memory (a full-width backward's) goes back
-                self._masks = self._replay = None
+            terms = self.execution.compare(
+                lambda: self._gathered_terms(selection, timings),
+                lambda: self._replayed_terms(selection, {}),
+                _agree,
+                self._release,
+            )
         elif self.execution.mode == REPLAY:
             terms = self._replayed_terms(selection, timings)
         else:
@@ -157,13 +152,11 @@ class TraceNAS(Proxy):
             applied = time.perf_counter()
             values = self._replay.replay().tolist()  # the trial's one wait for the device
         timings |= {"apply_s": applied - started, "forward_s": time.perf_counter() - applied}
-        kept = {
-            Block(i, kind)
-            for i, layer in enumerate(selection.arch.layers)
-            for kind, on in (("attention", layer.attention_kept), ("mlp", layer.mlp_kept))
-            if on
-        }
+        kept = {block for i, layer in enumerate(selection.arch.layers) for block in kept_blocks(i, layer)}
         return {block: value for block, value in zip(self._dense, values, strict=True) if block in kept}
+
+    def _release(self) -> None:
+        self._masks = self._replay = None
 
     def _replayed_correlations(self) -> torch.Tensor:
         """What the graph runs: the full-width, masked model's sketches correlated with the dense ones,

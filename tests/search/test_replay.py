@@ -68,3 +68,15 @@ def test_captured_graphs_score_what_gathering_scores() -> None:
         for selection in selections * TIMED_CANDIDATES:
             auto.score(selection)
         assert auto.execution.mode in (GATHER, REPLAY)  # settled, by timing both
+
+
+def test_a_model_that_cannot_be_captured_is_gathered_and_its_graphs_released(tiny_loaded: LoadedModel) -> None:
+    execution = Execution("replay", tiny_loaded.adapter, "kl")
+    execution.mode = "auto"  # as on a GPU
+    released: list[bool] = []
+
+    def replay() -> float:
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    assert execution.compare(lambda: 0.5, replay, lambda a, b: a == b, lambda: released.append(True)) == 0.5
+    assert execution.mode == GATHER and released == [True]
