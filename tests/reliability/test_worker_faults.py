@@ -26,13 +26,14 @@ N_TRIALS = 8
 
 
 def slow_body(model: Path, **overrides: Any) -> dict[str, Any]:
-    # More calibration tokens than flow.job_body: trials of ~0.3 s, so a kill lands mid-trial.
+    # More calibration tokens than flow.job_body, so a kill lands mid-trial: trials of 0.09-0.2 s on
+    # an idle 2-core machine (16 sequences gave 0.04-0.07 s, shorter than catching one takes).
     return flow.job_body(
         model,
         **{
             "n_trials": N_TRIALS,
             "verify_top_k": 1,
-            "calibration": {"n_samples": 16, "seq_len": 128, "heldout_samples": 4},
+            "calibration": {"n_samples": 48, "seq_len": 128, "heldout_samples": 4},
         }
         | overrides,
     )
@@ -60,8 +61,9 @@ def kill_mid_trial(cluster: Cluster, job_id: str, kill: Callable[[], None]) -> i
 
     def trial_just_started() -> dict[str, Any] | None:
         running = [t for t in cluster.optuna_trials(job_id) if t["state"] == "RUNNING"]
-        # Optuna writes naive local times; the trial's scoring (~0.5 s) is still ahead of it.
-        fresh = [t for t in running if datetime.now() - t["datetime_start"] < timedelta(milliseconds=100)]
+        # Optuna writes naive local times; polled every 10 ms, a trial is seen well inside 50 ms, with
+        # most of its scoring still ahead of it.
+        fresh = [t for t in running if datetime.now() - t["datetime_start"] < timedelta(milliseconds=50)]
         return fresh[0] if fresh else None
 
     trial = wait_until(trial_just_started, timeout=60, interval=0.01, what="a trial to start")
