@@ -233,8 +233,12 @@ def tables(loaded: LoadedModel, rows: dict[str, LatencySetting], alignment: int,
             "scale": table.scale,
             "calibration_error": table.calibration_error,
             "calibration": [
-                {"name": p.name, "kept_layers": p.kept_layers, "measured_ms": p.measured_ms,
-                 "predicted_ms": table.base_ms + p.kept_layers * table.layer_ms + table.scale * p.subblocks_ms}
+                {
+                    "name": p.name,
+                    "kept_layers": p.kept_layers,
+                    "measured_ms": p.measured_ms,
+                    "predicted_ms": table.base_ms + p.kept_layers * table.layer_ms + table.scale * p.subblocks_ms,
+                }
                 for p in table.calibration
             ],  # fmt: skip
         }

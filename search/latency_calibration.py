@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from search.adapters import Adapter
 from search.arch import ArchConfig, LayerArch, ModelShape
@@ -37,6 +38,7 @@ SCALE_RANGE = (0.5, 2.0)  # the sub-blocks' stack timings are off by at most thi
 FIT_ROUNDS = 50  # reweighted least-squares rounds of the least-absolute-errors fit (9 models: converged in ~20)
 FIT_FLOOR = 1e-4  # a residual below this weighs as this much: a model fitted exactly does not take all weight
 HEADROOM = 0.8  # a calibration model is built where it takes at most this share of the device's free memory
+PASSES = 3  # each calibration model is timed this many times, seconds apart
 
 
 @dataclass(frozen=True)
@@ -116,32 +118,49 @@ def measure(
     warmup: int,
     repeats: int,
     min_seconds: float,
+    passes: int = PASSES,
 ) -> list[Point]:
-    """Each model built as its export would be, on the adapter's device, and timed; one the device
-    has no room for is left out."""
+    """Each model built as its export would be, on the adapter's device, and timed in ``passes``
+    passes over all of them (the order reversed every pass); its step is the least of its passes'
+    medians. A host-bound step runs up to twice as long for seconds at a time on a shared host (seen on
+    an H200's: most models of one table), and a pass seconds later finds the host back at speed.
+    A model the device has no room for is left out; between passes a model stays on the GPU while
+    there is room for the largest one besides it, and is built again otherwise."""
+    names = [name for name, arch in archs.items() if _room_for(adapter, archs[name], dtype)]
+    largest = max((adapter.shape.count_params(archs[name]) for name in names), default=0)
+    built: dict[str, nn.Module] = {}
+    steps: dict[str, float] = {}
+    for done in range(passes):
+        for name in names if done % 2 == 0 else reversed(names):
+            model = built.pop(name, None) or build_skeleton(
+                export_config(adapter, archs[name])[1], device=adapter.device, dtype=dtype
+            )
+            measured = step_ms(
+                model, setting, causal=adapter.shape.causal, warmup=warmup, repeats=repeats, min_seconds=min_seconds
+            )
+            steps[name] = min(steps.get(name, measured), measured)
+            if done + 1 < passes and _room_for_params(adapter, 2 * largest, dtype) and adapter.device.type == "cuda":
+                built[name] = model
+            del model
+            if adapter.device.type == "cuda":
+                torch.cuda.empty_cache()
     points = []
-    for name, arch in archs.items():
-        if not _room_for(adapter, arch, dtype):
-            continue
-        _, config = export_config(adapter, arch)
-        model = build_skeleton(config, device=adapter.device, dtype=dtype)
-        measured = step_ms(
-            model, setting, causal=adapter.shape.causal, warmup=warmup, repeats=repeats, min_seconds=min_seconds
-        )
-        del model
-        if adapter.device.type == "cuda":
-            torch.cuda.empty_cache()
-        kept = [layer for layer in arch.layers if layer.attention_kept or layer.mlp_kept]
-        points.append(Point(name, len(kept), subblocks_ms(kept), measured))
+    for name in names:
+        kept = [layer for layer in archs[name].layers if layer.attention_kept or layer.mlp_kept]
+        points.append(Point(name, len(kept), subblocks_ms(kept), steps[name]))
     return points
 
 
 def _room_for(adapter: Adapter, arch: ArchConfig, dtype: torch.dtype) -> bool:
     """Whether the model's weights take at most ``HEADROOM`` of the GPU's free memory (a CPU: always)."""
+    return _room_for_params(adapter, adapter.shape.count_params(arch), dtype)
+
+
+def _room_for_params(adapter: Adapter, params: int, dtype: torch.dtype) -> bool:
     device = adapter.device
     if device.type != "cuda":
         return True
-    weights = adapter.shape.count_params(arch) * torch.tensor([], dtype=dtype).element_size()
+    weights = params * torch.tensor([], dtype=dtype).element_size()
     return weights <= HEADROOM * torch.cuda.mem_get_info(device)[0]
 
 

@@ -21,12 +21,13 @@ It pays only where scoring mostly waits on the device without the GIL.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
@@ -41,6 +42,7 @@ from optuna.study._tell import _tell_with_warning
 from optuna.trial import FrozenTrial, TrialState
 
 log = logging.getLogger(__name__)
+LOOKAHEAD_SWITCH_S = 0.0005  # the GIL switch interval while a proposing thread runs beside scoring (default 5 ms)
 
 # ``study.ask`` warns that heartbeats are meant for ``study.optimize``: this loop beats for its trials as that does.
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
@@ -105,7 +107,8 @@ def run_trials(
     raised. ``callbacks`` receive each finished trial (one shared copy: they must not change it);
     ``should_stop`` is asked after each. Returns whether ``should_stop`` ended the loop."""
     stale = _StaleTrials(study)
-    with _Heartbeats(study) as beats, ThreadPoolExecutor(1, thread_name_prefix="propose") as pool:
+    switching = _switch_interval(LOOKAHEAD_SWITCH_S) if lookahead else nullcontext()
+    with switching, _Heartbeats(study) as beats, ThreadPoolExecutor(1, thread_name_prefix="propose") as pool:
         ahead: Future[_Proposed[Any]] | None = None
         try:
             for ran in range(max_trials):
@@ -134,6 +137,18 @@ def run_trials(
                 unscored = ahead.result()
                 _abandon(study, unscored)
                 beats.discard(unscored.trial)
+
+
+@contextmanager
+def _switch_interval(seconds: float) -> Iterator[None]:
+    """The interpreter hands the GIL to a waiting thread after ``seconds`` instead of its default 5 ms:
+    the scoring thread, between two kernel launches, no longer waits up to 5 ms for the proposing one."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(seconds)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
 
 
 def _ask_and_propose(study: optuna.Study, objective: StagedObjective[Any], beats: _Heartbeats) -> _Proposed[Any]:
