@@ -47,13 +47,14 @@ from search.arch import ArchConfig, LayerArch, ModelShape  # noqa: E402
 from search.candidates import SearchContext, prepare  # noqa: E402
 from search.export import build_skeleton, export_config, materialize  # noqa: E402
 from search.latency import LATENCY_TABLE, LatencyTable, build_table, device_name, step_ms  # noqa: E402
+from search.latency_calibration import Point  # noqa: E402
+from search.latency_check import MEASURE_PASSES, MEASURE_REPEATS, MEASURE_SECONDS, MEASURE_WARMUP  # noqa: E402
 from search.loading import LoadedModel  # noqa: E402
 from search.spec import JobSpec, LatencySetting  # noqa: E402
 from search.study import run_search  # noqa: E402
 
 SECTION = "latency"
 HEADING = "## Latency-aware search"
-MEASURE_WARMUP, MEASURE_REPEATS, MEASURE_SECONDS = 3, 10, 0.5  # as search.latency_check times finalists
 
 
 def settings(args: argparse.Namespace) -> dict[str, LatencySetting]:
@@ -179,7 +180,7 @@ def timed(
     for label, setting in rows.items():
         table = table_for(loaded, setting, dtype, alignment)
         measured = step_ms(model, setting, causal=True, warmup=MEASURE_WARMUP, repeats=MEASURE_REPEATS,
-                           min_seconds=MEASURE_SECONDS)  # fmt: skip
+                           min_seconds=MEASURE_SECONDS, passes=MEASURE_PASSES)  # fmt: skip
         figures[label] = {"predicted_ms": table.predict_ms(arch.layers), "measured_ms": measured,
                           "stacks_ms": table.uncalibrated().predict_ms(arch.layers),
                           "batch": setting.batch, "phase": setting.phase}  # fmt: skip
@@ -232,17 +233,15 @@ def tables(loaded: LoadedModel, rows: dict[str, LatencySetting], alignment: int,
             "layer_ms": table.layer_ms,
             "scale": table.scale,
             "calibration_error": table.calibration_error,
-            "calibration": [
-                {
-                    "name": p.name,
-                    "kept_layers": p.kept_layers,
-                    "measured_ms": p.measured_ms,
-                    "predicted_ms": table.base_ms + p.kept_layers * table.layer_ms + table.scale * p.subblocks_ms,
-                }
-                for p in table.calibration
-            ],  # fmt: skip
+            "calibration": [_calibration_model(table, point) for point in table.calibration],
         }
     return figures
+
+
+def _calibration_model(table: LatencyTable, point: Point) -> dict[str, Any]:
+    predicted = table.base_ms + point.kept_layers * table.layer_ms + table.scale * point.subblocks_ms
+    return {"name": point.name, "kept_layers": point.kept_layers, "measured_ms": point.measured_ms,
+            "predicted_ms": predicted}  # fmt: skip
 
 
 def measure_shape(name: str, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:

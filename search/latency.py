@@ -283,7 +283,7 @@ def build_table(
         archs = calibration.calibration_archs(adapter.shape, alignment)
         points = calibration.measure(
             adapter, setting, dtype, table.subblocks_ms, archs,
-            warmup=warmup, repeats=repeats, min_seconds=CALIBRATION_SECONDS,
+            warmup=warmup, repeats=repeats, min_seconds=CALIBRATION_SECONDS, passes=calibration.PASSES,
         )  # fmt: skip
         if points:  # none where the device has no room for even a quarter of the model: the stacks' figures
             fit = calibration.fit(points, measured_layer_ms=table.layer_ms)

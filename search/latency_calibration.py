@@ -118,7 +118,7 @@ def measure(
     warmup: int,
     repeats: int,
     min_seconds: float,
-    passes: int = PASSES,
+    passes: int,
 ) -> list[Point]:
     """Each model built as its export would be, on the adapter's device, and timed in ``passes``
     passes over all of them (the order reversed every pass); its step is the least of its passes'

@@ -44,6 +44,8 @@ def short_timings() -> Iterator[None]:
         patch.setattr("search.latency.TABLE_SECONDS", 0.0)
         patch.setattr("search.latency.CALIBRATION_SECONDS", 0.0)
         patch.setattr("search.latency_check.MEASURE_SECONDS", 0.0)
+        patch.setattr("search.latency_calibration.PASSES", 1)
+        patch.setattr("search.latency_check.MEASURE_PASSES", 1)
         yield
 
 
