@@ -115,7 +115,8 @@ class BatchedRDBStorage(RDBStorage):
     def one_read(self) -> Iterator[None]:
         """In this thread, until the block ends or this process writes, every read of a study is
         answered by the block's first read of it: reads microseconds apart (the loop's count of
-        complete trials, then ``ask``'s look for waiting trials) make one query, not one each.
+        complete trials, then ``ask``'s look for waiting trials; the sampler's search space, then
+        its trials, on the trial's first suggest) make one query, not one each.
         What another process writes meanwhile is seen by the next read after the block, as if it
         had been written a moment later."""
         self._one_read.answers = {}
@@ -214,6 +215,7 @@ class BatchedRDBStorage(RDBStorage):
         distribution: distributions.BaseDistribution,
         previous_distribution: distributions.BaseDistribution | None,
     ) -> None:
+        self._one_read.forget()
         with self._lock:
             pending = self._pending.get(trial_id)
             if pending is not None:
@@ -226,6 +228,7 @@ class BatchedRDBStorage(RDBStorage):
         super()._set_trial_param(trial_id, param_name, param_value_internal, distribution, previous_distribution)
 
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self._one_read.forget()
         with self._lock:
             pending = self._pending.get(trial_id)
             if pending is not None:
@@ -234,6 +237,7 @@ class BatchedRDBStorage(RDBStorage):
         super().set_trial_user_attr(trial_id, key, value)
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self._one_read.forget()
         with self._lock:
             pending = self._pending.get(trial_id)
             if pending is not None:
@@ -252,6 +256,7 @@ class BatchedRDBStorage(RDBStorage):
         super().set_trial_system_attr(trial_id, key, value)  # or Optuna's error: the trial has finished
 
     def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
+        self._one_read.forget()
         with self._lock:
             pending = self._pending.get(trial_id)
             if pending is not None:
@@ -317,16 +322,29 @@ class BatchedRDBStorage(RDBStorage):
         included_trial_ids: set[int],
         trial_id_greater_than: int,
     ) -> list[FrozenTrial]:
-        with self._autocommit() as connection:
-            found = connection.execute(
-                _changed_trials(self._postgres, states is not None),
-                {
-                    "study": study_id,
-                    "states": None if states is None else list(states),  # type: ignore[call-overload]
-                    "included": [i for i in included_trial_ids if i <= trial_id_greater_than],
-                    "newer_than": trial_id_greater_than,  # -1 (trial ids start at 1): every trial
-                },
-            ).all()
+        with self._autocommit() as connection:  # both of the read's statements on one checked-out connection
+            return self._read_changed(connection, study_id, states, included_trial_ids, trial_id_greater_than)
+
+    def _read_changed(
+        self,
+        connection: sqlalchemy.Connection,
+        study_id: int,
+        states: Container[TrialState] | None,
+        included_trial_ids: set[int],
+        trial_id_greater_than: int,
+    ) -> list[FrozenTrial]:
+        """One light query says whether the study exists and which trials changed, in what state; only
+        those this process does not hold in memory (running here, or finished here and not read back
+        yet) are loaded with their parameters and attributes, by a second query."""
+        found = connection.execute(
+            _changed_trials(self._postgres, states is not None),
+            {
+                "study": study_id,
+                "states": None if states is None else list(states),  # type: ignore[call-overload]
+                "included": [i for i in included_trial_ids if i <= trial_id_greater_than],
+                "newer_than": trial_id_greater_than,  # -1 (trial ids start at 1): every trial
+            },
+        ).all()
         if not found:
             raise KeyError(models.NOT_FOUND_MSG)  # what Optuna raises for a study that is gone
         rows = [(trial_id, state) for trial_id, state in found if trial_id is not None]
@@ -344,19 +362,22 @@ class BatchedRDBStorage(RDBStorage):
         # its rows: a running trial of a batched worker has stored only its row and its immediate system
         # attributes, and Optuna's own load (an ORM session, a query per table) cost ~9 ms per finished
         # trial of a hundred parameters, the most of what a second worker added (benchmarks/shared_study.py).
-        loaded = self._load_trials([trial_id for trial_id, _ in rows if trial_id not in known])
+        loaded = self._load_trials(connection, [trial_id for trial_id, _ in rows if trial_id not in known])
         if states is not None:  # a trial may have moved on since the first query: its rows say how
             loaded = [t for t in loaded if t.state in states]
         return sorted([*known.values(), *loaded], key=lambda t: t._trial_id)
 
-    def _load_trials(self, trial_ids: list[int]) -> list[FrozenTrial]:
+    def _load_trials(self, connection: sqlalchemy.Connection, trial_ids: list[int]) -> list[FrozenTrial]:
         """Trials ``trial_ids`` as stored, built as Optuna builds them, from one query (a trial gone
         since is left out). Trials created after the caller's query are left to the next read of the
         study, which asks for every trial after the last finished one it returned."""
         if not trial_ids:
             return []
-        with self._autocommit() as connection:
-            found = connection.execute(_trial_rows(self._postgres), {"ids": sorted(trial_ids)}).all()
+        # Sorted here, not by the database: a sort per part of the union cost more than this.
+        found = sorted(
+            connection.execute(_trial_rows(self._postgres), {"ids": sorted(trial_ids)}),
+            key=lambda r: (r.kind, r.row_id),  # each trial's own row first, then its rows in Optuna's order
+        )
         built: dict[int, _Built] = {}
         for row in found:
             if row.kind == _TRIAL:
@@ -494,7 +515,7 @@ _TRIAL, _PARAM, _USER_ATTR, _SYSTEM_ATTR, _INTERMEDIATE, _VALUE = range(6)
 def _trial_rows(on_postgres: bool) -> sqlalchemy.CompoundSelect:
     """Every row of trials ``ids`` in one statement (one snapshot of the database): a UNION ALL of
     Optuna's trial table and its five per-trial tables, each row as (kind, trial id, row id, name,
-    step, number, text, label, start, complete), in the order of the row ids (Optuna's order)."""
+    step, number, text, label, start, complete)."""
     trials = models.TrialModel.__table__
     number_type = models.TrialParamModel.__table__.c.param_value.type
     text_type, name_type = sqlalchemy.Text(), sqlalchemy.String()
@@ -535,7 +556,7 @@ def _trial_rows(on_postgres: bool) -> sqlalchemy.CompoundSelect:
              label=sqlalchemy.cast(intermediate.c.intermediate_value_type, name_type)),
         part(_VALUE, values, "trial_value_id", step=values.c.objective, number=values.c.value,
              label=sqlalchemy.cast(values.c.value_type, name_type)),
-    ).order_by(sqlalchemy.column("kind"), sqlalchemy.column("row_id"))  # fmt: skip
+    )  # fmt: skip
 
 
 class _Built:

@@ -94,6 +94,23 @@ def test_a_trial_failed_by_another_process_is_not_written_over(url: str) -> None
     assert stored.state == TrialState.FAIL and stored.params == {} and stored.values is None
 
 
+def test_a_trial_of_this_process_failed_elsewhere_is_read_as_stored(url: str) -> None:
+    """A read of the study leaves out the rows of the trials this process holds in memory; one that
+    another process failed meanwhile (missed heartbeats) is read again, as stored."""
+    study = optuna.create_study(study_name="s", storage=make_storage(url))
+    study.tell(study.ask(), 1.0)  # finished here, held until a read takes it
+    trial = study.ask()
+    trial.suggest_float("x", 0.0, 1.0)
+    plain = RDBStorage(url)
+    plain.set_trial_system_attr(trial._trial_id, "failed_by", "reaper")
+    assert plain.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+
+    expected = optuna.load_study(study_name="s", storage=plain).get_trials(deepcopy=False)
+    assert study.get_trials(deepcopy=False) == expected
+    assert expected[1].state == TrialState.FAIL and expected[1].params == {}
+    assert expected[1].system_attrs == {"failed_by": "reaper"}
+
+
 def test_a_claim_is_seen_at_once_and_refused_once_the_trial_has_finished(url: str) -> None:
     study = optuna.create_study(study_name="s", storage=make_storage(url))
     trial = study.ask()
