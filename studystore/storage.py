@@ -375,7 +375,7 @@ class BatchedRDBStorage(RDBStorage):
             return []
         # Sorted here, not by the database: a sort per part of the union cost more than this.
         found = sorted(
-            connection.execute(_trial_rows(self._postgres), {"ids": sorted(trial_ids)}),
+            connection.execute(_trial_rows(self._postgres), {"ids": sorted(trial_ids)}).all(),
             key=lambda r: (r.kind, r.row_id),  # each trial's own row first, then its rows in Optuna's order
         )
         built: dict[int, _Built] = {}
