@@ -259,6 +259,20 @@ def test_trial_times_are_stored_in_utc_as_optuna_stores_them(url: str, monkeypat
         time.tzset()
 
 
+def test_a_running_trials_buffered_write_ends_the_blocks_answers(url: str) -> None:
+    """The loop's block spans the trial's first suggest (the sampler reads there): a write kept in
+    memory, as a running trial's parameters are, is a write too, so the next read shows it."""
+    storage = make_storage(url)
+    study = optuna.create_study(study_name="s", storage=storage)
+    with storage.one_read():
+        trial = study.ask()
+        assert study.get_trials(deepcopy=False)[0].params == {}
+        x = trial.suggest_float("x", 0.0, 1.0)
+        assert study.get_trials(deepcopy=False)[0].params == {"x": x}
+        trial.set_user_attr("arch", [1])
+        assert study.get_trials(deepcopy=False)[0].user_attrs == {"arch": [1]}
+
+
 def test_connections_the_server_dropped_are_replaced(postgres_database_factory: Callable[[], str]) -> None:
     """What a PostgreSQL restart does to the pool: every connection is terminated while idle. The
     storage pings no connection at checkout, but sees a terminated one and replaces it."""
