@@ -114,11 +114,12 @@ def run_trials(
             for ran in range(max_trials):
                 stale.fail()
                 if ahead is None:
+                    # The sampler's reads of the study (its search space, then the trials to sample from)
+                    # come on the trial's first suggest, microseconds after ask's: one read until a write.
                     with _one_read(study):
                         if complete_count(study) >= complete_target:
                             return False
-                        trial = _ask(study, beats)
-                    current = _propose(objective, trial)
+                        current = _propose(objective, _ask(study, beats))
                 else:
                     current, ahead = ahead.result(), None
                 # Look ahead only when this trial's completing would not end the study (one worker
@@ -152,7 +153,8 @@ def _switch_interval(seconds: float) -> Iterator[None]:
 
 
 def _ask_and_propose(study: optuna.Study, objective: StagedObjective[Any], beats: _Heartbeats) -> _Proposed[Any]:
-    return _propose(objective, _ask(study, beats))
+    with _one_read(study):
+        return _propose(objective, _ask(study, beats))
 
 
 def _ask(study: optuna.Study, beats: _Heartbeats) -> optuna.Trial:

@@ -94,6 +94,23 @@ def test_a_trial_failed_by_another_process_is_not_written_over(url: str) -> None
     assert stored.state == TrialState.FAIL and stored.params == {} and stored.values is None
 
 
+def test_a_trial_of_this_process_failed_elsewhere_is_read_as_stored(url: str) -> None:
+    """A read of the study leaves out the rows of the trials this process holds in memory; one that
+    another process failed meanwhile (missed heartbeats) is read again, as stored."""
+    study = optuna.create_study(study_name="s", storage=make_storage(url))
+    study.tell(study.ask(), 1.0)  # finished here, held until a read takes it
+    trial = study.ask()
+    trial.suggest_float("x", 0.0, 1.0)
+    plain = RDBStorage(url)
+    plain.set_trial_system_attr(trial._trial_id, "failed_by", "reaper")
+    assert plain.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+
+    expected = optuna.load_study(study_name="s", storage=plain).get_trials(deepcopy=False)
+    assert study.get_trials(deepcopy=False) == expected
+    assert expected[1].state == TrialState.FAIL and expected[1].params == {}
+    assert expected[1].system_attrs == {"failed_by": "reaper"}
+
+
 def test_a_claim_is_seen_at_once_and_refused_once_the_trial_has_finished(url: str) -> None:
     study = optuna.create_study(study_name="s", storage=make_storage(url))
     trial = study.ask()
@@ -168,6 +185,48 @@ def test_a_trial_running_in_another_worker_is_read_as_stored_and_in_full_once_it
     assert (finished.state, finished.params, finished.value) == (TrialState.COMPLETE, {"x": 0.25}, 1.0)
 
 
+def test_another_processs_trials_are_built_exactly_as_optuna_builds_them(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trials this process does not hold are loaded in one query of all their rows: every field of
+    every trial (times in local time, infinite values, each kind of distribution, attributes in
+    order) equals what Optuna's own storage reads, for finished, failed, running and waiting trials."""
+    monkeypatch.setenv("TZ", "Asia/Kolkata")  # naive UTC in the table, local time in a FrozenTrial
+    time.tzset()
+    try:
+        theirs = optuna.create_study(study_name="s", storage=RDBStorage(url), directions=["maximize", "minimize"])
+        for number in range(3):
+            trial = theirs.ask()
+            trial.suggest_float("x", 1e-3, 1.0, log=True)
+            trial.suggest_int("n", 1, 8, step=1)
+            trial.suggest_categorical("c", ["a", None, 2.5])
+            trial.set_user_attr("arch", {"layers": [number, 2]})
+            trial.set_user_attr("origin", "sampler")
+            trial.storage.set_trial_system_attr(trial._trial_id, "constraints", [-0.1, float(number)])
+            trial.storage.set_trial_intermediate_value(trial._trial_id, 1, float("-inf") if number else 0.5)
+            trial.storage.set_trial_intermediate_value(trial._trial_id, 4, float("inf"))
+            theirs.tell(
+                trial,
+                [float(number), float("inf")] if number < 2 else None,
+                state=None if number < 2 else TrialState.FAIL,
+            )
+        theirs.ask().suggest_float("x", 1e-3, 1.0, log=True)  # running, with a parameter (Optuna writes it at once)
+        theirs.enqueue_trial({"x": 0.25}, user_attrs={"origin": "seed"})  # waiting
+
+        ours = optuna.load_study(study_name="s", storage=make_storage(url)).get_trials(deepcopy=False)
+        expected = optuna.load_study(study_name="s", storage=RDBStorage(url)).get_trials(deepcopy=False)
+        assert [t.state for t in ours] == [TrialState.COMPLETE] * 2 + [
+            TrialState.FAIL,
+            TrialState.RUNNING,
+            TrialState.WAITING,
+        ]
+        assert ours == expected  # FrozenTrial compares every field
+        assert [list(t.params) for t in ours] == [list(t.params) for t in expected]  # and in Optuna's order
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
 def test_a_study_deleted_elsewhere_is_reported_as_optuna_reports_it(url: str) -> None:
     study = optuna.create_study(study_name="s", storage=make_storage(url))
     study.ask()
@@ -198,6 +257,20 @@ def test_trial_times_are_stored_in_utc_as_optuna_stores_them(url: str, monkeypat
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_a_running_trials_buffered_write_ends_the_blocks_answers(url: str) -> None:
+    """The loop's block spans the trial's first suggest (the sampler reads there): a write kept in
+    memory, as a running trial's parameters are, is a write too, so the next read shows it."""
+    storage = make_storage(url)
+    study = optuna.create_study(study_name="s", storage=storage)
+    with storage.one_read():
+        trial = study.ask()
+        assert study.get_trials(deepcopy=False)[0].params == {}
+        x = trial.suggest_float("x", 0.0, 1.0)
+        assert study.get_trials(deepcopy=False)[0].params == {"x": x}
+        trial.set_user_attr("arch", [1])
+        assert study.get_trials(deepcopy=False)[0].user_attrs == {"arch": [1]}
 
 
 def test_connections_the_server_dropped_are_replaced(postgres_database_factory: Callable[[], str]) -> None:
