@@ -126,7 +126,7 @@ def measure(
     an H200's: most models of one table), and a pass seconds later finds the host back at speed.
     A model the device has no room for is left out; between passes a model stays on the GPU while
     there is room for the largest one besides it, and is built again otherwise."""
-    names = [name for name, arch in archs.items() if _room_for(adapter, archs[name], dtype)]
+    names = [name for name, arch in archs.items() if _room_for(adapter, arch, dtype)]
     largest = max((adapter.shape.count_params(archs[name]) for name in names), default=0)
     built: dict[str, nn.Module] = {}
     steps: dict[str, float] = {}
@@ -139,7 +139,7 @@ def measure(
                 model, setting, causal=adapter.shape.causal, warmup=warmup, repeats=repeats, min_seconds=min_seconds
             )
             steps[name] = min(steps.get(name, measured), measured)
-            if done + 1 < passes and _room_for_params(adapter, 2 * largest, dtype) and adapter.device.type == "cuda":
+            if done + 1 < passes and adapter.device.type == "cuda" and _room_for_params(adapter, 2 * largest, dtype):
                 built[name] = model
             del model
             if adapter.device.type == "cuda":
