@@ -8,17 +8,18 @@ empty stack's, over the stack's depth (a stack, not one layer, so the difference
 the noise of a step); a kept layer's fixed cost is the empty stack's time less the anchor's alone,
 over the depth. A candidate's predicted latency is
 
-    base + Σ_kept layers (layer + scale × (attention(heads) + mlp(channels)))
+    base + Σ_kept layers (layer + attention(heads) + mlp(channels)),
+    attention(heads) = scale × stack(narrowest) + width_scale × (stack(heads) − stack(narrowest))
 
-where a layer that keeps nothing is left out (as an export leaves it out), and a dropped sub-block
-costs nothing beyond its layer's fixed cost (its stub is in that). ``base`` (embeddings, final norm,
-LM head, what a forward does once), ``layer`` and ``scale`` are then fitted to a few whole models
-timed the same way (``search.latency_calibration``): a short stack shows the host's per-layer work
-and the cache's behaviour of a deep model in a different proportion. (The two-layer table this
-replaces, with a running maximum over its widths and no per-layer cost, was 25-27% off the exported
-models' measured steps on an H200.) The table lives in the model's artifact store (``LATENCY_TABLE``), so a
-later job on the same GPU type reads it instead of timing again, and a prediction is a few
-dictionary lookups (microseconds).
+(and the MLP's likewise), where a layer that keeps nothing is left out (as an export leaves it out),
+and a dropped sub-block costs nothing beyond its layer's fixed cost (its stub is in that). ``base``
+(embeddings, final norm, LM head, what a forward does once), ``layer`` and the two scales are then
+fitted to a few whole models timed the same way (``search.latency_calibration``): a short stack
+shows the host's per-layer work, what width costs and the cache's behaviour of a deep model in a
+different proportion. (The two-layer table this replaces, with a running maximum over its widths and
+no per-layer cost, was 25-27% off the exported models' measured steps on an H200.) The table lives
+in the model's artifact store (``LATENCY_TABLE``), so a later job on the same GPU type reads it
+instead of timing again, and a prediction is a few dictionary lookups (microseconds).
 
 Two rules keep predictions usable by repair's bisection and honest about hardware:
 - monotone: a sub-block's cost never falls as it keeps more (an isotonic fit over the widths, which
@@ -51,7 +52,7 @@ from search.latency_timing import Stepper, interleaved_ms, step_ms
 from search.precision import dtype_name
 from search.spec import JobSpec, LatencySetting
 
-TABLE_VERSION = 2  # 2: stacks, a kept layer's fixed cost, the calibration fit (base, layer, scale)
+TABLE_VERSION = 3  # 2: stacks, a kept layer's fixed cost, the fit (base, layer, scale); 3: a width scale
 TIE_MS = 1e-6  # a nanosecond: the least one more width costs in the table
 MAX_MLP_POINTS = 9  # MLP widths timed per table; the grid points between are interpolated
 STACK = 4  # layers of one width per timed model (at most the model's depth less the anchor)
@@ -79,12 +80,14 @@ class LatencyTable:
     mlp_points: dict[int, float]  # timed FFN widths (0 included) → ms, as timed in stacks
     build_seconds: float
     layer_ms: float = 0.0  # a kept layer's fixed cost: its call, norms, residual adds, a dropped sub-block's stub
-    scale: float = 1.0  # what the sub-blocks' stack timings are multiplied by in a whole model (the fit's)
+    scale: float = 1.0  # what a sub-block's stack timing at the narrowest width is multiplied by in a whole model
+    width_scale: float = 1.0  # and what its width adds to that (both the fit's)
     calibration: tuple[calibration.Point, ...] = ()  # the whole models the fit is of
     stack_base_ms: float | None = None  # base and layer as the stacks alone gave them (before the fit)
     stack_layer_ms: float | None = None
     source: str = "measured"  # "measured" by this process, or "stored" (read from the artifact store)
     _mlp_grid: dict[int, float] = field(default_factory=dict, repr=False, compare=False)
+    _narrowest_heads: int = field(default=0, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Every width on the alignment grid, interpolated between the timed ones (linear, so still monotone).
@@ -94,12 +97,29 @@ class LatencyTable:
             for width in _grid(self.intermediate_size, self.alignment)
         }
         object.__setattr__(self, "_mlp_grid", grid)
+        object.__setattr__(self, "_narrowest_heads", min(h for h in self.attention_ms if h))
 
     def attention(self, heads: int) -> float:
-        return self.scale * self.attention_ms[heads] if heads else 0.0
+        return self._scaled(*self._attention_split(heads))
 
     def mlp(self, channels: int) -> float:
-        return self.scale * self._mlp_timed(channels)
+        return self._scaled(*self._mlp_split(channels))
+
+    def _scaled(self, floor_ms: float, width_ms: float) -> float:
+        return self.scale * floor_ms + self.width_scale * width_ms
+
+    def _attention_split(self, heads: int) -> tuple[float, float]:
+        """The stack timing of ``heads`` as the narrowest attention's and what the width adds (0: dropped)."""
+        if not heads:
+            return 0.0, 0.0
+        floor = self.attention_ms[self._narrowest_heads]
+        return floor, self.attention_ms[heads] - floor
+
+    def _mlp_split(self, channels: int) -> tuple[float, float]:
+        if not channels:
+            return 0.0, 0.0
+        floor = self._mlp_timed(1)  # the grid's narrowest width
+        return floor, self._mlp_timed(channels) - floor
 
     def _mlp_timed(self, channels: int) -> float:
         if not channels:
@@ -115,23 +135,30 @@ class LatencyTable:
             if layer.heads or layer.ffn_channels
         )
 
-    def subblocks_ms(self, layers: Sequence[LayerArch]) -> float:
-        """The sub-blocks' stack timings summed, unscaled (what the calibration fits the scale of)."""
-        return sum(self.attention_ms[layer.heads] + self._mlp_timed(layer.ffn_channels) for layer in layers)
+    def split_ms(self, layers: Sequence[LayerArch]) -> tuple[float, float]:
+        """The sub-blocks' stack timings summed, unscaled, as what they cost at the narrowest widths and
+        what their widths add (what the calibration fits the two scales of)."""
+        parts = [self._attention_split(layer.heads) for layer in layers]
+        parts += [self._mlp_split(layer.ffn_channels) for layer in layers]
+        return sum(floor for floor, _ in parts), sum(width for _, width in parts)
 
     def uncalibrated(self) -> LatencyTable:
         """The table as the stacks alone gave it (no fit): what the calibration is measured against."""
         if self.stack_base_ms is None or self.stack_layer_ms is None:
             return self
         return dataclasses.replace(
-            self, base_ms=self.stack_base_ms, layer_ms=self.stack_layer_ms, scale=1.0, calibration=()
+            self, base_ms=self.stack_base_ms, layer_ms=self.stack_layer_ms, scale=1.0, width_scale=1.0, calibration=()
         )
+
+    @property
+    def fit(self) -> calibration.Fit:
+        """The table's calibration: its figures and the whole models they were fitted to."""
+        return calibration.Fit(self.base_ms, self.layer_ms, self.scale, self.width_scale, self.calibration)
 
     @property
     def calibration_error(self) -> float | None:
         """Median |predicted / measured − 1| over the calibration models (None: not calibrated)."""
-        fit = calibration.Fit(self.base_ms, self.layer_ms, self.scale, self.calibration)
-        return fit.error
+        return self.fit.error
 
 
 def _grid(full: int, alignment: int) -> list[int]:
@@ -197,6 +224,7 @@ def _encode(table: LatencyTable) -> dict[str, Any]:
         "build_seconds": table.build_seconds,
         "layer_ms": table.layer_ms,
         "scale": table.scale,
+        "width_scale": table.width_scale,
         "calibration": [dataclasses.asdict(point) for point in table.calibration],
         "stack_base_ms": table.stack_base_ms,
         "stack_layer_ms": table.stack_layer_ms,
@@ -218,6 +246,7 @@ def _decode(payload: dict[str, Any]) -> LatencyTable:
         build_seconds=float(payload["build_seconds"]),
         layer_ms=float(payload["layer_ms"]),
         scale=float(payload["scale"]),
+        width_scale=float(payload["width_scale"]),
         calibration=tuple(calibration.Point(**point) for point in payload["calibration"]),
         stack_base_ms=payload["stack_base_ms"],
         stack_layer_ms=payload["stack_layer_ms"],
@@ -282,13 +311,18 @@ def build_table(
     if calibrate:
         archs = calibration.calibration_archs(adapter.shape, alignment)
         points = calibration.measure(
-            adapter, setting, dtype, table.subblocks_ms, archs,
+            adapter, setting, dtype, table.split_ms, archs,
             warmup=warmup, repeats=repeats, min_seconds=CALIBRATION_SECONDS, passes=calibration.PASSES,
         )  # fmt: skip
         if points:  # none where the device has no room for even a quarter of the model: the stacks' figures
             fit = calibration.fit(points, measured_layer_ms=table.layer_ms)
             table = dataclasses.replace(
-                table, base_ms=fit.base_ms, layer_ms=fit.layer_ms, scale=fit.scale, calibration=fit.points
+                table,
+                base_ms=fit.base_ms,
+                layer_ms=fit.layer_ms,
+                scale=fit.scale,
+                width_scale=fit.width_scale,
+                calibration=fit.points,
             )
     return dataclasses.replace(table, build_seconds=time.perf_counter() - started)
 

@@ -3,19 +3,29 @@
 Sub-blocks are timed in short stacks (``search.latency``); a whole model adds what those cannot show
 in the same proportion: the host's fixed cost per kept layer (its call, norms, residual adds, the
 dropped sub-blocks' stubs, the KV cache's bookkeeping), and on a CPU the weights of a deep model no
-longer staying in cache. So at table build a few models of the family at full or part depth are
+longer staying in cache. Nor does a whole model pay for width as a stack does: a decode step of a deep
+model is host-bound (on an H200, 0.6 ms of launches per layer; the GPU waits), so what a wider
+attention costs on the GPU mostly hides behind the host's next launches, while in a short stack the
+GPU's time shows. (One scale for the whole sub-block, fitted mostly to full-width models, predicted
+random per-layer architectures of the 8B shape 10-14% fast at decode: the stacks' 4-head attention
+costs 0.41 ms against 0.56 ms at 32 heads, the whole models at the narrowest widths run as long as
+the dense one.) So at table build a few models of the family at full or part depth and width are
 built as an export would be (random weights, ``build_skeleton``) and timed, and the additive model
 
-    measured ≈ base + kept_layers × layer + scale × Σ_kept sub-blocks(heads, channels)
+    measured ≈ base + kept_layers × layer + scale × Σ_kept floor + width_scale × Σ_kept width
 
-is fitted to them on relative errors (base ≥ 0, layer ≥ 0, scale within ``SCALE_RANGE``, so the
-table stays monotone). The fit minimises the sum of absolute relative errors, not of their squares: a
-step of a host-bound decode is timed on a machine whose host slows down for a second now and then
-(one model of a table came out 30% slow on an H200 host), and least squares let such a point pull
-the base to 3.4 ms where every other model said 0.7 ms. The dense model is one of them where the
-device has room for a second copy (it is the denominator of every latency ratio, and on a CPU the
-one whose weights least fit in cache); the others hold at most about half its parameters. The
-fit's median relative residual over them is kept with the table and reported.
+is fitted to them on relative errors, where a sub-block's *floor* is its stack timing at the
+narrowest width the grid allows and its *width* is what its own width adds to that (base ≥ 0, layer
+≥ 0, scale within ``SCALE_RANGE``, width_scale within [0, its upper end]: the table stays monotone);
+refitted to one table's models of each shape timed on an H200, it gives the width a scale of 0.23 at
+the 1B shape's decode at batch 16 and 0.005 at the 8B's. The fit minimises the sum of absolute
+relative errors, not of their squares: a step of a host-bound decode is timed on a machine whose
+host slows down for a second now and then (one model of a table came out 30% slow on an H200 host),
+and least squares let such a point pull the base to 3.4 ms where every other model said 0.7 ms. The
+dense model is one of them where the device has room for a second copy (it is the denominator of
+every latency ratio, and on a CPU the one whose weights least fit in cache); the others hold at most
+about half its parameters. The fit's median relative residual over them is kept with the table and
+reported.
 """
 
 from __future__ import annotations
@@ -43,11 +53,13 @@ PASSES = 3  # each calibration model is timed this many times, seconds apart
 
 @dataclass(frozen=True)
 class Point:
-    """One calibration model: its kept layers, the table's sum of its sub-blocks (unscaled), its step."""
+    """One calibration model: its kept layers, its sub-blocks' stack timings summed (unscaled) as their
+    floor at the narrowest widths and what their widths add, and its measured step."""
 
     name: str
     kept_layers: int
-    subblocks_ms: float
+    floor_ms: float
+    width_ms: float
     measured_ms: float
 
 
@@ -56,10 +68,16 @@ class Fit:
     base_ms: float
     layer_ms: float
     scale: float
+    width_scale: float
     points: tuple[Point, ...]
 
     def predict_ms(self, point: Point) -> float:
-        return self.base_ms + point.kept_layers * self.layer_ms + self.scale * point.subblocks_ms
+        return (
+            self.base_ms
+            + point.kept_layers * self.layer_ms
+            + self.scale * point.floor_ms
+            + self.width_scale * point.width_ms
+        )
 
     @property
     def error(self) -> float | None:
@@ -112,7 +130,7 @@ def measure(
     adapter: Adapter,
     setting: LatencySetting,
     dtype: torch.dtype,
-    subblocks_ms: Callable[[Sequence[LayerArch]], float],
+    split_ms: Callable[[Sequence[LayerArch]], tuple[float, float]],
     archs: dict[str, ArchConfig],
     *,
     warmup: int,
@@ -147,7 +165,7 @@ def measure(
     points = []
     for name in names:
         kept = [layer for layer in archs[name].layers if layer.attention_kept or layer.mlp_kept]
-        points.append(Point(name, len(kept), subblocks_ms(kept), steps[name]))
+        points.append(Point(name, len(kept), *split_ms(kept), steps[name]))
     return points
 
 
@@ -165,7 +183,7 @@ def _room_for_params(adapter: Adapter, params: int, dtype: torch.dtype) -> bool:
 
 
 def fit(points: Sequence[Point], *, measured_layer_ms: float) -> Fit:
-    """The (base, layer, scale) within their bounds with the least sum of absolute relative errors:
+    """The (base, layer, scale, width scale) within their bounds with the least sum of absolute relative errors:
     least squares reweighted by each model's last residual until the weights settle (each round a
     bounded least squares, ``_bounded``). With every model at one depth, base and layer cannot be
     told apart: layer keeps its measured value."""
@@ -175,6 +193,7 @@ def fit(points: Sequence[Point], *, measured_layer_ms: float) -> Fit:
         (None, 0.0),  # base: free, or 0
         (measured_layer_ms,) if one_depth else (None, 0.0),
         (None, *SCALE_RANGE),
+        (None, 0.0, SCALE_RANGE[1]),  # width: free, nothing, or as dear as the most a sub-block may be
     )
     weights = [1.0] * len(points)
     best = _bounded(points, bounds, weights)
@@ -192,9 +211,9 @@ def _absolute_loss(candidate: Fit) -> float:
 
 
 def _bounded(points: tuple[Point, ...], bounds: tuple[tuple[float | None, ...], ...], weights: list[float]) -> Fit:
-    """The weighted least-squares (base, layer, scale) within their bounds, on relative errors.
+    """The weighted least-squares (base, layer, scale, width scale) within their bounds, on relative errors.
 
-    A bounded linear least squares of three unknowns: the optimum lies on one face of the box, so every
+    A bounded linear least squares of four unknowns: the optimum lies on one face of the box, so every
     combination of each unknown free or at one of its bounds is solved and the best feasible one kept."""
     best: Fit | None = None
     best_loss = float("inf")
@@ -206,24 +225,24 @@ def _bounded(points: tuple[Point, ...], bounds: tuple[tuple[float | None, ...], 
         loss = sum(w * (candidate.predict_ms(p) / p.measured_ms - 1) ** 2 for w, p in zip(weights, points, strict=True))
         if loss < best_loss - 1e-12:
             best, best_loss = candidate, loss
-    assert best is not None  # base 0, layer fixed or 0, scale at a bound is always feasible
+    assert best is not None  # base 0, layer fixed or 0, both scales at a bound is always feasible
     return best
 
 
-def _feasible(values: tuple[float, float, float]) -> bool:
-    base, layer, scale = values
+def _feasible(values: tuple[float, float, float, float]) -> bool:
+    base, layer, scale, width_scale = values
     low, high = SCALE_RANGE
-    return base >= 0 and layer >= 0 and low - 1e-9 <= scale <= high + 1e-9
+    return base >= 0 and layer >= 0 and low - 1e-9 <= scale <= high + 1e-9 and -1e-9 <= width_scale <= high + 1e-9
 
 
 def _solve(
     points: tuple[Point, ...], fixed: tuple[float | None, ...], weights: list[float]
-) -> tuple[float, float, float] | None:
+) -> tuple[float, float, float, float] | None:
     """Weighted least squares of the unknowns that ``fixed`` leaves free (None), the others at their value."""
     root = torch.tensor(weights, dtype=torch.float64).sqrt()
     steps = torch.tensor([p.measured_ms for p in points], dtype=torch.float64)
     # Relative: each row over its step (a residual is predicted / measured − 1), times the root of its weight.
-    rows = torch.tensor([[1.0, p.kept_layers, p.subblocks_ms] for p in points], dtype=torch.float64)
+    rows = torch.tensor([[1.0, p.kept_layers, p.floor_ms, p.width_ms] for p in points], dtype=torch.float64)
     rows = rows * (root / steps).unsqueeze(1)
     target = root
     free = [i for i, value in enumerate(fixed) if value is None]
@@ -239,7 +258,7 @@ def _solve(
             return None
         for i, value in zip(free, solution.tolist(), strict=True):
             values[i] = value
-    return values[0], values[1], values[2]
+    return values[0], values[1], values[2], values[3]
 
 
 __all__ = ["Fit", "Point", "calibration_archs", "fit", "measure"]
