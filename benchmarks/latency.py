@@ -29,6 +29,7 @@ again after each shape, so a run cut short keeps the shapes it finished.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import platform
@@ -48,12 +49,14 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.sections import write_section  # noqa: E402
 from benchmarks.throughput import SHAPES, build, random_tokens  # noqa: E402
+from search import latency_calibration as calibration  # noqa: E402
 from search.arch import ArchConfig, LayerArch, ModelShape  # noqa: E402
 from search.candidates import SearchContext, prepare  # noqa: E402
-from search.export import build_skeleton, export_config, materialize  # noqa: E402
-from search.latency import LATENCY_TABLE, LatencyTable, build_table, device_name, step_ms  # noqa: E402
+from search.export import materialize  # noqa: E402
+from search.latency import LATENCY_TABLE, LatencyTable, build_table, device_name  # noqa: E402
 from search.latency_calibration import Point  # noqa: E402
 from search.latency_check import MEASURE_PASSES, MEASURE_REPEATS, MEASURE_SECONDS, MEASURE_WARMUP  # noqa: E402
+from search.latency_timing import least_of_passes, step_ms  # noqa: E402
 from search.loading import LoadedModel  # noqa: E402
 from search.spec import JobSpec, LatencySetting  # noqa: E402
 from search.study import run_search  # noqa: E402
@@ -177,19 +180,33 @@ def table_for(loaded: LoadedModel, setting: LatencySetting, dtype: torch.dtype, 
 
 
 def timed(
-    loaded: LoadedModel, model: nn.Module, arch: ArchConfig, rows: dict[str, LatencySetting], alignment: int
-) -> dict[str, Any]:
-    """Predicted (from the table of each setting) and measured milliseconds per step of ``model``."""
-    dtype = next(model.parameters()).dtype
-    figures = {}
+    loaded: LoadedModel,
+    models: dict[str, tuple[nn.Module, ArchConfig]],
+    rows: dict[str, LatencySetting],
+    alignment: int,
+) -> dict[str, dict[str, Any]]:
+    """Predicted (from the table of each setting) and measured milliseconds per step of each model; in
+    each setting the models are timed in passes over all of them, as the job's check times its own."""
+    figures: dict[str, dict[str, Any]] = {name: {} for name in models}
     for label, setting in rows.items():
+        dtype = next(next(iter(models.values()))[0].parameters()).dtype
         table = table_for(loaded, setting, dtype, alignment)
-        measured = step_ms(model, setting, causal=True, warmup=MEASURE_WARMUP, repeats=MEASURE_REPEATS,
-                           min_seconds=MEASURE_SECONDS, passes=MEASURE_PASSES)  # fmt: skip
-        figures[label] = {"predicted_ms": table.predict_ms(arch.layers), "measured_ms": measured,
-                          "stacks_ms": table.uncalibrated().predict_ms(arch.layers),
-                          "batch": setting.batch, "phase": setting.phase}  # fmt: skip
+
+        def time_ms(_: int, model: nn.Module, setting: LatencySetting = setting) -> float:
+            return step_ms(model, setting, causal=True, warmup=MEASURE_WARMUP, repeats=MEASURE_REPEATS,
+                           min_seconds=MEASURE_SECONDS)  # fmt: skip
+
+        timers = {name: functools.partial(time_ms, model=model) for name, (model, _) in models.items()}
+        measured = least_of_passes(timers, MEASURE_PASSES)
+        for name, (_, arch) in models.items():
+            figures[name][label] = _figure(table, arch, measured[name], setting)
     return figures
+
+
+def _figure(table: LatencyTable, arch: ArchConfig, measured_ms: float, setting: LatencySetting) -> dict[str, Any]:
+    return {"predicted_ms": table.predict_ms(arch.layers), "measured_ms": measured_ms,
+            "stacks_ms": table.uncalibrated().predict_ms(arch.layers), "batch": setting.batch,
+            "phase": setting.phase}  # fmt: skip
 
 
 # --- 4. the table's accuracy over random architectures --------------------------------------------------
@@ -212,19 +229,23 @@ def random_arch(shape: ModelShape, alignment: int, rng: random.Random) -> ArchCo
 def accuracy(
     loaded: LoadedModel, rows: dict[str, LatencySetting], alignment: int, count: int, dtype: torch.dtype
 ) -> list[dict[str, Any]]:
-    """``count`` random architectures built as exported (random weights), predicted and timed."""
+    """``count`` random architectures built as exported (random weights), predicted and timed as the
+    table's calibration models are (passes over all of them)."""
     adapter, rng = loaded.adapter, random.Random(0)
-    figures = []
-    for _ in range(count):
-        arch = random_arch(adapter.shape, alignment, rng)
-        _, config = export_config(adapter, arch)
-        model = build_skeleton(config, device=adapter.device, dtype=dtype)
-        figures.append({"arch": arch.to_dict(), "param_ratio": adapter.shape.count_params(arch) /
-                        adapter.shape.dense_params()} | timed(loaded, model, arch, rows, alignment))  # fmt: skip
-        del model
-        if adapter.device.type == "cuda":
-            torch.cuda.empty_cache()
-    return figures
+    archs = {f"random {i}": random_arch(adapter.shape, alignment, rng) for i in range(count)}
+    figures: dict[str, dict[str, Any]] = {
+        name: {"arch": arch.to_dict(), "param_ratio": adapter.shape.count_params(arch) / adapter.shape.dense_params()}
+        for name, arch in archs.items()
+    }
+    for label, setting in rows.items():
+        table = table_for(loaded, setting, dtype, alignment)
+        points = calibration.measure(
+            adapter, setting, dtype, table.split_ms, archs,
+            warmup=MEASURE_WARMUP, repeats=MEASURE_REPEATS, min_seconds=MEASURE_SECONDS, passes=MEASURE_PASSES,
+        )  # fmt: skip
+        for point in points:
+            figures[point.name][label] = _figure(table, archs[point.name], point.measured_ms, setting)
+    return [figure for figure in figures.values() if all(label in figure for label in rows)]  # the device had room
 
 
 def tables(loaded: LoadedModel, rows: dict[str, LatencySetting], alignment: int, dtype: torch.dtype) -> dict[str, Any]:
@@ -288,19 +309,16 @@ def measure_shape(name: str, device: torch.device, args: argparse.Namespace) -> 
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    candidates: dict[str, Any] = {}
     print(f"{name}: timing dense and the bests ...", flush=True)
     with torch.no_grad():
-        candidates["dense"] = timed(loaded, loaded.adapter.model, shape.dense_arch(), rows, alignment_used) | {
-            "param_ratio": 1.0
-        }
-        for label, (arch, best) in bests.items():
-            model, _, _ = materialize(loaded.adapter, selections[label], device=device)
-            candidates[label] = timed(loaded, model, arch, rows, alignment_used) | {
-                "param_ratio": best["param_ratio"],
-                "kl": best["kl"],
-            }
-            del model
+        models = {"dense": (loaded.adapter.model, shape.dense_arch())}
+        for label, (arch, _) in bests.items():
+            models[label] = (materialize(loaded.adapter, selections[label], device=device)[0], arch)
+        candidates: dict[str, Any] = timed(loaded, models, rows, alignment_used)
+        del models
+    candidates["dense"]["param_ratio"] = 1.0
+    for label, (_, best) in bests.items():
+        candidates[label] |= {"param_ratio": best["param_ratio"], "kl": best["kl"]}
     figures = {
         "shape": name,
         "params": shape.dense_params(),

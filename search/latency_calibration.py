@@ -41,7 +41,7 @@ from torch import nn
 from search.adapters import Adapter
 from search.arch import ArchConfig, LayerArch, ModelShape
 from search.export import build_skeleton, export_config
-from search.latency_timing import step_ms
+from search.latency_timing import kept_timer, least_of_passes, room_for, step_ms
 from search.spec import LatencySetting
 
 SCALE_RANGE = (0.5, 2.0)  # the sub-blocks' stack timings are off by at most this factor in a whole model
@@ -144,24 +144,22 @@ def measure(
     an H200's: most models of one table), and a pass seconds later finds the host back at speed.
     A model the device has no room for is left out; between passes a model stays on the GPU while
     there is room for the largest one besides it, and is built again otherwise."""
-    names = [name for name, arch in archs.items() if _room_for(adapter, arch, dtype)]
+    names = [name for name, arch in archs.items() if _room_for(adapter, adapter.shape.count_params(arch), dtype)]
     largest = max((adapter.shape.count_params(archs[name]) for name in names), default=0)
-    built: dict[str, nn.Module] = {}
-    steps: dict[str, float] = {}
-    for done in range(passes):
-        for name in names if done % 2 == 0 else reversed(names):
-            model = built.pop(name, None) or build_skeleton(
-                export_config(adapter, archs[name])[1], device=adapter.device, dtype=dtype
-            )
-            measured = step_ms(
-                model, setting, causal=adapter.shape.causal, warmup=warmup, repeats=repeats, min_seconds=min_seconds
-            )
-            steps[name] = min(steps.get(name, measured), measured)
-            if done + 1 < passes and adapter.device.type == "cuda" and _room_for_params(adapter, 2 * largest, dtype):
-                built[name] = model
-            del model
-            if adapter.device.type == "cuda":
-                torch.cuda.empty_cache()
+
+    def time_ms(model: nn.Module) -> float:
+        return step_ms(
+            model, setting, causal=adapter.shape.causal, warmup=warmup, repeats=repeats, min_seconds=min_seconds
+        )
+
+    def keep() -> bool:
+        return adapter.device.type == "cuda" and _room_for(adapter, 2 * largest, dtype)
+
+    def build(arch: ArchConfig) -> Callable[[], nn.Module]:
+        return lambda: build_skeleton(export_config(adapter, arch)[1], device=adapter.device, dtype=dtype)
+
+    timers = {name: kept_timer(build(archs[name]), time_ms, passes=passes, keep=keep) for name in names}
+    steps = least_of_passes(timers, passes)
     points = []
     for name in names:
         kept = [layer for layer in archs[name].layers if layer.attention_kept or layer.mlp_kept]
@@ -169,17 +167,9 @@ def measure(
     return points
 
 
-def _room_for(adapter: Adapter, arch: ArchConfig, dtype: torch.dtype) -> bool:
-    """Whether the model's weights take at most ``HEADROOM`` of the GPU's free memory (a CPU: always)."""
-    return _room_for_params(adapter, adapter.shape.count_params(arch), dtype)
-
-
-def _room_for_params(adapter: Adapter, params: int, dtype: torch.dtype) -> bool:
-    device = adapter.device
-    if device.type != "cuda":
-        return True
-    weights = params * torch.tensor([], dtype=dtype).element_size()
-    return weights <= HEADROOM * torch.cuda.mem_get_info(device)[0]
+def _room_for(adapter: Adapter, params: int, dtype: torch.dtype) -> bool:
+    """Whether the weights take at most ``HEADROOM`` of the GPU's free memory (a CPU: always)."""
+    return room_for(adapter.device, params, dtype, HEADROOM)
 
 
 def fit(points: Sequence[Point], *, measured_layer_ms: float) -> Fit:

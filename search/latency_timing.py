@@ -11,7 +11,8 @@ from __future__ import annotations
 import inspect
 import statistics
 import time
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -19,6 +20,8 @@ from torch import nn
 from search.spec import LatencySetting
 
 MAX_REPEATS = 2000  # the most steps ``min_seconds`` may ask for (a step of a few microseconds)
+
+Key = TypeVar("Key")
 
 
 def random_ids(vocab: int, batch: int, tokens: int, device: torch.device) -> torch.Tensor:
@@ -78,23 +81,58 @@ def _enough(done: int, repeats: int, started: float, min_seconds: float) -> bool
 
 
 def step_ms(
-    model: nn.Module,
-    setting: LatencySetting,
-    *,
-    causal: bool,
-    warmup: int,
-    repeats: int,
-    min_seconds: float = 0.0,
-    passes: int = 1,
+    model: nn.Module, setting: LatencySetting, *, causal: bool, warmup: int, repeats: int, min_seconds: float = 0.0
 ) -> float:
     """Milliseconds of one step of ``model`` in ``setting`` (``Stepper``), after ``warmup`` steps: the
-    median over at least ``repeats`` steps and ``min_seconds``, the least of ``passes`` such medians
-    (a host that slows down for a second makes one pass slow, not the figure)."""
+    median over at least ``repeats`` steps and ``min_seconds``."""
     stepper = Stepper(model, setting, causal=causal)
-    return min(
-        interleaved_ms([stepper], warmup=warmup if done == 0 else 0, repeats=repeats, min_seconds=min_seconds)[0]
-        for done in range(passes)
-    )
+    return interleaved_ms([stepper], warmup=warmup, repeats=repeats, min_seconds=min_seconds)[0]
+
+
+def least_of_passes(timers: Mapping[Key, Callable[[int], float]], passes: int) -> dict[Key, float]:
+    """Each timer's least figure over ``passes`` passes over all of them, the order reversed every pass.
+
+    A shared host slows down for seconds at a time: an H200's ran host-bound steps up to twice as long,
+    and timed one architecture 46% apart a minute later. With a model's passes all the other models'
+    timings apart, a slow period makes one of its passes slow, not its figure; three passes of one
+    model back to back (a second and a half) fell inside one. A timer is told which pass it runs (0
+    first), so it can build its model on the first and free it after the last (``kept_timer``)."""
+    keys = list(timers)
+    least: dict[Key, float] = {}
+    for done in range(passes):
+        for key in keys if done % 2 == 0 else reversed(keys):
+            measured = timers[key](done)
+            least[key] = min(least.get(key, measured), measured)
+    return least
+
+
+def kept_timer(
+    build: Callable[[], nn.Module], time_ms: Callable[[nn.Module], float], *, passes: int, keep: Callable[[], bool]
+) -> Callable[[int], float]:
+    """A timer for ``least_of_passes``: builds its model, times it, and keeps it for its next pass while
+    ``keep()`` (there is room for it beside the others'), building it again otherwise."""
+    kept: list[nn.Module] = []
+
+    def timed(done: int) -> float:
+        model = kept.pop() if kept else build()
+        measured = time_ms(model)
+        if done + 1 < passes and keep():
+            kept.append(model)
+        del model
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return measured
+
+    return timed
+
+
+def room_for(device: torch.device, params: int, dtype: torch.dtype, share: float) -> bool:
+    """Whether ``params`` weights in ``dtype`` take at most ``share`` of the GPU's free memory (a CPU:
+    always)."""
+    if device.type != "cuda":
+        return True
+    weights = params * torch.tensor([], dtype=dtype).element_size()
+    return weights <= share * torch.cuda.mem_get_info(device)[0]
 
 
 def interleaved_ms(steppers: list[Stepper], *, warmup: int, repeats: int, min_seconds: float = 0.0) -> list[float]:

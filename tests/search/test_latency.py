@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import optuna
 import pytest
 import torch
+from torch import nn
 
 from search.arch import ArchConfig, LayerArch, ModelShape
 from search.artifacts import ArtifactStore, model_fingerprint
@@ -25,6 +26,7 @@ from search.candidates import SearchContext, prepare
 from search.families import read_shape
 from search.latency import LATENCY_TABLE, LatencyTable, _monotone
 from search.latency_calibration import SCALE_RANGE, Point, calibration_archs, fit
+from search.latency_timing import kept_timer, least_of_passes
 from search.loading import load_model
 from search.repair import Proposal, repair_within
 from search.spec import LatencySetting, read_local_config
@@ -238,8 +240,9 @@ def test_with_both_budgets_every_trial_meets_both(
 
 
 def test_a_latency_pareto_search_returns_points_with_predicted_and_measured_latency(
-    known_context: SearchContext, tiny_llama_dir: Path
+    known_context: SearchContext, tiny_llama_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr("search.latency_check.MEASURE_PASSES", 2)  # finalists materialised again for a second pass
     spec = tiny_job_spec(
         tiny_llama_dir,
         target={"latency": KNOWN},
@@ -263,6 +266,37 @@ def test_a_latency_pareto_search_returns_points_with_predicted_and_measured_late
         assert check.predicted_ms == by_number[check.trial_number].latency_ms
         assert check.measured_ms == result.verified[check.trial_number].metrics["latency_ms"] > 0
     assert report.median_abs_error is not None and report.dense.measured_ms > 0
+
+
+def test_models_are_timed_in_passes_over_all_of_them_and_each_keeps_its_least() -> None:
+    """A host slow for one pass (every model timed at twice its cost) moves no figure, and a model's
+    passes are the other models' timings apart (the order reversed every pass)."""
+    own = {"a": 1.0, "b": 2.0, "c": 3.0}
+    host = [1.0, 2.0, 1.0]
+    order: list[str] = []
+
+    def timer(name: str) -> Callable[[int], float]:
+        def timed(done: int) -> float:
+            order.append(name)
+            return own[name] * host[done]
+
+        return timed
+
+    assert least_of_passes({name: timer(name) for name in own}, 3) == own
+    assert order == ["a", "b", "c", "c", "b", "a", "a", "b", "c"]
+
+
+def test_a_timed_model_is_kept_between_passes_only_while_there_is_room() -> None:
+    built: list[nn.Module] = []
+
+    def build() -> nn.Module:
+        built.append(nn.Linear(2, 2))
+        return built[-1]
+
+    for room, builds in ((True, 1), (False, 3)):
+        built.clear()
+        timed = kept_timer(build, lambda model: 1.0, passes=3, keep=lambda room=room: room)
+        assert [timed(done) for done in range(3)] == [1.0] * 3 and len(built) == builds
 
 
 def test_the_device_alignment_rule() -> None:
