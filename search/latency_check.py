@@ -23,7 +23,7 @@ from search.export import materialize
 from search.latency_timing import kept_timer, least_of_passes, room_for, step_ms
 from search.precision import export_dtype
 from search.results import LatencyCheck, LatencyReport, SearchResult, TrialInfo
-from search.speed import dense_in
+from search.speed import dense_copied, dense_in
 
 MEASURE_WARMUP = 3
 MEASURE_REPEATS = 10
@@ -104,8 +104,10 @@ def _measure_all(context: SearchContext, archs: dict[int, ArchConfig], dtype: to
         with dense_in(loaded, dtype) as model:
             return time_ms(model)
 
+    copied = dense_copied(loaded, dtype)  # a second dense model comes and goes every pass: keep nothing
+
     def keep() -> bool:
-        return adapter.device.type == "cuda" and room_for(adapter.device, params, dtype, HEADROOM)
+        return adapter.device.type == "cuda" and not copied and room_for(adapter.device, params, dtype, HEADROOM)
 
     def build(arch: ArchConfig) -> Callable[[], nn.Module]:
         selection = context.selection(arch)

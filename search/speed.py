@@ -89,19 +89,28 @@ def dense_in(loaded: LoadedModel, dtype: torch.dtype) -> Iterator[nn.Module]:
     source = loaded.source
     if searched == dtype:
         yield model
-    elif dtype == torch.float32 or source is None or source.exact_in(searched):
+    elif not dense_copied(loaded, dtype):
         model.to(dtype)
         try:
             yield model
         finally:
             model.to(searched)
     else:
+        assert source is not None  # dense_copied: only a checkpoint's values are loaded again
         copy = _load_dense(source, dtype, next(model.parameters()).device, causal=loaded.adapter.shape.causal)
         try:
             yield copy
         finally:
             del copy
             _empty_cache()
+
+
+def dense_copied(loaded: LoadedModel, dtype: torch.dtype) -> bool:
+    """Whether ``dense_in`` loads a second copy of the dense model (the round trip to ``dtype`` and back
+    would not be exact) rather than casting the searched one in place."""
+    searched = next(loaded.adapter.model.parameters()).dtype
+    source = loaded.source
+    return searched != dtype and dtype != torch.float32 and source is not None and not source.exact_in(searched)
 
 
 def _load_dense(source: WeightSource, dtype: torch.dtype, device: torch.device, *, causal: bool) -> nn.Module:
