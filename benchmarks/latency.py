@@ -18,7 +18,7 @@ For each shape (random weights, so speed only; shapes and random tokens from ben
    median |prediction error| per setting over the random architectures and the bests (goal: within
    10%).
 
-    python benchmarks/latency.py                                   # GPU: llama-1b and llama-8b, ~6 min on an H200
+    python benchmarks/latency.py                                   # GPU: llama-1b and llama-8b, ~4 min on an H200
     python benchmarks/latency.py --shapes tiny --context 32 --decode-batches 1,2 --prefill-batch 2 \\
         --trials 3 --tokens 256 --seq-len 32 --out /tmp/perf.md     # CPU smoke run (tested in CI)
 
@@ -188,8 +188,8 @@ def timed(
     """Predicted (from the table of each setting) and measured milliseconds per step of each model; in
     each setting the models are timed in passes over all of them, as the job's check times its own."""
     figures: dict[str, dict[str, Any]] = {name: {} for name in models}
+    dtype = next(next(iter(models.values()))[0].parameters()).dtype
     for label, setting in rows.items():
-        dtype = next(next(iter(models.values()))[0].parameters()).dtype
         table = table_for(loaded, setting, dtype, alignment)
 
         def time_ms(_: int, model: nn.Module, setting: LatencySetting = setting) -> float:
@@ -287,7 +287,8 @@ def measure_shape(name: str, device: torch.device, args: argparse.Namespace) -> 
     rows = settings(args)
     built = tables(loaded, rows, alignment_used, dtype)
     # Timed before any search, in the process state the tables were timed in: after a search, with its
-    # state alive, every step of the 1B shape once ran ~20% longer on the H200 (calibration models too).
+    # state alive, every step of the 1B shape once ran ~20% longer on the H200, calibration models too
+    # (that process had also run the profiler in between, so which of the two it was is not settled).
     print(f"{name}: {args.random_candidates} random architectures ...", flush=True)
     randoms = accuracy(loaded, rows, alignment_used, args.random_candidates, dtype)
     print(f"{name}: latency-targeted search ...", flush=True)

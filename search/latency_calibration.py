@@ -17,15 +17,15 @@ built as an export would be (random weights, ``build_skeleton``) and timed, and 
 is fitted to them on relative errors, where a sub-block's *floor* is its stack timing at the
 narrowest width the grid allows and its *width* is what its own width adds to that (base ≥ 0, layer
 ≥ 0, scale within ``SCALE_RANGE``, width_scale within [0, its upper end]: the table stays monotone);
-refitted to one table's models of each shape timed on an H200, it gives the width a scale of 0.23 at
-the 1B shape's decode at batch 16 and 0.005 at the 8B's. The fit minimises the sum of absolute
-relative errors, not of their squares: a step of a host-bound decode is timed on a machine whose
-host slows down for a second now and then (one model of a table came out 30% slow on an H200 host),
-and least squares let such a point pull the base to 3.4 ms where every other model said 0.7 ms. The
-dense model is one of them where the device has room for a second copy (it is the denominator of
-every latency ratio, and on a CPU the one whose weights least fit in cache); the others hold at most
-about half its parameters. The fit's median relative residual over them is kept with the table and
-reported.
+on an H200 the width's scale came out 0 at the 8B shape's decode and 1.0 at its prefill (0.25, 0 and
+1.29 at the 1B shape's decode b1, b16 and prefill: docs/performance.md). The fit minimises the sum
+of absolute relative errors, not of their squares: a step of a host-bound decode is timed on a
+machine whose host slows down for a second now and then (one model of a table came out 30% slow on
+an H200 host), and least squares let such a point pull the base to 3.4 ms where every other model
+said 0.7 ms. The dense model is one of them where the device has room for a second copy (it is the
+denominator of every latency ratio, and on a CPU the one whose weights least fit in cache); the
+others hold at most about half its parameters. The fit's median relative residual over them is kept
+with the table and reported.
 """
 
 from __future__ import annotations
