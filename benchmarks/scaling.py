@@ -59,7 +59,9 @@ def worker(args: argparse.Namespace) -> None:
     run = Path(args.run_dir)
     gpu = torch.cuda.is_available()
     device = torch.device("cuda" if gpu else "cpu")
-    if not gpu:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    elif not gpu:
         torch.set_num_threads(1)  # tiny CPU shapes gain nothing from intra-op threads; no oversubscription
     started = time.perf_counter()
     loaded, _ = build(args.shape if args.shape in _shapes() else str(ROOT / args.shape), device)
@@ -143,12 +145,14 @@ def run_once(args: argparse.Namespace, world: int, workdir: Path) -> dict[str, A
         env = os.environ.copy()
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = gpus[rank % len(gpus)]
+        if args.threads:  # OpenMP and BLAS pools (numpy's too) are sized when the libraries load
+            env["OMP_NUM_THREADS"] = env["OPENBLAS_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
         command = [
             sys.executable, __file__, "--role", "worker", "--rank", str(rank), "--world", str(world),
             "--run-dir", str(run), "--storage", storage, "--shape", args.shape, "--proxy", args.proxy,
             "--space", args.space, "--trials", str(args.trials), "--tokens", str(args.tokens),
             "--seq-len", str(args.seq_len), "--token-schedule" if args.token_schedule else "--no-token-schedule",
-            *(["--lookahead"] if args.lookahead else []),
+            *(["--lookahead"] if args.lookahead else []), "--threads", str(args.threads),
         ]  # fmt: skip
         processes.append(subprocess.Popen(command, env=env))
         if rank == 0:  # the study must exist before the others look for it
@@ -212,7 +216,8 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
         f"### {meta['shape']}, {meta['proxy']}, {meta['space']} space, {meta['tokens']:,} tokens per trial"
         + ("" if meta["token_schedule"] else ", no token schedule")
-        + (", lookahead" if meta.get("lookahead") else ""),
+        + (", lookahead" if meta.get("lookahead") else "")
+        + (f", {meta['threads']} CPU threads per worker" if meta.get("threads") else ""),
         "",
         f"Command: `{meta['command']}`",
         "",
@@ -257,6 +262,13 @@ def main() -> None:
     parser.add_argument(
         "--lookahead", action="store_true", help="each worker proposes its next trial while scoring (search.loop)"
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="each worker's intra-op, OpenMP and BLAS threads (0: the libraries' default, every core; on a"
+        " GPU host two workers' spinning pools may then crowd out each other's launching thread)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="Markdown section to write (JSON beside it)")
     parser.add_argument("--rank", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--world", type=int, default=1, help=argparse.SUPPRESS)
@@ -283,6 +295,7 @@ def main() -> None:
         "tokens": args.tokens,
         "token_schedule": args.token_schedule,
         "lookahead": args.lookahead,
+        "threads": args.threads,
         "command": "python benchmarks/scaling.py " + " ".join(a for a in sys.argv[1:]),
         "hardware": (
             f"{torch.cuda.device_count()}× {torch.cuda.get_device_name()}, {os.cpu_count()} CPU cores"
@@ -301,6 +314,7 @@ def main() -> None:
         )
         key = f"{args.shape} {args.space} gpus={args.gpus or 'cpu'}" + ("" if args.token_schedule else " no-schedule")
         key += " lookahead" if args.lookahead else ""
+        key += f" threads={args.threads}" if args.threads else ""
         write_section(args.out, f"scaling: {key}", text, heading=heading)
         figures = args.out.with_name(args.out.stem + "-scaling.json")
         previous = json.loads(figures.read_text()) if figures.exists() else {}
