@@ -271,7 +271,7 @@ def _calibration_model(table: LatencyTable, point: Point) -> dict[str, Any]:
 
 
 def measure_shape(name: str, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
-    loaded, _ = build(name, device)
+    loaded, _ = build(name if name in SHAPES else str(ROOT / name), device)
     tokens = random_tokens(loaded, args.tokens, args.seq_len)
     shape = loaded.adapter.shape
     dtype = next(loaded.adapter.model.parameters()).dtype
@@ -446,7 +446,8 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     gpu = torch.cuda.is_available()
-    parser.add_argument("--shapes", default="llama-1b,llama-8b" if gpu else "tiny", help="comma-separated shape names")
+    parser.add_argument("--shapes", default="llama-1b,llama-8b" if gpu else "tiny",
+                        help="comma-separated shape names or model directories (models/ref-llama-13m)")  # fmt: skip
     parser.add_argument("--context", type=int, default=512, help="KV cache (decode) and sequence (prefill) length")
     parser.add_argument("--decode-batches", type=lambda s: [int(b) for b in s.split(",")], default=[1, 16])
     parser.add_argument("--prefill-batch", type=int, default=8)
@@ -470,8 +471,8 @@ def main() -> None:
     raw = args.out.with_name(f"{args.out.stem}-latency.json")
     shapes = []
     for name in [s for s in args.shapes.split(",") if s]:
-        if name not in SHAPES:
-            print(f"skipping {name}: not a shape name", flush=True)
+        if name not in SHAPES and not (ROOT / name).is_dir():
+            print(f"skipping {name}: neither a shape name nor a model directory", flush=True)
             continue
         started = time.perf_counter()
         shapes.append(measure_shape(name, device, args))
