@@ -150,6 +150,17 @@ class LatencyTable:
             self, base_ms=self.stack_base_ms, layer_ms=self.stack_layer_ms, scale=1.0, width_scale=1.0, calibration=()
         )
 
+    def with_fit(self, fit: calibration.Fit) -> LatencyTable:
+        """The table with the calibration's figures and the whole models they were fitted to."""
+        return dataclasses.replace(
+            self,
+            base_ms=fit.base_ms,
+            layer_ms=fit.layer_ms,
+            scale=fit.scale,
+            width_scale=fit.width_scale,
+            calibration=fit.points,
+        )
+
     @property
     def fit(self) -> calibration.Fit:
         """The table's calibration: its figures and the whole models they were fitted to."""
@@ -315,15 +326,7 @@ def build_table(
             warmup=warmup, repeats=repeats, min_seconds=CALIBRATION_SECONDS, passes=calibration.PASSES,
         )  # fmt: skip
         if points:  # none where the device has no room for even a quarter of the model: the stacks' figures
-            fit = calibration.fit(points, measured_layer_ms=table.layer_ms)
-            table = dataclasses.replace(
-                table,
-                base_ms=fit.base_ms,
-                layer_ms=fit.layer_ms,
-                scale=fit.scale,
-                width_scale=fit.width_scale,
-                calibration=fit.points,
-            )
+            table = table.with_fit(calibration.fit(points, measured_layer_ms=table.layer_ms))
     return dataclasses.replace(table, build_seconds=time.perf_counter() - started)
 
 

@@ -10,7 +10,6 @@ the artifact store (where a real one would be), so their budgets are feasible wh
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -428,9 +427,7 @@ def test_where_whole_models_step_as_long_at_every_width_the_width_weighs_nothing
         points.append(Point(name, len(kept), *table.split_ms(kept), step_ms(arch)))
     fitted = fit(points, measured_layer_ms=0.0)
     assert fitted.width_scale == pytest.approx(0.0, abs=1e-6)
-    calibrated = dataclasses.replace(
-        table, base_ms=fitted.base_ms, layer_ms=fitted.layer_ms, scale=fitted.scale, width_scale=fitted.width_scale
-    )
+    calibrated = table.with_fit(fitted)
     rng = random.Random(0)
     for _ in range(20):
         heads, channels = [0, *range(4, 33, 4)], [0, *range(128, 14337, 128)]
