@@ -141,7 +141,7 @@ def test_the_table_is_built_once_and_the_next_job_reads_it_from_the_store(
 
 def test_the_table_is_fitted_to_whole_models_timed_at_build(latency_context: SearchContext) -> None:
     """Whole models of the family (at most about half the dense parameters each, no two alike) were
-    built as exported and timed; base, per-layer cost and scale are the fit's, within their bounds."""
+    built as exported and timed; base, per-layer cost and both scales are the fit's, within their bounds."""
     table = _table(latency_context)
     assert [p.name for p in table.calibration] == list(calibration_archs(latency_context.shape, 32))
     assert all(
