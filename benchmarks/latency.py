@@ -29,7 +29,6 @@ again after each shape, so a run cut short keeps the shapes it finished.
 from __future__ import annotations
 
 import argparse
-import functools
 import gc
 import json
 import platform
@@ -37,6 +36,7 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +54,14 @@ from search.arch import ArchConfig, LayerArch, ModelShape  # noqa: E402
 from search.candidates import SearchContext, prepare  # noqa: E402
 from search.export import materialize  # noqa: E402
 from search.latency import LATENCY_TABLE, LatencyTable, build_table, device_name  # noqa: E402
-from search.latency_calibration import Point  # noqa: E402
-from search.latency_check import MEASURE_PASSES, MEASURE_REPEATS, MEASURE_SECONDS, MEASURE_WARMUP  # noqa: E402
-from search.latency_timing import least_of_passes, step_ms  # noqa: E402
+from search.latency_check import (  # noqa: E402
+    MEASURE_PASSES,
+    MEASURE_REPEATS,
+    MEASURE_SECONDS,
+    MEASURE_WARMUP,
+    measured_ms,
+)
+from search.latency_timing import least_of_passes  # noqa: E402
 from search.loading import LoadedModel  # noqa: E402
 from search.spec import JobSpec, LatencySetting  # noqa: E402
 from search.study import run_search  # noqa: E402
@@ -191,16 +196,15 @@ def timed(
     dtype = next(next(iter(models.values()))[0].parameters()).dtype
     for label, setting in rows.items():
         table = table_for(loaded, setting, dtype, alignment)
-
-        def time_ms(_: int, model: nn.Module, setting: LatencySetting = setting) -> float:
-            return step_ms(model, setting, causal=True, warmup=MEASURE_WARMUP, repeats=MEASURE_REPEATS,
-                           min_seconds=MEASURE_SECONDS)  # fmt: skip
-
-        timers = {name: functools.partial(time_ms, model=model) for name, (model, _) in models.items()}
+        timers = {name: _pass_timer(model, setting) for name, (model, _) in models.items()}
         measured = least_of_passes(timers, MEASURE_PASSES)
         for name, (_, arch) in models.items():
             figures[name][label] = _figure(table, arch, measured[name], setting)
     return figures
+
+
+def _pass_timer(model: nn.Module, setting: LatencySetting) -> Callable[[int], float]:
+    return lambda _: measured_ms(model, setting, causal=True)
 
 
 def _figure(table: LatencyTable, arch: ArchConfig, measured_ms: float, setting: LatencySetting) -> dict[str, Any]:
@@ -265,7 +269,7 @@ def tables(loaded: LoadedModel, rows: dict[str, LatencySetting], alignment: int,
     return figures
 
 
-def _calibration_model(table: LatencyTable, point: Point) -> dict[str, Any]:
+def _calibration_model(table: LatencyTable, point: calibration.Point) -> dict[str, Any]:
     return {"name": point.name, "kept_layers": point.kept_layers, "measured_ms": point.measured_ms,
             "predicted_ms": table.fit.predict_ms(point)}  # fmt: skip
 

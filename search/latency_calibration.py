@@ -47,7 +47,6 @@ from search.spec import LatencySetting
 SCALE_RANGE = (0.5, 2.0)  # the sub-blocks' stack timings are off by at most this factor in a whole model
 FIT_ROUNDS = 50  # reweighted least-squares rounds of the least-absolute-errors fit (9 models: converged in ~20)
 FIT_FLOOR = 1e-4  # a residual below this weighs as this much: a model fitted exactly does not take all weight
-HEADROOM = 0.8  # a calibration model is built where it takes at most this share of the device's free memory
 PASSES = 3  # each calibration model is timed this many times, seconds apart
 
 
@@ -144,7 +143,7 @@ def measure(
     an H200's: most models of one table), and a pass seconds later finds the host back at speed.
     A model the device has no room for is left out; between passes a model stays on the GPU while
     there is room for the largest one besides it, and is built again otherwise."""
-    names = [name for name, arch in archs.items() if _room_for(adapter, adapter.shape.count_params(arch), dtype)]
+    names = [name for name, arch in archs.items() if room_for(adapter.device, adapter.shape.count_params(arch), dtype)]
     largest = max((adapter.shape.count_params(archs[name]) for name in names), default=0)
 
     def time_ms(model: nn.Module) -> float:
@@ -153,7 +152,7 @@ def measure(
         )
 
     def keep() -> bool:
-        return adapter.device.type == "cuda" and _room_for(adapter, 2 * largest, dtype)
+        return adapter.device.type == "cuda" and room_for(adapter.device, 2 * largest, dtype)
 
     def build(arch: ArchConfig) -> Callable[[], nn.Module]:
         return lambda: build_skeleton(export_config(adapter, arch)[1], device=adapter.device, dtype=dtype)
@@ -165,11 +164,6 @@ def measure(
         kept = [layer for layer in archs[name].layers if layer.attention_kept or layer.mlp_kept]
         points.append(Point(name, len(kept), *split_ms(kept), steps[name]))
     return points
-
-
-def _room_for(adapter: Adapter, params: int, dtype: torch.dtype) -> bool:
-    """Whether the weights take at most ``HEADROOM`` of the GPU's free memory (a CPU: always)."""
-    return room_for(adapter.device, params, dtype, HEADROOM)
 
 
 def fit(points: Sequence[Point], *, measured_layer_ms: float) -> Fit:

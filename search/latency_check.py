@@ -23,13 +23,13 @@ from search.export import materialize
 from search.latency_timing import kept_timer, least_of_passes, room_for, step_ms
 from search.precision import export_dtype
 from search.results import LatencyCheck, LatencyReport, SearchResult, TrialInfo
+from search.spec import LatencySetting
 from search.speed import dense_copied, dense_in
 
 MEASURE_WARMUP = 3
 MEASURE_REPEATS = 10
 MEASURE_SECONDS = 0.5  # and at least this long: a decode step of a few milliseconds is timed ~100 times
 MEASURE_PASSES = 3  # the least of this many medians, as the table's calibration models are timed
-HEADROOM = 0.8  # finalists stay on the GPU between passes while they take at most this share of its free memory
 
 
 def check_latency(context: SearchContext, result: SearchResult) -> LatencyReport:
@@ -86,6 +86,13 @@ def _check(trial: TrialInfo, predicted: float, measured: float) -> LatencyCheck:
     )
 
 
+def measured_ms(model: nn.Module, setting: LatencySetting, *, causal: bool) -> float:
+    """One pass of a model as the check times it (``least_of_passes`` keeps the least of them)."""
+    return step_ms(
+        model, setting, causal=causal, warmup=MEASURE_WARMUP, repeats=MEASURE_REPEATS, min_seconds=MEASURE_SECONDS
+    )
+
+
 def _measure_all(context: SearchContext, archs: dict[int, ArchConfig], dtype: torch.dtype) -> dict[int | None, float]:
     """The dense model (key None) and each candidate materialised as exported, timed in passes over
     all of them. A candidate stays on the device between passes while all of them fit beside the
@@ -96,9 +103,7 @@ def _measure_all(context: SearchContext, archs: dict[int, ArchConfig], dtype: to
     params = sum(adapter.shape.count_params(arch) for arch in archs.values())
 
     def time_ms(model: nn.Module) -> float:
-        return step_ms(
-            model, setting, causal=causal, warmup=MEASURE_WARMUP, repeats=MEASURE_REPEATS, min_seconds=MEASURE_SECONDS
-        )
+        return measured_ms(model, setting, causal=causal)
 
     def dense(_: int) -> float:
         with dense_in(loaded, dtype) as model:
@@ -107,7 +112,7 @@ def _measure_all(context: SearchContext, archs: dict[int, ArchConfig], dtype: to
     copied = dense_copied(loaded, dtype)  # a second dense model comes and goes every pass: keep nothing
 
     def keep() -> bool:
-        return adapter.device.type == "cuda" and not copied and room_for(adapter.device, params, dtype, HEADROOM)
+        return adapter.device.type == "cuda" and not copied and room_for(adapter.device, params, dtype)
 
     def build(arch: ArchConfig) -> Callable[[], nn.Module]:
         selection = context.selection(arch)

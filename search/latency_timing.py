@@ -20,6 +20,7 @@ from torch import nn
 from search.spec import LatencySetting
 
 MAX_REPEATS = 2000  # the most steps ``min_seconds`` may ask for (a step of a few microseconds)
+HEADROOM = 0.8  # a timed model is built, or kept between passes, where it takes at most this share of free GPU memory
 
 Key = TypeVar("Key")
 
@@ -126,13 +127,13 @@ def kept_timer(
     return timed
 
 
-def room_for(device: torch.device, params: int, dtype: torch.dtype, share: float) -> bool:
-    """Whether ``params`` weights in ``dtype`` take at most ``share`` of the GPU's free memory (a CPU:
-    always)."""
+def room_for(device: torch.device, params: int, dtype: torch.dtype) -> bool:
+    """Whether ``params`` weights in ``dtype`` take at most ``HEADROOM`` of the GPU's free memory (a
+    CPU: always)."""
     if device.type != "cuda":
         return True
     weights = params * torch.tensor([], dtype=dtype).element_size()
-    return weights <= share * torch.cuda.mem_get_info(device)[0]
+    return weights <= HEADROOM * torch.cuda.mem_get_info(device)[0]
 
 
 def interleaved_ms(steppers: list[Stepper], *, warmup: int, repeats: int, min_seconds: float = 0.0) -> list[float]:
