@@ -48,7 +48,7 @@ from search.arch import ArchConfig, LayerArch
 from search.artifacts import Artifact
 from search.errors import BudgetInfeasible
 from search.export import build_skeleton, layers_config
-from search.latency_timing import Stepper, interleaved_ms, step_ms
+from search.latency_timing import Stepper, interleaved_ms
 from search.precision import dtype_name
 from search.spec import JobSpec, LatencySetting
 
@@ -467,6 +467,5 @@ __all__ = [
     "check_latency_budget",
     "device_alignment",
     "latency_model",
-    "step_ms",
     "with_alignment",
 ]
