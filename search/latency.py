@@ -52,7 +52,8 @@ from search.latency_timing import Stepper, interleaved_ms
 from search.precision import dtype_name
 from search.spec import JobSpec, LatencySetting
 
-TABLE_VERSION = 3  # 2: stacks, a kept layer's fixed cost, the fit (base, layer, scale); 3: a width scale
+# 2: stacks, a kept layer's fixed cost, the fit (base, layer, scale); 3: a width scale; 4: GPU steps as replayed graphs
+TABLE_VERSION = 4
 TIE_MS = 1e-6  # a nanosecond: the least one more width costs in the table
 MAX_MLP_POINTS = 9  # MLP widths timed per table; the grid points between are interpolated
 STACK = 4  # layers of one width per timed model (at most the model's depth less the anchor)

@@ -1,30 +1,29 @@
 """Calibrating the latency table against whole models: what the sum of its parts misses.
 
 Sub-blocks are timed in short stacks (``search.latency``); a whole model adds what those cannot show
-in the same proportion: the host's fixed cost per kept layer (its call, norms, residual adds, the
-dropped sub-blocks' stubs, the KV cache's bookkeeping), and on a CPU the weights of a deep model no
-longer staying in cache. Nor does a whole model pay for width as a stack does: a decode step of a deep
-model is host-bound (on an H200, 0.6 ms of launches per layer; the GPU waits), so what a wider
-attention costs on the GPU mostly hides behind the host's next launches, while in a short stack the
-GPU's time shows. (One scale for the whole sub-block, fitted mostly to full-width models, predicted
-random per-layer architectures of the 8B shape 10-14% fast at decode: the stacks' 4-head attention
-costs 0.41 ms against 0.56 ms at 32 heads, the whole models at the narrowest widths run as long as
-the dense one.) So at table build a few models of the family at full or part depth and width are
-built as an export would be (random weights, ``build_skeleton``) and timed, and the additive model
+in the same proportion: a kept layer's fixed cost (its call, norms, residual adds, the dropped
+sub-blocks' stubs, the KV cache's bookkeeping), and on a CPU the weights of a deep model no longer
+staying in cache. Nor need a whole model pay for width as a stack does: where a step is bound by the
+host's launches (a CPU; a GPU timed eagerly, as this table once was), what a wider attention costs
+hides behind the host's next launches in a deep model and shows in a short stack (on an H200, timed
+eagerly: the stacks' 4-head attention 0.41 ms against 0.56 ms at 32 heads, while whole 8B models at
+the narrowest widths stepped as long as the dense one). So at table build a few models of the family
+at full or part depth and width are built as an export would be (random weights, ``build_skeleton``)
+and timed, and the additive model
 
     measured ≈ base + kept_layers × layer + scale × Σ_kept floor + width_scale × Σ_kept width
 
 is fitted to them on relative errors, where a sub-block's *floor* is its stack timing at the
 narrowest width the grid allows and its *width* is what its own width adds to that (base ≥ 0, layer
-≥ 0, scale within ``SCALE_RANGE``, width_scale within [0, its upper end]: the table stays monotone);
-on an H200 the width's scale came out 0 at the 8B shape's decode and 1.0 at its prefill (0.25, 0 and
-1.29 at the 1B shape's decode b1, b16 and prefill: docs/performance.md). The fit minimises the sum
-of absolute relative errors, not of their squares: a step of a host-bound decode is timed on a
-machine whose host slows down for a second now and then (one model of a table came out 30% slow on
-an H200 host), and least squares let such a point pull the base to 3.4 ms where every other model
-said 0.7 ms. The dense model is one of them where the device has room for a second copy (it is the
-denominator of every latency ratio, and on a CPU the one whose weights least fit in cache); the
-others hold at most about half its parameters. The fit's median relative residual over them is kept
+≥ 0, scale within ``SCALE_RANGE``, width_scale within [0, its upper end]: the table stays monotone).
+On an H200, with steps replayed as graphs, both scales come out 0.97-1.10 on the 1B and 8B shapes
+(docs/performance.md): there the stacks alone are nearly the whole story. The fit minimises the sum
+of absolute relative errors, not of their squares: on a shared machine one model of a table can be
+timed in a slow second (one came out 30% slow on an H200 host, timed eagerly), and least squares let
+such a point pull the base to 3.4 ms where every other model said 0.7 ms. The dense model is one of
+them where the device has room for a second copy (it is the denominator of every latency ratio, and
+on a CPU the one whose weights least fit in cache); the others hold at most about half its
+parameters. The fit's median relative residual over them is kept
 with the table and reported.
 """
 
@@ -139,8 +138,8 @@ def measure(
 ) -> list[Point]:
     """Each model built as its export would be, on the adapter's device, and timed in ``passes``
     passes over all of them (the order reversed every pass); its step is the least of its passes'
-    medians. A host-bound step runs up to twice as long for seconds at a time on a shared host (seen on
-    an H200's: most models of one table), and a pass seconds later finds the host back at speed.
+    medians. A host-bound step (a CPU's) runs up to twice as long for seconds at a time on a shared
+    host, and a pass seconds later finds the host back at speed.
     A model the device has no room for is left out; between passes a model stays on the GPU while
     there is room for the largest one besides it, and is built again otherwise."""
     names = [name for name, arch in archs.items() if room_for(adapter.device, adapter.shape.count_params(arch), dtype)]

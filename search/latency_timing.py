@@ -1,9 +1,13 @@
 """Timing one step of a model in a latency setting (``search.spec.LatencySetting``) on its own device.
 
-A step is timed from the host, both ends synchronised with the device, so what the host does per
-layer (Python, kernel launches) counts as much as the device's work: at small batches it is most of a
-decode step on a GPU. Medians over repeats, and repeats for at least ``min_seconds`` where a step is
-short, so a few slow steps on a shared machine (or a GPU changing clocks) do not move the figure.
+On a GPU a step is captured once as a CUDA graph (``search.graphs.Replay``) and timed as its replay:
+the device's time, which is what serving runtimes (vLLM, SGLang, TensorRT-LLM replay graphs for
+decode) pay per step. Launched one kernel at a time through ``transformers``' Python instead, a decode
+step of the 8B shape took ~21 ms, nearly all of it the host's, and the host of a shared H200 ran
+such steps up to 1.8x as long for tens of seconds at a time: a table timed in a slow period predicted
+every later model 60-87% slow (docs/performance.md). On a CPU the host does the work: steps run as
+they are. Both ends of a step are synchronised with the device. Medians over repeats, and repeats for
+at least ``min_seconds`` where a step is short, so a few slow steps do not move the figure.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from search.graphs import Replay
 from search.spec import LatencySetting
 
 MAX_REPEATS = 2000  # the most steps ``min_seconds`` may ask for (a step of a few microseconds)
@@ -33,46 +38,45 @@ def random_ids(vocab: int, batch: int, tokens: int, device: torch.device) -> tor
 class Stepper:
     """One step of ``model`` in ``setting``, ready to time again and again: a forward over batch ×
     context tokens (prefill), or one new token per sequence against a KV cache of ``context`` tokens
-    (decode; the cache is cropped back after every step, so every step sees the same context)."""
+    (decode; the cache's tensors are put back after every step, so every step sees the same context
+    and a captured graph reads tensors that stay alive)."""
 
     @torch.no_grad()
     def __init__(self, model: nn.Module, setting: LatencySetting, *, causal: bool) -> None:
-        self.model, self.device = model, next(model.parameters()).device
+        self.device = next(model.parameters()).device
         ids = random_ids(int(getattr(model.config, "vocab_size", 2)), setting.batch, setting.context, self.device)
-        self.cache: Any = None
         if setting.phase == "prefill":
-            self.inputs: dict[str, Any] = {"input_ids": ids} | ({"use_cache": False} if causal else {})
+            inputs: dict[str, Any] = {"input_ids": ids} | ({"use_cache": False} if causal else {})
+            self._step = Replay(lambda: model(**inputs), self.device)
             return
         output = model(input_ids=ids, use_cache=True)
         cache = getattr(output, "cache", None)  # an empty cache is falsy: compare with None
-        self.cache = cache if cache is not None else output.past_key_values
+        cache = cache if cache is not None else output.past_key_values
         # transformers 5 renames ``past_key_values`` to ``cache``; the old name still works, with a warning.
         name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-        self.inputs = {"input_ids": ids[:, :1], "use_cache": True, name: self.cache}
+        inputs = {"input_ids": ids[:, :1], "use_cache": True, name: cache}
+        context = [(layer.keys, layer.values) for layer in cache.layers]  # None in a layer without attention
+
+        def step() -> Any:
+            output = model(**inputs)
+            for layer, (keys, values) in zip(cache.layers, context, strict=True):
+                layer.keys, layer.values = keys, values
+            return output
+
+        self._step = Replay(step, self.device)
 
     @torch.no_grad()
+    def step(self) -> Any:
+        """One step; the model's output (a replayed graph's: refilled by the next step)."""
+        return self._step.replay()
+
     def once(self) -> float:
         """Milliseconds of one step."""
         _synchronize(self.device)
         started = time.perf_counter()
-        self.model(**self.inputs)
+        self.step()
         _synchronize(self.device)
-        elapsed = (time.perf_counter() - started) * 1000
-        if self.cache is not None:
-            _drop_step_token(self.cache)
-        return elapsed
-
-
-def _drop_step_token(cache: Any) -> None:
-    """Crop the step's token from the cache, so it holds ``context`` tokens again. Layer by layer: a
-    layer without attention (dropped) holds no keys, and ``Cache.crop`` of transformers 5.17 fails on it."""
-    layers = getattr(cache, "layers", None)
-    if layers is None:
-        cache.crop(-1)
-        return
-    for layer in layers:
-        if getattr(layer, "keys", None) is not None:
-            layer.crop(-1)
+        return (time.perf_counter() - started) * 1000
 
 
 def _enough(done: int, repeats: int, started: float, min_seconds: float) -> bool:
@@ -93,7 +97,7 @@ def step_ms(
 def least_of_passes(timers: Mapping[Key, Callable[[int], float]], passes: int) -> dict[Key, float]:
     """Each timer's least figure over ``passes`` passes over all of them, the order reversed every pass.
 
-    A shared host slows down for seconds at a time: an H200's ran host-bound steps up to twice as long,
+    A shared host slows down for seconds at a time: an H200's ran steps timed eagerly up to twice as long,
     and timed one architecture 46% apart a minute later. With a model's passes all the other models'
     timings apart, a slow period makes one of its passes slow, not its figure; three passes of one
     model back to back (a second and a half) fell inside one. A timer is told which pass it runs (0

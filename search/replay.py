@@ -24,7 +24,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -124,34 +124,6 @@ def _masked_input(module: torch.nn.Module, mask: torch.Tensor) -> Iterator[None]
 def attention_backends(*, replayed: bool = False) -> Iterator[None]:
     with sdpa_kernel(_REPLAYED_ATTENTION if replayed else _GATHERED_ATTENTION, set_priority=True):
         yield
-
-
-class Replay(Generic[T]):
-    """``run`` (static inputs, no host synchronisation) captured once as a CUDA graph on ``device``;
-    ``replay`` runs it again and returns the same output tensors, refilled. On a CPU ``run`` is called
-    each time. Graphs share ``pool`` (one per proxy): they run one after another and keep no output
-    in it (results go to tensors allocated before capture), so one graph's scratch is the next's."""
-
-    def __init__(self, run: Callable[[], T], device: torch.device, pool: tuple[int, int] | None = None) -> None:
-        self._run = run
-        self._graph: torch.cuda.CUDAGraph | None = None
-        if device.type != "cuda":
-            return
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(2):  # kernels chosen, workspaces and the allocator warmed before capture
-                run()
-        torch.cuda.current_stream(device).wait_stream(side)
-        self._graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self._graph, pool=pool):
-            self._output = run()
-
-    def replay(self) -> T:
-        if self._graph is None:
-            return self._run()
-        self._graph.replay()
-        return self._output
 
 
 class Execution:

@@ -34,6 +34,7 @@ from search.artifacts import ModelArtifacts
 from search.calibration import TokenSet
 from search.correlation import spearman
 from search.errors import ProxyError
+from search.graphs import Replay
 from search.ladder import min_sequences
 from search.masking import apply_arch
 from search.proxies.base import COST_FORWARD, Proxy, ProxyBuild, ProxyScore
@@ -54,7 +55,6 @@ from search.replay import (
     REPLAY,
     Execution,
     MaskSlots,
-    Replay,
     attention_backends,
     replayable_batch,
 )

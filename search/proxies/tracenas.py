@@ -28,6 +28,7 @@ from search.artifacts import Artifact, ModelArtifacts
 from search.calibration import TokenSet
 from search.correlation import pearson_stack, pearson_tensors
 from search.errors import ProxyError
+from search.graphs import Replay
 from search.masking import Slices, apply_arch, kept_blocks
 from search.proxies.base import COST_BACKWARD, Proxy, ProxyBuild, ProxyScore
 from search.replay import (
@@ -36,7 +37,6 @@ from search.replay import (
     REPLAY,
     Execution,
     MaskSlots,
-    Replay,
     attention_backends,
     replayable_batch,
 )

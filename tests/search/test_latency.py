@@ -25,7 +25,7 @@ from search.candidates import SearchContext, prepare
 from search.families import read_shape
 from search.latency import LATENCY_TABLE, LatencyTable, _monotone
 from search.latency_calibration import SCALE_RANGE, Point, calibration_archs, fit
-from search.latency_timing import kept_timer, least_of_passes
+from search.latency_timing import Stepper, kept_timer, least_of_passes, random_ids
 from search.loading import load_model
 from search.repair import Proposal, repair_within
 from search.spec import LatencySetting, read_local_config
@@ -265,6 +265,34 @@ def test_a_latency_pareto_search_returns_points_with_predicted_and_measured_late
         assert check.predicted_ms == by_number[check.trial_number].latency_ms
         assert check.measured_ms == result.verified[check.trial_number].metrics["latency_ms"] > 0
     assert report.median_abs_error is not None and report.dense.measured_ms > 0
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")],
+        ),
+    ],
+)
+def test_a_timed_decode_step_is_one_token_against_the_same_context_every_time(
+    tiny_llama_dir: Path, device: str
+) -> None:
+    """On a GPU the step is a replayed graph: it must still compute the model's own next step."""
+    model = load_model(str(tiny_llama_dir), device=device).adapter.model
+    setting = LatencySetting(phase="decode", batch=2, context=16)
+    stepper = Stepper(model, setting, causal=True)
+    first = stepper.step().logits.clone()
+    again = stepper.step().logits
+    ids = random_ids(model.config.vocab_size, setting.batch, setting.context, torch.device(device))
+    with torch.no_grad():
+        cache = model(input_ids=ids, use_cache=True).past_key_values
+        expected = model(input_ids=ids[:, :1], past_key_values=cache, use_cache=True).logits
+    assert first.shape == (setting.batch, 1, model.config.vocab_size)
+    torch.testing.assert_close(again, first)
+    torch.testing.assert_close(first, expected, rtol=1e-3, atol=1e-3)
 
 
 def test_models_are_timed_in_passes_over_all_of_them_and_each_keeps_its_least() -> None:

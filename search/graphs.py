@@ -1,0 +1,41 @@
+"""A computation captured once as a CUDA graph and replayed: one launch for the whole of it, so the
+host's time per kernel (Python, launches) no longer counts. The proxies replay their scoring of masked
+candidates (``search.replay``); the latency tables time a model's step as a replayed graph
+(``search.latency_timing``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+
+class Replay(Generic[T]):
+    """``run`` (static inputs, no host synchronisation) captured once as a CUDA graph on ``device``;
+    ``replay`` runs it again and returns the same output tensors, refilled. On a CPU ``run`` is called
+    each time. Graphs share ``pool`` (one per proxy): they run one after another and keep no output
+    in it (results go to tensors allocated before capture), so one graph's scratch is the next's."""
+
+    def __init__(self, run: Callable[[], T], device: torch.device, pool: tuple[int, int] | None = None) -> None:
+        self._run = run
+        self._graph: torch.cuda.CUDAGraph | None = None
+        if device.type != "cuda":
+            return
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(2):  # kernels chosen, workspaces and the allocator warmed before capture
+                run()
+        torch.cuda.current_stream(device).wait_stream(side)
+        self._graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self._graph, pool=pool):
+            self._output = run()
+
+    def replay(self) -> T:
+        if self._graph is None:
+            return self._run()
+        self._graph.replay()
+        return self._output
