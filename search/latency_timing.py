@@ -13,6 +13,7 @@ at least ``min_seconds`` where a step is short, so a few slow steps do not move 
 from __future__ import annotations
 
 import inspect
+import logging
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -28,6 +29,7 @@ MAX_REPEATS = 2000  # the most steps ``min_seconds`` may ask for (a step of a fe
 HEADROOM = 0.8  # a timed model is built, or kept between passes, where it takes at most this share of free GPU memory
 
 Key = TypeVar("Key")
+log = logging.getLogger(__name__)
 
 
 def random_ids(vocab: int, batch: int, tokens: int, device: torch.device) -> torch.Tensor:
@@ -47,7 +49,7 @@ class Stepper:
         ids = random_ids(int(getattr(model.config, "vocab_size", 2)), setting.batch, setting.context, self.device)
         if setting.phase == "prefill":
             inputs: dict[str, Any] = {"input_ids": ids} | ({"use_cache": False} if causal else {})
-            self._step = Replay(lambda: model(**inputs), self.device)
+            self._step = _replayed(lambda: model(**inputs), self.device, model)
             return
         output = model(input_ids=ids, use_cache=True)
         cache = getattr(output, "cache", None)  # an empty cache is falsy: compare with None
@@ -63,12 +65,12 @@ class Stepper:
                 layer.keys, layer.values = keys, values
             return output
 
-        self._step = Replay(step, self.device)
+        self._step = _replayed(step, self.device, model)
 
     @torch.no_grad()
     def step(self) -> Any:
         """One step; the model's output (a replayed graph's: refilled by the next step)."""
-        return self._step.replay()
+        return self._step()
 
     def once(self) -> float:
         """Milliseconds of one step."""
@@ -77,6 +79,16 @@ class Stepper:
         self.step()
         _synchronize(self.device)
         return (time.perf_counter() - started) * 1000
+
+
+def _replayed(step: Callable[[], Any], device: torch.device, model: nn.Module) -> Callable[[], Any]:
+    """``step`` as a replayed graph, or as it is where the model's forward cannot be captured (a wait for
+    the device inside it): such a model is timed with the host's launches, and the log says so."""
+    try:
+        return Replay(step, device).replay
+    except RuntimeError as error:
+        log.warning("%s: a step could not be captured as a CUDA graph (%s); timed eagerly", type(model).__name__, error)
+        return step
 
 
 def _enough(done: int, repeats: int, started: float, min_seconds: float) -> bool:

@@ -18,20 +18,22 @@ import optuna
 import pytest
 import torch
 from torch import nn
+from transformers import AutoModel, AutoModelForCausalLM
 
 from search.arch import ArchConfig, LayerArch, ModelShape
 from search.artifacts import ArtifactStore, model_fingerprint
 from search.candidates import SearchContext, prepare
 from search.families import read_shape
-from search.latency import LATENCY_TABLE, LatencyTable, _monotone
+from search.latency import LATENCY_TABLE, LatencyTable, _monotone, build_table
 from search.latency_calibration import SCALE_RANGE, Point, calibration_archs, fit
 from search.latency_timing import Stepper, kept_timer, least_of_passes, random_ids
-from search.loading import load_model
+from search.loading import adapter_for, load_model
 from search.repair import Proposal, repair_within
 from search.spec import LatencySetting, read_local_config
 from search.study import run_search
 from search.trials import job_proxy, open_study, search_trials
 from tests.conftest import tiny_job_spec
+from tests.search.test_export import FAMILIES
 
 # A short setting and a coarse grid keep the table to about a second on the tiny model.
 SETTING = {"phase": "decode", "batch": 2, "context": 16}
@@ -293,6 +295,44 @@ def test_a_timed_decode_step_is_one_token_against_the_same_context_every_time(
     assert first.shape == (setting.batch, 1, model.config.vocab_size)
     torch.testing.assert_close(again, first)
     torch.testing.assert_close(first, expected, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("family", ["llama", "gpt2", "bert"])
+def test_every_familys_table_is_timed_as_replayed_graphs_on_a_gpu(
+    family: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = (AutoModel if family == "bert" else AutoModelForCausalLM).from_config(FAMILIES[family])
+    adapter = adapter_for(model.to("cuda", torch.bfloat16).eval())
+    phase = "prefill" if family == "bert" else "decode"
+    table = build_table(adapter, LatencySetting(phase=phase, batch=2, context=16), dtype=torch.bfloat16, alignment=32)
+    assert table.calibration and table.predict_ms(adapter.shape.dense_arch().layers) > 0
+    assert "could not be captured" not in caplog.text
+
+
+class _Synchronising(nn.Module):
+    """A model whose forward waits for the device (``.item()``), which no graph can hold."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.config = model, model.config
+
+    def forward(self, **inputs: object) -> object:
+        output = self.model(**inputs)
+        output.logits.sum().item()
+        return output
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_step_that_cannot_be_captured_is_timed_eagerly_and_says_so(
+    tiny_llama_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = _Synchronising(load_model(str(tiny_llama_dir), device="cuda").adapter.model)
+    stepper = Stepper(model, LatencySetting(phase="prefill", batch=2, context=16), causal=True)
+    assert stepper.once() > 0 and stepper.step().logits.shape[:2] == (2, 16)
+    assert "a step could not be captured as a CUDA graph" in caplog.text
 
 
 def test_models_are_timed_in_passes_over_all_of_them_and_each_keeps_its_least() -> None:
