@@ -115,6 +115,13 @@ class ModelArtifacts:
             self._values[slot] = self._load_or_compute(kind, key, compute)
         return cast(V, self._values[slot])
 
+    def replace(self, kind: Artifact[K, V], key: K, value: V) -> None:
+        """Keep ``value`` instead of what memory and the store hold (a measurement found out of date)."""
+        if kind.in_memory:
+            self._values[(kind.name, key)] = value
+        if self.store is not None and kind.file is not None and kind.encode is not None:
+            self.store.put(kind.file(key), kind.encode(value))
+
     def peek(self, kind: Artifact[K, V], key: K) -> V | None:
         """The value if it was computed in this process, without computing it."""
         return cast("V | None", self._values.get((kind.name, key)))

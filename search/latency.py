@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -61,6 +62,12 @@ TABLE_WARMUP = 2
 TABLE_REPEATS = 5
 TABLE_SECONDS = 0.1  # each comparison of the table runs its steps for at least this long
 CALIBRATION_SECONDS = 0.2  # each calibration model likewise
+# A stored table is timed again where its probe calibration model now steps this many times as long
+# or as short: a GPU's replayed steps stay within a few percent, a CPU's move with the machine's load.
+DRIFT = 1.5
+PROBE = "quarter depth"
+
+log = logging.getLogger(__name__)
 # 16-bit tensor-core tiles on NVIDIA GPUs (Ampere's mma and Hopper's wgmma) are 64 or 128 channels wide:
 # an MLP whose width is not a multiple runs partly empty tiles (benchmarks/latency.py measures it).
 GPU_ALIGNMENTS = (128, 64, 32)
@@ -86,7 +93,7 @@ class LatencyTable:
     calibration: tuple[calibration.Point, ...] = ()  # the whole models the fit is of
     stack_base_ms: float | None = None  # base and layer as the stacks alone gave them (before the fit)
     stack_layer_ms: float | None = None
-    source: str = "measured"  # "measured" by this process, or "stored" (read from the artifact store)
+    source: str = "measured"  # by this process; "stored": read from the artifact store; "re-timed": stored, drifted
     _mlp_grid: dict[int, float] = field(default_factory=dict, repr=False, compare=False)
     _narrowest_heads: int = field(default=0, repr=False, compare=False)
 
@@ -435,10 +442,42 @@ def latency_model(adapter: Adapter, artifacts: Any, spec: JobSpec, dtype: torch.
         setting.context,
         alignment,
     )
-    table = artifacts.get(LATENCY_TABLE, key, lambda: build_table(adapter, setting, dtype=dtype, alignment=alignment))
+    built: list[LatencyTable] = []
+
+    def build() -> LatencyTable:
+        built.append(build_table(adapter, setting, dtype=dtype, alignment=alignment))
+        return built[-1]
+
+    table = artifacts.get(LATENCY_TABLE, key, build)
+    if not built and (drift := _drift(adapter, table, dtype)) is not None:
+        log.warning(
+            "the latency table of %s steps its probe model %.2fx as long as when it was timed; timing it again",
+            key, drift,
+        )  # fmt: skip
+        table = dataclasses.replace(build(), source="re-timed")
+        artifacts.replace(LATENCY_TABLE, key, table)
     model = LatencyModel.of(table, adapter.shape.dense_arch())
     check_latency_budget(spec, model)
     return model
+
+
+def _drift(adapter: Adapter, table: LatencyTable, dtype: torch.dtype) -> float | None:
+    """How much longer (or shorter) the table's probe model steps now than when the table was timed,
+    where that is beyond ``DRIFT``; else None. A table is timed once and read by every later job, but a
+    host's speed is not fixed: a CPU table timed while the machine was busy predicted every later step
+    2-4x as long as it took (the job's check: dense 93 ms predicted, 25 ms measured)."""
+    stored = next((point for point in table.calibration if point.name == PROBE), None)
+    if stored is None:  # the device had no room for the calibration models: nothing to compare
+        return None
+    arch = calibration.calibration_archs(adapter.shape, table.alignment)[PROBE]
+    now = calibration.measure(
+        adapter, table.setting, dtype, table.split_ms, {PROBE: arch},
+        warmup=TABLE_WARMUP, repeats=TABLE_REPEATS, min_seconds=CALIBRATION_SECONDS, passes=calibration.PASSES,
+    )  # fmt: skip
+    if not now:
+        return None
+    ratio = now[0].measured_ms / stored.measured_ms
+    return ratio if max(ratio, 1 / ratio) > DRIFT else None
 
 
 def check_latency_budget(spec: JobSpec, model: LatencyModel) -> None:

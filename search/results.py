@@ -353,7 +353,10 @@ class LatencyReport(_Frozen):
     device: str
     dtype: str
     ffn_alignment: int
-    table: str = Field(description="'measured' by this job, or 'stored' (read from the artifact store).")
+    table: str = Field(
+        description="'measured' by this job, 'stored' (read from the artifact store), or 're-timed' (stored, but its "
+        "probe model no longer stepped as long: timed again by this job)."
+    )
     table_seconds: float = Field(description="What timing the table took (when it was measured).")
     table_fit_error: float | None = Field(
         default=None,

@@ -10,6 +10,7 @@ the artifact store (where a real one would be), so their budgets are feasible wh
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +25,7 @@ from search.arch import ArchConfig, LayerArch, ModelShape
 from search.artifacts import ArtifactStore, model_fingerprint
 from search.candidates import SearchContext, prepare
 from search.families import read_shape
-from search.latency import LATENCY_TABLE, LatencyTable, _monotone, build_table
+from search.latency import LATENCY_TABLE, PROBE, LatencyTable, _monotone, build_table
 from search.latency_calibration import SCALE_RANGE, Point, calibration_archs, fit
 from search.latency_timing import Stepper, kept_timer, least_of_passes, random_ids
 from search.loading import adapter_for, load_model
@@ -130,6 +131,7 @@ def test_the_table_is_built_once_and_the_next_job_reads_it_from_the_store(
         raise AssertionError("the latency table was timed again")
 
     monkeypatch.setattr("search.latency.build_table", rebuilt)
+    monkeypatch.setattr("search.latency.DRIFT", float("inf"))  # however busy the machine is now (tested below)
     # Another job on the same model, device and setting, in a fresh process (a new load, empty memory).
     spec = latency_context.spec.model_copy(update={"objectives": ["score", "latency"], "sampler": "tpe"})
     second = _table(prepare(load_model(str(tiny_llama_dir), artifacts=artifacts), spec))
@@ -139,6 +141,24 @@ def test_the_table_is_built_once_and_the_next_job_reads_it_from_the_store(
         first.base_ms, first.layer_ms, first.scale, first.width_scale
     )  # fmt: skip
     assert second.calibration == first.calibration and second.calibration_error == first.calibration_error
+
+
+def test_a_stored_table_whose_probe_model_now_steps_far_faster_is_timed_again(
+    latency_context: SearchContext, tiny_llama_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As a table timed while the machine was busy: every calibration model 10x as long as now."""
+    timed = _table(latency_context)
+    busy = dataclasses.replace(
+        timed, calibration=tuple(dataclasses.replace(p, measured_ms=10 * p.measured_ms) for p in timed.calibration)
+    )
+    key = ("cpu", "float32", SETTING["phase"], SETTING["batch"], SETTING["context"], 32)
+    store = ArtifactStore(tmp_path, str(tiny_llama_dir), None)
+    store.put(LATENCY_TABLE.file(key), LATENCY_TABLE.encode(busy))
+    again = _table(prepare(load_model(str(tiny_llama_dir), artifacts=tmp_path), latency_context.spec))
+    assert again.source == "re-timed" and "timing it again" in caplog.text
+    kept = LATENCY_TABLE.decode(store.get(LATENCY_TABLE.file(key)) or {})
+    probe = {p.name: p.measured_ms for p in kept.calibration}[PROBE]
+    assert probe < {p.name: p.measured_ms for p in busy.calibration}[PROBE] / 3  # the store holds the new timing
 
 
 def test_the_table_is_fitted_to_whole_models_timed_at_build(latency_context: SearchContext) -> None:

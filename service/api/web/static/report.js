@@ -351,6 +351,13 @@ function latencyRow(check) {
   );
 }
 
+// Where a job's latency table came from (search.results.LatencyReport.table).
+const TABLE_ORIGINS = {
+  measured: "measured by this job",
+  stored: "read from the artifact store",
+  "re-timed": "stored, timed again by this job: its probe model no longer stepped as long",
+};
+
 // A latency job (target.latency_ratio or the latency objective): predicted against measured latency.
 function latencyPart(latency) {
   const checks = [latency.dense, ...list(latency.finalists)].filter(isRecord);
@@ -359,7 +366,7 @@ function latencyPart(latency) {
   const error = isNumber(latency.median_abs_error) ? ` Median prediction error: ${(latency.median_abs_error * 100).toFixed(1)}%${fit}.` : "";
   const how =
     `Time per step (${setting}) on ${latency.device} in ${latency.dtype}, predicted from the latency table ` +
-    `(${latency.table === "stored" ? "read from the artifact store" : "measured by this job"}) and measured on each verified candidate built as exported.${error}`;
+    `(${TABLE_ORIGINS[latency.table] ?? "measured by this job"}) and measured on each verified candidate built as exported.${error}`;
   const head = ["Candidate", "Predicted ms", "Measured ms", "Error"];
   return h(
     "section",
