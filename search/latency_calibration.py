@@ -23,8 +23,7 @@ timed in a slow second (one came out 30% slow on an H200 host, timed eagerly), a
 such a point pull the base to 3.4 ms where every other model said 0.7 ms. The dense model is one of
 them where the device has room for a second copy (it is the denominator of every latency ratio, and
 on a CPU the one whose weights least fit in cache); the others hold at most about half its
-parameters. The fit's median relative residual over them is kept
-with the table and reported.
+parameters. The fit's median relative residual over them is kept with the table and reported.
 """
 
 from __future__ import annotations

@@ -156,7 +156,9 @@ def test_a_stored_table_whose_probe_model_now_steps_far_faster_is_timed_again(
     store.put(LATENCY_TABLE.file(key), LATENCY_TABLE.encode(busy))
     again = _table(prepare(load_model(str(tiny_llama_dir), artifacts=tmp_path), latency_context.spec))
     assert again.source == "re-timed" and "timing it again" in caplog.text
-    kept = LATENCY_TABLE.decode(store.get(LATENCY_TABLE.file(key)) or {})
+    payload = store.get(LATENCY_TABLE.file(key))
+    assert payload is not None
+    kept = LATENCY_TABLE.decode(payload)
     probe = {p.name: p.measured_ms for p in kept.calibration}[PROBE]
     assert probe < {p.name: p.measured_ms for p in busy.calibration}[PROBE] / 3  # the store holds the new timing
 
