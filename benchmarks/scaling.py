@@ -86,7 +86,14 @@ def worker(args: argparse.Namespace) -> None:
     (run / f"ready-{args.rank}").write_text(json.dumps({"load_s": load_s, "pid": os.getpid()}))
     while not (run / "go").exists():
         time.sleep(0.05)
-    ran = search_chunk(context, study_name=STUDY, storage=storage, max_trials=args.trials, lookahead=args.lookahead)
+    ran = search_chunk(
+        context,
+        study_name=STUDY,
+        storage=storage,
+        max_trials=args.trials,
+        lookahead=args.lookahead,
+        batch=args.batch,
+    )
     (run / f"done-{args.rank}").write_text(json.dumps({"trials": ran}))
 
 
@@ -152,7 +159,7 @@ def run_once(args: argparse.Namespace, world: int, workdir: Path) -> dict[str, A
             "--run-dir", str(run), "--storage", storage, "--shape", args.shape, "--proxy", args.proxy,
             "--space", args.space, "--trials", str(args.trials), "--tokens", str(args.tokens),
             "--seq-len", str(args.seq_len), "--token-schedule" if args.token_schedule else "--no-token-schedule",
-            *(["--lookahead"] if args.lookahead else []), "--threads", str(args.threads),
+            *(["--lookahead"] if args.lookahead else []), "--threads", str(args.threads), "--batch", str(args.batch),
         ]  # fmt: skip
         processes.append(subprocess.Popen(command, env=env))
         if rank == 0:  # the study must exist before the others look for it
@@ -217,6 +224,7 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"### {meta['shape']}, {meta['proxy']}, {meta['space']} space, {meta['tokens']:,} tokens per trial"
         + ("" if meta["token_schedule"] else ", no token schedule")
         + (", lookahead" if meta.get("lookahead") else "")
+        + (f", {meta['batch']} trials scored together" if meta.get("batch", 1) > 1 else "")
         + (f", {meta['threads']} CPU threads per worker" if meta.get("threads") else ""),
         "",
         f"Command: `{meta['command']}`",
@@ -263,6 +271,12 @@ def main() -> None:
         "--lookahead", action="store_true", help="each worker proposes its next trial while scoring (search.loop)"
     )
     parser.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="trials each worker scores together (search.loop; TraceNAS replays them at once)",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=0,
@@ -295,6 +309,7 @@ def main() -> None:
         "tokens": args.tokens,
         "token_schedule": args.token_schedule,
         "lookahead": args.lookahead,
+        "batch": args.batch,
         "threads": args.threads,
         "command": "python benchmarks/scaling.py " + " ".join(a for a in sys.argv[1:]),
         "hardware": (
@@ -314,6 +329,7 @@ def main() -> None:
         )
         key = f"{args.shape} {args.space} gpus={args.gpus or 'cpu'}" + ("" if args.token_schedule else " no-schedule")
         key += " lookahead" if args.lookahead else ""
+        key += f" batch={args.batch}" if args.batch > 1 else ""
         key += f" threads={args.threads}" if args.threads else ""
         write_section(args.out, f"scaling: {key}", text, heading=heading)
         figures = args.out.with_name(args.out.stem + "-scaling.json")

@@ -14,6 +14,7 @@ Writes docs/performance.md (and a JSON of the raw figures beside it). Random wei
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -99,6 +100,7 @@ class Row:
     floor_s: float
     prepare_s: float
     execution: str = ""  # how the proxy scored the measured trials (search.replay): gather or replay
+    batch: int = 1  # trials scored together (search.loop; TraceNAS replays a round in one pass)
 
     @property
     def ratio(self) -> float:
@@ -204,6 +206,7 @@ def measure(
     *,
     lookahead: bool = False,
     execution: str = AUTO,
+    batch: int = 1,
 ) -> Row:
     """``proxy``: a proxy name, scored on every token; ``NAME+schedule`` for a multi-fidelity proxy
     with the job's default token schedule."""
@@ -232,7 +235,8 @@ def measure(
     # The service's own trial loop (search.trials.search_trials): sampler, repair, selection, proxy and
     # every write a trial makes, on the embedded SQLite storage.
     storage = make_storage(
-        f"sqlite:///{workdir}/{name.replace('/', '_')}-{proxy_name}-{variant}-{parameterization}-{execution}.sqlite3"
+        f"sqlite:///{workdir}/{name.replace('/', '_')}-{proxy_name}-{variant}-{parameterization}"
+        f"-{execution}-{batch}.sqlite3"
     )
     study = open_study(context, study_name="throughput", storage=storage)
     # Warm-up: kernels, allocator, storage tables; with a token schedule, also the trials it scores in
@@ -241,8 +245,11 @@ def measure(
     # ``auto`` scores its first candidates both ways to choose (search.replay): part of the warm-up.
     warmup = max(warmup, TIMED_CANDIDATES + 1)
     search_trials(context, scorer, study, max_trials=warmup, lookahead=lookahead)
+    if batch > 1:  # a round scored together once, so its graph is captured before the measured rounds
+        search_trials(context, scorer, study, max_trials=batch, lookahead=lookahead, batch=batch)
+        warmup += batch
     began = _now()
-    search_trials(context, scorer, study, max_trials=trials, lookahead=lookahead)
+    search_trials(context, scorer, study, max_trials=trials, lookahead=lookahead, batch=batch)
     wall = _now() - began
     measured = [t for t in study.get_trials(deepcopy=False) if t.number >= warmup and t.state == TrialState.COMPLETE]
     wall /= len(measured)
@@ -270,6 +277,7 @@ def measure(
         floor_s=floor(loaded, context, uniform, repeats=3),
         prepare_s=prepare_s,
         execution=getattr(getattr(scorer, "execution", None), "mode", GATHER),
+        batch=batch,
     )
 
 
@@ -321,7 +329,8 @@ def render(rows: list[Row], meta: dict[str, Any], command: str) -> str:
         "",
         f"Hardware: {meta['device_name']}; torch {meta['torch']}; {meta['dtype']}; Python {meta['python']}.",
         "",
-        f"Per trial, mean over the measured trials ({TIMED_CANDIDATES + 1} warm-up trials excluded). *floor* = one"
+        f"Per trial, mean over the measured trials ({TIMED_CANDIDATES + 1} warm-up trials excluded, and a"
+        " warm-up round where trials are batched). *floor* = one"
         " forward+backward",
         "of the physically pruned model (uniform width at 50% of the parameters) over the same tokens, weight",
         "gradients on, measured in the same run. *orchestration* = wall time per trial minus the proxy's scoring",
@@ -337,17 +346,19 @@ def render(rows: list[Row], meta: dict[str, Any], command: str) -> str:
         "swapping in the candidate (dropped sub-blocks, gathers of the kept heads / channels, sparse zeroing).",
         "*execution*: how the proxy scored (`search.replay`): `gather` = in place on gathers of the kept units,"
         " `replay` = one replayed CUDA graph of the full-width model with the candidate as masks (forward,"
-        " backward and correlation all under *forward*); `auto` chooses by timing both on its first candidates.",
+        " backward and correlation all under *forward*); `auto` chooses by timing both on its first candidates."
+        " *batch*: trials asked, proposed and scored together (`search.loop`); replaying TraceNAS scores a round"
+        " in one graph, a slot and a copy of the tokens per candidate, and each trial counts its share.",
         "*space*: `per_layer` samples 2 parameters per layer, `compact` 5. Trials run through the service's own",
         "loop (`search.trials.search_trials`, the job's default `evo` sampler) on the embedded SQLite storage.",
         "",
-        "| model | params | proxy | space | execution | tokens | scored tokens | trial s | realise | apply | forward"
-        " | backward | correlation | orchestration | floor s | trial / floor | prepare s |",
-        "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | params | proxy | space | execution | batch | tokens | scored tokens | trial s | realise | apply"
+        " | forward | backward | correlation | orchestration | floor s | trial / floor | prepare s |",
+        "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r.model} | {r.params / 1e6:,.1f}M | {r.proxy} | {r.space} | {r.execution} | {r.tokens:,} |"
+            f"| {r.model} | {r.params / 1e6:,.1f}M | {r.proxy} | {r.space} | {r.execution} | {r.batch} | {r.tokens:,} |"
             f" {r.scored_tokens:,.0f} | "
             f"{r.trial_s:.3f} | "
             f"{r.realise_s:.3f} | {r.apply_s:.3f} | "
@@ -404,6 +415,9 @@ def main() -> None:
         default=AUTO,
         help="comma-separated ways to score (search.replay): auto, gather, replay; several measure side by side",
     )
+    parser.add_argument(
+        "--batches", default="1", help="comma-separated trials scored together (search.loop); several side by side"
+    )
     parser.add_argument("--disk-load", default="", help="comma-separated shape names to save and load from disk")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "performance.md")
     parser.add_argument(
@@ -412,6 +426,7 @@ def main() -> None:
     args = parser.parse_args()
 
     device = torch.device("cuda" if gpu else "cpu")
+    batches = [int(b) for b in args.batches.split(",") if b]
     rows: list[Row] = []
     load: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as workdir:
@@ -427,8 +442,8 @@ def main() -> None:
                 if f"{proxy}:{name}" in args.skip.split(","):
                     continue
                 for space in args.spaces.split(","):
-                    for execution in args.executions.split(","):
-                        print(f"{name} / {proxy} / {space} / {execution} ...", flush=True)
+                    for execution, batch in itertools.product(args.executions.split(","), batches):
+                        print(f"{name} / {proxy} / {space} / {execution} / batch {batch} ...", flush=True)
                         rows.append(
                             measure(
                                 name,
@@ -440,6 +455,7 @@ def main() -> None:
                                 space,
                                 lookahead=args.lookahead,
                                 execution=execution,
+                                batch=batch,
                             )
                         )
                         print(f"  {rows[-1]}", flush=True)

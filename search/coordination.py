@@ -82,9 +82,10 @@ def search_chunk(
     hooks: SearchHooks = NO_HOOKS,
     metanet_store: MetaNetStore | None = None,
     lookahead: bool = False,
+    batch: int = 1,
 ) -> int:
     """Help with a study another process opened and verifies: run up to ``max_trials`` of its trials
-    (``lookahead``: as ``search_trials``). Returns how many this call ran (0 when the study is
+    (``lookahead``, ``batch``: as ``search_trials``). Returns how many this call ran (0 when the study is
     complete, stopped, or not opened yet)."""
     # Seeded like the coordinator, every worker would propose the coordinator's candidates again;
     # each process draws its own stream (runs with several workers are not reproducible anyway).
@@ -104,7 +105,7 @@ def search_chunk(
     proxy = job_proxy(context)
     prime_proxy(context, proxy, study, Verifier(context.loaded.adapter, context.tokens), metanet_store=metanet_store)
     counted = SearchHooks(on_trial=[*hooks.on_trial, count], should_stop=hooks.should_stop)
-    search_trials(context, proxy, study, max_trials=max_trials, hooks=counted, lookahead=lookahead)
+    search_trials(context, proxy, study, max_trials=max_trials, hooks=counted, lookahead=lookahead, batch=batch)
     return ran
 
 

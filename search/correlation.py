@@ -87,6 +87,15 @@ def pearson_stack(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.T
     return values
 
 
+def pearson_rows(rows: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of each row of ``rows`` (n, k) with ``reference`` (k), as ``pearson_stack``
+    computes it for one pair: float64, on the device, never read back."""
+    rows = rows.double() - rows.double().mean(dim=1, keepdim=True)
+    reference = reference.double() - reference.double().mean()
+    denominator = rows.norm(dim=1) * reference.norm()
+    return ((rows @ reference) / denominator).where(denominator != 0, 0.0)
+
+
 def spearman_tensors(a: torch.Tensor, b: torch.Tensor) -> float:
     """Spearman correlation of two 1-D tensors; 0 where one is constant."""
     ranks_a, ranks_b = _tensor_ranks(a.double()), _tensor_ranks(b.double())

@@ -6,10 +6,12 @@ trial for every callback, a log line that looks up the best trial, a stale-trial
 (here at most once per heartbeat interval). Measured by ``benchmarks/orchestration.py``.
 
 A trial has two stages: ``propose`` (the CPU's: sample, repair, select) and ``score`` (the
-device's). With ``lookahead`` the next trial is asked and proposed in a second thread while the
-device scores the current one. The next trial is always proposed while the current one is running
-and told only once the proposal is made, so a seeded search draws the same candidates on every run
-(one trial later than without lookahead: the sampler has not seen the current trial's score).
+device's). Trials run in rounds of ``batch`` (default 1): asked and proposed one after another, then
+scored in one call of the objective's ``score_many`` (``TraceNAS`` replays them in one graph), then
+told. With ``lookahead`` the next round is asked and proposed in a second thread while the device
+scores the current one. The next round is always proposed while the current one is running and told
+only once the proposals are made, so a seeded search draws the same candidates on every run (one
+round later than without lookahead: the sampler has not seen the current round's scores).
 
 Lookahead is off by default. Measured on an H200 (docs/performance.md), scoring a candidate is
 bound by the host launching kernels, not by the GPU, and every kernel launch gives up the GIL: a
@@ -64,6 +66,15 @@ class StagedObjective(Protocol[P]):
         ...
 
 
+@runtime_checkable
+class BatchObjective(StagedObjective[P], Protocol[P]):
+    def score_many(
+        self, trials: Sequence[optuna.Trial], proposals: Sequence[P]
+    ) -> Sequence[float | Sequence[float] | Exception]:
+        """Several candidates' objective values, in order, or the exception that failed each one."""
+        ...
+
+
 def complete_count(study: optuna.Study) -> int:
     """Complete trials of the study, every worker's (a read of what changed since the last one)."""
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
@@ -103,44 +114,57 @@ def run_trials(
     catch: tuple[type[Exception], ...] = (),
     should_stop: Callable[[], bool] | None = None,
     lookahead: bool = False,
+    batch: int = 1,
 ) -> bool:
     """Run at most ``max_trials`` trials, until the study holds ``complete_target`` complete ones.
 
     An exception in ``catch`` fails its trial and the loop goes on; any other fails its trial and is
     raised. ``callbacks`` receive each finished trial (one shared copy: they must not change it);
-    ``should_stop`` is asked after each. Returns whether ``should_stop`` ended the loop."""
+    ``should_stop`` is asked after each round. ``batch``: trials asked, proposed and scored together
+    in a round, by the objective's ``score_many`` (a ``BatchObjective``; the sampler sees them
+    running, as it sees several workers' trials). Returns whether ``should_stop`` ended the loop."""
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, not {batch}")
+    if batch > 1 and not isinstance(objective, BatchObjective):
+        raise ValueError("a batch of trials needs an objective that scores several (score_many)")
     stale = _StaleTrials(study)
     switching = _switch_interval(LOOKAHEAD_SWITCH_S) if lookahead else nullcontext()
     with switching, _Heartbeats(study) as beats, ThreadPoolExecutor(1, thread_name_prefix="propose") as pool:
-        ahead: Future[_Proposed[Any]] | None = None
+        ahead: Future[list[_Proposed[Any]]] | None = None
+        ran = 0
         try:
-            for ran in range(max_trials):
+            while ran < max_trials:
                 stale.fail()
                 if ahead is None:
                     # The sampler's reads of the study (its search space, then the trials to sample from)
                     # come on the trial's first suggest, microseconds after ask's: one read until a write.
                     with _one_read(study):
-                        if complete_count(study) >= complete_target:
+                        size = min(batch, max_trials - ran, complete_target - complete_count(study))
+                        if size <= 0:
                             return False
-                        current = _propose(objective, _ask(study, beats))
+                        current = [_ask_one(study, objective, beats)]
+                    current += _ask_and_propose(study, objective, beats, size - 1)
                 else:
                     current, ahead = ahead.result(), None
-                # Look ahead only when this trial's completing would not end the study (one worker
+                ran += len(current)
+                # Look ahead only while this round's completing would not end the study (one worker
                 # asks exactly as many trials as it completes).
-                if lookahead and ran + 1 < max_trials and complete_count(study) + 1 < complete_target:
-                    ahead = pool.submit(_ask_and_propose, study, objective, beats)
+                size = min(batch, max_trials - ran, complete_target - complete_count(study) - len(current))
+                if lookahead and size > 0:
+                    ahead = pool.submit(_ask_and_propose, study, objective, beats, size)
                 finished = _score_and_tell(study, objective, current, catch, ahead)
-                beats.discard(current.trial)
-                for callback in callbacks:
-                    callback(study, finished)
+                for trial in finished:
+                    beats.discard(trial)
+                    for callback in callbacks:
+                        callback(study, trial)
                 if should_stop is not None and should_stop():
                     return True
             return False
         finally:
             if ahead is not None:  # proposed, never scored: stopped, failed, or the study is complete
-                unscored = ahead.result()
-                _abandon(study, unscored)
-                beats.discard(unscored.trial)
+                for unscored in ahead.result():
+                    _abandon(study, unscored)
+                    beats.discard(unscored.trial)
 
 
 @contextmanager
@@ -155,18 +179,19 @@ def _switch_interval(seconds: float) -> Iterator[None]:
         sys.setswitchinterval(previous)
 
 
-def _ask_and_propose(study: optuna.Study, objective: StagedObjective[Any], beats: _Heartbeats) -> _Proposed[Any]:
-    with _one_read(study):
-        return _propose(objective, _ask(study, beats))
+def _ask_and_propose(
+    study: optuna.Study, objective: StagedObjective[Any], beats: _Heartbeats, size: int
+) -> list[_Proposed[Any]]:
+    proposed = []
+    for _ in range(size):
+        with _one_read(study):
+            proposed.append(_ask_one(study, objective, beats))
+    return proposed
 
 
-def _ask(study: optuna.Study, beats: _Heartbeats) -> optuna.Trial:
+def _ask_one(study: optuna.Study, objective: StagedObjective[Any], beats: _Heartbeats) -> _Proposed[Any]:
     trial = study.ask()
     beats.add(trial)
-    return trial
-
-
-def _propose(objective: StagedObjective[Any], trial: optuna.Trial) -> _Proposed[Any]:
     proposed: _Proposed[Any] = _Proposed(trial)
     try:
         proposed.proposal = objective.propose(trial)
@@ -178,46 +203,67 @@ def _propose(objective: StagedObjective[Any], trial: optuna.Trial) -> _Proposed[
 def _score_and_tell(
     study: optuna.Study,
     objective: StagedObjective[Any],
-    current: _Proposed[Any],
+    current: list[_Proposed[Any]],
     catch: tuple[type[Exception], ...],
-    ahead: Future[_Proposed[Any]] | None,
-) -> FrozenTrial:
-    trial = current.trial
-    try:
-        if current.error is not None:
-            raise current.error
-        values = objective.score(trial, current.proposal)
-    except optuna.TrialPruned:
-        return _tell(study, current, ahead, state=TrialState.PRUNED)
-    except catch as error:
-        log.warning("trial %d failed: %s", trial.number, error)
-        return _tell(study, current, ahead, state=TrialState.FAIL)
-    except BaseException:
-        _tell(study, current, ahead, state=TrialState.FAIL)
-        raise
-    finished = _tell(study, current, ahead, values=values)
-    if finished.state == TrialState.FAIL:  # a value Optuna cannot store (NaN): failed, and said why
-        log.warning("trial %d failed: its value %r is not a finite number", trial.number, values)
+    ahead: Future[list[_Proposed[Any]]] | None,
+) -> list[FrozenTrial]:
+    """Score the round's candidates and tell each trial how it went, once the next round is proposed
+    (so the sampler never sees these scores sooner on one run than on another). The first error that
+    is not in ``catch`` is raised once every trial of the round is told."""
+    outcomes = _scored(objective, current)
+    if ahead is not None:
+        ahead.exception()  # waits; its error is the next round's to raise
+    finished, raised = [], None
+    for proposed, outcome in zip(current, outcomes, strict=True):
+        number = proposed.trial.number
+        if not isinstance(outcome, BaseException):
+            told = _tell(study, proposed.trial, values=outcome)
+            if told.state == TrialState.FAIL:  # a value Optuna cannot store (NaN): failed, and said why
+                log.warning("trial %d failed: its value %r is not a finite number", number, outcome)
+        elif isinstance(outcome, optuna.TrialPruned):
+            told = _tell(study, proposed.trial, state=TrialState.PRUNED)
+        else:
+            told = _tell(study, proposed.trial, state=TrialState.FAIL)
+            if isinstance(outcome, catch):
+                log.warning("trial %d failed: %s", number, outcome)
+            elif raised is None:
+                raised = outcome
+        finished.append(told)
+    if raised is not None:
+        raise raised
     return finished
+
+
+def _scored(objective: StagedObjective[Any], current: list[_Proposed[Any]]) -> list[Any]:
+    """Each proposal's objective values, or the exception that failed it; several at once where the
+    objective scores several (``BatchObjective``). An error that fails the whole call fails them all."""
+    outcomes: list[Any] = [proposed.error for proposed in current]
+    ready = [i for i, proposed in enumerate(current) if proposed.error is None]
+    try:
+        if len(ready) > 1 and isinstance(objective, BatchObjective):
+            trials = [current[i].trial for i in ready]
+            values = objective.score_many(trials, [current[i].proposal for i in ready])
+        else:
+            values = [objective.score(current[i].trial, current[i].proposal) for i in ready]
+    except BaseException as error:
+        values = [error] * len(ready)
+    for i, value in zip(ready, values, strict=True):
+        outcomes[i] = value
+    return outcomes
 
 
 def _tell(
     study: optuna.Study,
-    current: _Proposed[Any],
-    ahead: Future[_Proposed[Any]] | None,
+    trial: optuna.Trial,
     *,
     values: float | Sequence[float] | None = None,
     state: TrialState | None = None,
 ) -> FrozenTrial:
-    """Tell the trial once the next one is proposed (so the sampler never sees this one's score
-    sooner on one run than on another)."""
-    if ahead is not None:
-        ahead.exception()  # waits; its error is the next trial's to raise
     try:
-        return _told(study, current.trial, values, state)
+        return _told(study, trial, values, state)
     except UpdateFinishedTrialError:  # failed for missed heartbeats (a stalled worker) and queued again
-        log.warning("trial %d was finished by another worker meanwhile; its result is dropped", current.trial.number)
-        return study._storage.get_trial(current.trial._trial_id)
+        log.warning("trial %d was finished by another worker meanwhile; its result is dropped", trial.number)
+        return study._storage.get_trial(trial._trial_id)
 
 
 def _told(
@@ -237,7 +283,7 @@ def _abandon(study: optuna.Study, proposed: _Proposed[Any]) -> None:
 
 class _Heartbeats:
     """One thread beats, every heartbeat interval and in one pass, for this loop's running trials
-    (at most two: the current one and the one proposed ahead). ``study.optimize`` starts a thread per
+    (at most two rounds: the current one and the one proposed ahead). ``study.optimize`` starts a thread per
     trial that writes a first beat at once: a thread and a commit per trial, fighting the loop for the
     database. A trial that ends before the first beat has none, which is safe: a trial whose worker
     died before its first beat is failed by the reaper on its start time (``workers.reaper``)."""
@@ -265,7 +311,7 @@ class _Heartbeats:
         with self.lock:
             self.running.add(trial._trial_id)
 
-    def discard(self, trial: optuna.Trial) -> None:
+    def discard(self, trial: optuna.Trial | FrozenTrial) -> None:
         with self.lock:
             self.running.discard(trial._trial_id)
 

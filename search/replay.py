@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import TypeVar
 
@@ -64,17 +64,20 @@ def unsupported(adapter: Adapter) -> str | None:
 
 
 class MaskSlots:
-    """The candidate as two device tensors: per layer, the kept inputs of the attention's and the MLP's
-    output projections. Written once per candidate (one copy); read by forward pre-hooks, so a graph
-    captured with the hooks installed sees every later candidate."""
+    """Candidates as one device tensor: per slot and layer, the kept inputs of the attention's and the
+    MLP's output projections. Written once per candidate (one copy); read by forward pre-hooks, so a
+    graph captured with the hooks installed sees every later candidate. With ``slots`` > 1 the model
+    runs ``slots`` copies of its batch, one behind another, and each copy is masked by its own slot:
+    several candidates in one forward (``TraceNAS.score_many``)."""
 
-    def __init__(self, adapter: Adapter) -> None:
+    def __init__(self, adapter: Adapter, slots: int = 1) -> None:
         shape = self.shape = adapter.shape
         self.adapter = adapter
+        self.slots = slots
         self.attention_width = shape.num_heads * shape.head_dim
         dtype = next(adapter.model.parameters()).dtype
         self.device_masks = torch.ones(
-            shape.num_layers, self.attention_width + shape.intermediate_size, device=adapter.device, dtype=dtype
+            slots, shape.num_layers, self.attention_width + shape.intermediate_size, device=adapter.device, dtype=dtype
         )
         # Built as booleans in page-locked memory, so the copy does not wait for the device. Reusing it is
         # safe: every candidate's score is read back (a wait for the device) before the next one is loaded.
@@ -82,38 +85,62 @@ class MaskSlots:
         self._host = torch.empty(self.device_masks.shape, dtype=torch.bool, pin_memory=pinned)
         self._staged = torch.empty(self.device_masks.shape, dtype=torch.bool, device=adapter.device)
 
-    def load(self, selection: Selection) -> None:
+    def load(self, selections: Sequence[Selection]) -> None:
+        """One candidate per slot; slots beyond ``selections`` repeat the last one."""
         host = self._host
         host.zero_()
-        for i, (layer, kept) in enumerate(zip(selection.arch.layers, selection.layers, strict=True)):
-            # index_fill_, not an indexed assignment: ~100x faster on the host (3.6 ms against 0.03 for a row).
-            if layer.attention_kept:
-                host[i].index_fill_(0, head_rows(self.shape, kept.kv_groups)[0], True)
-            if layer.mlp_kept:
-                host[i].index_fill_(0, self.attention_width + kept.channels, True)
+        for slot in range(self.slots):
+            selection = selections[min(slot, len(selections) - 1)]
+            for i, (layer, kept) in enumerate(zip(selection.arch.layers, selection.layers, strict=True)):
+                # index_fill_, not an indexed assignment: ~100x faster on the host (3.6 ms against 0.03 for a row).
+                if layer.attention_kept:
+                    host[slot, i].index_fill_(0, head_rows(self.shape, kept.kv_groups)[0], True)
+                if layer.mlp_kept:
+                    host[slot, i].index_fill_(0, self.attention_width + kept.channels, True)
         self._staged.copy_(host, non_blocking=True)
         self.device_masks.copy_(self._staged)
 
     @contextmanager
-    def realised(self, selection: Selection) -> Iterator[None]:
-        """``selection`` in the slots, and its unstructured sparsity zeroed in the weights until exit."""
-        self.load(selection)
-        with sparsified(self.adapter, selection):
+    def realised(self, selections: Sequence[Selection]) -> Iterator[None]:
+        """``selections`` in the slots, and a lone candidate's unstructured sparsity zeroed in the
+        weights until exit (candidates that share a forward have none: ``shared_weights``)."""
+        if len(selections) > 1 and not shared_weights(selections):
+            raise ValueError("candidates with unstructured sparsity cannot share one forward")
+        self.load(selections)
+        with sparsified(self.adapter, selections[0]):
             yield
 
     @contextmanager
     def installed(self) -> Iterator[None]:
-        attention, mlp = self.device_masks.split([self.attention_width, self.shape.intermediate_size], dim=1)
+        attention, mlp = self.device_masks.split([self.attention_width, self.shape.intermediate_size], dim=2)
         with ExitStack() as stack:
             for i in range(self.shape.num_layers):
-                stack.enter_context(_masked_input(self.adapter.attention_output(i), attention[i]))
-                stack.enter_context(_masked_input(self.adapter.mlp_output(i), mlp[i]))
+                stack.enter_context(_masked_input(self.adapter.attention_output(i), attention[:, i]))
+                stack.enter_context(_masked_input(self.adapter.mlp_output(i), mlp[:, i]))
             yield
 
 
+def shared_weights(selections: Sequence[Selection]) -> bool:
+    """Whether candidates can share one forward (``MaskSlots`` with several slots): none zeroes
+    unstructured sparsity, which changes the weights every slot reads."""
+    return all(selection.sparsity is None for selection in selections)
+
+
+def repeated(batch: Batch, times: int) -> Batch:
+    """``batch`` with its sequences ``times`` over, one copy per mask slot."""
+    return {name: value.repeat(times, *[1] * (value.dim() - 1)) for name, value in batch.items()}
+
+
 @contextmanager
-def _masked_input(module: torch.nn.Module, mask: torch.Tensor) -> Iterator[None]:
-    handle = module.register_forward_pre_hook(lambda _m, args: (args[0] * mask, *args[1:]))
+def _masked_input(module: torch.nn.Module, masks: torch.Tensor) -> Iterator[None]:
+    """``masks``: (slots, width); the input's sequences are the slots' copies, one after another."""
+
+    def mask(_module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        x = args[0]
+        per_slot = x.unflatten(0, (len(masks), -1)) * masks.view(len(masks), *[1] * (x.dim() - 1), -1)
+        return (per_slot.flatten(0, 1), *args[1:])
+
+    handle = module.register_forward_pre_hook(mask)
     try:
         yield
     finally:

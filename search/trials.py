@@ -26,7 +26,7 @@ from search.errors import BudgetInfeasible, ProxyError
 from search.fidelity import TokenLadder
 from search.latency_budget import TrialLatency, sampled_budget, second_objective
 from search.loop import TrialCallback, complete_count, run_trials
-from search.proxies import Proxy, ProxyScore, create_proxy
+from search.proxies import Proxy, create_proxy
 from search.repair import DEFAULT_TOLERANCE
 from search.samplers import SamplerBuild, create_sampler
 from search.selection import Selection
@@ -140,12 +140,14 @@ def search_trials(
     max_trials: int | None = None,
     hooks: SearchHooks = NO_HOOKS,
     lookahead: bool = False,
+    batch: int = 1,
 ) -> bool:
     """Run trials until the study holds ``n_trials`` complete ones, counting every worker's (or this
     call has run ``max_trials``). Several processes may do this on one study at once: the storage
     hands each waiting seed to one of them and the sampler sees the others' running trials.
     ``lookahead`` proposes the next candidate while the device scores the current one
-    (``search.loop`` says why it is off by default).
+    (``search.loop`` says why it is off by default); ``batch`` trials are scored together, in one
+    pass where the proxy can (``TraceNAS`` replaying: several candidates in one graph).
     Returns whether ``hooks.should_stop`` stopped it (the caller asked before; this asks after every trial)."""
     spec = context.spec
     remaining = remaining_trials(study, spec)
@@ -162,6 +164,7 @@ def search_trials(
         catch=(ProxyError, BudgetInfeasible),
         should_stop=hooks.should_stop,
         lookahead=lookahead,
+        batch=batch,
     )
 
 
@@ -208,12 +211,30 @@ class _Objective:
         return _Candidate(selection, second, {"sample_s": sampled - started, "realise_s": realised - sampled})
 
     def score(self, trial: optuna.Trial, candidate: _Candidate) -> float | tuple[float, float]:
+        outcome = self.score_many([trial], [candidate])[0]
+        if isinstance(outcome, ProxyError):
+            raise outcome
+        return outcome
+
+    def score_many(
+        self, trials: Sequence[optuna.Trial], candidates: Sequence[_Candidate]
+    ) -> list[float | tuple[float, float] | ProxyError]:
+        """The candidates' objective values, in one call of the proxy, which may score them in one pass
+        (``TraceNAS.score_many``); each trial's ``score_s`` is its share of the call. A candidate
+        without a score gets its ``ProxyError``, said on its trial."""
         scoring = time.perf_counter()
-        score = self._score(trial, candidate.selection)
-        scored = time.perf_counter()
-        trial.set_user_attr("scores", {self.proxy.name: score.value, **score.extras})
-        trial.set_user_attr("timings", candidate.timings | {"score_s": scored - scoring} | score.timings)
-        return (score.value, candidate.second) if self.multi else score.value
+        scores = self.ladder.score_many(trials, [candidate.selection for candidate in candidates])
+        share = (time.perf_counter() - scoring) / len(candidates)
+        outcomes: list[float | tuple[float, float] | ProxyError] = []
+        for trial, candidate, score in zip(trials, candidates, scores, strict=True):
+            if isinstance(score, ProxyError):
+                trial.set_user_attr("error", str(score))  # Optuna 5 keeps no failure reason of its own
+                outcomes.append(score)
+                continue
+            trial.set_user_attr("scores", {self.proxy.name: score.value, **score.extras})
+            trial.set_user_attr("timings", candidate.timings | {"score_s": share} | score.timings)
+            outcomes.append((score.value, candidate.second) if self.multi else score.value)
+        return outcomes
 
     def _record_candidate(
         self, trial: optuna.Trial, selection: Selection, param_count: int, budget: float, latency_budget: float | None
@@ -233,13 +254,6 @@ class _Objective:
             trial.set_constraint(name, violation)
         _write_dashboard_constraint(trial, list(violations.values()))
         return param_ratio
-
-    def _score(self, trial: optuna.Trial, selection: Selection) -> ProxyScore:
-        try:
-            return self.ladder.score(trial, selection)
-        except ProxyError as error:
-            trial.set_user_attr("error", str(error))  # Optuna 5 keeps no failure reason of its own
-            raise
 
 
 def _write_dashboard_constraint(trial: optuna.Trial, violations: list[float]) -> None:

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, TypeVar, cast
 from search.adapters import Adapter
 from search.artifacts import Artifact, ModelArtifacts
 from search.calibration import TokenSet
+from search.errors import ProxyError
 from search.names import PROXIES, proxy_names, resolve
 from search.proxies.metanet_store import MetaNetStore
 from search.selection import Selection
@@ -72,6 +73,17 @@ class Proxy(ABC):
 
     @abstractmethod
     def score(self, selection: Selection) -> ProxyScore: ...
+
+    def score_many(self, selections: Sequence[Selection]) -> list[ProxyScore | ProxyError]:
+        """Each candidate's score, or why it has none. One after another by default; a proxy that can
+        score several candidates in one pass over the model (TraceNAS, replaying) overrides it."""
+        scores: list[ProxyScore | ProxyError] = []
+        for selection in selections:
+            try:
+                scores.append(self.score(selection))
+            except ProxyError as error:
+                scores.append(error)
+        return scores
 
     def prime(self, priming: Priming) -> dict[str, Any] | None:
         """Look at the job before its first trial; returns the state the report shows (None: nothing)."""

@@ -240,7 +240,7 @@ class KL(Proxy):
     def _replayed(self, selection: Selection) -> Iterator[None]:
         if self._masks is None:
             self._masks = MaskSlots(self.adapter)
-        with self._masks.realised(selection):
+        with self._masks.realised([selection]):
             yield
 
     def _capture(self, first: int, end: int) -> Replay[None]:

@@ -16,7 +16,7 @@ graph of the full-width model with the candidate as masks (``search.replay``; ``
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
@@ -26,7 +26,7 @@ from torch import nn
 from search.adapters import Adapter, Batch, Block
 from search.artifacts import Artifact, ModelArtifacts
 from search.calibration import TokenSet
-from search.correlation import pearson_stack, pearson_tensors
+from search.correlation import pearson_rows, pearson_tensors
 from search.errors import ProxyError
 from search.graphs import Replay
 from search.masking import Slices, apply_arch, kept_blocks
@@ -38,7 +38,9 @@ from search.replay import (
     Execution,
     MaskSlots,
     attention_backends,
+    repeated,
     replayable_batch,
+    shared_weights,
 )
 from search.selection import Selection
 
@@ -75,9 +77,8 @@ class TraceNAS(Proxy):
         dense = (artifacts or ModelArtifacts()).get(DENSE_SKETCH, key, lambda: self._sketch(None))
         self._dense = {block: {n: g.to(adapter.device) for n, g in parts.items()} for block, parts in dense.items()}
         self.execution = Execution(execution, adapter, self.name)
-        self._masks: MaskSlots | None = None
-        self._replay: Replay[torch.Tensor] | None = None  # captured on the first candidate it scores
-        self._replay_batches: list[Batch] = []
+        # Per number of slots (candidates per replay): the masks and the graph, captured when first needed.
+        self._replays: dict[int, tuple[MaskSlots, Replay[torch.Tensor]]] = {}
 
     @classmethod
     def create(cls, build: ProxyBuild) -> TraceNAS:
@@ -97,14 +98,21 @@ class TraceNAS(Proxy):
 
     def score(self, selection: Selection) -> ProxyScore:
         timings: dict[str, float] = {}
-        terms = list(self._terms(selection, timings).values())
-        if not terms:
-            raise ProxyError("the candidate keeps no sub-block")
-        total = float(sum(terms))
-        mean = total / len(terms)
-        if not torch.isfinite(torch.tensor(mean)):
-            raise ProxyError("TraceNAS correlation is not finite (a constant gradient sketch?)")
-        return ProxyScore(mean, {"tracenas_sum": total, "tracenas_blocks": float(len(terms))}, timings)
+        return _scored(self._terms(selection, timings), timings)
+
+    def score_many(self, selections: Sequence[Selection]) -> list[ProxyScore | ProxyError]:
+        """Once replaying is chosen, the candidates in one replay (a mask slot and a copy of the
+        calibration batch each: one launch and one wait for all of them); otherwise one after another."""
+        if self.execution.mode != REPLAY or len(selections) < 2 or not shared_weights(selections):
+            return super().score_many(selections)
+        timings: dict[str, float] = {}
+        scores: list[ProxyScore | ProxyError] = []
+        for terms in self._replayed_terms(selections, timings):
+            try:
+                scores.append(_scored(terms, dict(timings)))
+            except ProxyError as error:
+                scores.append(error)
+        return scores
 
     def block_terms(self, selection: Selection) -> dict[Block, float]:
         """ρ_b of every kept sub-block (the meta-network's features); shares the work with ``score``."""
@@ -116,12 +124,12 @@ class TraceNAS(Proxy):
         if self.execution.timing:
             terms = self.execution.compare(
                 lambda: self._gathered_terms(selection, timings),
-                lambda: self._replayed_terms(selection, {}),
+                lambda: self._replayed_terms([selection], {})[0],
                 _agree,
                 self._release,
             )
         elif self.execution.mode == REPLAY:
-            terms = self._replayed_terms(selection, timings)
+            terms = self._replayed_terms([selection], timings)[0]
         else:
             terms = self._gathered_terms(selection, timings)
         self._memo = (selection, terms)
@@ -139,39 +147,49 @@ class TraceNAS(Proxy):
         timings["correlation_s"] = time.perf_counter() - started
         return terms
 
-    def _replayed_terms(self, selection: Selection, timings: dict[str, float]) -> dict[Block, float]:
-        """Every sub-block's ρ from one replay (forward, backward and correlations under ``forward_s``);
-        the kept ones are the candidate's terms."""
+    def _replayed_terms(self, selections: Sequence[Selection], timings: dict[str, float]) -> list[dict[Block, float]]:
+        """Each candidate's kept sub-blocks' ρ from one replay; forward, backward and correlations count
+        under ``forward_s``, and every candidate's timings are its share of the replay's."""
         started = time.perf_counter()
-        if self._replay is None:
-            self._masks = MaskSlots(self.adapter)
-            self._replay_batches = [replayable_batch(batch) for batch in self.batches]
-            self._replay = Replay(self._replayed_correlations, self.adapter.device)
-        assert self._masks is not None
-        with self._masks.realised(selection):
+        masks, replay = self._replayed(len(selections))
+        with masks.realised(selections):
             applied = time.perf_counter()
-            values = self._replay.replay().tolist()  # the trial's one wait for the device
-        timings |= {"apply_s": applied - started, "forward_s": time.perf_counter() - applied}
-        kept = {block for i, layer in enumerate(selection.arch.layers) for block in kept_blocks(i, layer)}
-        return {block: value for block, value in zip(self._dense, values, strict=True) if block in kept}
+            rows = replay.replay().tolist()  # the trial's (or the round's) one wait for the device
+        count = len(selections)
+        timings |= {"apply_s": (applied - started) / count, "forward_s": (time.perf_counter() - applied) / count}
+        terms = []
+        for selection, values in zip(selections, rows, strict=False):  # spare slots repeat the last candidate
+            kept = {block for i, layer in enumerate(selection.arch.layers) for block in kept_blocks(i, layer)}
+            terms.append({block: value for block, value in zip(self._dense, values, strict=True) if block in kept})
+        return terms
+
+    def _replayed(self, candidates: int) -> tuple[MaskSlots, Replay[torch.Tensor]]:
+        """The graph with the fewest slots that holds ``candidates``, captured when none does."""
+        slots = min((n for n in self._replays if n >= candidates), default=candidates)
+        if slots not in self._replays:
+            masks = MaskSlots(self.adapter, slots)
+            batches = [repeated(replayable_batch(batch), slots) for batch in self.batches]
+            run = lambda: self._replayed_correlations(masks, batches)  # noqa: E731
+            self._replays[slots] = masks, Replay(run, self.adapter.device)
+        return self._replays[slots]
 
     def _release(self) -> None:
-        self._masks = self._replay = None
+        self._replays.clear()
 
-    def _replayed_correlations(self) -> torch.Tensor:
-        """What the graph runs: the full-width, masked model's sketches correlated with the dense ones,
-        in ``self._dense``'s block order."""
-        assert self._masks is not None
+    def _replayed_correlations(self, masks: MaskSlots, batches: list[Batch]) -> torch.Tensor:
+        """What the graph runs: the full-width model, masked per slot, and each slot's sketches
+        correlated with the dense ones: (slots, blocks), in ``self._dense``'s block order."""
         sketches: Sketches = {}
         with (
             _frozen_parameters(self.adapter.model),
-            self._hooks(sketches, {}),
-            self._masks.installed(),
+            self._hooks(sketches, {}, slots=masks.slots),
+            masks.installed(),
             attention_backends(replayed=True),
         ):
-            for batch, reference in zip(self._replay_batches, self._references, strict=True):
+            for batch, reference in zip(batches, self._references, strict=True):
                 self.adapter.loss(batch, reference).backward()
-        return pearson_stack([(_flat(sketches[block]), _flat(dense)) for block, dense in self._dense.items()])
+        columns = [pearson_rows(_rows(sketches[block]), _flat(dense)) for block, dense in self._dense.items()]
+        return torch.stack(columns, dim=1)
 
     def _projection(self, width: int, like: torch.Tensor) -> torch.Tensor:
         key = (width, like.device, like.dtype)
@@ -206,7 +224,9 @@ class TraceNAS(Proxy):
         return sketches
 
     @contextmanager
-    def _hooks(self, sketches: Sketches, slices: Slices) -> Iterator[None]:
+    def _hooks(self, sketches: Sketches, slices: Slices, slots: int | None = None) -> Iterator[None]:
+        """Sketch every linear into ``sketches`` as (out, r); with ``slots``, the batch is that many
+        candidates' copies and each linear's sketch is (slots, out, r)."""
         handles: list[Any] = []
 
         def make_hook(block: Block, name: str):
@@ -219,11 +239,11 @@ class TraceNAS(Proxy):
                     projection = self._projection(sliced.in_features, x).index_select(0, sliced.cols.to(x.device))
                 else:
                     projection = self._projection(x.shape[-1], x)
-                xr = (x @ projection).flatten(0, -2)  # (B*T, r)
+                xr = _tokens(x @ projection, slots)  # (B*T, r), or (slots, B*T, r)
 
                 def grad_hook(grad: torch.Tensor) -> None:
                     # (out, r) = Gᵀ(XR) = (∇W)·R; the matmul accumulates in fp32 even in bf16
-                    g = (grad.flatten(0, -2).t() @ xr.to(grad.dtype)).float()
+                    g = (_tokens(grad, slots).transpose(-2, -1) @ xr.to(grad.dtype)).float()
                     if sliced is not None and sliced.rows is not None:
                         # Pruned outputs get no gradient: zero rows, as at full width.
                         full = g.new_zeros(sliced.out_features, g.shape[1])
@@ -314,6 +334,28 @@ DENSE_SKETCH: Artifact[SketchKey, Sketches] = Artifact(
 
 def _flat(parts: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat([parts[name].flatten() for name in sorted(parts)])
+
+
+def _rows(parts: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``_flat`` of each slot's sketches: (slots, values)."""
+    return torch.cat([parts[name].flatten(1) for name in sorted(parts)], dim=1)
+
+
+def _tokens(x: torch.Tensor, slots: int | None) -> torch.Tensor:
+    """A linear's input or output gradient as (tokens, features), or with ``slots`` as (slots, tokens,
+    features): the batch holds the slots' copies one after another."""
+    return x.flatten(0, -2) if slots is None else x.reshape(slots, -1, x.shape[-1])
+
+
+def _scored(terms: dict[Block, float], timings: dict[str, float]) -> ProxyScore:
+    """The mean ρ over the kept sub-blocks (the authors' sum as an extra)."""
+    if not terms:
+        raise ProxyError("the candidate keeps no sub-block")
+    total = float(sum(terms.values()))
+    mean = total / len(terms)
+    if not torch.isfinite(torch.tensor(mean)):
+        raise ProxyError("TraceNAS correlation is not finite (a constant gradient sketch?)")
+    return ProxyScore(mean, {"tracenas_sum": total, "tracenas_blocks": float(len(terms))}, timings)
 
 
 def _agree(gathered: dict[Block, float], replayed: dict[Block, float]) -> bool:

@@ -360,3 +360,47 @@ def test_reads_made_at_once_are_one_query_until_this_process_writes(url: str) ->
     assert len(reads) == 2
     assert len(study.get_trials(deepcopy=False)) == 3  # outside the block every read is made
     assert len(reads) == 3
+
+
+@pytest.mark.parametrize("lookahead", [False, True])
+def test_trials_scored_in_rounds_complete_the_study_each_with_its_own_score(
+    tiny_loaded: LoadedModel, tiny_llama_dir: Path, tmp_path: Path, lookahead: bool
+) -> None:
+    """``batch=3``: trials are asked and proposed three at a time and TraceNAS replays each round in one
+    pass. The study ends with exactly ``n_trials`` complete trials (the last round is smaller), every
+    trial reaches the callbacks once, and each trial's value is what its candidate scores alone."""
+    from search.arch import ArchConfig
+    from search.trials import named_proxy
+
+    spec = tiny_job_spec(tiny_llama_dir, n_trials=7, seed=5, verify_top_k=0)
+    context = prepare(tiny_loaded, spec)
+    proxy = named_proxy(context, "tracenas", execution="replay")
+    study = open_study(context, study_name="rounds", storage=make_storage(f"sqlite:///{tmp_path}/optuna.sqlite3"))
+    finished: list[int] = []
+    hooks = SearchHooks(on_trial=[lambda _s, t: finished.append(t.number)])
+
+    assert search_trials(context, proxy, study, hooks=hooks, lookahead=lookahead, batch=3) is False
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 7
+    assert sorted(finished) == list(range(7))
+    alone = named_proxy(context, "tracenas", execution="gather")
+    for trial in study.trials:
+        selection = context.selection(ArchConfig.from_dict(trial.user_attrs["arch"]))
+        assert trial.value == pytest.approx(alone.score(selection).value, abs=1e-5)
+
+
+def test_a_batch_needs_an_objective_that_scores_several(tmp_path: Path) -> None:
+    from search.loop import run_trials
+
+    class One:
+        def propose(self, trial: optuna.Trial) -> float:
+            return trial.suggest_float("x", 0, 1)
+
+        def score(self, trial: optuna.Trial, proposal: float) -> float:
+            return proposal
+
+    study = optuna.create_study()
+    with pytest.raises(ValueError, match="scores several"):
+        run_trials(study, One(), max_trials=4, complete_target=4, batch=2)
+    with pytest.raises(ValueError, match="at least 1"):
+        run_trials(study, One(), max_trials=4, complete_target=4, batch=0)
+    assert run_trials(study, One(), max_trials=4, complete_target=4) is False and len(study.trials) == 4

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import pytest
 import torch
 
 from search.arch import ArchConfig, LayerArch
 from search.calibration import TokenSet
 from search.criteria import compute_importance
 from search.loading import LoadedModel
-from search.proxies import TraceNAS, create_proxy
+from search.proxies import ProxyScore, TraceNAS, create_proxy
 from search.selection import select_units
 from search.stats import collect_stats
 
@@ -105,3 +106,27 @@ def test_replayed_masks_score_as_gathered_widths(tiny_loaded: LoadedModel, tiny_
             assert abs(actual[block] - value) < 1e-5, (block, actual[block], value)
     assert all(torch.equal(p, weights[name]) for name, p in adapter.model.named_parameters())
     assert all(p.grad is None for p in adapter.model.parameters())
+
+
+def test_candidates_replayed_together_score_as_each_alone(tiny_loaded: LoadedModel, tiny_tokens: TokenSet) -> None:
+    """``score_many`` replays several candidates in one pass (a mask slot and a copy of the batch each):
+    every candidate scores what it scores alone, a smaller round reuses the slots, and a sparse
+    candidate (whose zeros would reach every slot's weights) is scored alone."""
+    from tests.search.selections import random_selection
+
+    _, half_depth, narrow = _selections(tiny_loaded, tiny_tokens)
+    mixed = random_selection(
+        tiny_loaded, ArchConfig((LayerArch(2, 64), LayerArch(0, 192), LayerArch(4, 0), LayerArch(2, 96)))
+    )
+    sparse = random_selection(tiny_loaded, ArchConfig((LayerArch(2, 64, 0.5),) * 4))
+    alone = TraceNAS(tiny_loaded.adapter, tiny_tokens, batch_size=4, execution="replay")
+    together = TraceNAS(tiny_loaded.adapter, tiny_tokens, batch_size=4, execution="replay")
+    for round_ in ([narrow, half_depth, mixed], [mixed, narrow], [narrow, sparse]):
+        scores = together.score_many(round_)
+        for selection, score in zip(round_, scores, strict=True):
+            assert isinstance(score, ProxyScore)
+            expected = alone.score(selection)
+            assert abs(score.value - expected.value) < 1e-5, (score.value, expected.value)
+            assert score.extras == pytest.approx(expected.extras, abs=1e-5)
+    # Distinct scores: a slot that read another's mask would not match its candidate alone.
+    assert len({round(alone.score(s).value, 4) for s in (narrow, half_depth, mixed)}) == 3
