@@ -68,6 +68,20 @@ def test_captured_graphs_score_what_gathering_scores() -> None:
         for selection in selections * TIMED_CANDIDATES:
             auto.score(selection)
         assert auto.execution.mode in (GATHER, REPLAY)  # settled, by timing both
+    # Several candidates in one graph (a mask slot each), captured once and replayed for a smaller round too.
+    replayed = TraceNAS(loaded.adapter, tokens, batch_size=8, execution="replay")
+    gathered = TraceNAS(loaded.adapter, tokens, batch_size=8, execution="gather")
+    plain = [
+        random_selection(
+            loaded,
+            dataclasses.replace(arch, layers=tuple(dataclasses.replace(layer, sparsity=0.0) for layer in arch.layers)),
+        )
+        for arch in archs
+    ]
+    for round_ in (plain * 2, plain):
+        for selection, score in zip(round_, replayed.score_many(round_), strict=True):
+            expected = gathered.score(selection).value
+            assert score.value == pytest.approx(expected, rel=0.02, abs=5e-3), (expected, score.value)
 
 
 def test_a_model_that_cannot_be_captured_is_gathered_and_its_graphs_released(tiny_loaded: LoadedModel) -> None:
