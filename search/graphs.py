@@ -5,7 +5,9 @@ candidates (``search.replay``); the latency tables time a model's step as a repl
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import gc
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Generic, TypeVar
 
 import torch
@@ -31,7 +33,7 @@ class Replay(Generic[T]):
                 run()
         torch.cuda.current_stream(device).wait_stream(side)
         self._graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self._graph, pool=pool):
+        with _collected_garbage(), torch.cuda.graph(self._graph, pool=pool):
             self._output = run()
 
     def replay(self) -> T:
@@ -39,3 +41,19 @@ class Replay(Generic[T]):
             return self._run()
         self._graph.replay()
         return self._output
+
+
+@contextmanager
+def _collected_garbage() -> Iterator[None]:
+    """No garbage collection while a graph is captured. A proxy dropped in a reference cycle (its graph's
+    function holds it) keeps its graph until the collector runs; destroying a graph during another's
+    capture invalidates that capture (seen when a test built a second proxy). The garbage is collected
+    first, and the collector waits until the capture ends."""
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
