@@ -91,7 +91,6 @@ class Row:
     trial_s: float
     realise_s: float
     apply_s: float
-    capture_s: float  # graphs captured for widths not needed before (search.slots), per trial
     forward_s: float
     backward_s: float
     correlation_s: float
@@ -269,7 +268,6 @@ def measure(
         trial_s=wall,
         realise_s=mean["realise_s"],
         apply_s=mean.get("apply_s", 0.0),
-        capture_s=mean.get("capture_s", 0.0),
         forward_s=mean.get("forward_s", 0.0),
         backward_s=mean.get("backward_s", 0.0),
         correlation_s=mean.get("correlation_s", 0.0),
@@ -345,28 +343,25 @@ def render(rows: list[Row], meta: dict[str, Any], command: str) -> str:
             else ";"
         ),
         "*realise* = repair to the budget and selection of heads and channels; *apply* =",
-        "swapping in the candidate (dropped sub-blocks, gathers of the kept heads / channels, sparse zeroing);",
-        "*capture* = capturing a replayed graph for a width no earlier candidate needed (`search.slots`).",
+        "swapping in the candidate (dropped sub-blocks, gathers of the kept heads / channels, sparse zeroing).",
         "*execution*: how the proxy scored (`search.replay`): `gather` = in place on gathers of the kept units,"
-        " `replay` = one replayed CUDA graph with the candidate as data (forward, backward and correlation all"
-        " under *forward*): KL at full width with masks, TraceNAS narrowed to the widest kept sub-block's width"
-        " (`search.slots`); `auto` chooses by timing both on its first candidates."
+        " `replay` = one replayed CUDA graph of the full-width model with the candidate as masks (forward,"
+        " backward and correlation all under *forward*); `auto` chooses by timing both on its first candidates."
         " *batch*: trials asked, proposed and scored together (`search.loop`); replaying TraceNAS scores a round"
-        " in one graph at full width, a mask slot and a copy of the tokens per candidate, and each trial counts"
-        " its share.",
+        " in one graph, a slot and a copy of the tokens per candidate, and each trial counts its share.",
         "*space*: `per_layer` samples 2 parameters per layer, `compact` 5. Trials run through the service's own",
         "loop (`search.trials.search_trials`, the job's default `evo` sampler) on the embedded SQLite storage.",
         "",
         "| model | params | proxy | space | execution | batch | tokens | scored tokens | trial s | realise | apply"
-        " | capture | forward | backward | correlation | orchestration | floor s | trial / floor | prepare s |",
-        "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        " | forward | backward | correlation | orchestration | floor s | trial / floor | prepare s |",
+        "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r.model} | {r.params / 1e6:,.1f}M | {r.proxy} | {r.space} | {r.execution} | {r.batch} | {r.tokens:,} |"
             f" {r.scored_tokens:,.0f} | "
             f"{r.trial_s:.3f} | "
-            f"{r.realise_s:.3f} | {r.apply_s:.3f} | {r.capture_s:.3f} | "
+            f"{r.realise_s:.3f} | {r.apply_s:.3f} | "
             f"{r.forward_s:.3f} | {r.backward_s:.3f} | {r.correlation_s:.3f} | {r.orchestration_s:.3f} | "
             f"{r.floor_s:.3f} | {r.ratio:.2f}x | {r.prepare_s:.1f} |"
         )

@@ -8,8 +8,7 @@ Two ways to hold candidates:
   put several candidates in one forward, each on its own copy of the batch.
 - ``NarrowSlots``: one candidate, its kept heads and channels gathered into narrower weights of a
   fixed width (``capacity``), filled up with pruned units that are masked out. Where candidates keep
-  a quarter of the blocks' parameters (the 1B shape at half its parameters), its widest layer is
-  about half of the full width, and so are the matrices it multiplies.
+  a quarter of the blocks' parameters, it multiplies matrices about half as wide as the masks do.
 
 Both compute what the physically pruned model computes, for families whose output projections have
 no bias (``search.replay.unsupported``).
@@ -29,11 +28,9 @@ from search.masking import Slice, Slices, sparsified
 from search.selection import Selection
 from search.units import LayerSelection
 
-# The widths of the narrow graphs: in halves of the KV groups and quarters of the FFN channels, so a
-# search's candidates share at most eight graphs, each captured once, when first needed (a quarter
-# of a second for the 1B shape on an H200; eighths of the channels made a dozen captures in as many
-# trials there, for a forward 10% shorter).
-GROUP_PARTS, CHANNEL_PARTS = 2, 4
+# The widths of the narrow graphs: in quarters of the KV groups and eighths of the FFN channels, so
+# a search's candidates share a few graphs (each is captured once, when first needed).
+GROUP_PARTS, CHANNEL_PARTS = 4, 8
 
 
 class MaskSlots:
@@ -131,7 +128,7 @@ def slots_for(adapter: Adapter, selections: Sequence[Selection], weights: Narrow
 
 def capacity(shape: ModelShape, selection: Selection) -> tuple[int, int]:
     """The (KV groups, FFN channels) a ``NarrowSlots`` needs for ``selection``: its widest kept
-    attention's and MLP's, rounded up to a half of the groups and a quarter of the channels."""
+    attention's and MLP's, rounded up to a quarter of the groups and an eighth of the channels."""
     kept = list(zip(selection.arch.layers, selection.layers, strict=True))
     groups = max((len(units.kv_groups) for layer, units in kept if layer.attention_kept), default=0)
     channels = max((len(units.channels) for layer, units in kept if layer.mlp_kept), default=0)

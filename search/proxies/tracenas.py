@@ -146,18 +146,13 @@ class TraceNAS(Proxy):
     def _replayed_terms(self, selections: Sequence[Selection], timings: dict[str, float]) -> list[dict[Block, float]]:
         """Each candidate's kept sub-blocks' ρ from one replay; forward, backward and correlations count
         under ``forward_s``, and every candidate's timings are its share of the replay's."""
-        began = time.perf_counter()
-        slots, replay = self._replayed(selections)
         started = time.perf_counter()
+        slots, replay = self._replayed(selections)
         with slots.realised(selections):
             applied = time.perf_counter()
             rows = replay.replay().tolist()  # the trial's (or the round's) one wait for the device
         count = len(selections)
-        timings |= {
-            "capture_s": (started - began) / count,  # a graph of a width not needed before (search.slots)
-            "apply_s": (applied - started) / count,
-            "forward_s": (time.perf_counter() - applied) / count,
-        }
+        timings |= {"apply_s": (applied - started) / count, "forward_s": (time.perf_counter() - applied) / count}
         terms = []
         for selection, values in zip(selections, rows, strict=False):  # spare slots repeat the last candidate
             kept = {block for i, layer in enumerate(selection.arch.layers) for block in kept_blocks(i, layer)}
