@@ -160,8 +160,8 @@ def linear(fan_in: int, fan_out: int, bias: bool) -> nn.Linear:
 
 def head_rows(shape: ModelShape, kv_groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Row indices of the kept query heads and of the kept KV heads (group k: query heads k·g..k·g+g-1)."""
-    d, g, device = shape.head_dim, shape.group_size, kv_groups.device
-    q_heads = (kv_groups.unsqueeze(1) * g + torch.arange(g, device=device)).flatten()
-    q_rows = (q_heads.unsqueeze(1) * d + torch.arange(d, device=device)).flatten()
-    kv_rows = (kv_groups.unsqueeze(1) * d + torch.arange(d, device=device)).flatten()
+    d, g = shape.head_dim, shape.group_size
+    q_heads = (kv_groups.unsqueeze(1) * g + torch.arange(g)).flatten()
+    q_rows = (q_heads.unsqueeze(1) * d + torch.arange(d)).flatten()
+    kv_rows = (kv_groups.unsqueeze(1) * d + torch.arange(d)).flatten()
     return q_rows, kv_rows

@@ -54,11 +54,11 @@ from search.replay import (
     EXECUTION_OPTION,
     REPLAY,
     Execution,
+    MaskSlots,
     attention_backends,
     replayable_batch,
 )
 from search.selection import Selection
-from search.slots import MaskSlots
 from search.verify import similarity_agreement
 
 DEFAULT_TOP_K = 256  # dense tokens kept per position when the exact form exceeds FULL_BUDGET_BYTES

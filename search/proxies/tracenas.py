@@ -31,9 +31,18 @@ from search.errors import ProxyError
 from search.graphs import Replay
 from search.masking import Slices, apply_arch, kept_blocks
 from search.proxies.base import COST_BACKWARD, Proxy, ProxyBuild, ProxyScore
-from search.replay import AUTO, EXECUTION_OPTION, REPLAY, Execution, attention_backends, replayable_batch
+from search.replay import (
+    AUTO,
+    EXECUTION_OPTION,
+    REPLAY,
+    Execution,
+    MaskSlots,
+    attention_backends,
+    repeated,
+    replayable_batch,
+    shared_weights,
+)
 from search.selection import Selection
-from search.slots import NarrowWeights, Slots, capacity, repeated, shared_weights, slots_for
 
 Sketches = dict[Block, dict[str, torch.Tensor]]
 
@@ -68,12 +77,8 @@ class TraceNAS(Proxy):
         dense = (artifacts or ModelArtifacts()).get(DENSE_SKETCH, key, lambda: self._sketch(None))
         self._dense = {block: {n: g.to(adapter.device) for n, g in parts.items()} for block, parts in dense.items()}
         self.execution = Execution(execution, adapter, self.name)
-        # The graphs and the slots they read, captured when first needed (``search.slots``): one per
-        # narrow width a lone candidate needs, one per number of candidates scored together. They share
-        # a memory pool: one runs at a time, and its result is read before the next runs.
-        self._replays: dict[tuple[str, int, int], tuple[Slots, Replay[torch.Tensor]]] = {}
-        self._narrow_weights = NarrowWeights()
-        self._pool = torch.cuda.graph_pool_handle() if adapter.device.type == "cuda" else None
+        # Per number of slots (candidates per replay): the masks and the graph, captured when first needed.
+        self._replays: dict[int, tuple[MaskSlots, Replay[torch.Tensor]]] = {}
 
     @classmethod
     def create(cls, build: ProxyBuild) -> TraceNAS:
@@ -117,7 +122,6 @@ class TraceNAS(Proxy):
         if self._memo is not None and self._memo[0] is selection:
             return self._memo[1]
         if self.execution.timing:
-            self._replayed([selection])  # captured before timing: a capture is paid once, not per candidate
             terms = self.execution.compare(
                 lambda: self._gathered_terms(selection, timings),
                 lambda: self._replayed_terms([selection], {})[0],
@@ -147,8 +151,8 @@ class TraceNAS(Proxy):
         """Each candidate's kept sub-blocks' ρ from one replay; forward, backward and correlations count
         under ``forward_s``, and every candidate's timings are its share of the replay's."""
         started = time.perf_counter()
-        slots, replay = self._replayed(selections)
-        with slots.realised(selections):
+        masks, replay = self._replayed(len(selections))
+        with masks.realised(selections):
             applied = time.perf_counter()
             rows = replay.replay().tolist()  # the trial's (or the round's) one wait for the device
         count = len(selections)
@@ -159,32 +163,27 @@ class TraceNAS(Proxy):
             terms.append({block: value for block, value in zip(self._dense, values, strict=True) if block in kept})
         return terms
 
-    def _replayed(self, selections: Sequence[Selection]) -> tuple[Slots, Replay[torch.Tensor]]:
-        """The graph that scores ``selections``: a lone candidate's narrow width, or the fewest mask
-        slots that hold them all (spare slots repeat the last candidate); captured where none is."""
-        if len(selections) == 1:
-            key = ("narrow", *capacity(self.adapter.shape, selections[0]))
-        else:
-            held = [k for k in self._replays if k[0] == "masks" and k[1] >= len(selections)]
-            key = min(held) if held else ("masks", len(selections), 0)
-        if key not in self._replays:
-            slots = slots_for(self.adapter, selections, self._narrow_weights)
-            batches = [repeated(replayable_batch(batch), slots.slots) for batch in self.batches]
-            run = lambda: self._replayed_correlations(slots, batches)  # noqa: E731
-            self._replays[key] = slots, Replay(run, self.adapter.device, self._pool)
-        return self._replays[key]
+    def _replayed(self, candidates: int) -> tuple[MaskSlots, Replay[torch.Tensor]]:
+        """The graph with the fewest slots that holds ``candidates``, captured when none does."""
+        slots = min((n for n in self._replays if n >= candidates), default=candidates)
+        if slots not in self._replays:
+            masks = MaskSlots(self.adapter, slots)
+            batches = [repeated(replayable_batch(batch), slots) for batch in self.batches]
+            run = lambda: self._replayed_correlations(masks, batches)  # noqa: E731
+            self._replays[slots] = masks, Replay(run, self.adapter.device)
+        return self._replays[slots]
 
     def _release(self) -> None:
         self._replays.clear()
 
-    def _replayed_correlations(self, slots: Slots, batches: list[Batch]) -> torch.Tensor:
-        """What the graph runs: the model as ``slots`` hold the candidates, and each slot's sketches
+    def _replayed_correlations(self, masks: MaskSlots, batches: list[Batch]) -> torch.Tensor:
+        """What the graph runs: the full-width model, masked per slot, and each slot's sketches
         correlated with the dense ones: (slots, blocks), in ``self._dense``'s block order."""
         sketches: Sketches = {}
         with (
             _frozen_parameters(self.adapter.model),
-            slots.installed() as slices,
-            self._hooks(sketches, slices, slots=slots.slots),
+            self._hooks(sketches, {}, slots=masks.slots),
+            masks.installed(),
             attention_backends(replayed=True),
         ):
             for batch, reference in zip(batches, self._references, strict=True):
@@ -247,8 +246,8 @@ class TraceNAS(Proxy):
                     g = (_tokens(grad, slots).transpose(-2, -1) @ xr.to(grad.dtype)).float()
                     if sliced is not None and sliced.rows is not None:
                         # Pruned outputs get no gradient: zero rows, as at full width.
-                        full = g.new_zeros(*g.shape[:-2], sliced.out_features, g.shape[-1])
-                        g = full.index_copy_(g.dim() - 2, sliced.rows.to(g.device), g)
+                        full = g.new_zeros(sliced.out_features, g.shape[1])
+                        g = full.index_copy_(0, sliced.rows.to(g.device), g)
                     store = sketches.setdefault(block, {})
                     store[name] = store[name] + g if name in store else g
 
