@@ -128,7 +128,13 @@ def _search_and_report(
     artifacts = settings.artifact_cache_dir
     try:
         result, context, recovery = run_local(
-            spec, storage=storage, study_name=study_name, device=device, artifacts=artifacts, console=console
+            spec,
+            storage=storage,
+            study_name=study_name,
+            device=device,
+            artifacts=artifacts,
+            console=console,
+            batch=settings.trial_batch,
         )
         best = print_result(console, spec, context, result, recovery)
         if out is not None and best is not None:

@@ -23,10 +23,17 @@ if TYPE_CHECKING:
 
 
 def run_local(
-    spec: JobSpec, *, storage: str, study_name: str, device: str, artifacts: Path, console: Console
+    spec: JobSpec,
+    *,
+    storage: str,
+    study_name: str,
+    device: str,
+    artifacts: Path,
+    console: Console,
+    batch: int = 1,
 ) -> tuple[SearchResult, SearchContext, RecoveryOutcome | None]:
     """Run ``spec`` as study ``study_name`` in ``storage``, then its recovery if it asks for one;
-    ``artifacts`` caches dense statistics."""
+    ``artifacts`` caches dense statistics; ``batch``: trials scored together (``search_trials``)."""
     _quiet_optuna()
     if storage.startswith("sqlite:///"):
         Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -39,7 +46,7 @@ def run_local(
         f"(calibration {tuple(context.tokens.calibration.shape)}, digest {context.tokens.digest})"
     )
     with _progress(console) as progress:
-        result = _run_study(context, storage, study_name, *_progress_hooks(progress, spec))
+        result = _run_study(context, storage, study_name, *_progress_hooks(progress, spec), batch=batch)
         recovery = _recover(context, result, progress) if spec.recovery is not None and not result.stopped else None
     return result, context, recovery
 
@@ -95,13 +102,15 @@ def _run_study(
     study_name: str,
     on_trial: Callable[[Any, Any], None],
     on_verify: Callable[[int, int], None],
+    *,
+    batch: int,
 ) -> SearchResult:
     from search.study import run_search
     from search.trials import SearchHooks
     from studystore import make_storage
 
     hooks = SearchHooks(on_trial=[on_trial], on_verify=on_verify)
-    return run_search(context, study_name=study_name, storage=make_storage(storage), hooks=hooks)
+    return run_search(context, study_name=study_name, storage=make_storage(storage), hooks=hooks, batch=batch)
 
 
 def _progress(console: Console) -> Progress:

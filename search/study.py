@@ -35,16 +35,20 @@ def run_search(
     storage: str | BaseStorage | None = None,
     hooks: SearchHooks = NO_HOOKS,
     metanet_store: MetaNetStore | None = None,
+    batch: int = 1,
 ) -> SearchResult:
     """Open or resume the study, run its trials, wait for other workers' trials, verify, audit.
 
-    ``metanet_store`` keeps the meta-network's training data across jobs (audited candidates)."""
+    ``metanet_store`` keeps the meta-network's training data across jobs (audited candidates);
+    ``batch``: trials scored together (``search_trials``)."""
     study = open_study(context, study_name=study_name, storage=storage)
     proxy = job_proxy(context)
     # Two fidelities, two verifiers: cheap audits (priming, trust) on the first held-out sequences,
     # and the finalists' ladder up to all of them.
     auditor = Verifier(context.loaded.adapter, context.tokens)
-    proxy_state, stopped = _search(context, proxy, study, auditor, hooks=hooks, metanet_store=metanet_store)
+    proxy_state, stopped = _search(
+        context, proxy, study, auditor, hooks=hooks, metanet_store=metanet_store, batch=batch
+    )
     if not stopped:
         stopped = await_other_workers(study, storage, hooks)
     frozen = {t.number: t for t in study.get_trials(deepcopy=False)}
@@ -78,6 +82,7 @@ def _search(
     *,
     hooks: SearchHooks,
     metanet_store: MetaNetStore | None,
+    batch: int,
 ) -> tuple[dict[str, Any] | None, bool]:
     """Prime the proxy and run this process's trials, unless none remain or the caller stops first.
     Returns the proxy's priming state and whether the hooks stopped the search."""
@@ -90,7 +95,7 @@ def _search(
     proxy_state = prime_proxy(context, proxy, study, auditor, metanet_store=metanet_store)
     if hooks.on_primed is not None:
         hooks.on_primed(remaining)
-    return proxy_state, search_trials(context, proxy, study, hooks=hooks)
+    return proxy_state, search_trials(context, proxy, study, hooks=hooks, batch=batch)
 
 
 def _choose_best(result: SearchResult, complete: list[TrialInfo], *, multi: bool, latency: bool) -> list[TrialInfo]:

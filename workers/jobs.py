@@ -118,6 +118,7 @@ def _search(
         ),
         # The meta-network proxy learns from every job's audited candidates, kept with the service's data.
         metanet_store=MetaNetStore(settings.data_dir / "metanet"),
+        batch=settings.trial_batch,
     )
     with session_scope(sessions) as session:
         # Trials finished by an earlier attempt of this job are in the study; make sure they are here too.
@@ -200,6 +201,7 @@ def evaluate_chunk(
             on_trial=[TrialRecorder(sessions, job_id)], should_stop=lambda: not _still_running(sessions, job_id)
         ),
         metanet_store=MetaNetStore(settings.data_dir / "metanet"),
+        batch=settings.trial_batch,
     )
     log.info("job %s: this worker ran %d trials of a chunk", job_id, ran)
     return f"ran {ran} trials"

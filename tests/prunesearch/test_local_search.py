@@ -36,8 +36,8 @@ class Run:
     out: Path
 
 
-def prunesearch(args: list[str], data_dir: Path) -> str:
-    env = os.environ | {"PRUNESEARCH_DATA_DIR": str(data_dir), "COLUMNS": "200"}
+def prunesearch(args: list[str], data_dir: Path, **settings: str) -> str:
+    env = os.environ | {"PRUNESEARCH_DATA_DIR": str(data_dir), "COLUMNS": "200"} | settings
     done = subprocess.run(
         [sys.executable, "-m", "prunesearch", *args], env=env, capture_output=True, text=True, timeout=600, cwd=REPO
     )
@@ -143,9 +143,10 @@ def test_study_name_resumes_the_study_up_to_more_trials_and_never_fewer(run: Run
     assert refused.returncode != 0 and f"below the {len(before)} complete trials" in refused.stderr, refused.stderr
     assert len(_complete_trials(storage, "first")) == len(before)  # refused before touching the study
 
-    prunesearch(search(len(before) + 2), run.data_dir)
+    # The worker setting that scores trials in rounds reaches a local search (two trials per round).
+    prunesearch(search(len(before) + 3), run.data_dir, PRUNESEARCH_TRIAL_BATCH="2")
     after = _complete_trials(storage, "first")
-    assert len(after) == len(before) + 2
+    assert len(after) == len(before) + 3
     assert [(t.number, t.params) for t in after[: len(before)]] == [(t.number, t.params) for t in before]
     archs = [json.dumps(t.user_attrs["arch"], sort_keys=True) for t in after]
     assert len(set(archs)) == len(archs)  # the resume ran new candidates, not the study's first ones again
