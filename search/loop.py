@@ -123,10 +123,7 @@ def run_trials(
     ``should_stop`` is asked after each round. ``batch``: trials asked, proposed and scored together
     in a round, by the objective's ``score_many`` (a ``BatchObjective``; the sampler sees them
     running, as it sees several workers' trials). Returns whether ``should_stop`` ended the loop."""
-    if batch < 1:
-        raise ValueError(f"batch must be at least 1, not {batch}")
-    if batch > 1 and not isinstance(objective, BatchObjective):
-        raise ValueError("a batch of trials needs an objective that scores several (score_many)")
+    _check_batch(objective, batch)
     stale = _StaleTrials(study)
     switching = _switch_interval(LOOKAHEAD_SWITCH_S) if lookahead else nullcontext()
     with switching, _Heartbeats(study) as beats, ThreadPoolExecutor(1, thread_name_prefix="propose") as pool:
@@ -136,22 +133,15 @@ def run_trials(
             while ran < max_trials:
                 stale.fail()
                 if ahead is None:
-                    # The sampler's reads of the study (its search space, then the trials to sample from)
-                    # come on the trial's first suggest, microseconds after ask's: one read until a write.
-                    with _one_read(study):
-                        size = min(batch, max_trials - ran, complete_target - complete_count(study))
-                        if size <= 0:
-                            return False
-                        current = [_ask_one(study, objective, beats)]
-                    current += _ask_and_propose(study, objective, beats, size - 1)
+                    current = _ask_round(study, objective, beats, min(batch, max_trials - ran), complete_target)
+                    if not current:
+                        return False
                 else:
                     current, ahead = ahead.result(), None
                 ran += len(current)
-                # Look ahead only while this round's completing would not end the study (one worker
-                # asks exactly as many trials as it completes).
+                # Look ahead only while this round would not complete the study (ask no more than it needs).
                 size = min(batch, max_trials - ran, complete_target - complete_count(study) - len(current))
-                if lookahead and size > 0:
-                    ahead = pool.submit(_ask_and_propose, study, objective, beats, size)
+                ahead = pool.submit(_ask_and_propose, study, objective, beats, size) if lookahead and size > 0 else None
                 finished = _score_and_tell(study, objective, current, catch, ahead)
                 for trial in finished:
                     beats.discard(trial)
@@ -162,9 +152,14 @@ def run_trials(
             return False
         finally:
             if ahead is not None:  # proposed, never scored: stopped, failed, or the study is complete
-                for unscored in ahead.result():
-                    _abandon(study, unscored)
-                    beats.discard(unscored.trial)
+                _abandon(study, ahead.result(), beats)
+
+
+def _check_batch(objective: StagedObjective[Any], batch: int) -> None:
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, not {batch}")
+    if batch > 1 and not isinstance(objective, BatchObjective):
+        raise ValueError("a batch of trials needs an objective that scores several (score_many)")
 
 
 @contextmanager
@@ -177,6 +172,21 @@ def _switch_interval(seconds: float) -> Iterator[None]:
         yield
     finally:
         sys.setswitchinterval(previous)
+
+
+def _ask_round(
+    study: optuna.Study, objective: StagedObjective[Any], beats: _Heartbeats, size: int, complete_target: int
+) -> list[_Proposed[Any]]:
+    """Up to ``size`` trials asked and proposed, no more than the study lacks of ``complete_target``
+    complete ones (none when it lacks none)."""
+    # The sampler's reads of the study (its search space, then the trials to sample from) come on the
+    # trial's first suggest, microseconds after ask's: one read until a write.
+    with _one_read(study):
+        size = min(size, complete_target - complete_count(study))
+        if size <= 0:
+            return []
+        first = _ask_one(study, objective, beats)
+    return [first, *_ask_and_propose(study, objective, beats, size - 1)]
 
 
 def _ask_and_propose(
@@ -275,10 +285,12 @@ def _told(
     return study._storage.get_trial(trial._trial_id)
 
 
-def _abandon(study: optuna.Study, proposed: _Proposed[Any]) -> None:
-    """Fail a trial proposed ahead that will not be scored, saying so."""
-    proposed.trial.set_user_attr("error", "not scored: the search stopped before its turn")
-    _told(study, proposed.trial, None, TrialState.FAIL)
+def _abandon(study: optuna.Study, unscored: list[_Proposed[Any]], beats: _Heartbeats) -> None:
+    """Fail trials proposed ahead that will not be scored, saying so."""
+    for proposed in unscored:
+        proposed.trial.set_user_attr("error", "not scored: the search stopped before its turn")
+        _told(study, proposed.trial, None, TrialState.FAIL)
+        beats.discard(proposed.trial)
 
 
 class _Heartbeats:
