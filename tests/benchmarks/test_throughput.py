@@ -65,7 +65,7 @@ def test_scaling_benchmark_runs_two_cpu_workers_on_one_study(tmp_path: Path) -> 
     assert sum(two["per_worker_trials"]) == two["trials"]
     assert one["trials_per_min"] > 0 and two["trials_per_min"] > 0
     text = out.read_text()
-    assert "| 2 | cpu, cpu |" in text and text.count("<!-- scaling: tiny per_layer gpus=cpu -->") == 1
+    assert "| 2 | cpu, cpu |" in text and text.count("<!-- scaling: tiny tracenas per_layer gpus=cpu -->") == 1
 
 
 def test_latency_benchmark_runs_on_a_tiny_shape(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
