@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 
 import optuna
@@ -34,6 +34,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.errors import ProxyError
 from search.proxies import Proxy, ProxyScore
+from search.proxies.base import or_error
 from search.selection import Selection
 from search.spec import JobSpec
 
@@ -98,7 +99,7 @@ class TokenLadder:
         """``score`` of each trial's candidate, or why it has none. Without a schedule, one call of the
         proxy's ``score_many``, which may score them all in one pass; with one, each climbs its rungs."""
         if self.rungs:
-            return [_or_error(lambda t=t, s=s: self.score(t, s)) for t, s in zip(trials, selections, strict=True)]
+            return [or_error(lambda t=t, s=s: self.score(t, s)) for t, s in zip(trials, selections, strict=True)]
         scores = self.proxy.score_many(selections)
         for trial, score in zip(trials, scores, strict=True):
             if isinstance(score, ProxyScore) and score.tokens is not None:
@@ -135,13 +136,6 @@ class TokenLadder:
     def _peers(trial: optuna.Trial) -> list[FrozenTrial]:
         """The study's other trials that may have rung scores: finished, or running in any worker."""
         return [t for t in trial.study.get_trials(deepcopy=False, states=_PEER_STATES) if t.number != trial.number]
-
-
-def _or_error(score: Callable[[], ProxyScore]) -> ProxyScore | ProxyError:
-    try:
-        return score()
-    except ProxyError as error:
-        return error
 
 
 def _report(trial: optuna.Trial, score: ProxyScore, sequences: int) -> int:

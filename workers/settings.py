@@ -62,8 +62,8 @@ class WorkerSettings(Settings):
         ge=1,
         le=64,
         description="Trials a worker scores together (search.loop): replaying TraceNAS scores them in one graph, "
-        "each on its own copy of the calibration tokens (that much more GPU memory). On an H200: 1.5x the "
-        "trials of a 13M model at 4, 1.1x at 1B (docs/performance.md).",
+        "each on its own copy of the calibration tokens (that much more GPU memory; what it gives: "
+        "docs/performance.md).",
     )
     db_retry_attempts: int = Field(
         default=5, ge=1, description="Times a worker resumes a job after losing the database, before failing it."

@@ -77,13 +77,7 @@ class Proxy(ABC):
     def score_many(self, selections: Sequence[Selection]) -> list[ProxyScore | ProxyError]:
         """Each candidate's score, or why it has none. One after another by default; a proxy that can
         score several candidates in one pass over the model (TraceNAS, replaying) overrides it."""
-        scores: list[ProxyScore | ProxyError] = []
-        for selection in selections:
-            try:
-                scores.append(self.score(selection))
-            except ProxyError as error:
-                scores.append(error)
-        return scores
+        return [or_error(lambda s=selection: self.score(s)) for selection in selections]
 
     def prime(self, priming: Priming) -> dict[str, Any] | None:
         """Look at the job before its first trial; returns the state the report shows (None: nothing)."""
@@ -118,6 +112,15 @@ class Proxy(ABC):
     def members(self) -> list[Proxy]:
         """The proxies a composite proxy consults (itself excluded); empty for a plain proxy."""
         return []
+
+
+def or_error(score: Callable[[], ProxyScore]) -> ProxyScore | ProxyError:
+    """``score()``, or the ``ProxyError`` that says why the candidate has no score (a round of
+    candidates goes on without it)."""
+    try:
+        return score()
+    except ProxyError as error:
+        return error
 
 
 P = TypeVar("P", bound=Proxy)

@@ -30,7 +30,7 @@ from search.correlation import pearson_rows, pearson_tensors
 from search.errors import ProxyError
 from search.graphs import Replay
 from search.masking import Slices, apply_arch, kept_blocks
-from search.proxies.base import COST_BACKWARD, Proxy, ProxyBuild, ProxyScore
+from search.proxies.base import COST_BACKWARD, Proxy, ProxyBuild, ProxyScore, or_error
 from search.replay import (
     AUTO,
     EXECUTION_OPTION,
@@ -106,13 +106,9 @@ class TraceNAS(Proxy):
         if self.execution.mode != REPLAY or len(selections) < 2 or not shared_weights(selections):
             return super().score_many(selections)
         timings: dict[str, float] = {}
-        scores: list[ProxyScore | ProxyError] = []
-        for terms in self._replayed_terms(selections, timings):
-            try:
-                scores.append(_scored(terms, dict(timings)))
-            except ProxyError as error:
-                scores.append(error)
-        return scores
+        return [
+            or_error(lambda t=terms: _scored(t, dict(timings))) for terms in self._replayed_terms(selections, timings)
+        ]
 
     def block_terms(self, selection: Selection) -> dict[Block, float]:
         """ρ_b of every kept sub-block (the meta-network's features); shares the work with ``score``."""
