@@ -26,15 +26,14 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.errors import ProxyError
 from search.proxies import Proxy, ProxyScore
-from search.proxies.base import or_error
+from search.proxies.base import Scores, or_error
 from search.selection import Selection
 from search.spec import JobSpec
 
@@ -73,6 +72,14 @@ def full_scale(value: float, step: int, top: int, trials: Sequence[FrozenTrial])
     return value * ratio, ratio
 
 
+def _with_tokens(trials: Sequence[optuna.Trial], scores: Scores) -> Scores:
+    """``scores``, the tokens that scored each said on its trial."""
+    for trial, score in zip(trials, scores, strict=True):
+        if isinstance(score, ProxyScore) and score.tokens is not None:
+            trial.set_user_attr("tokens", score.tokens)
+    return scores
+
+
 class TokenLadder:
     """Scores a trial's candidate with the job's proxy, rung by rung when the job has a schedule."""
 
@@ -93,18 +100,18 @@ class TokenLadder:
             trial.set_user_attr("tokens", score.tokens)
         return score
 
-    def score_many(
-        self, trials: Sequence[optuna.Trial], selections: Sequence[Selection]
-    ) -> list[ProxyScore | ProxyError]:
+    def score_many(self, trials: Sequence[optuna.Trial], selections: Sequence[Selection]) -> Scores:
         """``score`` of each trial's candidate, or why it has none. Without a schedule, one call of the
         proxy's ``score_many``, which may score them all in one pass; with one, each climbs its rungs."""
         if self.rungs:
             return [or_error(lambda t=t, s=s: self.score(t, s)) for t, s in zip(trials, selections, strict=True)]
-        scores = self.proxy.score_many(selections)
-        for trial, score in zip(trials, scores, strict=True):
-            if isinstance(score, ProxyScore) and score.tokens is not None:
-                trial.set_user_attr("tokens", score.tokens)
-        return scores
+        return _with_tokens(trials, self.proxy.score_many(selections))
+
+    def launch(self, trials: Sequence[optuna.Trial], selections: Sequence[Selection]) -> Callable[[], Scores] | None:
+        """``score_many`` started on the device where the proxy can (``Proxy.launch``); a schedule's
+        rungs are climbed in the caller's time."""
+        waiting = None if self.rungs else self.proxy.launch(selections)
+        return None if waiting is None else lambda: _with_tokens(trials, waiting())
 
     def _climb(self, trial: optuna.Trial, selection: Selection) -> ProxyScore:
         origin = str(trial.user_attrs.get("origin", "sampler"))

@@ -6,8 +6,10 @@ candidates (``search.replay``); the latency tables time a model's step as a repl
 from __future__ import annotations
 
 import gc
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import torch
@@ -41,6 +43,36 @@ class Replay(Generic[T]):
             return self._run()
         self._graph.replay()
         return self._output
+
+    def start(self) -> Running[T]:
+        """``replay`` without waiting for the device (on a CPU, ``run`` is done when this returns)."""
+        if self._graph is None:
+            began = time.perf_counter()
+            output = self._run()
+            return Running(output, began, time.perf_counter())
+        began, ended = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        began.record()
+        self._graph.replay()
+        ended.record()
+        return Running(self._output, began, ended)
+
+
+@dataclass
+class Running(Generic[T]):
+    """A replay started on the device. Its output tensors are the graph's own: read them before the
+    graph is replayed again."""
+
+    output: T
+    began: torch.cuda.Event | float
+    ended: torch.cuda.Event | float
+
+    def wait(self) -> float:
+        """Wait (without the GIL) until the output is made; returns the device's seconds on it."""
+        if isinstance(self.began, float) and isinstance(self.ended, float):
+            return self.ended - self.began
+        assert isinstance(self.began, torch.cuda.Event) and isinstance(self.ended, torch.cuda.Event)
+        self.ended.synchronize()
+        return self.began.elapsed_time(self.ended) / 1e3
 
 
 @contextmanager

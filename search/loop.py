@@ -8,19 +8,23 @@ trial for every callback, a log line that looks up the best trial, a stale-trial
 A trial has two stages: ``propose`` (the CPU's: sample, repair, select) and ``score`` (the
 device's). Trials run in rounds of ``batch`` (default 1): asked and proposed one after another, then
 scored in one call of the objective's ``score_many`` (``TraceNAS`` replays them in one graph), then
-told. With ``lookahead`` the next round is asked and proposed in a second thread while the device
-scores the current one. The next round is always proposed while the current one is running and told
-only once the proposals are made, so a seeded search draws the same candidates on every run (one
-round later than without lookahead: the sampler has not seen the current round's scores).
+told.
 
-Lookahead is off by default. Measured on an H200 (docs/performance.md), scoring a candidate is
-bound by the host launching kernels, not by the GPU, and every kernel launch gives up the GIL: a
-proposing thread then holds it for up to the interpreter's switch interval (5 ms), so the
-candidate's forward took 1.4-3.6x as long and the trial 1.1-2.6x, more than proposing costs.
-It pays only where scoring mostly waits on the device without the GIL. With lookahead the switch
-interval is 0.5 ms (``LOOKAHEAD_SWITCH_S``); on an H200 with replayed scoring (``search.replay``) a
-1B TraceNAS trial then took 0.087 s against 0.092 s without (orchestration 17 → 3 ms, applying the
-candidate 3 → 11 ms): a small gain, so it stays off by default.
+An objective that can start a round on the device and return at once (``LaunchingObjective``: a
+proxy replaying a captured graph) is kept busy: while the device scores a round, the loop proposes
+the next one, and once the round's scores are read it starts the next one before telling the
+finished trials, so the device waits only for the scores to be read and the next masks copied.
+Otherwise, ``lookahead`` proposes the next round in a second thread while the device scores the
+current one. Either way the next round is proposed while the current one is running and told only
+once the proposals are made, so a seeded search draws the same candidates on every run (one round
+later than a search that does not look ahead: the sampler has not seen the current round's scores).
+
+Lookahead by a thread is off by default. Measured on an H200 (docs/performance.md), scoring a
+candidate eagerly is bound by the host launching kernels, not by the GPU, and every kernel launch
+gives up the GIL: a proposing thread then holds it for up to the interpreter's switch interval (5 ms),
+so the candidate's forward took 1.4-3.6x as long and the trial 1.1-2.6x, more than proposing costs.
+With lookahead the switch interval is 0.5 ms (``LOOKAHEAD_SWITCH_S``). A launched round needs no
+thread: the host's only work on it is one replay, and it waits for the scores without the GIL.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
@@ -66,12 +70,22 @@ class StagedObjective(Protocol[P]):
         ...
 
 
+Outcome = float | Sequence[float] | Exception  # a candidate's objective values, or why it has none
+
+
 @runtime_checkable
 class BatchObjective(StagedObjective[P], Protocol[P]):
-    def score_many(
-        self, trials: Sequence[optuna.Trial], proposals: Sequence[P]
-    ) -> Sequence[float | Sequence[float] | Exception]:
+    def score_many(self, trials: Sequence[optuna.Trial], proposals: Sequence[P]) -> Sequence[Outcome]:
         """Several candidates' objective values, in order, or the exception that failed each one."""
+        ...
+
+
+@runtime_checkable
+class LaunchingObjective(StagedObjective[P], Protocol[P]):
+    def launch(self, trials: Sequence[optuna.Trial], proposals: Sequence[P]) -> Callable[[], Sequence[Outcome]] | None:
+        """Start scoring the candidates on the device and return at once, with the call that waits for
+        their outcomes (as ``score_many``'s); None where they can only be scored in the caller's time.
+        The loop reads a launched round before it launches the next."""
         ...
 
 
@@ -104,6 +118,53 @@ class _Proposed(Generic[P]):
     error: BaseException | None = None
 
 
+@dataclass
+class _Round(Generic[P]):
+    """Trials asked and proposed together; ``waiting`` once the device scores them (``launch``)."""
+
+    proposed: list[_Proposed[P]]
+    waiting: Callable[[], Sequence[Outcome]] | None = None
+
+    def launch(self, objective: StagedObjective[P]) -> None:
+        ready = [proposed for proposed in self.proposed if proposed.error is None]
+        if not (ready and isinstance(objective, LaunchingObjective)):
+            return
+        try:
+            self.waiting = objective.launch([p.trial for p in ready], [p.proposal for p in ready])
+        except BaseException as error:  # the round's trials fail with it, as a failed score_many's do
+            failed = [error] * len(ready)
+            self.waiting = lambda: failed
+
+    def outcomes(self, objective: StagedObjective[P]) -> list[Any]:
+        """Each proposal's objective values, or the exception that failed it; several at once where
+        the objective scores several. An error that fails the whole call fails them all."""
+        outcomes: list[Any] = [proposed.error for proposed in self.proposed]
+        ready = [i for i, proposed in enumerate(self.proposed) if proposed.error is None]
+        try:
+            values = self._values(objective, [self.proposed[i] for i in ready])
+        except BaseException as error:
+            values = [error] * len(ready)
+        for i, value in zip(ready, values, strict=True):
+            outcomes[i] = value
+        return outcomes
+
+    def drain(self) -> None:
+        """Wait for a launched round's scores and drop them: its trials are failed instead, so an
+        error scoring them says nothing that the failure does not."""
+        waiting, self.waiting = self.waiting, None
+        if waiting is not None:
+            with suppress(Exception):
+                waiting()
+
+    def _values(self, objective: StagedObjective[P], ready: list[_Proposed[P]]) -> Sequence[Any]:
+        if self.waiting is not None:
+            waiting, self.waiting = self.waiting, None
+            return waiting()
+        if len(ready) > 1 and isinstance(objective, BatchObjective):
+            return objective.score_many([p.trial for p in ready], [p.proposal for p in ready])
+        return [objective.score(p.trial, p.proposal) for p in ready]
+
+
 def run_trials(
     study: optuna.Study,
     objective: StagedObjective[Any],
@@ -127,21 +188,24 @@ def run_trials(
     stale = _StaleTrials(study)
     switching = _switch_interval(LOOKAHEAD_SWITCH_S) if lookahead else nullcontext()
     with switching, _Heartbeats(study) as beats, ThreadPoolExecutor(1, thread_name_prefix="propose") as pool:
-        ahead: Future[list[_Proposed[Any]]] | None = None
+        ahead: Future[_Round[Any]] | None = None
         ran = 0
         try:
             while ran < max_trials:
                 stale.fail()
                 if ahead is None:
-                    current = _ask_round(study, objective, beats, min(batch, max_trials - ran), complete_target)
-                    if not current:
+                    current = _Round(_ask_round(study, objective, beats, min(batch, max_trials - ran), complete_target))
+                    if not current.proposed:
                         return False
+                    current.launch(objective)
                 else:
                     current, ahead = ahead.result(), None
-                ran += len(current)
+                ran += len(current.proposed)
                 # Look ahead only while this round would not complete the study (ask no more than it needs).
-                size = min(batch, max_trials - ran, complete_target - complete_count(study) - len(current))
-                ahead = pool.submit(_ask_and_propose, study, objective, beats, size) if lookahead and size > 0 else None
+                size = min(batch, max_trials - ran, complete_target - complete_count(study) - len(current.proposed))
+                if size > 0 and (lookahead or current.waiting is not None):
+                    # A launched round leaves this thread free; an eager one needs it to score.
+                    ahead = _proposing(pool, study, objective, beats, size, in_thread=current.waiting is None)
                 finished = _score_and_tell(study, objective, current, catch, ahead)
                 for trial in finished:
                     beats.discard(trial)
@@ -151,15 +215,15 @@ def run_trials(
                     return True
             return False
         finally:
-            if ahead is not None:  # proposed, never scored: stopped, failed, or the study is complete
+            if ahead is not None:  # proposed, never told: stopped, failed, or the study is complete
                 _abandon(study, ahead.result(), beats)
 
 
 def _check_batch(objective: StagedObjective[Any], batch: int) -> None:
     if batch < 1:
         raise ValueError(f"batch must be at least 1, not {batch}")
-    if batch > 1 and not isinstance(objective, BatchObjective):
-        raise ValueError("a batch of trials needs an objective that scores several (score_many)")
+    if batch > 1 and not isinstance(objective, BatchObjective | LaunchingObjective):
+        raise ValueError("a batch of trials needs an objective that scores several (score_many or launch)")
 
 
 @contextmanager
@@ -189,6 +253,26 @@ def _ask_round(
     return [first, *_ask_and_propose(study, objective, beats, size - 1)]
 
 
+def _proposing(
+    pool: ThreadPoolExecutor,
+    study: optuna.Study,
+    objective: StagedObjective[Any],
+    beats: _Heartbeats,
+    size: int,
+    *,
+    in_thread: bool,
+) -> Future[_Round[Any]]:
+    """The next round, proposed by ``pool``'s thread or now; its error is raised when it is taken."""
+    if in_thread:
+        return pool.submit(lambda: _Round(_ask_and_propose(study, objective, beats, size)))
+    future: Future[_Round[Any]] = Future()
+    try:
+        future.set_result(_Round(_ask_and_propose(study, objective, beats, size)))
+    except BaseException as error:
+        future.set_exception(error)
+    return future
+
+
 def _ask_and_propose(
     study: optuna.Study, objective: StagedObjective[Any], beats: _Heartbeats, size: int
 ) -> list[_Proposed[Any]]:
@@ -213,18 +297,19 @@ def _ask_one(study: optuna.Study, objective: StagedObjective[Any], beats: _Heart
 def _score_and_tell(
     study: optuna.Study,
     objective: StagedObjective[Any],
-    current: list[_Proposed[Any]],
+    current: _Round[Any],
     catch: tuple[type[Exception], ...],
-    ahead: Future[list[_Proposed[Any]]] | None,
+    ahead: Future[_Round[Any]] | None,
 ) -> list[FrozenTrial]:
     """Score the round's candidates and tell each trial how it went, once the next round is proposed
-    (so the sampler never sees these scores sooner on one run than on another). The first error that
-    is not in ``catch`` is raised once every trial of the round is told."""
-    outcomes = _scored(objective, current)
-    if ahead is not None:
-        ahead.exception()  # waits; its error is the next round's to raise
+    (so the sampler never sees these scores sooner on one run than on another) and launched (so the
+    device does not wait for the telling). The first error that is not in ``catch`` is raised once
+    every trial of the round is told."""
+    outcomes = current.outcomes(objective)
+    if ahead is not None and ahead.exception() is None:  # waits; an error is the next round's to raise
+        ahead.result().launch(objective)
     finished, raised = [], None
-    for proposed, outcome in zip(current, outcomes, strict=True):
+    for proposed, outcome in zip(current.proposed, outcomes, strict=True):
         number = proposed.trial.number
         if not isinstance(outcome, BaseException):
             told = _tell(study, proposed.trial, values=outcome)
@@ -242,24 +327,6 @@ def _score_and_tell(
     if raised is not None:
         raise raised
     return finished
-
-
-def _scored(objective: StagedObjective[Any], current: list[_Proposed[Any]]) -> list[Any]:
-    """Each proposal's objective values, or the exception that failed it; several at once where the
-    objective scores several (``BatchObjective``). An error that fails the whole call fails them all."""
-    outcomes: list[Any] = [proposed.error for proposed in current]
-    ready = [i for i, proposed in enumerate(current) if proposed.error is None]
-    try:
-        if len(ready) > 1 and isinstance(objective, BatchObjective):
-            trials = [current[i].trial for i in ready]
-            values = objective.score_many(trials, [current[i].proposal for i in ready])
-        else:
-            values = [objective.score(current[i].trial, current[i].proposal) for i in ready]
-    except BaseException as error:
-        values = [error] * len(ready)
-    for i, value in zip(ready, values, strict=True):
-        outcomes[i] = value
-    return outcomes
 
 
 def _tell(
@@ -285,9 +352,11 @@ def _told(
     return study._storage.get_trial(trial._trial_id)
 
 
-def _abandon(study: optuna.Study, unscored: list[_Proposed[Any]], beats: _Heartbeats) -> None:
-    """Fail trials proposed ahead that will not be scored, saying so."""
-    for proposed in unscored:
+def _abandon(study: optuna.Study, unscored: _Round[Any], beats: _Heartbeats) -> None:
+    """Fail trials proposed ahead that will not be told their scores, saying so (a launched round is
+    read first: the device's work on it ends before the loop does)."""
+    unscored.drain()
+    for proposed in unscored.proposed:
         proposed.trial.set_user_attr("error", "not scored: the search stopped before its turn")
         _told(study, proposed.trial, None, TrialState.FAIL)
         beats.discard(proposed.trial)

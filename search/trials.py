@@ -27,6 +27,7 @@ from search.fidelity import TokenLadder
 from search.latency_budget import TrialLatency, sampled_budget, second_objective
 from search.loop import TrialCallback, complete_count, run_trials
 from search.proxies import Proxy, create_proxy
+from search.proxies.base import Scores
 from search.repair import DEFAULT_TOLERANCE
 from search.samplers import SamplerBuild, create_sampler
 from search.selection import Selection
@@ -177,6 +178,9 @@ class _Candidate:
     timings: dict[str, float]
 
 
+_Outcome = float | tuple[float, float] | ProxyError
+
+
 class _Objective:
     """One trial: sample, repair to the budget, select (``propose``), then score (``score``); the
     trial's attributes say what happened."""
@@ -216,16 +220,41 @@ class _Objective:
             raise outcome
         return outcome
 
-    def score_many(
-        self, trials: Sequence[optuna.Trial], candidates: Sequence[_Candidate]
-    ) -> list[float | tuple[float, float] | ProxyError]:
+    def score_many(self, trials: Sequence[optuna.Trial], candidates: Sequence[_Candidate]) -> list[_Outcome]:
         """The candidates' objective values, in one call of the proxy, which may score them in one pass
         (``TraceNAS.score_many``); each trial's ``score_s`` is its share of the call. A candidate
         without a score gets its ``ProxyError``, said on its trial."""
         scoring = time.perf_counter()
         scores = self.ladder.score_many(trials, [candidate.selection for candidate in candidates])
-        share = (time.perf_counter() - scoring) / len(candidates)
-        outcomes: list[float | tuple[float, float] | ProxyError] = []
+        return self._outcomes(trials, candidates, scores, time.perf_counter() - scoring)
+
+    def launch(
+        self, trials: Sequence[optuna.Trial], candidates: Sequence[_Candidate]
+    ) -> Callable[[], list[_Outcome]] | None:
+        """``score_many``, started on the device where the proxy can (``Proxy.launch``); ``score_s`` is
+        then the host's time starting it and waiting for it, the time the loop spends on it."""
+        started = time.perf_counter()
+        waiting = self.ladder.launch(trials, [candidate.selection for candidate in candidates])
+        if waiting is None:
+            return None
+        launched = time.perf_counter() - started
+
+        def outcomes() -> list[_Outcome]:
+            reading = time.perf_counter()
+            scores = waiting()
+            return self._outcomes(trials, candidates, scores, launched + time.perf_counter() - reading)
+
+        return outcomes
+
+    def _outcomes(
+        self,
+        trials: Sequence[optuna.Trial],
+        candidates: Sequence[_Candidate],
+        scores: Scores,
+        score_s: float,
+    ) -> list[_Outcome]:
+        share = score_s / len(candidates)
+        outcomes: list[_Outcome] = []
         for trial, candidate, score in zip(trials, candidates, scores, strict=True):
             if isinstance(score, ProxyError):
                 trial.set_user_attr("error", str(score))  # Optuna 5 keeps no failure reason of its own

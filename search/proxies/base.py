@@ -37,6 +37,9 @@ class ProxyScore:
     tokens: int | None = None  # calibration tokens that scored it (multi-fidelity proxies); None: all of them
 
 
+Scores = list[ProxyScore | ProxyError]  # candidates' scores, in order, or why each has none
+
+
 @dataclass
 class Priming:
     """What ``prime`` receives: a reference population at the job's budget, and the means to audit.
@@ -74,10 +77,16 @@ class Proxy(ABC):
     @abstractmethod
     def score(self, selection: Selection) -> ProxyScore: ...
 
-    def score_many(self, selections: Sequence[Selection]) -> list[ProxyScore | ProxyError]:
+    def score_many(self, selections: Sequence[Selection]) -> Scores:
         """Each candidate's score, or why it has none. One after another by default; a proxy that can
         score several candidates in one pass over the model (TraceNAS, replaying) overrides it."""
         return [or_error(lambda s=selection: self.score(s)) for selection in selections]
+
+    def launch(self, selections: Sequence[Selection]) -> Callable[[], Scores] | None:
+        """``score_many``, started on the device and returned from at once, with the call that waits
+        for the scores; None (the default) where the proxy scores only in the caller's time. Between
+        the two the host is free: the study loop proposes the next round then (``search.loop``)."""
+        return None
 
     def prime(self, priming: Priming) -> dict[str, Any] | None:
         """Look at the job before its first trial; returns the state the report shows (None: nothing)."""

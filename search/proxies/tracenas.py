@@ -16,7 +16,7 @@ graph of the full-width model with the candidate as masks (``search.replay``; ``
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
@@ -30,7 +30,7 @@ from search.correlation import pearson_rows, pearson_tensors
 from search.errors import ProxyError
 from search.graphs import Replay
 from search.masking import Slices, apply_arch, kept_blocks
-from search.proxies.base import COST_BACKWARD, Proxy, ProxyBuild, ProxyScore, or_error
+from search.proxies.base import COST_BACKWARD, Proxy, ProxyBuild, ProxyScore, Scores, or_error
 from search.replay import (
     AUTO,
     EXECUTION_OPTION,
@@ -100,15 +100,22 @@ class TraceNAS(Proxy):
         timings: dict[str, float] = {}
         return _scored(self._terms(selection, timings), timings)
 
-    def score_many(self, selections: Sequence[Selection]) -> list[ProxyScore | ProxyError]:
+    def score_many(self, selections: Sequence[Selection]) -> Scores:
+        """Once replaying is chosen, the candidates in one replay (``launch``); otherwise one after another."""
+        waiting = self.launch(selections)
+        return super().score_many(selections) if waiting is None else waiting()
+
+    def launch(self, selections: Sequence[Selection]) -> Callable[[], Scores] | None:
         """Once replaying is chosen, the candidates in one replay (a mask slot and a copy of the
-        calibration batch each: one launch and one wait for all of them); otherwise one after another."""
-        if self.execution.mode != REPLAY or len(selections) < 2 or not shared_weights(selections):
-            return super().score_many(selections)
+        calibration batch each: one launch and one wait for all of them), started on the device."""
+        if self.execution.mode != REPLAY or not shared_weights(selections):
+            return None
+        started = time.perf_counter()
+        masks, replay = self._replayed(len(selections))
+        masks.load(selections)
         timings: dict[str, float] = {}
-        return [
-            or_error(lambda t=terms: _scored(t, dict(timings))) for terms in self._replayed_terms(selections, timings)
-        ]
+        read = self._started(selections, replay, started, timings)
+        return lambda: [or_error(lambda t=terms: _scored(t, dict(timings))) for terms in read()]
 
     def block_terms(self, selection: Selection) -> dict[Block, float]:
         """ρ_b of every kept sub-block (the meta-network's features); shares the work with ``score``."""
@@ -144,20 +151,35 @@ class TraceNAS(Proxy):
         return terms
 
     def _replayed_terms(self, selections: Sequence[Selection], timings: dict[str, float]) -> list[dict[Block, float]]:
-        """Each candidate's kept sub-blocks' ρ from one replay; forward, backward and correlations count
-        under ``forward_s``, and every candidate's timings are its share of the replay's."""
         started = time.perf_counter()
         masks, replay = self._replayed(len(selections))
         with masks.realised(selections):
-            applied = time.perf_counter()
-            rows = replay.replay().tolist()  # the trial's (or the round's) one wait for the device
+            return self._started(selections, replay, started, timings)()
+
+    def _started(
+        self,
+        selections: Sequence[Selection],
+        replay: Replay[torch.Tensor],
+        started: float,
+        timings: dict[str, float],
+    ) -> Callable[[], list[dict[Block, float]]]:
+        """The replay of ``selections`` (in its mask slots since ``started``) started on the device; the
+        call waits for each candidate's kept sub-blocks' ρ. Forward, backward and correlations count
+        under ``forward_s`` (the device's time), and every candidate's timings are its share."""
         count = len(selections)
-        timings |= {"apply_s": (applied - started) / count, "forward_s": (time.perf_counter() - applied) / count}
-        terms = []
-        for selection, values in zip(selections, rows, strict=False):  # spare slots repeat the last candidate
-            kept = {block for i, layer in enumerate(selection.arch.layers) for block in kept_blocks(i, layer)}
-            terms.append({block: value for block, value in zip(self._dense, values, strict=True) if block in kept})
-        return terms
+        timings["apply_s"] = (time.perf_counter() - started) / count
+        running = replay.start()
+
+        def read() -> list[dict[Block, float]]:
+            timings["forward_s"] = running.wait() / count
+            rows = running.output.tolist()
+            terms = []
+            for selection, values in zip(selections, rows, strict=False):  # spare slots repeat the last candidate
+                kept = {block for i, layer in enumerate(selection.arch.layers) for block in kept_blocks(i, layer)}
+                terms.append({block: value for block, value in zip(self._dense, values, strict=True) if block in kept})
+            return terms
+
+        return read
 
     def _replayed(self, candidates: int) -> tuple[MaskSlots, Replay[torch.Tensor]]:
         """The graph with the fewest slots that holds ``candidates``, captured when none does."""

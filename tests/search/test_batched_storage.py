@@ -295,16 +295,24 @@ def test_connections_the_server_dropped_are_replaced(postgres_database_factory: 
         admin.dispose()
 
 
+# Looking ahead by a thread (an eagerly scored proxy), or launched rounds (a replaying one: the next
+# round is proposed and started on the device before the current one is told).
+AHEAD = [pytest.param(True, "gather", id="thread"), pytest.param(False, "replay", id="launched")]
+
+
+@pytest.mark.parametrize(("lookahead", "execution"), AHEAD)
 def test_lookahead_runs_the_same_search_on_every_run(
-    tiny_loaded: LoadedModel, tiny_llama_dir: Path, tmp_path: Path
+    tiny_loaded: LoadedModel, tiny_llama_dir: Path, tmp_path: Path, lookahead: bool, execution: str
 ) -> None:
+    from search.trials import named_proxy
+
     spec = tiny_job_spec(tiny_llama_dir, n_trials=6, seed=5, verify_top_k=0, sampler="tpe")
     context = prepare(tiny_loaded, spec)
-    proxy = job_proxy(context)
+    proxy = named_proxy(context, "tracenas", execution=execution)
     runs = []
     for run in range(2):
         study = open_study(context, study_name=f"ahead-{run}", storage=make_storage(f"sqlite:///{tmp_path}/{run}.db"))
-        assert search_trials(context, proxy, study, lookahead=True) is False
+        assert search_trials(context, proxy, study, lookahead=lookahead) is False
         runs.append(study.trials)
     first, second = runs
     assert [t.state for t in first] == [TrialState.COMPLETE] * 6  # nothing asked beyond n_trials
@@ -312,9 +320,12 @@ def test_lookahead_runs_the_same_search_on_every_run(
     assert [t.values for t in first] == [t.values for t in second]
 
 
+@pytest.mark.parametrize(("lookahead", "execution"), AHEAD)
 def test_a_stopped_lookahead_search_fails_the_trial_it_proposed_and_resumes(
-    tiny_loaded: LoadedModel, tiny_llama_dir: Path, tmp_path: Path
+    tiny_loaded: LoadedModel, tiny_llama_dir: Path, tmp_path: Path, lookahead: bool, execution: str
 ) -> None:
+    from search.trials import named_proxy
+
     spec = tiny_job_spec(tiny_llama_dir, n_trials=6, seed=5, verify_top_k=0)
     context = prepare(tiny_loaded, spec)
     storage = make_storage(f"sqlite:///{tmp_path}/optuna.sqlite3")
@@ -322,13 +333,49 @@ def test_a_stopped_lookahead_search_fails_the_trial_it_proposed_and_resumes(
     finished: list[int] = []
     hooks = SearchHooks(on_trial=[lambda _s, t: finished.append(t.number)], should_stop=lambda: len(finished) >= 3)
 
-    assert search_trials(context, job_proxy(context), study, hooks=hooks, lookahead=True) is True
+    proxy = named_proxy(context, "tracenas", execution=execution)
+    assert search_trials(context, proxy, study, hooks=hooks, lookahead=lookahead) is True
     states = [t.state for t in study.trials]
     assert states == [TrialState.COMPLETE] * 3 + [TrialState.FAIL]
     assert study.trials[3].user_attrs["error"] == "not scored: the search stopped before its turn"
 
     result = run_search(context, study_name="stopped", storage=storage)  # a resume completes the study
     assert sum(t.state == "complete" for t in result.trials) == 6
+
+
+def test_a_launched_round_runs_while_the_one_before_is_told() -> None:
+    """With an objective that starts its rounds on the device (``LaunchingObjective``), the next round
+    is proposed while the current one runs and launched before the current one is told; proposals
+    never see the round still running, and the study ends with exactly the trials it asked for."""
+    from search.loop import run_trials
+
+    events: list[tuple[str, list[int]]] = []
+
+    class Launching:
+        def propose(self, trial: optuna.Trial) -> float:
+            told = [t.number for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+            events.append(("propose", [trial.number, *told]))
+            return trial.suggest_float("x", 0, 1)
+
+        def score(self, trial: optuna.Trial, proposal: float) -> float:
+            raise AssertionError("a launching objective's rounds are launched")
+
+        def launch(self, trials: list[optuna.Trial], proposals: list[float]) -> Callable[[], list[float]]:
+            events.append(("launch", [t.number for t in trials]))
+            return lambda: [x**2 for x in proposals]
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    told = lambda _study, trial: events.append(("told", [trial.number]))  # noqa: E731
+    assert run_trials(study, Launching(), max_trials=10, complete_target=5, batch=2, callbacks=[told]) is False
+
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 5
+    assert all(t.value == pytest.approx(t.params["x"] ** 2) for t in study.trials)
+    launches = [numbers for kind, numbers in events if kind == "launch"]
+    assert launches == [[0, 1], [2, 3], [4]]
+    for numbers in launches[1:]:  # launched before the round before it was told
+        assert events.index(("launch", numbers)) < events.index(("told", [numbers[0] - 1]))
+    # Trial 4 is proposed after round [0, 1] is told and while [2, 3] runs: it sees the first, not the second.
+    assert ("propose", [4, 0, 1]) in events
 
 
 def test_reads_made_at_once_are_one_query_until_this_process_writes(url: str) -> None:
