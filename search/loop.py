@@ -182,8 +182,8 @@ def run_trials(
     An exception in ``catch`` fails its trial and the loop goes on; any other fails its trial and is
     raised. ``callbacks`` receive each finished trial (one shared copy: they must not change it);
     ``should_stop`` is asked after each round. ``batch``: trials asked, proposed and scored together
-    in a round, by the objective's ``score_many`` (a ``BatchObjective``; the sampler sees them
-    running, as it sees several workers' trials). Returns whether ``should_stop`` ended the loop."""
+    in a round, by the objective's ``score_many`` or ``launch`` (the sampler sees them running, as it
+    sees several workers' trials). Returns whether ``should_stop`` ended the loop."""
     _check_batch(objective, batch)
     stale = _StaleTrials(study)
     switching = _switch_interval(LOOKAHEAD_SWITCH_S) if lookahead else nullcontext()
@@ -193,13 +193,11 @@ def run_trials(
         try:
             while ran < max_trials:
                 stale.fail()
-                if ahead is None:
-                    current = _Round(_ask_round(study, objective, beats, min(batch, max_trials - ran), complete_target))
-                    if not current.proposed:
-                        return False
-                    current.launch(objective)
-                else:
-                    current, ahead = ahead.result(), None
+                wanted = min(batch, max_trials - ran)
+                current = _ask_round(study, objective, beats, wanted, complete_target) if ahead is None else ahead.result()
+                ahead = None
+                if not current.proposed:
+                    return False
                 ran += len(current.proposed)
                 # Look ahead only while this round would not complete the study (ask no more than it needs).
                 size = min(batch, max_trials - ran, complete_target - complete_count(study) - len(current.proposed))
@@ -240,17 +238,19 @@ def _switch_interval(seconds: float) -> Iterator[None]:
 
 def _ask_round(
     study: optuna.Study, objective: StagedObjective[Any], beats: _Heartbeats, size: int, complete_target: int
-) -> list[_Proposed[Any]]:
-    """Up to ``size`` trials asked and proposed, no more than the study lacks of ``complete_target``
-    complete ones (none when it lacks none)."""
+) -> _Round[Any]:
+    """Up to ``size`` trials asked, proposed and launched where the objective launches, no more than
+    the study lacks of ``complete_target`` complete ones (none when it lacks none)."""
     # The sampler's reads of the study (its search space, then the trials to sample from) come on the
     # trial's first suggest, microseconds after ask's: one read until a write.
     with _one_read(study):
         size = min(size, complete_target - complete_count(study))
         if size <= 0:
-            return []
+            return _Round([])
         first = _ask_one(study, objective, beats)
-    return [first, *_ask_and_propose(study, objective, beats, size - 1)]
+    current = _Round([first, *_ask_and_propose(study, objective, beats, size - 1)])
+    current.launch(objective)
+    return current
 
 
 def _proposing(
