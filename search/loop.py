@@ -194,7 +194,7 @@ def run_trials(
             while ran < max_trials:
                 stale.fail()
                 wanted = min(batch, max_trials - ran)
-                current = _ask_round(study, objective, beats, wanted, complete_target) if ahead is None else ahead.result()
+                current = ahead.result() if ahead else _ask_round(study, objective, beats, wanted, complete_target)
                 ahead = None
                 if not current.proposed:
                     return False
