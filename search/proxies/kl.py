@@ -53,6 +53,7 @@ from search.replay import (
     AUTO,
     EXECUTION_OPTION,
     REPLAY,
+    CompiledLayers,
     Execution,
     MaskSlots,
     attention_backends,
@@ -109,6 +110,7 @@ class KL(Proxy):
         self._masks: MaskSlots | None = None
         self._graphs: dict[tuple[int, int], Replay[None]] = {}  # per span of sequences, captured when first scored
         self._pool: tuple[int, int] | None = None
+        self._layers = CompiledLayers(adapter)
         self._sums = torch.zeros(2, dtype=torch.float64, device=adapter.device)  # the replays' Σ KL and tokens
 
     @classmethod
@@ -252,12 +254,12 @@ class KL(Proxy):
         masks = self._masks
 
         def run() -> None:
-            with masks.installed(), attention_backends(replayed=True):
+            with masks.installed(), attention_backends(replayed=True), self._layers.installed():
                 self._sums.add_(self._batch_kl(self.adapter.forward(inputs), mask, first))
 
         if self._pool is None and device.type == "cuda":
             self._pool = torch.cuda.graph_pool_handle()
-        return Replay(run, device, self._pool)
+        return self._layers.replay(run, device, self._pool)
 
     def _batch_kl(self, logits: torch.Tensor, mask: torch.Tensor, first: int) -> torch.Tensor:
         """(Σ KL over the batch's real positions, their count), float64 on the device; ``logits`` (B, T, V),

@@ -35,6 +35,7 @@ from search.replay import (
     AUTO,
     EXECUTION_OPTION,
     REPLAY,
+    CompiledLayers,
     Execution,
     MaskSlots,
     attention_backends,
@@ -79,6 +80,7 @@ class TraceNAS(Proxy):
         self.execution = Execution(execution, adapter, self.name)
         # Per number of slots (candidates per replay): the masks and the graph, captured when first needed.
         self._replays: dict[int, tuple[MaskSlots, Replay[torch.Tensor]]] = {}
+        self._layers = CompiledLayers(adapter)
 
     @classmethod
     def create(cls, build: ProxyBuild) -> TraceNAS:
@@ -188,7 +190,7 @@ class TraceNAS(Proxy):
             masks = MaskSlots(self.adapter, slots)
             batches = [repeated(replayable_batch(batch), slots) for batch in self.batches]
             run = lambda: self._replayed_correlations(masks, batches)  # noqa: E731
-            self._replays[slots] = masks, Replay(run, self.adapter.device)
+            self._replays[slots] = masks, self._layers.replay(run, self.adapter.device)
         return self._replays[slots]
 
     def _release(self) -> None:
@@ -203,6 +205,7 @@ class TraceNAS(Proxy):
             self._hooks(sketches, {}, slots=masks.slots),
             masks.installed(),
             attention_backends(replayed=True),
+            self._layers.installed(),
         ):
             for batch, reference in zip(batches, self._references, strict=True):
                 self.adapter.loss(batch, reference).backward()

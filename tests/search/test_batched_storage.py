@@ -20,7 +20,7 @@ from search.candidates import prepare
 from search.evo import CLAIM_ATTR
 from search.loading import LoadedModel
 from search.study import run_search
-from search.trials import SearchHooks, job_proxy, open_study, search_trials
+from search.trials import SearchHooks, named_proxy, open_study, search_trials
 from studystore import make_storage
 from studystore.storage import IMMEDIATE_SYSTEM_ATTRS
 from tests.conftest import tiny_job_spec
@@ -304,8 +304,6 @@ AHEAD = [pytest.param(True, "gather", id="thread"), pytest.param(False, "replay"
 def test_lookahead_runs_the_same_search_on_every_run(
     tiny_loaded: LoadedModel, tiny_llama_dir: Path, tmp_path: Path, lookahead: bool, execution: str
 ) -> None:
-    from search.trials import named_proxy
-
     spec = tiny_job_spec(tiny_llama_dir, n_trials=6, seed=5, verify_top_k=0, sampler="tpe")
     context = prepare(tiny_loaded, spec)
     proxy = named_proxy(context, "tracenas", execution=execution)
@@ -324,8 +322,6 @@ def test_lookahead_runs_the_same_search_on_every_run(
 def test_a_stopped_lookahead_search_fails_the_trial_it_proposed_and_resumes(
     tiny_loaded: LoadedModel, tiny_llama_dir: Path, tmp_path: Path, lookahead: bool, execution: str
 ) -> None:
-    from search.trials import named_proxy
-
     spec = tiny_job_spec(tiny_llama_dir, n_trials=6, seed=5, verify_top_k=0)
     context = prepare(tiny_loaded, spec)
     storage = make_storage(f"sqlite:///{tmp_path}/optuna.sqlite3")
@@ -417,7 +413,6 @@ def test_trials_scored_in_rounds_complete_the_study_each_with_its_own_score(
     pass. The study ends with exactly ``n_trials`` complete trials (the last round is smaller), every
     trial reaches the callbacks once, and each trial's value is what its candidate scores alone."""
     from search.arch import ArchConfig
-    from search.trials import named_proxy
 
     spec = tiny_job_spec(tiny_llama_dir, n_trials=7, seed=5, verify_top_k=0)
     context = prepare(tiny_loaded, spec)

@@ -15,7 +15,7 @@ from search.calibration_texts import default_texts
 from search.loading import LoadedModel, load_model
 from search.proxies.kl import KL
 from search.proxies.tracenas import TraceNAS
-from search.replay import GATHER, REPLAY, TIMED_CANDIDATES, Execution, unsupported
+from search.replay import GATHER, REPLAY, TIMED_CANDIDATES, CompiledLayers, Execution, unsupported
 from tests.search.selections import random_selection
 
 REFERENCE = Path(__file__).resolve().parents[2] / "models" / "ref-llama-13m"
@@ -33,6 +33,9 @@ def test_models_whose_masks_are_not_their_pruning_are_refused(tiny_loaded: Loade
     assert "bias" in (unsupported(tiny_loaded.adapter) or "")
     with pytest.raises(ValueError, match="tracenas cannot replay this model: an output projection has a bias"):
         Execution("replay", tiny_loaded.adapter, "tracenas")
+    monkeypatch.undo()
+    monkeypatch.setattr(tiny_loaded.adapter.model.config, "_attn_implementation", "eager")
+    assert "SDPA" in (unsupported(tiny_loaded.adapter) or "")
 
 
 def test_auto_keeps_the_faster_way_and_never_a_way_that_disagrees(tiny_loaded: LoadedModel) -> None:
@@ -94,3 +97,22 @@ def test_a_model_that_cannot_be_captured_is_gathered_and_its_graphs_released(tin
 
     assert execution.compare(lambda: 0.5, replay, lambda a, b: a == b, lambda: released.append(True)) == 0.5
     assert execution.mode == GATHER and released == [True]
+
+
+def test_compiled_layers_stand_in_only_while_a_graph_is_built(tiny_loaded: LoadedModel) -> None:
+    """The compiled wrappers replace the layers inside ``installed`` only (a gathered candidate never
+    runs them), the same wrappers each time (compiled code is reused), and the layers come back even
+    when the run fails. On a CPU nothing is compiled."""
+    adapter = tiny_loaded.adapter
+    originals = list(adapter.layers)
+    assert CompiledLayers(adapter).enabled is False  # no GPU here: graphs are not captured, nothing compiles
+    layers = CompiledLayers(adapter)
+    layers.enabled = True  # as on a GPU; compiling itself waits for a first call, which this test never makes
+    seen = []
+    for _ in range(2):
+        with pytest.raises(ValueError), layers.installed():
+            seen.append(list(adapter.layers))
+            raise ValueError("a failed run")
+        assert list(adapter.layers) == originals
+    assert seen[0] == seen[1]
+    assert [getattr(layer, "_orig_mod", None) for layer in seen[0]] == originals
