@@ -5,7 +5,9 @@ the proxy's dense reference) and then runs trials of one shared Optuna study thr
 ``search.coordination.search_chunk``, the function behind the service's ``evaluate_chunk`` task; the first
 worker opens the study (seeds, provenance) as the job's coordinator does. The study lives in one
 SQLite file in WAL mode (the embedded default; PostgreSQL behaves the same for this purpose).
-Measured after every worker is ready, so model loading is reported separately.
+Measured after every worker is ready, so model loading is reported separately, and so is each
+worker's warm-up: a few trials on a study of its own, in which the proxy settles how it scores and
+compiles and captures its graphs (``search.replay``), as a service worker does on its first chunk.
 
     python benchmarks/scaling.py --shape llama-8b --workers 1,2 --gpus 0         # two workers share one GPU
     python benchmarks/scaling.py --shape llama-8b --workers 1,2 --gpus 0,1       # one worker per GPU
@@ -51,8 +53,9 @@ def worker(args: argparse.Namespace) -> None:
 
     from search.candidates import prepare
     from search.coordination import search_chunk
+    from search.replay import TIMED_CANDIDATES
     from search.spec import JobSpec
-    from search.trials import job_proxy, open_study
+    from search.trials import job_proxy, open_study, search_trials
     from studystore import make_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -79,11 +82,18 @@ def worker(args: argparse.Namespace) -> None:
         calibration={"n_samples": len(tokens.calibration), "seq_len": args.seq_len, "heldout_samples": 1},
     )
     context = prepare(loaded, spec, tokens=tokens)
-    job_proxy(context)  # the proxy's dense reference, before the timed trials (search_chunk reuses it)
+    started = time.perf_counter()
+    # The proxy's dense reference, and a few trials on a study of the worker's own: the proxy settles
+    # how it scores (search.replay), compiles and captures its graphs. A worker's start, reported apart
+    # as loading is; search_chunk then reuses the proxy.
+    warm_up = optuna.create_study(study_name="warm-up", sampler=optuna.samplers.RandomSampler(seed=args.rank))
+    search_trials(context, job_proxy(context), warm_up, max_trials=TIMED_CANDIDATES + 2, batch=args.batch)
+    warm_up_s = time.perf_counter() - started
     storage = make_storage(args.storage)
     if args.rank == 0:
         open_study(context, study_name=STUDY, storage=storage)  # the coordinator's part
-    (run / f"ready-{args.rank}").write_text(json.dumps({"load_s": load_s, "pid": os.getpid()}))
+    ready = {"load_s": load_s, "warm_up_s": warm_up_s, "pid": os.getpid()}
+    (run / f"ready-{args.rank}").write_text(json.dumps(ready))
     while not (run / "go").exists():
         time.sleep(0.05)
     ran = search_chunk(
@@ -199,6 +209,7 @@ def run_once(args: argparse.Namespace, world: int, workdir: Path) -> dict[str, A
         # A multi-fidelity proxy scores a trial on as many tokens as the token schedule promotes it to.
         "scored_tokens": _mean([t.user_attrs.get("tokens", args.tokens) for t in trials]),
         "load_s": [r["load_s"] for r in ready],
+        "warm_up_s": [r["warm_up_s"] for r in ready],
         "utilisation": utilisation,
     }
 
@@ -233,8 +244,8 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "",
         "| workers | devices | trials | wall s | trials / min | scaling efficiency | trials per worker"
         " | duplicate candidates | propose s | score s | scored tokens | GPU utilisation % (per GPU)"
-        " | SM % per worker | load s per worker |",
-        "|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|---|---|",
+        " | SM % per worker | load s per worker | warm-up s per worker |",
+        "|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|---|---|---|",
     ]
     for r in results:
         efficiency = r["trials_per_min"] / (r["workers"] * base)
@@ -245,7 +256,8 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"| {r['workers']} | {', '.join(r['gpus'])} | {r['trials']} | {r['wall_s']:.1f} | "
             f"{r['trials_per_min']:.1f} | {efficiency:.2f} | {', '.join(map(str, r['per_worker_trials']))} | "
             f"{r['duplicates']} | {r['propose_s']:.3f} | {r['score_s']:.3f} | {r.get('scored_tokens', 0):,.0f} | "
-            f"{per_gpu} | {per_worker} | {', '.join(f'{s:.1f}' for s in r['load_s'])} |"
+            f"{per_gpu} | {per_worker} | {', '.join(f'{s:.1f}' for s in r['load_s'])} | "
+            f"{', '.join(f'{s:.1f}' for s in r.get('warm_up_s', []))} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -333,12 +333,14 @@ def render(rows: list[Row], meta: dict[str, Any], command: str) -> str:
         " warm-up round where trials are batched). *floor* = one"
         " forward+backward",
         "of the physically pruned model (uniform width at 50% of the parameters) over the same tokens, weight",
-        "gradients on, measured in the same run. *orchestration* = wall time per trial minus the proxy's scoring",
-        "(apply, forward, backward, correlation): what the GPU waits for: sampling, realising, the study's reads",
-        "and writes"
+        "gradients on, measured in the same run. *orchestration* = wall time per trial minus the time the loop",
+        "spends scoring (starting the scoring and waiting for it): sampling, realising, the study's reads and",
+        "writes. A replayed TraceNAS round is launched (`search.loop`): the loop proposes the next round and tells",
+        "this one while the GPU scores, so there *orchestration* overlaps *forward* (the device's time) and the",
+        "trial costs about the larger of the two"
         + (
-            " (with lookahead, `--lookahead`: what of sampling and realising the next candidate the loop's second"
-            " thread did not hide while the GPU scored this one);"
+            " (with lookahead, `--lookahead`, an eager proxy's next candidate is proposed by a second thread"
+            " while the GPU scores this one);"
             if meta["lookahead"]
             else ";"
         ),
@@ -479,9 +481,10 @@ def main() -> None:
         "load": load,
         "disk": disk,
         "reading": [
-            "- TraceNAS runs each candidate on gathers of its kept heads and channels (decoders) and skips"
-            " dropped sub-blocks, so its forward+backward does the pruned model's work plus the sketch"
-            " (one (out × r) product per linear inside the backward); *apply* is the gather.",
+            "- Gathered, TraceNAS runs each candidate on gathers of its kept heads and channels (decoders) and"
+            " skips dropped sub-blocks, so its forward+backward does the pruned model's work plus the sketch"
+            " (one (out × r) product per linear inside the backward); *apply* is the gather. Replayed, it runs"
+            " the full-width model with the candidate as masks, its layers compiled (`search.replay`).",
             "- Orchestration: a trial's parameters and attributes are written in one transaction when it"
             " ends (`studystore.BatchedRDBStorage`) and the study's reads fetch only trials that changed;"
             " what is left is sampling, realising, creating and finishing the trial and the study's reads"
