@@ -262,7 +262,7 @@ class CompiledLayers:
             yield
             return
         originals = list(self.layers)
-        if not self._compiled:
+        if [getattr(compiled, "_orig_mod", None) for compiled in self._compiled] != originals:
             self._compiled = [torch.compile(layer) for layer in originals]  # compiled on first call
         for i, compiled in enumerate(self._compiled):
             self.layers[i] = compiled
