@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The "current" tables of docs/performance.md, from one run on one GPU machine (about 9 minutes on an
+# The "current" tables of docs/performance.md, from one run on one GPU machine (about 9-10 minutes on an
 # H200): what a trial costs against its floor for every proxy and space on the 13M, 1B and 8B shapes,
-# rounds of trials scored together, and the GPU's utilisation with one and two workers.
+# rounds of trials scored together, and the GPU's utilisation with one and two workers (one on 8B).
 #
 #     bash benchmarks/performance.sh                       # writes docs/performance.md (and its JSON)
 #     PERF_STEP_TIMEOUT=300 bash benchmarks/performance.sh /tmp/performance.md
@@ -28,3 +28,4 @@ step benchmarks/throughput.py --shapes models/ref-llama-13m,llama-1b --proxies t
 step benchmarks/scaling.py --shape llama-1b --proxy tracenas --space per_layer --workers 1,2 --gpus 0 --trials 200
 step benchmarks/scaling.py --shape models/ref-llama-13m --proxy tracenas --space per_layer --workers 1,2 --gpus 0 \
     --trials 400
+step benchmarks/scaling.py --shape llama-8b --proxy tracenas --space per_layer --workers 1 --gpus 0 --trials 100
