@@ -257,7 +257,7 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"{r['trials_per_min']:.1f} | {efficiency:.2f} | {', '.join(map(str, r['per_worker_trials']))} | "
             f"{r['duplicates']} | {r['propose_s']:.3f} | {r['score_s']:.3f} | {r.get('scored_tokens', 0):,.0f} | "
             f"{per_gpu} | {per_worker} | {', '.join(f'{s:.1f}' for s in r['load_s'])} | "
-            f"{', '.join(f'{s:.1f}' for s in r.get('warm_up_s', []))} |"
+            f"{', '.join(f'{s:.1f}' for s in r['warm_up_s'])} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -75,9 +75,14 @@ def full_scale(value: float, step: int, top: int, trials: Sequence[FrozenTrial])
 def _with_tokens(trials: Sequence[optuna.Trial], scores: Scores) -> Scores:
     """``scores``, the tokens that scored each said on its trial."""
     for trial, score in zip(trials, scores, strict=True):
-        if isinstance(score, ProxyScore) and score.tokens is not None:
-            trial.set_user_attr("tokens", score.tokens)
+        if isinstance(score, ProxyScore):
+            _say_tokens(trial, score)
     return scores
+
+
+def _say_tokens(trial: optuna.Trial, score: ProxyScore) -> None:
+    if score.tokens is not None:
+        trial.set_user_attr("tokens", score.tokens)
 
 
 class TokenLadder:
@@ -96,8 +101,7 @@ class TokenLadder:
                 score = self._climb(trial, selection)
         else:
             score = self.proxy.score(selection)
-        if score.tokens is not None:
-            trial.set_user_attr("tokens", score.tokens)
+        _say_tokens(trial, score)
         return score
 
     def score_many(self, trials: Sequence[optuna.Trial], selections: Sequence[Selection]) -> Scores:

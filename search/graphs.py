@@ -49,12 +49,18 @@ class Replay(Generic[T]):
         if self._graph is None:
             began = time.perf_counter()
             output = self._run()
-            return Running(output, began, time.perf_counter())
+            seconds = time.perf_counter() - began
+            return Running(output, lambda: seconds)
         began, ended = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         began.record()
         self._graph.replay()
         ended.record()
-        return Running(self._output, began, ended)
+
+        def wait() -> float:
+            ended.synchronize()  # without the GIL
+            return began.elapsed_time(ended) / 1e3
+
+        return Running(self._output, wait)
 
 
 @dataclass
@@ -63,16 +69,7 @@ class Running(Generic[T]):
     graph is replayed again."""
 
     output: T
-    began: torch.cuda.Event | float
-    ended: torch.cuda.Event | float
-
-    def wait(self) -> float:
-        """Wait (without the GIL) until the output is made; returns the device's seconds on it."""
-        if isinstance(self.began, float) and isinstance(self.ended, float):
-            return self.ended - self.began
-        assert isinstance(self.began, torch.cuda.Event) and isinstance(self.ended, torch.cuda.Event)
-        self.ended.synchronize()
-        return self.began.elapsed_time(self.ended) / 1e3
+    wait: Callable[[], float]  # waits until the output is made; returns the device's seconds on it
 
 
 @contextmanager

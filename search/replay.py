@@ -245,8 +245,7 @@ class CompiledLayers:
     """The model's layers compiled (``torch.compile``) while a graph to replay is built, on a GPU.
 
     Compiling fuses what eager PyTorch runs as separate kernels (the norms, the rotary embedding,
-    the activation, the masks, the residual additions): on an H200 a replayed 1B TraceNAS candidate
-    (forward, backward, sketches) took 56 ms against 73 ms uncompiled (docs/performance.md). The
+    the activation, the masks, the residual additions); what it saves is in docs/performance.md. The
     layers are compiled wrappers only inside ``installed`` (the warm-up runs and the capture), so a
     gathered candidate, whose widths change every trial, never runs them; the wrappers are kept,
     so a later graph reuses the compiled code. Where compiling fails, graphs are built uncompiled."""
