@@ -33,6 +33,7 @@ import torch
 from optuna.trial import TrialState
 
 ROOT = Path(__file__).resolve().parents[1]
+FLOOR_REPEATS = 10  # the floor's median is what every ratio divides by: 3 repeats moved it by 20% between runs
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.sections import write_section  # noqa: E402
@@ -274,7 +275,7 @@ def measure(
         scored_tokens=statistics.mean(t.user_attrs.get("tokens", tokens.calibration.numel()) for t in measured),
         reference_mib=getattr(scorer, "reference_bytes", 0) / 2**20,
         orchestration_s=max(0.0, wall - proxy_time),
-        floor_s=floor(loaded, context, uniform, repeats=3),
+        floor_s=floor(loaded, context, uniform, repeats=FLOOR_REPEATS),
         prepare_s=prepare_s,
         execution=getattr(getattr(scorer, "execution", None), "mode", GATHER),
         batch=batch,
@@ -333,7 +334,7 @@ def render(rows: list[Row], meta: dict[str, Any], command: str) -> str:
         " warm-up round where trials are batched). *floor* = one"
         " forward+backward",
         "of the physically pruned model (uniform width at 50% of the parameters) over the same tokens, weight",
-        "gradients on, measured in the same run. *orchestration* = wall time per trial minus the time the loop",
+        f"gradients on, measured in the same run (median of {FLOOR_REPEATS} after a warm-up). *orchestration* = wall time per trial minus the time the loop",
         "spends scoring (starting the scoring and waiting for it): sampling, realising, the study's reads and",
         "writes. A replayed TraceNAS round is launched (`search.loop`): the loop proposes the next round and tells",
         "this one while the GPU scores, so there *orchestration* overlaps *forward* (the device's time) and the",
