@@ -53,7 +53,7 @@ def worker(args: argparse.Namespace) -> None:
 
     from search.candidates import prepare
     from search.coordination import search_chunk
-    from search.replay import TIMED_CANDIDATES
+    from search.replay import TIMED_CANDIDATES, Execution
     from search.spec import JobSpec
     from search.trials import job_proxy, open_study, search_trials
     from studystore import make_storage
@@ -87,12 +87,14 @@ def worker(args: argparse.Namespace) -> None:
     # how it scores (search.replay), compiles and captures its graphs. A worker's start, reported apart
     # as loading is; search_chunk then reuses the proxy.
     warm_up = optuna.create_study(study_name="warm-up", sampler=optuna.samplers.RandomSampler(seed=args.rank))
-    search_trials(context, job_proxy(context), warm_up, max_trials=TIMED_CANDIDATES + 2, batch=args.batch)
+    proxy = job_proxy(context)
+    search_trials(context, proxy, warm_up, max_trials=TIMED_CANDIDATES + 2, batch=args.batch)
     warm_up_s = time.perf_counter() - started
+    execution = proxy.execution.mode if isinstance(getattr(proxy, "execution", None), Execution) else "–"
     storage = make_storage(args.storage)
     if args.rank == 0:
         open_study(context, study_name=STUDY, storage=storage)  # the coordinator's part
-    ready = {"load_s": load_s, "warm_up_s": warm_up_s, "pid": os.getpid()}
+    ready = {"load_s": load_s, "warm_up_s": warm_up_s, "execution": execution, "pid": os.getpid()}
     (run / f"ready-{args.rank}").write_text(json.dumps(ready))
     while not (run / "go").exists():
         time.sleep(0.05)
@@ -210,6 +212,7 @@ def run_once(args: argparse.Namespace, world: int, workdir: Path) -> dict[str, A
         "scored_tokens": _mean([t.user_attrs.get("tokens", args.tokens) for t in trials]),
         "load_s": [r["load_s"] for r in ready],
         "warm_up_s": [r["warm_up_s"] for r in ready],
+        "execution": [r["execution"] for r in ready],
         "utilisation": utilisation,
     }
 
@@ -244,8 +247,8 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "",
         "| workers | devices | trials | wall s | trials / min | scaling efficiency | trials per worker"
         " | duplicate candidates | propose s | score s | scored tokens | GPU utilisation % (per GPU)"
-        " | SM % per worker | load s per worker | warm-up s per worker |",
-        "|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|---|---|---|",
+        " | SM % per worker | load s per worker | warm-up s per worker | execution per worker |",
+        "|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|---|---|---|---|",
     ]
     for r in results:
         efficiency = r["trials_per_min"] / (r["workers"] * base)
@@ -257,7 +260,7 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"{r['trials_per_min']:.1f} | {efficiency:.2f} | {', '.join(map(str, r['per_worker_trials']))} | "
             f"{r['duplicates']} | {r['propose_s']:.3f} | {r['score_s']:.3f} | {r.get('scored_tokens', 0):,.0f} | "
             f"{per_gpu} | {per_worker} | {', '.join(f'{s:.1f}' for s in r['load_s'])} | "
-            f"{', '.join(f'{s:.1f}' for s in r['warm_up_s'])} |"
+            f"{', '.join(f'{s:.1f}' for s in r['warm_up_s'])} | {', '.join(r.get('execution', []))} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -334,11 +334,12 @@ def render(rows: list[Row], meta: dict[str, Any], command: str) -> str:
         " warm-up round where trials are batched). *floor* = one"
         " forward+backward",
         "of the physically pruned model (uniform width at 50% of the parameters) over the same tokens, weight",
-        f"gradients on, measured in the same run (median of {FLOOR_REPEATS} after a warm-up). *orchestration* = wall time per trial minus the time the loop",
-        "spends scoring (starting the scoring and waiting for it): sampling, realising, the study's reads and",
-        "writes. A replayed TraceNAS round is launched (`search.loop`): the loop proposes the next round and tells",
-        "this one while the GPU scores, so there *orchestration* overlaps *forward* (the device's time) and the",
-        "trial costs about the larger of the two"
+        f"gradients on, measured in the same run (median of {FLOOR_REPEATS} after a warm-up).",
+        "*orchestration* = wall time per trial minus the time the loop spends scoring (starting the scoring",
+        "and waiting for it): sampling, realising, the study's reads and writes. A TraceNAS round on a GPU",
+        "is launched (`search.loop`): the loop proposes the next round and tells this one while the GPU",
+        "scores, so there *orchestration* overlaps the device's time (*forward*, and when gathering *apply*,",
+        "*backward* and *correlation*), and the trial costs about the larger of the two"
         + (
             " (with lookahead, `--lookahead`, an eager proxy's next candidate is proposed by a second thread"
             " while the GPU scores this one);"

@@ -6,13 +6,14 @@ candidates (``search.replay``); the latency tables time a model's step as a repl
 from __future__ import annotations
 
 import gc
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import torch
+
+from search.stopwatch import Stopwatch
 
 T = TypeVar("T")
 
@@ -25,6 +26,7 @@ class Replay(Generic[T]):
 
     def __init__(self, run: Callable[[], T], device: torch.device, pool: tuple[int, int] | None = None) -> None:
         self._run = run
+        self._device = device
         self._graph: torch.cuda.CUDAGraph | None = None
         if device.type != "cuda":
             return
@@ -46,21 +48,11 @@ class Replay(Generic[T]):
 
     def start(self) -> Running[T]:
         """``replay`` without waiting for the device (on a CPU, ``run`` is done when this returns)."""
-        if self._graph is None:
-            began = time.perf_counter()
-            output = self._run()
-            seconds = time.perf_counter() - began
-            return Running(output, lambda: seconds)
-        began, ended = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        began.record()
-        self._graph.replay()
-        ended.record()
-
-        def wait() -> float:
-            ended.synchronize()  # without the GIL
-            return began.elapsed_time(ended) / 1e3
-
-        return Running(self._output, wait)
+        clock = Stopwatch(self._device)
+        began = clock.mark()
+        output = self.replay()
+        clock.lap("device", began)
+        return Running(output, lambda: clock.totals()["device"])
 
 
 @dataclass

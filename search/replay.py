@@ -41,7 +41,9 @@ T = TypeVar("T")
 GATHER, REPLAY, AUTO = "gather", "replay", "auto"
 EXECUTIONS = (AUTO, GATHER, REPLAY)
 EXECUTION_OPTION = "execution"  # ProxyBuild.options: one of EXECUTIONS (TraceNAS, KL); absent = auto
-TIMED_CANDIDATES = 3  # scored both ways before ``auto`` settles; the first of them warms up and is not compared
+# Scored both ways before ``auto`` settles. The first warms both up; the median of the other three
+# decides, so one stalled timing (an allocation, a compile) cannot: the median of two is their mean.
+TIMED_CANDIDATES = 4
 
 # The proxies' attention. Gathered candidates keep bringing new head counts, and cuDNN's attention
 # (PyTorch's first choice on Hopper) builds an execution plan on the host for every new shape, 50-80

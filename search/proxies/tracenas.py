@@ -26,7 +26,7 @@ from torch import nn
 from search.adapters import Adapter, Batch, Block
 from search.artifacts import Artifact, ModelArtifacts
 from search.calibration import TokenSet
-from search.correlation import pearson_rows, pearson_tensors
+from search.correlation import pearson_rows, pearson_stack
 from search.errors import ProxyError
 from search.graphs import Replay
 from search.masking import Slices, apply_arch, kept_blocks
@@ -34,6 +34,7 @@ from search.proxies.base import COST_BACKWARD, Proxy, ProxyBuild, ProxyScore, Sc
 from search.replay import (
     AUTO,
     EXECUTION_OPTION,
+    GATHER,
     REPLAY,
     CompiledLayers,
     Execution,
@@ -44,6 +45,7 @@ from search.replay import (
     shared_weights,
 )
 from search.selection import Selection
+from search.stopwatch import Stopwatch
 
 Sketches = dict[Block, dict[str, torch.Tensor]]
 
@@ -103,21 +105,27 @@ class TraceNAS(Proxy):
         return _scored(self._terms(selection, timings), timings)
 
     def score_many(self, selections: Sequence[Selection]) -> Scores:
-        """Once replaying is chosen, the candidates in one replay (``launch``); otherwise one after another."""
+        """The candidates started together and waited for once where they can be (``launch``);
+        otherwise one after another."""
         waiting = self.launch(selections)
         return super().score_many(selections) if waiting is None else waiting()
 
     def launch(self, selections: Sequence[Selection]) -> Callable[[], Scores] | None:
-        """Once replaying is chosen, the candidates in one replay (a mask slot and a copy of the
-        calibration batch each: one launch and one wait for all of them), started on the device."""
-        if self.execution.mode != REPLAY or not shared_weights(selections):
-            return None
-        started = time.perf_counter()
-        masks, replay = self._replayed(len(selections))
-        masks.load(selections)
-        timings: dict[str, float] = {}
-        read = self._started(selections, replay, started, timings)
-        return lambda: [or_error(lambda t=terms: _scored(t, dict(timings))) for terms in read()]
+        """The candidates started on the device, and one wait for all of them. Replaying: in one replay
+        (a mask slot and a copy of the calibration batch each). Gathering on a GPU: each candidate's
+        forward+backward and correlations queued one after another. On a CPU nothing would run while
+        the host proposes, and the eager path keeps the sampler one trial fresher: ``None``."""
+        if self.execution.mode == REPLAY and shared_weights(selections):
+            started = time.perf_counter()
+            masks, replay = self._replayed(len(selections))
+            masks.load(selections)
+            timings: dict[str, float] = {}
+            read = self._started(selections, replay, started, timings)
+            return lambda: [or_error(lambda t=terms: _scored(t, dict(timings))) for terms in read()]
+        if self.execution.mode == GATHER and self.adapter.device.type == "cuda":
+            reads = [self._gathered(selection) for selection in selections]
+            return lambda: [or_error(lambda r=read: _scored(*r())) for read in reads]
+        return None
 
     def block_terms(self, selection: Selection) -> dict[Block, float]:
         """ρ_b of every kept sub-block (the meta-network's features); shares the work with ``score``."""
@@ -141,16 +149,30 @@ class TraceNAS(Proxy):
         return terms
 
     def _gathered_terms(self, selection: Selection, timings: dict[str, float]) -> dict[Block, float]:
-        candidate = self._sketch(selection, timings)
-        started = time.perf_counter()
+        terms, measured = self._gathered(selection)()
+        timings |= measured
+        return terms
+
+    def _gathered(self, selection: Selection) -> Callable[[], tuple[dict[Block, float], dict[str, float]]]:
+        """The candidate's forward+backward on gathers of its kept units, and its sub-blocks' ρ, queued
+        on the device; the call waits for them and returns them with the device's time on each part."""
+        clock = Stopwatch(self.adapter.device)
+        candidate = self._sketch(selection, clock)
+        began = clock.mark()
         pairs = []
         for block, parts in candidate.items():
             dense = _flat(self._dense[block])
             # A model split over devices sketches each layer where it runs; the dense sketch is on the main one.
             pairs.append((_flat(parts).to(dense.device), dense))
-        terms = dict(zip(candidate, pearson_tensors(pairs), strict=True))
-        timings["correlation_s"] = time.perf_counter() - started
-        return terms
+        values = pearson_stack(pairs) if pairs else None
+        clock.lap("correlation_s", began)
+
+        def read() -> tuple[dict[Block, float], dict[str, float]]:
+            timings = clock.totals()
+            rows = [] if values is None else values.tolist()
+            return dict(zip(candidate, rows, strict=True)), timings
+
+        return read
 
     def _replayed_terms(self, selections: Sequence[Selection], timings: dict[str, float]) -> list[dict[Block, float]]:
         started = time.perf_counter()
@@ -220,12 +242,13 @@ class TraceNAS(Proxy):
             self._projections[key] = projection.to(device=like.device, dtype=like.dtype)
         return self._projections[key]
 
-    def _sketch(self, selection: Selection | None, timings: dict[str, float] | None = None) -> Sketches:
-        """Σ over calibration batches of ∇W·R for every linear of every kept sub-block."""
+    def _sketch(self, selection: Selection | None, clock: Stopwatch | None = None) -> Sketches:
+        """Σ over calibration batches of ∇W·R for every linear of every kept sub-block, queued on the
+        device; ``clock`` times the apply, the forwards and the backwards."""
+        clock = clock or Stopwatch(self.adapter.device)
         sketches: Sketches = {}
-        forward = backward = 0.0
         slices: Slices = {}  # filled once the candidate is realised; the hooks read it at call time
-        began = _now(self.adapter.device)
+        began = clock.mark()
         with (
             _frozen_parameters(self.adapter.model),
             self._hooks(sketches, slices),
@@ -233,15 +256,12 @@ class TraceNAS(Proxy):
             attention_backends(),
         ):
             slices.update(realised)
-            applied = _now(self.adapter.device)
+            since = clock.lap("apply_s", began)
             for batch, reference in zip(self.batches, self._references, strict=True):
-                started = _now(self.adapter.device)
                 loss = self.adapter.loss(batch, reference)
-                middle = _now(self.adapter.device)
+                since = clock.lap("forward_s", since)
                 loss.backward()  # the sketch hooks run inside: their cost is part of the backward
-                forward, backward = forward + middle - started, backward + _now(self.adapter.device) - middle
-        if timings is not None:
-            timings |= {"apply_s": applied - began, "forward_s": forward, "backward_s": backward}
+                since = clock.lap("backward_s", since)
         return sketches
 
     @contextmanager
@@ -286,12 +306,6 @@ class TraceNAS(Proxy):
         finally:
             for handle in handles:
                 handle.remove()
-
-
-def _now(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
 
 
 @torch.no_grad()

@@ -64,6 +64,7 @@ def test_scaling_benchmark_runs_two_cpu_workers_on_one_study(tmp_path: Path) -> 
     assert all(n > 0 for n in two["per_worker_trials"]) and 8 <= two["trials"] <= 9
     assert sum(two["per_worker_trials"]) == two["trials"]
     assert one["trials_per_min"] > 0 and two["trials_per_min"] > 0
+    assert two["execution"] == ["gather", "gather"]  # what each worker's proxy settled on: no GPU, no replay
     text = out.read_text()
     assert "| 2 | cpu, cpu |" in text and text.count("<!-- scaling: tiny tracenas per_layer gpus=cpu -->") == 1
 

@@ -85,6 +85,14 @@ def test_captured_graphs_score_what_gathering_scores() -> None:
         for selection, score in zip(round_, replayed.score_many(round_), strict=True):
             expected = gathered.score(selection).value
             assert score.value == pytest.approx(expected, rel=0.02, abs=5e-3), (expected, score.value)
+    # Gathering on a GPU queues candidate after candidate (each one's weights gathered, sparsified and
+    # restored in the stream's order) and waits once: each scores what it scores alone, the model unchanged.
+    weights = [p.detach().clone() for p in loaded.adapter.model.parameters()]
+    waiting = gathered.launch(selections * 2)
+    assert waiting is not None
+    launched = [score.value for score in waiting()]
+    assert launched == pytest.approx([gathered.score(s).value for s in selections * 2], abs=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(weights, loaded.adapter.model.parameters(), strict=True))
 
 
 def test_a_model_that_cannot_be_captured_is_gathered_and_its_graphs_released(tiny_loaded: LoadedModel) -> None:

@@ -57,6 +57,19 @@ def test_no_gradients_or_copies_are_left_on_the_model(tiny_loaded: LoadedModel, 
     assert [p.requires_grad for p in model.parameters()] == flags
 
 
+def test_a_gathered_score_times_each_part_and_a_cpu_scores_eagerly(
+    tiny_loaded: LoadedModel, tiny_tokens: TokenSet
+) -> None:
+    """The parts of a gathered score are timed where they run (marks in the device's stream, read once
+    it is done); on a CPU nothing would run while the host proposes, so the proxy does not launch."""
+    _, half_depth, _ = _selections(tiny_loaded, tiny_tokens)
+    proxy = TraceNAS(tiny_loaded.adapter, tiny_tokens, batch_size=4, execution="gather")
+    timings = proxy.score(half_depth).timings
+    assert sorted(timings) == ["apply_s", "backward_s", "correlation_s", "forward_s"]
+    assert all(seconds > 0 for seconds in timings.values()), timings
+    assert proxy.launch([half_depth]) is None
+
+
 def test_physically_sliced_width_scores_as_masked_width(
     tiny_loaded: LoadedModel, tiny_tokens: TokenSet, monkeypatch
 ) -> None:
