@@ -24,7 +24,8 @@ candidate eagerly is bound by the host launching kernels, not by the GPU, and ev
 gives up the GIL: a proposing thread then holds it for up to the interpreter's switch interval (5 ms),
 so the candidate's forward took 1.4-3.6x as long and the trial 1.1-2.6x, more than proposing costs.
 With lookahead the switch interval is 0.5 ms (``LOOKAHEAD_SWITCH_S``). A launched round needs no
-thread: the host's only work on it is one replay, and it waits for the scores without the GIL.
+thread: the host queues its work (one replay, or a gathered candidate's kernels) before proposing,
+and waits for the scores without the GIL.
 """
 
 from __future__ import annotations

@@ -147,8 +147,8 @@ def search_trials(
     call has run ``max_trials``). Several processes may do this on one study at once: the storage
     hands each waiting seed to one of them and the sampler sees the others' running trials.
     ``lookahead`` proposes the next candidate in a second thread while the device scores the current
-    one (``search.loop`` says why it is off by default; a replaying proxy's trials are launched and
-    overlap without it); ``batch`` trials are scored together, in one
+    one (``search.loop`` says why it is off by default; a proxy that launches its candidates, TraceNAS
+    on a GPU, overlaps without it); ``batch`` trials are scored together, in one
     pass where the proxy can (``TraceNAS`` replaying: several candidates in one graph).
     Returns whether ``hooks.should_stop`` stopped it (the caller asked before; this asks after every trial)."""
     spec = context.spec
