@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The "current" tables of docs/performance.md, from one run on one GPU machine (about 9-10 minutes on an
+# The "current" tables of docs/performance.md, from one run on one GPU machine (about 8-9 minutes on an
 # H200): what a trial costs against its floor for every proxy and space on the 13M, 1B and 8B shapes,
 # rounds of trials scored together, and the GPU's utilisation with one and two workers (one on 8B).
 #
