@@ -53,7 +53,7 @@ def worker(args: argparse.Namespace) -> None:
 
     from search.candidates import prepare
     from search.coordination import search_chunk
-    from search.replay import TIMED_CANDIDATES, Execution
+    from search.replay import TIMED_CANDIDATES
     from search.spec import JobSpec
     from search.trials import job_proxy, open_study, search_trials
     from studystore import make_storage
@@ -90,7 +90,7 @@ def worker(args: argparse.Namespace) -> None:
     proxy = job_proxy(context)
     search_trials(context, proxy, warm_up, max_trials=TIMED_CANDIDATES + 2, batch=args.batch)
     warm_up_s = time.perf_counter() - started
-    execution = proxy.execution.mode if isinstance(getattr(proxy, "execution", None), Execution) else "–"
+    execution = getattr(getattr(proxy, "execution", None), "mode", "–")  # as throughput.py reads it
     storage = make_storage(args.storage)
     if args.rank == 0:
         open_study(context, study_name=STUDY, storage=storage)  # the coordinator's part

@@ -10,10 +10,11 @@ device's). Trials run in rounds of ``batch`` (default 1): asked and proposed one
 scored in one call of the objective's ``score_many`` (``TraceNAS`` replays them in one graph), then
 told.
 
-An objective that can start a round on the device and return at once (``LaunchingObjective``: a
-proxy replaying a captured graph) is kept busy: while the device scores a round, the loop proposes
-the next one, and once the round's scores are read it starts the next one before telling the
-finished trials, so the device waits only for the scores to be read and the next masks copied.
+An objective that can start a round on the device and return at once (``LaunchingObjective``:
+TraceNAS on a GPU, replaying its graph or queuing a gathered candidate's kernels) is kept busy:
+while the device scores a round, the loop proposes the next one, and once the round's scores are
+read it starts the next one before telling the finished trials, so the device waits only for the
+scores to be read and the next round to be started.
 Otherwise, ``lookahead`` proposes the next round in a second thread while the device scores the
 current one. Either way the next round is proposed while the current one is running and told only
 once the proposals are made, so a seeded search draws the same candidates on every run (one round
